@@ -1,0 +1,1 @@
+"""The compiler: tiling, mapping and scheduling of layers into accelerator programs."""

@@ -1,0 +1,1 @@
+"""VCU1525 build flow: constraints, Vivado projects through edalize, Yosys estimates."""

@@ -1,0 +1,1 @@
+"""Cycle-exact, bit-exact Python simulator of the accelerator's programs."""

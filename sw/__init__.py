@@ -1,0 +1,1 @@
+"""PyTorch side: BDWP N:M sparse training, the cost counter, the CLI."""
