@@ -1,0 +1,238 @@
+"""Tiling, mapping and token placement of a dense GEMM ``C[M, N] = A[M, K] · B[K, N]`` onto the core.
+
+Holds the DRAM layouts of operands (packed so that every buffer word is one
+contiguous run), the choice of tile block and K chunk (a small search over a
+cost model: loads against compute per step), and the emission of a
+double-buffered program with VTA-style dependency tokens.  Layers
+(``Linear``, ``Conv2d``) become GEMMs in :mod:`nmsat.dataflow.layers`.
+
+Layouts (``R`` = rows, ``C`` = cols of the array; ``Mt = ceil(M/R)``, ``Nt = ceil(N/C)``):
+
+* A: ``[Mt, K, R]`` bf16 — word ``k`` of M-tile ``i`` is ``A[i·R:(i+1)·R, k]`` (zero padded);
+* B: ``[Nt, K, C]`` bf16 — word ``k`` of N-tile ``j`` is ``B[k, j·C:(j+1)·C]``;
+* C: ``[Mt, Nt, R, C]`` fp32 — one stored tile after another.
+
+Not here: executing programs (``nmsat.sim``) or im2col (``nmsat.dataflow.layers``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..hw.config import SATConfig
+from ..hw.isa import INSTRUCTION_BYTES, Buffer, Opcode, encode, to_bytes
+from ..sim import numerics
+
+__all__ = ["GemmPlan", "plan_gemm", "Program", "compile_gemm", "pack_a", "pack_b", "unpack_c"]
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """How one GEMM is cut: ``mb × nb`` output tiles per block, K in ``steps`` chunks of ``kc``."""
+
+    m: int
+    n: int
+    k: int
+    mt: int
+    nt: int
+    mb: int
+    nb: int
+    kc: int
+    steps: int
+    estimated_cycles: int
+
+
+def _estimate(cfg: SATConfig, mt: int, nt: int, k: int, mb: int, nb: int, steps: int) -> int:
+    kc = math.ceil(k / steps)
+    a_bpw, b_bpw = cfg.a_word_bytes // cfg.bus_bytes, cfg.b_word_bytes // cfg.bus_bytes
+    blocks = math.ceil(mt / mb) * math.ceil(nt / nb)
+    per_step = max((mb * a_bpw + nb * b_bpw) * kc + cfg.mem_read_latency, mb * nb * (kc + cfg.rows + 2))
+    store = mb * nb * cfg.rows * (cfg.acc_word_bytes // cfg.bus_bytes)
+    return blocks * (steps * per_step + store) + cfg.mem_read_latency
+
+
+def plan_gemm(cfg: SATConfig, m: int, n: int, k: int) -> GemmPlan:
+    """Pick the block shape and K chunk with the lowest estimated cycle count that fits the buffers."""
+    for name, v in (("M", m), ("N", n), ("K", k)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"GEMM {name} must be a positive int, got {v!r}")
+    mt, nt = math.ceil(m / cfg.rows), math.ceil(n / cfg.cols)
+    a_half, b_half, acc_half = cfg.a_depth // 2, cfg.b_depth // 2, cfg.acc_depth // 2
+    if acc_half < cfg.rows:
+        raise ValueError(f"config {cfg.name}: the accumulator buffer cannot hold two output tiles")
+    best = None
+    max_steps = k  # kc = 1 at worst
+    steps_options = sorted({math.ceil(k / kc) for kc in range(1, min(k, max(a_half, b_half)) + 1)
+                            if kc <= a_half and kc <= b_half} | {max_steps})
+    for steps in steps_options:
+        kc = math.ceil(k / steps)
+        if kc > a_half or kc > b_half:
+            continue
+        for mb in range(1, min(mt, a_half // kc) + 1):
+            nb_cap = min(nt, b_half // kc, (acc_half // cfg.rows) // mb)
+            if nb_cap < 1:
+                break
+            for nb in {1, nb_cap, min(nt, max(1, nb_cap // 2))}:
+                est = _estimate(cfg, mt, nt, k, mb, nb, steps)
+                if best is None or est < best[0]:
+                    best = (est, mb, nb, steps, kc)
+    if best is None:
+        raise ValueError(f"config {cfg.name}: no tiling of a {m}x{n}x{k} GEMM fits the buffers")
+    est, mb, nb, steps, kc = best
+    return GemmPlan(m, n, k, mt, nt, mb, nb, kc, steps, est)
+
+
+@dataclass
+class Program:
+    """A program and the memory image it runs against.
+
+    ``memory`` is a uint8 array from DRAM address 0: the program at
+    ``program_addr``, the packed operands, room for the results.  ``regions``
+    names the address ranges (``name → (addr, nbytes)``).
+    """
+
+    cfg: SATConfig
+    words: list[int]
+    memory: np.ndarray
+    program_addr: int
+    regions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    plan: GemmPlan | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.words)
+
+
+def pack_a(cfg: SATConfig, a_bits: np.ndarray) -> np.ndarray:
+    """``A[M, K]`` bf16 bits → ``[Mt, K, R]`` (zero padded)."""
+    m, k = a_bits.shape
+    mt = math.ceil(m / cfg.rows)
+    padded = np.zeros((mt * cfg.rows, k), dtype=np.uint16)
+    padded[:m] = a_bits
+    return np.ascontiguousarray(padded.reshape(mt, cfg.rows, k).transpose(0, 2, 1))
+
+
+def pack_b(cfg: SATConfig, b_bits: np.ndarray) -> np.ndarray:
+    """``B[K, N]`` bf16 bits → ``[Nt, K, C]`` (zero padded)."""
+    k, n = b_bits.shape
+    nt = math.ceil(n / cfg.cols)
+    padded = np.zeros((k, nt * cfg.cols), dtype=np.uint16)
+    padded[:, :n] = b_bits
+    return np.ascontiguousarray(padded.reshape(k, nt, cfg.cols).transpose(1, 0, 2))
+
+
+def unpack_c(cfg: SATConfig, packed: np.ndarray, m: int, n: int) -> np.ndarray:
+    """``[Mt, Nt, R, C]`` fp32 → ``C[M, N]``."""
+    mt, nt = packed.shape[:2]
+    return packed.transpose(0, 2, 1, 3).reshape(mt * cfg.rows, nt * cfg.cols)[:m, :n]
+
+
+def _align(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+def compile_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, *, plan: GemmPlan | None = None,
+                 base_addr: int = 0) -> Program:
+    """Compile ``C = A · B`` for ``cfg``; ``a`` and ``b`` are fp32 (rounded to bf16 here) or bf16 bits (uint16)."""
+    a_bits = a if a.dtype == np.uint16 else numerics.f32_to_bf16_bits(a)
+    b_bits = b if b.dtype == np.uint16 else numerics.f32_to_bf16_bits(b)
+    if a_bits.ndim != 2 or b_bits.ndim != 2 or a_bits.shape[1] != b_bits.shape[0]:
+        raise ValueError(f"GEMM operands must be [M, K] and [K, N], got {a.shape} and {b.shape}")
+    m, k = a_bits.shape
+    n = b_bits.shape[1]
+    plan = plan or plan_gemm(cfg, m, n, k)
+    ap, bp = pack_a(cfg, a_bits), pack_b(cfg, b_bits)
+    words = emit_gemm(cfg, plan, a_addr=None, b_addr=None, c_addr=None, _layout_only=True)
+    if len(words) + 1 > cfg.imem_depth:
+        raise ValueError(f"GEMM {m}x{n}x{k}: program of {len(words) + 1} instructions exceeds the "
+                         f"{cfg.imem_depth}-instruction memory of config {cfg.name!r}")
+    # memory map: program, A, B, C, each aligned to 4 KiB
+    page = 4096
+    prog_addr = _align(base_addr, page)
+    a_addr = _align(prog_addr + (len(words) + 1) * INSTRUCTION_BYTES, page)
+    b_addr = _align(a_addr + ap.nbytes, page)
+    c_addr = _align(b_addr + bp.nbytes, page)
+    c_bytes = plan.mt * plan.nt * cfg.rows * cfg.acc_word_bytes
+    end = _align(c_addr + c_bytes, page)
+    words = emit_gemm(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr)
+    words.append(encode(Opcode.FINISH))
+    memory = np.zeros(end, dtype=np.uint8)
+    memory[prog_addr:prog_addr + len(words) * INSTRUCTION_BYTES] = np.frombuffer(to_bytes(words), dtype=np.uint8)
+    memory[a_addr:a_addr + ap.nbytes] = ap.view(np.uint8).ravel()
+    memory[b_addr:b_addr + bp.nbytes] = bp.view(np.uint8).ravel()
+    regions = {"program": (prog_addr, len(words) * INSTRUCTION_BYTES), "a": (a_addr, ap.nbytes),
+               "b": (b_addr, bp.nbytes), "c": (c_addr, c_bytes)}
+    return Program(cfg, words, memory, prog_addr, regions, plan)
+
+
+def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:
+    """The GEMM result ``C[M, N]`` (fp32) from a memory image after a run."""
+    cfg, plan = program.cfg, program.plan
+    memory = program.memory if memory is None else memory
+    addr, nbytes = program.regions["c"]
+    packed = memory[addr:addr + nbytes].view(np.float32).reshape(plan.mt, plan.nt, cfg.rows, cfg.cols)
+    return unpack_c(cfg, packed, plan.m, plan.n)
+
+
+def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr, b_addr, c_addr, _layout_only: bool = False) -> list[int]:
+    """The instructions of one GEMM (no FINISH), double-buffered, with tokens placed.
+
+    Tokens: the last LOAD of a step pushes to compute and the step's first GEMM
+    pops it (data ready); the step's last GEMM pushes back to load and the
+    LOADs into that buffer half two steps later pop it (half free).  The last
+    GEMM of a block pushes to store and its first STORE pops it; the block's
+    last STORE pushes back and the first GEMM two blocks later pops it.
+    """
+    a_addr = a_addr or 0
+    b_addr = b_addr or 0
+    c_addr = c_addr or 0
+    R = cfg.rows
+    a_half, b_half, acc_half = cfg.a_depth // 2, cfg.b_depth // 2, cfg.acc_depth // 2
+    kc, steps = plan.kc, plan.steps
+    a_tile_bytes = plan.k * cfg.a_word_bytes  # one M-tile: K words
+    b_tile_bytes = plan.k * cfg.b_word_bytes
+    c_tile_bytes = R * cfg.acc_word_bytes
+    out: list[int] = []
+    step_index = 0
+    block_index = 0
+    for i0 in range(0, plan.mt, plan.mb):
+        for j0 in range(0, plan.nt, plan.nb):
+            mis = range(i0, min(i0 + plan.mb, plan.mt))
+            njs = range(j0, min(j0 + plan.nb, plan.nt))
+            acc_base = (block_index % 2) * acc_half
+            for s in range(steps):
+                k0 = s * kc
+                klen = min(kc, plan.k - k0)
+                half = step_index % 2
+                loads = []
+                for x, mi in enumerate(mis):
+                    loads.append(dict(buffer=Buffer.A, sram_addr=half * a_half + x * kc, rows=klen,
+                                      dram_addr=a_addr + mi * a_tile_bytes + k0 * cfg.a_word_bytes,
+                                      dram_stride=cfg.a_word_bytes))
+                for y, nj in enumerate(njs):
+                    loads.append(dict(buffer=Buffer.B, sram_addr=half * b_half + y * kc, rows=klen,
+                                      dram_addr=b_addr + nj * b_tile_bytes + k0 * cfg.b_word_bytes,
+                                      dram_stride=cfg.b_word_bytes))
+                for idx, args in enumerate(loads):
+                    out.append(encode(Opcode.LOAD, pop_next=int(idx == 0 and step_index >= 2),
+                                      push_next=int(idx == len(loads) - 1), **args))
+                pairs = [(x, y) for x in range(len(mis)) for y in range(len(njs))]
+                for idx, (x, y) in enumerate(pairs):
+                    first, last = idx == 0, idx == len(pairs) - 1
+                    out.append(encode(Opcode.GEMM, pop_prev=int(first),
+                                      pop_next=int(first and s == 0 and block_index >= 2),
+                                      push_prev=int(last), push_next=int(last and s == steps - 1),
+                                      a_addr=half * a_half + x * kc, b_addr=half * b_half + y * kc,
+                                      acc_addr=acc_base + (x * len(njs) + y) * R, k=klen, accumulate=int(s > 0)))
+                step_index += 1
+            tiles = [(x, y, mi, nj) for x, mi in enumerate(mis) for y, nj in enumerate(njs)]
+            for idx, (x, y, mi, nj) in enumerate(tiles):
+                out.append(encode(Opcode.STORE, pop_prev=int(idx == 0), push_prev=int(idx == len(tiles) - 1),
+                                  buffer=Buffer.ACC, sram_addr=acc_base + (x * len(njs) + y) * R, rows=R,
+                                  dram_addr=c_addr + (mi * plan.nt + nj) * c_tile_bytes,
+                                  dram_stride=cfg.acc_word_bytes))
+            block_index += 1
+    return out

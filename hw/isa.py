@@ -1,0 +1,219 @@
+"""The instruction set: one definition that the compiler encodes and the core and simulator decode.
+
+Every instruction is 128 bits: an opcode, four dependency-token flags (VTA
+style: pop/push to the previous/next unit of the load → compute → store
+chain) and an argument union.  The layouts are Amaranth ``data`` layouts, so
+the gateware decodes the very structure the compiler encodes; Python code
+encodes with :func:`encode` and decodes with :func:`decode` /
+:func:`decode_program` (vectorised, from the same layouts' field offsets).
+
+Also here: the error codes of the status register and the control/status
+register map, since the driver, the simulator and the gateware share them.
+Not here: timing (``nmsat.sim.timing``) or anything that depends on a config.
+"""
+
+# No `from __future__ import annotations`: amaranth.lib.data reads the annotations as shapes.
+
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth.lib import data, enum
+
+__all__ = [
+    "INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Buffer", "Unit", "ErrorCode", "Csr", "Status",
+    "Deps", "MemArgs", "GemmArgs", "Instruction", "encode", "decode", "decode_program", "unit_of",
+]
+
+INSTRUCTION_BITS = 128
+INSTRUCTION_BYTES = INSTRUCTION_BITS // 8
+
+
+class Opcode(enum.Enum, shape=4):
+    """Opcode 0 is illegal on purpose: a program that runs into zeroed memory stops with BAD_OPCODE."""
+
+    LOAD = 1  # DRAM -> A, B or ACC buffer, 2-D strided
+    STORE = 2  # ACC buffer -> DRAM, 2-D strided
+    GEMM = 3  # acc[acc_addr + r] (+)= sum_k A[a_addr + k][r] * B[b_addr + k][:]
+    FINISH = 4  # wait for every unit to drain, then raise done
+    # 5..15 reserved: SPARSE_GEMM, SPARSIFY, WEIGHT_UPDATE (later issues)
+
+
+class Buffer(enum.Enum, shape=2):
+    A = 0  # words of `rows` operands (the row-side operand of a GEMM tile)
+    B = 1  # words of `cols` operands (the column-side operand)
+    ACC = 2  # words of `cols` fp32 accumulators
+
+
+class Unit(enum.Enum, shape=2):
+    LOAD = 0
+    COMPUTE = 1
+    STORE = 2
+
+
+class ErrorCode(enum.Enum, shape=4):
+    """Value of the ERROR register; any value but NONE stops the core with status ERROR."""
+
+    NONE = 0
+    BAD_OPCODE = 1  # illegal or reserved opcode
+    SRAM_RANGE = 2  # buffer address + length past the buffer's depth, or LOAD/STORE to a wrong buffer
+    DRAM_RANGE = 3  # DRAM address out of the address space or not aligned to the bus
+    BAD_ARGS = 4  # zero-length transfer or GEMM, token flag that has no neighbour
+    TOKEN_OVERFLOW = 5  # a push past the token limit of a channel
+    DEADLOCK = 6  # every unit waits for a token no one can push
+    AXI_ERROR = 7  # SLVERR/DECERR on the memory port
+    PROGRAM_TOO_LONG = 8  # program length is 0 or larger than the instruction memory
+    NO_FINISH = 9  # the dispatcher reached the end of the program without a FINISH
+
+
+class Status(enum.Enum, shape=2):
+    IDLE = 0
+    BUSY = 1
+    DONE = 2
+    ERROR = 3
+
+
+class Csr(enum.IntEnum):
+    """AXI4-Lite register map (byte offsets of 32-bit registers)."""
+
+    ID = 0x00  # RO: SATConfig.hash32
+    CONTROL = 0x04  # WO: bit 0 start, bit 1 serial (force fully serial execution)
+    STATUS = 0x08  # RO: Status
+    ERROR = 0x0C  # RO: ErrorCode
+    PROGRAM_ADDR_LO = 0x10  # RW: byte address of the program
+    PROGRAM_ADDR_HI = 0x14
+    PROGRAM_LEN = 0x18  # RW: number of instructions
+    CYCLES = 0x1C  # RO: cycles from start to done/error (low 32 bits)
+    CYCLES_HI = 0x20
+    ERROR_PC = 0x24  # RO: index of the instruction that raised the error
+
+
+class Deps(data.Struct):
+    pop_prev: 1
+    pop_next: 1
+    push_prev: 1
+    push_next: 1
+
+
+class MemArgs(data.Struct):
+    buffer: Buffer
+    sram_addr: 16
+    rows: 16  # number of buffer words moved
+    dram_addr: 40  # byte address of word 0; aligned to the bus
+    dram_stride: 32  # bytes from one word to the next in DRAM
+
+
+class GemmArgs(data.Struct):
+    a_addr: 16
+    b_addr: 16
+    acc_addr: 16
+    k: 16  # reduction length: words of A and B consumed
+    accumulate: 1  # 1: add into the accumulator buffer; 0: overwrite it
+
+
+class Args(data.Union):
+    mem: MemArgs
+    gemm: GemmArgs
+
+
+class Instruction(data.Struct):
+    opcode: Opcode
+    deps: Deps
+    args: Args
+    reserved: 14  # zero; room for wider fields later
+
+
+assert Instruction.as_shape().size == INSTRUCTION_BITS, Instruction.as_shape().size
+
+
+def unit_of(opcode: Opcode) -> Unit | None:
+    """Which queue an opcode goes to (FINISH goes to none)."""
+    return {Opcode.LOAD: Unit.LOAD, Opcode.GEMM: Unit.COMPUTE, Opcode.STORE: Unit.STORE}.get(opcode)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One instruction as plain Python values (the simulator's and the tests' view)."""
+
+    opcode: int
+    pop_prev: int
+    pop_next: int
+    push_prev: int
+    push_next: int
+    buffer: int = 0
+    sram_addr: int = 0
+    rows: int = 0
+    dram_addr: int = 0
+    dram_stride: int = 0
+    a_addr: int = 0
+    b_addr: int = 0
+    acc_addr: int = 0
+    k: int = 0
+    accumulate: int = 0
+
+
+def _field_offsets() -> dict[str, tuple[int, int]]:
+    """(offset, width) of every leaf field in the 128-bit word, read off the layouts."""
+    out = {}
+    inst = Instruction.as_shape()
+    out["opcode"] = (inst["opcode"].offset, 4)
+    deps_off = inst["deps"].offset
+    for name, f in Deps.as_shape():
+        out[name] = (deps_off + f.offset, f.width)
+    args_off = inst["args"].offset
+    for group, layout in (("mem", MemArgs), ("gemm", GemmArgs)):
+        base = args_off + Args.as_shape()[group].offset
+        for name, f in layout.as_shape():
+            out[name] = (base + f.offset, f.width)
+    return out
+
+
+FIELDS = _field_offsets()
+
+
+def encode(opcode: Opcode, *, pop_prev=0, pop_next=0, push_prev=0, push_next=0, **args) -> int:
+    """Encode one instruction to its 128-bit integer.  Unknown or too-wide fields are errors."""
+    value = 0
+    fields = dict(opcode=Opcode(opcode).value, pop_prev=pop_prev, pop_next=pop_next, push_prev=push_prev,
+                  push_next=push_next, **args)
+    if "buffer" in fields:
+        fields["buffer"] = Buffer(fields["buffer"]).value
+    for name, v in fields.items():
+        if name not in FIELDS:
+            raise ValueError(f"encode: unknown instruction field {name!r}")
+        off, width = FIELDS[name]
+        v = int(v)
+        if not 0 <= v < 1 << width:
+            raise ValueError(f"encode: field {name}={v} does not fit in {width} bits")
+        value |= v << off
+    return value
+
+
+def to_bytes(words: list[int]) -> bytes:
+    """A program as the bytes the core fetches (little-endian 128-bit words)."""
+    return b"".join(w.to_bytes(INSTRUCTION_BYTES, "little") for w in words)
+
+
+def decode_program(blob: bytes) -> dict[str, np.ndarray]:
+    """Decode a whole program at once: one int64 array per field (vectorised)."""
+    if len(blob) % INSTRUCTION_BYTES:
+        raise ValueError(f"program length {len(blob)} is not a multiple of {INSTRUCTION_BYTES} bytes")
+    words = np.frombuffer(blob, dtype="<u8").reshape(-1, 2)
+    lo, hi = words[:, 0], words[:, 1]
+    out = {}
+    for name, (off, width) in FIELDS.items():
+        # a field may straddle the 64-bit halves
+        if off + width <= 64:
+            val = (lo >> np.uint64(off)) & np.uint64((1 << width) - 1)
+        elif off >= 64:
+            val = (hi >> np.uint64(off - 64)) & np.uint64((1 << width) - 1)
+        else:
+            low_bits = 64 - off
+            val = (lo >> np.uint64(off)) | ((hi & np.uint64((1 << (width - low_bits)) - 1)) << np.uint64(low_bits))
+        out[name] = val.astype(np.int64)
+    return out
+
+
+def decode(word: int) -> Decoded:
+    """Decode one 128-bit instruction."""
+    fields = decode_program(word.to_bytes(INSTRUCTION_BYTES, "little"))
+    return Decoded(**{k: int(v[0]) for k, v in fields.items()})

@@ -1,0 +1,334 @@
+"""The simulator of the whole core: runs a program from memory, cycle-exact and bit-exact.
+
+:class:`CoreModel` is the twin of the gateware ``nmsat.hw.core.Core``.  It never
+steps cycle by cycle: a program is decoded at once (vectorised), checked
+statically, then timed by a small worklist over the three units and their
+dependency tokens using the latency rules of :mod:`nmsat.sim.timing`, then
+executed for its data in program order with the vectorised numerics of
+:mod:`nmsat.sim.numerics` (a race-free program's result does not depend on
+timing; serial and pipelined runs must agree, see the tests).
+
+Not here: building programs (``nmsat.dataflow``) or talking to a device
+(``nmsat.sw``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..hw.config import SATConfig
+from ..hw.isa import INSTRUCTION_BYTES, Buffer, ErrorCode, Opcode, Status, decode_program
+from . import numerics, timing
+
+__all__ = ["CoreModel", "RunResult", "MemoryModelError"]
+
+LOAD, COMPUTE, STORE = 0, 1, 2
+UNIT_NAMES = ("load", "compute", "store")
+_UNIT_OF_OPCODE = {Opcode.LOAD.value: LOAD, Opcode.GEMM.value: COMPUTE, Opcode.STORE.value: STORE}
+
+
+class MemoryModelError(Exception):
+    """The program touched bytes outside the memory array given to the simulator (a harness problem)."""
+
+
+@dataclass
+class RunResult:
+    """What one run of a program leaves: status, error, cycle count and per-unit statistics."""
+
+    status: Status
+    error: ErrorCode
+    cycles: int
+    error_pc: int = 0
+    busy: dict[str, int] = field(default_factory=dict)  # cycles each unit had work in flight
+    token_stall: dict[str, int] = field(default_factory=dict)  # cycles a head instruction waited for tokens
+    instructions: int = 0
+    gemm_macs: int = 0  # useful MAC slots: Σ k · rows · cols over GEMMs
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.DONE
+
+    def utilisation(self, cfg: SATConfig) -> float:
+        """Fraction of the PE array's MAC slots used over the whole run."""
+        return self.gemm_macs / (self.cycles * cfg.rows * cfg.cols) if self.cycles else 0.0
+
+
+def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorCode]:
+    """Static checks of every instruction (vectorised); returns (first bad index, code) or (-1, NONE)."""
+    n = len(f["opcode"])
+    op = f["opcode"]
+    code = np.zeros(n, dtype=np.int64)
+
+    def flag(cond: np.ndarray, err: ErrorCode) -> None:
+        code[:] = np.where((code == 0) & cond, err.value, code)
+
+    known = np.isin(op, [o.value for o in Opcode])
+    flag(~known, ErrorCode.BAD_OPCODE)
+    is_load, is_store = op == Opcode.LOAD.value, op == Opcode.STORE.value
+    is_mem, is_gemm, is_finish = is_load | is_store, op == Opcode.GEMM.value, op == Opcode.FINISH.value
+    buf = f["buffer"]
+    word = np.select([buf == Buffer.A.value, buf == Buffer.B.value, buf == Buffer.ACC.value],
+                     [cfg.a_word_bytes, cfg.b_word_bytes, cfg.acc_word_bytes], 0)
+    depth = np.select([buf == Buffer.A.value, buf == Buffer.B.value, buf == Buffer.ACC.value],
+                      [cfg.a_depth, cfg.b_depth, cfg.acc_depth], 0)
+    # token flags that have no neighbour: LOAD has no prev, STORE no next, FINISH none
+    no_neighbour = (is_load & ((f["pop_prev"] | f["push_prev"]) != 0)) | \
+                   (is_store & ((f["pop_next"] | f["push_next"]) != 0)) | \
+                   (is_finish & ((f["pop_prev"] | f["pop_next"] | f["push_prev"] | f["push_next"]) != 0))
+    flag(no_neighbour, ErrorCode.BAD_ARGS)
+    flag(is_mem & ((buf == 3) | (is_store & (buf != Buffer.ACC.value)) | (f["rows"] == 0)), ErrorCode.BAD_ARGS)
+    flag(is_mem & (f["sram_addr"] + f["rows"] > depth), ErrorCode.SRAM_RANGE)
+    last_byte = f["dram_addr"] + (f["rows"] - 1) * f["dram_stride"] + word
+    flag(is_mem & ((f["dram_addr"] % cfg.bus_bytes != 0) | (f["dram_stride"] % cfg.bus_bytes != 0)
+                   | (last_byte > (1 << cfg.addr_bits))), ErrorCode.DRAM_RANGE)
+    flag(is_gemm & (f["k"] == 0), ErrorCode.BAD_ARGS)
+    flag(is_gemm & ((f["a_addr"] + f["k"] > cfg.a_depth) | (f["b_addr"] + f["k"] > cfg.b_depth)
+                    | (f["acc_addr"] + cfg.rows > cfg.acc_depth)), ErrorCode.SRAM_RANGE)
+    bad = np.flatnonzero(code)
+    if len(bad):
+        return int(bad[0]), ErrorCode(int(code[bad[0]]))
+    return -1, ErrorCode.NONE
+
+
+class CoreModel:
+    """Simulator twin of the core for one :class:`SATConfig`.  Buffers persist across runs, as in the core."""
+
+    def __init__(self, cfg: SATConfig):
+        self.cfg = cfg
+        self.a = np.zeros((cfg.a_depth, cfg.rows), dtype=np.uint16)  # bf16 bits
+        self.b = np.zeros((cfg.b_depth, cfg.cols), dtype=np.uint16)
+        self.acc = np.zeros((cfg.acc_depth, cfg.cols), dtype=np.float32)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, memory: np.ndarray, program_addr: int, program_len: int, *, serial: bool = False,
+            numerics: bool = True) -> RunResult:
+        """Run the program of ``program_len`` instructions at ``program_addr`` against ``memory``.
+
+        ``memory`` is a uint8 array standing for DRAM from address 0; STOREs
+        write into it.  ``serial`` forces fully serial execution (the core's
+        debug switch).  ``numerics=False`` computes timing only.
+        """
+        cfg = self.cfg
+        if memory.dtype != np.uint8 or memory.ndim != 1:
+            raise TypeError("memory must be a 1-D uint8 array")
+        if not 1 <= program_len <= cfg.imem_depth:
+            return RunResult(Status.ERROR, ErrorCode.PROGRAM_TOO_LONG, cycles=1)
+        nbytes = program_len * INSTRUCTION_BYTES
+        if program_addr % cfg.bus_bytes or program_addr + nbytes > 1 << cfg.addr_bits:
+            return RunResult(Status.ERROR, ErrorCode.DRAM_RANGE, cycles=1)
+        blob = self._read(memory, program_addr, nbytes).tobytes()
+        fields = decode_program(blob)
+        fetch_beats = -(-nbytes // cfg.bus_bytes)
+        dispatch_start = cfg.mem_read_latency + fetch_beats
+        result = self._schedule(fields, dispatch_start, serial)
+        if numerics and result.status is Status.DONE:
+            self._execute(memory, fields, result.instructions)
+        return result
+
+    # ------------------------------------------------------------------ timing
+
+    def _schedule(self, f: dict[str, np.ndarray], dispatch_start: int, serial: bool) -> RunResult:
+        cfg = self.cfg
+        n = len(f["opcode"])
+        bad_pc, bad_code = check_program(cfg, f)
+        op = f["opcode"].tolist()
+        finish_pcs = [i for i, o in enumerate(op[: bad_pc if bad_pc >= 0 else n]) if o == Opcode.FINISH.value]
+        # the dispatcher stops at the first FINISH, bad instruction, or the end of the program
+        stop_pc = finish_pcs[0] if finish_pcs else (bad_pc if bad_pc >= 0 else n)
+        stop_code = ErrorCode.NONE if finish_pcs else (bad_code if bad_pc >= 0 else ErrorCode.NO_FINISH)
+
+        unit = [_UNIT_OF_OPCODE[o] for o in op[:stop_pc]]
+        flags = {k: f[k][:stop_pc].tolist() for k in ("pop_prev", "pop_next", "push_prev", "push_next")}
+        # per-instruction duration parameters
+        word = {Buffer.A.value: cfg.a_word_bytes, Buffer.B.value: cfg.b_word_bytes, Buffer.ACC.value: cfg.acc_word_bytes}
+        params = []
+        for i in range(stop_pc):
+            if unit[i] == COMPUTE:
+                params.append((timing.gemm_cycles(cfg, int(f["k"][i])), 0))
+            else:
+                wb = word[int(f["buffer"][i])]
+                rows = int(f["rows"][i])
+                beats = timing.transfer_beats(cfg, rows, wb)
+                nb = timing.burst_count(cfg, int(f["dram_addr"][i]), rows, wb, int(f["dram_stride"][i])) \
+                    if unit[i] == LOAD else 0
+                params.append((beats, nb))
+
+        queues: list[list[int]] = [[], [], []]
+        qpos = []
+        for i in range(stop_pc):
+            qpos.append(len(queues[unit[i]]))
+            queues[unit[i]].append(i)
+        d = [None] * stop_pc  # dispatch cycle
+        s = [None] * stop_pc  # start cycle
+        e = [None] * stop_pc  # last busy cycle (pushes happen here)
+        # channels: (producer unit, consumer unit) → list of push cycles / pop cycles
+        pushes = {ch: [] for ch in ("l2c", "c2l", "c2s", "s2c")}
+        pops = {ch: [] for ch in pushes}
+        ptr = [0, 0, 0]
+        next_d = 0
+        last_end = -1  # max e over started instructions (serial mode and FINISH)
+        stall = [0, 0, 0]
+        Q = cfg.queue_depth
+        Lr, Lw = cfg.mem_read_latency, cfg.mem_write_latency
+
+        def pop_channels(i: int) -> list[str]:
+            u = unit[i]
+            chans = []
+            if flags["pop_prev"][i]:
+                chans.append({COMPUTE: "l2c", STORE: "c2s"}[u])
+            if flags["pop_next"][i]:
+                chans.append({LOAD: "c2l", COMPUTE: "s2c"}[u])
+            return chans
+
+        def push_channels(i: int) -> list[str]:
+            u = unit[i]
+            chans = []
+            if flags["push_prev"][i]:
+                chans.append({COMPUTE: "c2l", STORE: "s2c"}[u])
+            if flags["push_next"][i]:
+                chans.append({LOAD: "l2c", COMPUTE: "c2s"}[u])
+            return chans
+
+        progress = True
+        while progress:
+            progress = False
+            # dispatcher
+            while next_d < stop_pc:
+                i = next_d
+                c = dispatch_start if i == 0 else d[i - 1] + 1
+                u, j = unit[i], qpos[i]
+                if j >= Q:
+                    freed_by = queues[u][j - Q]
+                    if s[freed_by] is None:
+                        break
+                    c = max(c, s[freed_by] + 1)
+                if serial:
+                    if i > 0 and e[i - 1] is None:
+                        break
+                    c = max(c, last_end + 1)
+                d[i] = c
+                next_d += 1
+                progress = True
+            # units
+            for u in (LOAD, COMPUTE, STORE):
+                while ptr[u] < len(queues[u]):
+                    i = queues[u][ptr[u]]
+                    if d[i] is None:
+                        break
+                    ready = d[i] + 1
+                    if ptr[u] > 0:
+                        prev = queues[u][ptr[u] - 1]
+                        if u == COMPUTE:
+                            ready = max(ready, e[prev] + 1)
+                        elif u == LOAD:
+                            ready = max(ready, s[prev] + params[prev][1])
+                        else:
+                            ready = max(ready, s[prev] + params[prev][0])
+                    if u != COMPUTE and ptr[u] > 1:
+                        ready = max(ready, e[queues[u][ptr[u] - 2]] + 1)
+                    token_ready = ready
+                    blocked = False
+                    for ch in pop_channels(i):
+                        nth = len(pops[ch])
+                        if nth >= len(pushes[ch]):
+                            blocked = True
+                            break
+                        token_ready = max(token_ready, pushes[ch][nth] + 1)
+                    if blocked:
+                        break
+                    start = token_ready
+                    stall[u] += start - ready
+                    for ch in pop_channels(i):
+                        pops[ch].append(start)
+                    if u == COMPUTE:
+                        end = start + params[i][0] - 1
+                    elif u == LOAD:
+                        beats = params[i][0]
+                        prev_end = e[queues[u][ptr[u] - 1]] if ptr[u] > 0 else -1
+                        end = max(start + Lr, prev_end + 1) + beats - 1
+                    else:
+                        end = start + params[i][0] + Lw
+                    s[i], e[i] = start, end
+                    last_end = max(last_end, end)
+                    for ch in push_channels(i):
+                        pushes[ch].append(end)
+                    ptr[u] += 1
+                    progress = True
+
+        events: list[tuple[int, int, ErrorCode, int]] = []  # (cycle, code, ErrorCode, pc)
+        # token overflow: after the n-th push at cycle t the count is n - #pops started by t
+        for ch in pushes:
+            for nth, t in enumerate(pushes[ch], start=1):
+                count = nth - bisect.bisect_right(pops[ch], t)
+                if count > cfg.token_limit:
+                    producer = [i for i in range(stop_pc) if e[i] == t and ch in push_channels(i)][0]
+                    events.append((t, ErrorCode.TOKEN_OVERFLOW.value, ErrorCode.TOKEN_OVERFLOW, producer))
+                    break
+        all_started = all(x is not None for x in s)
+        dispatched = [x for x in d if x is not None]
+        if all_started and next_d == stop_pc:
+            stop_cycle = dispatch_start if stop_pc == 0 else d[stop_pc - 1] + 1
+            if stop_code is ErrorCode.NONE:
+                done = max(stop_cycle, last_end + 1)
+                events.append((done, 0, ErrorCode.NONE, stop_pc))
+            else:
+                events.append((stop_cycle, stop_code.value, stop_code, stop_pc))
+        else:
+            quiet = max([x + 1 for x in dispatched] + [x + 1 for x in e if x is not None] + [dispatch_start])
+            stuck = next((i for i in range(stop_pc) if s[i] is None), stop_pc)
+            events.append((quiet, ErrorCode.DEADLOCK.value, ErrorCode.DEADLOCK, stuck))
+        cycle, _, code, pc = min(events)
+        status = Status.DONE if code is ErrorCode.NONE else Status.ERROR
+
+        busy = [0, 0, 0]
+        for u in (LOAD, COMPUTE, STORE):
+            covered = -1
+            for i in queues[u]:
+                if s[i] is None or s[i] > cycle:
+                    break
+                lo, hi = max(s[i], covered + 1), min(e[i], cycle)
+                if hi >= lo:
+                    busy[u] += hi - lo + 1
+                covered = max(covered, e[i])
+        macs = sum(int(f["k"][i]) for i in range(stop_pc) if unit[i] == COMPUTE) * cfg.rows * cfg.cols
+        return RunResult(status, code, cycles=cycle + 1, error_pc=pc if status is Status.ERROR else 0,
+                         busy=dict(zip(UNIT_NAMES, busy)), token_stall=dict(zip(UNIT_NAMES, stall)),
+                         instructions=stop_pc, gemm_macs=macs if status is Status.DONE else 0)
+
+    # ------------------------------------------------------------------ data
+
+    @staticmethod
+    def _read(memory: np.ndarray, addr: int, nbytes: int) -> np.ndarray:
+        if addr + nbytes > memory.size:
+            raise MemoryModelError(f"read of {nbytes} bytes at {addr:#x} is past the {memory.size}-byte memory model")
+        return memory[addr:addr + nbytes]
+
+    def _rows(self, memory: np.ndarray, addr: int, rows: int, word: int, stride: int) -> np.ndarray:
+        last = addr + (rows - 1) * stride + word
+        if last > memory.size:
+            raise MemoryModelError(f"access up to {last:#x} is past the {memory.size}-byte memory model")
+        return np.lib.stride_tricks.as_strided(memory[addr:], shape=(rows, word), strides=(stride, 1))
+
+    def _execute(self, memory: np.ndarray, f: dict[str, np.ndarray], count: int) -> None:
+        cfg = self.cfg
+        for i in range(count):
+            op = int(f["opcode"][i])
+            if op == Opcode.GEMM.value:
+                k, a0, b0, c0 = (int(f[x][i]) for x in ("k", "a_addr", "b_addr", "acc_addr"))
+                out = numerics.mac_sequence(self.a[a0:a0 + k], self.b[b0:b0 + k])
+                rows = self.acc[c0:c0 + cfg.rows]
+                self.acc[c0:c0 + cfg.rows] = numerics.add_f32(rows, out) if f["accumulate"][i] else out
+                continue
+            buf, sram, rows, addr, stride = (int(f[x][i]) for x in ("buffer", "sram_addr", "rows", "dram_addr", "dram_stride"))
+            target = {Buffer.A.value: self.a, Buffer.B.value: self.b, Buffer.ACC.value: self.acc}[buf]
+            word = target.shape[1] * target.itemsize
+            if op == Opcode.LOAD.value:
+                data = self._rows(memory, addr, rows, word, stride)
+                target[sram:sram + rows] = np.ascontiguousarray(data).view(target.dtype).reshape(rows, -1)
+            else:  # STORE
+                view = self._rows(memory, addr, rows, word, stride)
+                view[:] = target[sram:sram + rows].view(np.uint8).reshape(rows, word)

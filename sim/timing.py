@@ -1,0 +1,81 @@
+"""Latency rules of the core's units: the contract the RTL is built to and the simulator computes with.
+
+Each rule is a formula over a few integers; ``docs/architecture.md`` states
+them in prose.  Cycle 0 is the first cycle after START.  "An event in cycle
+t" means the registers it updates show the new value from cycle t + 1.
+
+Not here: the event bookkeeping that strings instructions together
+(``nmsat.sim.core``) or the numerics (``nmsat.sim.numerics``).
+"""
+
+from __future__ import annotations
+
+from ..hw.config import SATConfig
+
+__all__ = ["bursts", "burst_count", "transfer_beats", "gemm_cycles", "LOADS_IN_FLIGHT", "STORES_IN_FLIGHT", "SRAM_READ_LATENCY"]
+
+#: A LOAD may issue its addresses while at most this many earlier LOADs still receive data.
+LOADS_IN_FLIGHT = 1
+#: A STORE may start while at most this many earlier STOREs still wait for their write responses.
+STORES_IN_FLIGHT = 1
+#: Buffers are synchronous RAMs: data is out one cycle after the address.
+SRAM_READ_LATENCY = 1
+#: A GEMM drains the PE array through a read-add-write pipeline of this many stages after its last MAC.
+DRAIN_PIPELINE = 2
+
+_PAGE = 4096  # AXI: a burst never crosses a 4 KiB boundary
+
+
+def bursts(cfg: SATConfig, dram_addr: int, rows: int, word_bytes: int, stride: int) -> list[tuple[int, int]]:
+    """The AXI bursts of a 2-D transfer, in order, as ``(byte address, beats)``.
+
+    Words are contiguous runs of ``word_bytes``; if ``stride == word_bytes``
+    all rows form one run.  Each run is cut into bursts of at most
+    ``max_burst_beats`` that never cross a 4 KiB page.
+    """
+    if stride == word_bytes:
+        runs = [(dram_addr, rows * word_bytes)]
+    else:
+        runs = [(dram_addr + i * stride, word_bytes) for i in range(rows)]
+    out = []
+    bus, max_beats = cfg.bus_bytes, cfg.max_burst_beats
+    for addr, length in runs:
+        end = addr + length
+        while addr < end:
+            to_page = (_PAGE - addr % _PAGE) // bus
+            beats = min(max_beats, (end - addr + bus - 1) // bus, to_page)
+            out.append((addr, beats))
+            addr += beats * bus
+    return out
+
+
+def burst_count(cfg: SATConfig, dram_addr: int, rows: int, word_bytes: int, stride: int) -> int:
+    """Number of bursts of a transfer (same cut as :func:`bursts`, without building the list)."""
+    if stride == word_bytes:
+        return _count_run(dram_addr, rows * word_bytes, cfg.bus_bytes, cfg.max_burst_beats)
+    return sum(_count_run(dram_addr + i * stride, word_bytes, cfg.bus_bytes, cfg.max_burst_beats) for i in range(rows))
+
+
+def _count_run(addr: int, length: int, bus: int, max_beats: int) -> int:
+    count, end = 0, addr + length
+    while addr < end:
+        to_page = (_PAGE - addr % _PAGE) // bus
+        beats = min(max_beats, (end - addr + bus - 1) // bus, to_page)
+        addr += beats * bus
+        count += 1
+    return count
+
+
+def transfer_beats(cfg: SATConfig, rows: int, word_bytes: int) -> int:
+    """Data beats of a transfer of ``rows`` words (word sizes are whole beats by config invariant)."""
+    return rows * word_bytes // cfg.bus_bytes
+
+
+def gemm_cycles(cfg: SATConfig, k: int) -> int:
+    """Cycles a GEMM of reduction length ``k`` keeps the compute unit busy.
+
+    ``k`` cycles of buffer reads (one A and one B word per cycle), the last MAC
+    one cycle later (SRAM latency), then the array drains one row per cycle
+    through a read-add-write pipeline into the accumulator buffer.
+    """
+    return k + SRAM_READ_LATENCY + cfg.rows + DRAIN_PIPELINE - 1

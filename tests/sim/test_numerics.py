@@ -1,0 +1,73 @@
+"""The numerics rule in numpy against independent references (torch, float64, hand cases)."""
+
+import numpy as np
+import torch
+from hypothesis import given, settings, strategies as st
+
+from nmsat.sim import numerics as nx
+
+F32 = np.float32
+TINY = np.float32(1.1754944e-38)  # smallest normal
+
+
+def bits(x):
+    return np.asarray(x, dtype=np.float32).view(np.uint32)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=64))
+def test_f32_to_bf16_rounds_like_torch(values):
+    x = np.array(values, dtype=np.float32)
+    ours = nx.f32_to_bf16_bits(x)
+    ref = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(ours, ref)
+
+
+def test_bf16_nan_is_canonical_and_round_trip_exact():
+    assert nx.f32_to_bf16_bits(np.array([np.nan, -np.nan], dtype=F32)).tolist() == [0x7FC0, 0x7FC0]
+    b = np.arange(0, 1 << 16, dtype=np.uint32).astype(np.uint16)
+    finite = (b & 0x7F80) != 0x7F80
+    back = nx.f32_to_bf16_bits(nx.bf16_bits_to_f32(b))
+    assert np.array_equal(back[finite], b[finite])
+
+
+def test_flush_to_zero_keeps_sign_and_canonical_nan():
+    x = np.array([1e-40, -1e-40, TINY, -TINY, np.inf, np.nan], dtype=F32)
+    out = bits(nx.flush_f32(x))
+    assert out.tolist() == [0, 0x80000000, bits(TINY), bits(-TINY), 0x7F800000, 0x7FC00000]
+
+
+def test_add_rules():
+    assert bits(nx.add_f32(F32(1.0), F32(-1.0))) == 0  # x + (-x) = +0
+    assert bits(nx.add_f32(F32(-0.0), F32(-0.0))) == 0x80000000
+    assert bits(nx.add_f32(F32(np.inf), F32(-np.inf))) == 0x7FC00000
+    assert bits(nx.add_f32(F32(3e38), F32(3e38))) == 0x7F800000
+    # tiny difference of normals is a subnormal: flushed, with its sign
+    assert bits(nx.add_f32(TINY * F32(1.5), -TINY * F32(2))) == 0x80000000
+    assert nx.add_f32(F32(1.0), F32(2.0 ** -24)) == F32(1.0)  # tie to even
+    assert nx.add_f32(F32(1.0 + 2 ** -23), F32(2.0 ** -24)) == F32(1.0 + 2 ** -22)
+
+
+def test_products_exact_or_flushed():
+    a = nx.f32_to_bf16_bits(np.array([1.5, 2.0 ** -70, 2.0 ** 100, 0.0, np.inf], dtype=F32))
+    b = nx.f32_to_bf16_bits(np.array([-1.25, 2.0 ** -70, 2.0 ** 100, np.inf, -2.0], dtype=F32))
+    p = nx.mul_bf16(a, b)
+    assert p[0] == F32(-1.875)
+    assert bits(p[1:]).tolist() == [0, 0x7F800000, 0x7FC00000, 0xFF800000]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_mac_sequence_equals_scalar_loop(k, seed):
+    rng = np.random.default_rng(seed)
+    a = nx.f32_to_bf16_bits(rng.standard_normal((k, 3)).astype(F32) * F32(2.0) ** rng.integers(-6, 6, (k, 3)))
+    b = nx.f32_to_bf16_bits(rng.standard_normal((k, 2)).astype(F32))
+    out = nx.mac_sequence(a, b)
+    af, bf = nx.bf16_bits_to_f32(a), nx.bf16_bits_to_f32(b)
+    for r in range(3):
+        for c in range(2):
+            acc = F32(0.0)
+            for i in range(k):
+                # float64 product is exact; one rounding per sum, as in the rule
+                acc = F32(np.float64(acc) + np.float64(af[i, r]) * np.float64(bf[i, c]))
+            assert bits(out[r, c]) == bits(acc)
