@@ -26,7 +26,7 @@ from ..hw.config import SATConfig
 from ..hw.isa import INSTRUCTION_BYTES, Buffer, Opcode, encode, to_bytes
 from ..sim import numerics
 
-__all__ = ["GemmPlan", "plan_gemm", "Program", "compile_gemm", "pack_a", "pack_b", "unpack_c"]
+__all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm", "pack_a", "pack_b", "unpack_c"]
 
 
 @dataclass(frozen=True)
@@ -134,38 +134,59 @@ def _align(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
 
+@dataclass(frozen=True)
+class GemmLayout:
+    """Where a GEMM's program and operands live in DRAM, and its instructions (FINISH included)."""
+
+    plan: GemmPlan
+    words: list[int]
+    program_addr: int
+    regions: dict[str, tuple[int, int]]
+    memory_bytes: int
+
+
+def layout_gemm(cfg: SATConfig, m: int, n: int, k: int, *, plan: GemmPlan | None = None,
+                base_addr: int = 0) -> GemmLayout:
+    """Plan and emit a GEMM from its shape alone (enough for timing-only simulation)."""
+    plan = plan or plan_gemm(cfg, m, n, k)
+    count = len(emit_gemm(cfg, plan, a_addr=0, b_addr=0, c_addr=0)) + 1
+    if count > cfg.imem_depth:
+        raise ValueError(f"GEMM {m}x{n}x{k}: program of {count} instructions exceeds the "
+                         f"{cfg.imem_depth}-instruction memory of config {cfg.name!r}")
+    page = 4096
+    a_bytes = plan.mt * plan.k * cfg.a_word_bytes
+    b_bytes = plan.nt * plan.k * cfg.b_word_bytes
+    c_bytes = plan.mt * plan.nt * cfg.rows * cfg.acc_word_bytes
+    prog_addr = _align(base_addr, page)
+    a_addr = _align(prog_addr + count * INSTRUCTION_BYTES, page)
+    b_addr = _align(a_addr + a_bytes, page)
+    c_addr = _align(b_addr + b_bytes, page)
+    end = _align(c_addr + c_bytes, page)
+    if end > 1 << cfg.addr_bits:
+        raise ValueError(f"GEMM {m}x{n}x{k} needs {end} bytes of DRAM, more than the {cfg.addr_bits}-bit address space")
+    words = emit_gemm(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr) + [encode(Opcode.FINISH)]
+    regions = {"program": (prog_addr, count * INSTRUCTION_BYTES), "a": (a_addr, a_bytes), "b": (b_addr, b_bytes),
+               "c": (c_addr, c_bytes)}
+    return GemmLayout(plan, words, prog_addr, regions, end)
+
+
 def compile_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, *, plan: GemmPlan | None = None,
                  base_addr: int = 0) -> Program:
-    """Compile ``C = A · B`` for ``cfg``; ``a`` and ``b`` are fp32 (rounded to bf16 here) or bf16 bits (uint16)."""
+    """Compile ``C = A · B`` for ``cfg`` with its memory image; ``a``, ``b`` fp32 (rounded to bf16) or bf16 bits."""
     a_bits = a if a.dtype == np.uint16 else numerics.f32_to_bf16_bits(a)
     b_bits = b if b.dtype == np.uint16 else numerics.f32_to_bf16_bits(b)
     if a_bits.ndim != 2 or b_bits.ndim != 2 or a_bits.shape[1] != b_bits.shape[0]:
         raise ValueError(f"GEMM operands must be [M, K] and [K, N], got {a.shape} and {b.shape}")
     m, k = a_bits.shape
     n = b_bits.shape[1]
-    plan = plan or plan_gemm(cfg, m, n, k)
-    ap, bp = pack_a(cfg, a_bits), pack_b(cfg, b_bits)
-    words = emit_gemm(cfg, plan, a_addr=None, b_addr=None, c_addr=None, _layout_only=True)
-    if len(words) + 1 > cfg.imem_depth:
-        raise ValueError(f"GEMM {m}x{n}x{k}: program of {len(words) + 1} instructions exceeds the "
-                         f"{cfg.imem_depth}-instruction memory of config {cfg.name!r}")
-    # memory map: program, A, B, C, each aligned to 4 KiB
-    page = 4096
-    prog_addr = _align(base_addr, page)
-    a_addr = _align(prog_addr + (len(words) + 1) * INSTRUCTION_BYTES, page)
-    b_addr = _align(a_addr + ap.nbytes, page)
-    c_addr = _align(b_addr + bp.nbytes, page)
-    c_bytes = plan.mt * plan.nt * cfg.rows * cfg.acc_word_bytes
-    end = _align(c_addr + c_bytes, page)
-    words = emit_gemm(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr)
-    words.append(encode(Opcode.FINISH))
-    memory = np.zeros(end, dtype=np.uint8)
-    memory[prog_addr:prog_addr + len(words) * INSTRUCTION_BYTES] = np.frombuffer(to_bytes(words), dtype=np.uint8)
-    memory[a_addr:a_addr + ap.nbytes] = ap.view(np.uint8).ravel()
-    memory[b_addr:b_addr + bp.nbytes] = bp.view(np.uint8).ravel()
-    regions = {"program": (prog_addr, len(words) * INSTRUCTION_BYTES), "a": (a_addr, ap.nbytes),
-               "b": (b_addr, bp.nbytes), "c": (c_addr, c_bytes)}
-    return Program(cfg, words, memory, prog_addr, regions, plan)
+    lay = layout_gemm(cfg, m, n, k, plan=plan, base_addr=base_addr)
+    memory = np.zeros(lay.memory_bytes, dtype=np.uint8)
+    blob = np.frombuffer(to_bytes(lay.words), dtype=np.uint8)
+    memory[lay.program_addr:lay.program_addr + blob.size] = blob
+    for name, packed in (("a", pack_a(cfg, a_bits)), ("b", pack_b(cfg, b_bits))):
+        addr, nbytes = lay.regions[name]
+        memory[addr:addr + nbytes] = packed.view(np.uint8).ravel()
+    return Program(cfg, lay.words, memory, lay.program_addr, dict(lay.regions), lay.plan)
 
 
 def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:
@@ -177,7 +198,7 @@ def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:
     return unpack_c(cfg, packed, plan.m, plan.n)
 
 
-def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr, b_addr, c_addr, _layout_only: bool = False) -> list[int]:
+def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_addr: int) -> list[int]:
     """The instructions of one GEMM (no FINISH), double-buffered, with tokens placed.
 
     Tokens: the last LOAD of a step pushes to compute and the step's first GEMM
@@ -186,9 +207,6 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr, b_addr, c_addr, _layout
     GEMM of a block pushes to store and its first STORE pops it; the block's
     last STORE pushes back and the first GEMM two blocks later pops it.
     """
-    a_addr = a_addr or 0
-    b_addr = b_addr or 0
-    c_addr = c_addr or 0
     R = cfg.rows
     a_half, b_half, acc_half = cfg.a_depth // 2, cfg.b_depth // 2, cfg.acc_depth // 2
     kc, steps = plan.kc, plan.steps

@@ -129,6 +129,16 @@ class CoreModel:
             self._execute(memory, fields, result.instructions)
         return result
 
+    def time_program(self, words: list[int], *, serial: bool = False) -> RunResult:
+        """Timing only, from the instruction words (no memory image): what ``run`` would report."""
+        cfg = self.cfg
+        if not 1 <= len(words) <= cfg.imem_depth:
+            return RunResult(Status.ERROR, ErrorCode.PROGRAM_TOO_LONG, cycles=1)
+        from ..hw.isa import to_bytes
+        fields = decode_program(to_bytes(words))
+        nbytes = len(words) * INSTRUCTION_BYTES
+        return self._schedule(fields, cfg.mem_read_latency + -(-nbytes // cfg.bus_bytes), serial)
+
     # ------------------------------------------------------------------ timing
 
     def _schedule(self, f: dict[str, np.ndarray], dispatch_start: int, serial: bool) -> RunResult:
