@@ -213,7 +213,10 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
     a_tile_bytes = plan.k * cfg.a_word_bytes  # one M-tile: K words
     b_tile_bytes = plan.k * cfg.b_word_bytes
     c_tile_bytes = R * cfg.acc_word_bytes
-    out: list[int] = []
+    # per step: (loads, gemms, stores issued after the step); emitted software-pipelined below
+    step_loads: list[list[int]] = []
+    step_gemms: list[list[int]] = []
+    step_stores: list[list[int]] = []
     step_index = 0
     block_index = 0
     for i0 in range(0, plan.mt, plan.mb):
@@ -234,13 +237,16 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
                     loads.append(dict(buffer=Buffer.B, sram_addr=half * b_half + y * kc, rows=klen,
                                       dram_addr=b_addr + nj * b_tile_bytes + k0 * cfg.b_word_bytes,
                                       dram_stride=cfg.b_word_bytes))
+                step_loads.append([])
+                step_gemms.append([])
+                step_stores.append([])
                 for idx, args in enumerate(loads):
-                    out.append(encode(Opcode.LOAD, pop_next=int(idx == 0 and step_index >= 2),
+                    step_loads[-1].append(encode(Opcode.LOAD, pop_next=int(idx == 0 and step_index >= 2),
                                       push_next=int(idx == len(loads) - 1), **args))
                 pairs = [(x, y) for x in range(len(mis)) for y in range(len(njs))]
                 for idx, (x, y) in enumerate(pairs):
                     first, last = idx == 0, idx == len(pairs) - 1
-                    out.append(encode(Opcode.GEMM, pop_prev=int(first),
+                    step_gemms[-1].append(encode(Opcode.GEMM, pop_prev=int(first),
                                       pop_next=int(first and s == 0 and block_index >= 2),
                                       push_prev=int(last), push_next=int(last and s == steps - 1),
                                       a_addr=half * a_half + x * kc, b_addr=half * b_half + y * kc,
@@ -248,9 +254,21 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
                 step_index += 1
             tiles = [(x, y, mi, nj) for x, mi in enumerate(mis) for y, nj in enumerate(njs)]
             for idx, (x, y, mi, nj) in enumerate(tiles):
-                out.append(encode(Opcode.STORE, pop_prev=int(idx == 0), push_prev=int(idx == len(tiles) - 1),
+                step_stores[-1].append(encode(Opcode.STORE, pop_prev=int(idx == 0), push_prev=int(idx == len(tiles) - 1),
                                   buffer=Buffer.ACC, sram_addr=acc_base + (x * len(njs) + y) * R, rows=R,
                                   dram_addr=c_addr + (mi * plan.nt + nj) * c_tile_bytes,
                                   dram_stride=cfg.acc_word_bytes))
             block_index += 1
+    # Offline scheduling: the dispatcher is in order, so a STORE waiting for its GEMMs must not sit in
+    # front of the next step's LOADs.  Program order: loads of step t+1, GEMMs of step t, stores of
+    # step t-1.  Each unit's own order is unchanged, so the tokens keep their meaning.
+    out: list[int] = list(step_loads[0]) if step_loads else []
+    for t in range(len(step_gemms)):
+        if t + 1 < len(step_loads):
+            out += step_loads[t + 1]
+        out += step_gemms[t]
+        if t >= 1:
+            out += step_stores[t - 1]
+    if step_stores:
+        out += step_stores[-1]
     return out

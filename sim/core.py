@@ -158,7 +158,7 @@ class CoreModel:
         params = []
         for i in range(stop_pc):
             if unit[i] == COMPUTE:
-                params.append((timing.gemm_cycles(cfg, int(f["k"][i])), 0))
+                params.append((timing.gemm_mac_cycles(int(f["k"][i])), 0))
             else:
                 wb = word[int(f["buffer"][i])]
                 rows = int(f["rows"][i])
@@ -175,6 +175,8 @@ class CoreModel:
         d = [None] * stop_pc  # dispatch cycle
         s = [None] * stop_pc  # start cycle
         e = [None] * stop_pc  # last busy cycle (pushes happen here)
+        transfer = [None] * stop_pc  # GEMM: cycle the accumulators move to the shadow registers
+        drain = timing.drain_cycles(cfg)
         # channels: (producer unit, consumer unit) → list of push cycles / pop cycles
         pushes = {ch: [] for ch in ("l2c", "c2l", "c2s", "s2c")}
         pops = {ch: [] for ch in pushes}
@@ -233,7 +235,7 @@ class CoreModel:
                     if ptr[u] > 0:
                         prev = queues[u][ptr[u] - 1]
                         if u == COMPUTE:
-                            ready = max(ready, e[prev] + 1)
+                            ready = max(ready, transfer[prev])
                         elif u == LOAD:
                             ready = max(ready, s[prev] + params[prev][1])
                         else:
@@ -255,7 +257,9 @@ class CoreModel:
                     for ch in pop_channels(i):
                         pops[ch].append(start)
                     if u == COMPUTE:
-                        end = start + params[i][0] - 1
+                        prev_drain = e[queues[u][ptr[u] - 1]] if ptr[u] > 0 else -1
+                        transfer[i] = max(start + params[i][0], prev_drain + 1)
+                        end = transfer[i] + drain
                     elif u == LOAD:
                         beats = params[i][0]
                         prev_end = e[queues[u][ptr[u] - 1]] if ptr[u] > 0 else -1

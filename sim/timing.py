@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..hw.config import SATConfig
 
-__all__ = ["bursts", "burst_count", "transfer_beats", "gemm_cycles", "LOADS_IN_FLIGHT", "STORES_IN_FLIGHT", "SRAM_READ_LATENCY"]
+__all__ = ["bursts", "burst_count", "transfer_beats", "gemm_mac_cycles", "drain_cycles", "LOADS_IN_FLIGHT", "STORES_IN_FLIGHT", "SRAM_READ_LATENCY"]
 
 #: A LOAD may issue its addresses while at most this many earlier LOADs still receive data.
 LOADS_IN_FLIGHT = 1
@@ -20,7 +20,7 @@ LOADS_IN_FLIGHT = 1
 STORES_IN_FLIGHT = 1
 #: Buffers are synchronous RAMs: data is out one cycle after the address.
 SRAM_READ_LATENCY = 1
-#: A GEMM drains the PE array through a read-add-write pipeline of this many stages after its last MAC.
+#: A GEMM drains the shadow registers through a read-add-write pipeline of this many stages.
 DRAIN_PIPELINE = 2
 
 _PAGE = 4096  # AXI: a burst never crosses a 4 KiB boundary
@@ -71,11 +71,20 @@ def transfer_beats(cfg: SATConfig, rows: int, word_bytes: int) -> int:
     return rows * word_bytes // cfg.bus_bytes
 
 
-def gemm_cycles(cfg: SATConfig, k: int) -> int:
-    """Cycles a GEMM of reduction length ``k`` keeps the compute unit busy.
+def gemm_mac_cycles(k: int) -> int:
+    """Cycles from a GEMM's start to the cycle after its last MAC: ``k`` buffer reads, then the SRAM latency.
 
-    ``k`` cycles of buffer reads (one A and one B word per cycle), the last MAC
-    one cycle later (SRAM latency), then the array drains one row per cycle
-    through a read-add-write pipeline into the accumulator buffer.
+    In cycle ``start + gemm_mac_cycles(k)`` at the earliest the accumulators
+    move to the shadow registers (the transfer); the next GEMM may start in
+    the transfer cycle (its first MAC is one cycle later).
     """
-    return k + SRAM_READ_LATENCY + cfg.rows + DRAIN_PIPELINE - 1
+    return k + SRAM_READ_LATENCY
+
+
+def drain_cycles(cfg: SATConfig) -> int:
+    """Cycles from the transfer to the last accumulator-buffer write: ``rows`` reads, then the add and write stages.
+
+    A transfer waits until the previous GEMM's drain has finished (one set of
+    shadow registers).
+    """
+    return cfg.rows + DRAIN_PIPELINE - 1

