@@ -14,7 +14,7 @@ rounding modes other than nearest-even, subnormal support, exception flags,
 NaN payload propagation, and the host-side fp32 ↔ bf16 conversions.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Value
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,6 +23,19 @@ __all__ = ["CANONICAL_NAN_F32", "Bf16Multiplier", "Fp32Adder", "Bf16Mac"]
 #: The only NaN any unit produces (quiet, positive, zero payload beyond the quiet bit).
 CANONICAL_NAN_F32 = 0x7FC00000
 _INF_F32 = 0x7F800000
+
+
+def _net(m: Module, name: str, expr) -> Signal:
+    """A named signal driven by ``expr``.
+
+    Amaranth inlines an expression at every use, so an intermediate that is
+    used more than once is given its own signal (keeps elaboration and the
+    emitted netlist linear in the design size).
+    """
+    expr = Value.cast(expr)
+    sig = Signal(expr.shape(), name=name)
+    m.d.comb += sig.eq(expr)
+    return sig
 
 
 def _leading_zeros(x: Value) -> tuple[Value, Value]:
@@ -87,13 +100,13 @@ class Bf16Multiplier(wiring.Component):
         inf_a, inf_b = max_a & (frac_a == 0), max_b & (frac_b == 0)
 
         # 8 x 8 -> 16-bit significand product, value in [1, 4)
-        sig = Cat(frac_a, Const(1, 1)) * Cat(frac_b, Const(1, 1))
+        sig = _net(m, "sig", Cat(frac_a, Const(1, 1)) * Cat(frac_b, Const(1, 1)))
         top = sig[15]
         # the 15 bits after the leading one, left-aligned in the 23-bit fraction
         frac = Mux(top, Cat(Const(0, 8), sig[0:15]), Cat(Const(0, 9), sig[0:14]))
 
-        # biased exponent of the product: ea + eb - 127 (+1 when sig >= 2), range -123 .. 382
-        exp = (exp_a + exp_b + top - 127).as_signed()
+        # biased exponent of the product: ea + eb - 127 (+1 when sig >= 2), range -125 .. 382
+        exp = _net(m, "exp", (exp_a + exp_b + top - 127).as_signed())
         overflow = exp >= 0xFF
         underflow = exp <= 0
 
@@ -146,22 +159,22 @@ class Fp32Adder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        def unpack(x):
+        def unpack(x, n):
             exp, frac = x[23:31], x[0:23]
             is_zero = exp == 0  # zero or subnormal (flushed)
             is_max = exp == 0xFF
             # magnitude after flush to zero (exponent and fraction, 31 bits)
-            mag = Mux(is_zero, 0, x[0:31])
-            return x[31], mag, is_zero, is_max & (frac == 0), is_max & (frac != 0)
+            mag = _net(m, f"mag_{n}", Mux(is_zero, 0, x[0:31]))
+            return x[31], mag, is_max & (frac == 0), is_max & (frac != 0)
 
-        sign_a, mag_a, zero_a, inf_a, nan_a = unpack(self.a)
-        sign_b, mag_b, zero_b, inf_b, nan_b = unpack(self.b)
+        sign_a, mag_a, inf_a, nan_a = unpack(self.a, "a")
+        sign_b, mag_b, inf_b, nan_b = unpack(self.b, "b")
 
         # order by magnitude: x is the larger, y the smaller
-        swap = mag_b > mag_a
+        swap = _net(m, "swap", mag_b > mag_a)
         sign_x = Mux(swap, sign_b, sign_a)
-        mag_x = Mux(swap, mag_b, mag_a)
-        mag_y = Mux(swap, mag_a, mag_b)
+        mag_x = _net(m, "mag_x", Mux(swap, mag_b, mag_a))
+        mag_y = _net(m, "mag_y", Mux(swap, mag_a, mag_b))
         exp_x, exp_y = mag_x[23:31], mag_y[23:31]
         sig_x = Cat(mag_x[0:23], exp_x != 0)  # 24 bits with the hidden one
         sig_y = Cat(mag_y[0:23], exp_y != 0)  # 0 when y is a (flushed) zero
@@ -169,29 +182,30 @@ class Fp32Adder(wiring.Component):
 
         # alignment: y's significand with 3 extra bits, shifted right by the
         # exponent difference; every shift of 27 or more moves all of it out
-        diff = exp_x - exp_y  # 0 .. 254 (exp_x >= exp_y)
-        shift = Mux(diff > 27, 27, diff[0:5])
-        y_ext = Cat(Const(0, 3), sig_y)  # 27 bits
+        diff = _net(m, "diff", exp_x - exp_y)  # 0 .. 254 (exp_x >= exp_y)
+        shift = _net(m, "shift", Mux(diff > 27, 27, diff[0:5]))
+        y_ext = _net(m, "y_ext", Cat(Const(0, 3), sig_y))  # 27 bits
         y_kept = y_ext >> shift
         # sticky: y bits below the shift, y_ext & ((1 << shift) - 1) != 0
         lost_mask = Cat(*(shift > i for i in range(27)))
         sticky = (y_ext & lost_mask) != 0
-        y_aligned = Cat(sticky | y_kept[0], y_kept[1:27])
+        y_aligned = _net(m, "y_aligned", y_kept)
         x_ext = Cat(Const(0, 3), sig_x)  # 27 bits
 
         # 28-bit sum / difference (x >= y, so the difference is not negative)
-        total = Mux(subtract, x_ext - y_aligned, x_ext + y_aligned)[0:28]
+        total = _net(m, "total", Mux(subtract, x_ext - y_aligned, x_ext + y_aligned)[0:28])
 
         # normalise: shift the leading one to bit 27
         lz, nonzero = _leading_zeros(total)
-        norm = (total << lz)[0:28]
+        lz = _net(m, "lz", lz)
+        norm = _net(m, "norm", (total << lz)[0:28])
         mant = norm[4:27]  # 23 fraction bits below the leading one
         guard = norm[3]
         rest = norm[0:3] != 0
         round_up = guard & (rest | mant[0])
 
         # biased exponent of the leading one: exp_x + 1 - lz, range -26 .. 255
-        exp = (exp_x + 1 - lz).as_signed()
+        exp = _net(m, "exp", (exp_x + 1 - lz).as_signed())
         overflow = exp >= 0xFF
         underflow = exp <= 0
         rounded = Cat(mant, exp[0:8]) + round_up  # carries into the exponent; 0x7F800000 is inf

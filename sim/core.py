@@ -79,7 +79,9 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
                    (is_store & ((f["pop_next"] | f["push_next"]) != 0)) | \
                    (is_finish & ((f["pop_prev"] | f["pop_next"] | f["push_prev"] | f["push_next"]) != 0))
     flag(no_neighbour, ErrorCode.BAD_ARGS)
-    flag(is_mem & ((buf == 3) | (is_store & (buf != Buffer.ACC.value)) | (f["rows"] == 0)), ErrorCode.BAD_ARGS)
+    # LOAD fills A or B; STORE drains ACC (the ACC buffer's ports belong to the drain and the STORE unit)
+    flag(is_mem & ((buf == 3) | (is_store & (buf != Buffer.ACC.value)) | (is_load & (buf == Buffer.ACC.value))
+                   | (f["rows"] == 0)), ErrorCode.BAD_ARGS)
     flag(is_mem & (f["sram_addr"] + f["rows"] > depth), ErrorCode.SRAM_RANGE)
     last_byte = f["dram_addr"] + (f["rows"] - 1) * f["dram_stride"] + word
     flag(is_mem & ((f["dram_addr"] % cfg.bus_bytes != 0) | (f["dram_stride"] % cfg.bus_bytes != 0)
@@ -284,13 +286,13 @@ class CoreModel:
                     break
         all_started = all(x is not None for x in s)
         dispatched = [x for x in d if x is not None]
-        if all_started and next_d == stop_pc:
+        if next_d == stop_pc and stop_code is not ErrorCode.NONE:
+            # the dispatcher reached a bad instruction (or the end): raised when it becomes current
             stop_cycle = dispatch_start if stop_pc == 0 else d[stop_pc - 1] + 1
-            if stop_code is ErrorCode.NONE:
-                done = max(stop_cycle, last_end + 1)
-                events.append((done, 0, ErrorCode.NONE, stop_pc))
-            else:
-                events.append((stop_cycle, stop_code.value, stop_code, stop_pc))
+            events.append((stop_cycle, stop_code.value, stop_code, stop_pc))
+        elif next_d == stop_pc and all_started:
+            stop_cycle = dispatch_start if stop_pc == 0 else d[stop_pc - 1] + 1
+            events.append((max(stop_cycle, last_end + 1), 0, ErrorCode.NONE, stop_pc))
         else:
             quiet = max([x + 1 for x in dispatched] + [x + 1 for x in e if x is not None] + [dispatch_start])
             stuck = next((i for i in range(stop_pc) if s[i] is None), stop_pc)

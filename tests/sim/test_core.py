@@ -102,6 +102,7 @@ def test_bad_opcode_stops_at_dispatch():
     (encode(Opcode.LOAD, buffer=Buffer.B, rows=2, dram_addr=(1 << 32) - 8, dram_stride=8), ErrorCode.DRAM_RANGE),
     (encode(Opcode.LOAD, buffer=Buffer.B, rows=0, dram_addr=0, dram_stride=8), ErrorCode.BAD_ARGS),
     (encode(Opcode.STORE, buffer=Buffer.A, rows=1, dram_addr=0, dram_stride=8), ErrorCode.BAD_ARGS),
+    (encode(Opcode.LOAD, buffer=Buffer.ACC, rows=1, dram_addr=0, dram_stride=16), ErrorCode.BAD_ARGS),
     (encode(Opcode.LOAD, pop_prev=1, buffer=Buffer.A, rows=1, dram_addr=0, dram_stride=8), ErrorCode.BAD_ARGS),
     (encode(Opcode.GEMM, k=0), ErrorCode.BAD_ARGS),
     (encode(Opcode.GEMM, k=4, acc_addr=62), ErrorCode.SRAM_RANGE),
@@ -116,6 +117,13 @@ def test_deadlock_is_reported_not_hung():
     r = error_case([encode(Opcode.GEMM, pop_prev=1, k=4), encode(Opcode.FINISH)])
     # dispatch at 8, the GEMM waits from 9 on a token no one will push; quiet from cycle 9
     assert (r.error, r.error_pc, r.cycles) == (ErrorCode.DEADLOCK, 0, 10)
+
+
+def test_static_error_behind_a_blocked_unit_is_raised_when_current():
+    words = [encode(Opcode.GEMM, pop_prev=1, k=4), 0xF, encode(Opcode.FINISH)]
+    r = error_case(words)
+    # GEMM dispatched at 10, the bad word current at 11: the error wins over the later deadlock
+    assert (r.error, r.error_pc, r.cycles) == (ErrorCode.BAD_OPCODE, 1, 12)
 
 
 def test_token_overflow():

@@ -1,0 +1,296 @@
+"""The fp units of ``nmsat.hw.fp`` in Amaranth's simulator, bit-exact against ``nmsat.sim.numerics``.
+
+Every check drives a whole list of vectors through one simulation (the
+simulator is pure Python; one run per vector would be far too slow) and
+compares bit patterns with the numpy reference.
+"""
+
+import numpy as np
+from amaranth.back import verilog
+from amaranth.sim import Simulator
+from hypothesis import given, settings, strategies as st
+
+from nmsat.hw.fp import CANONICAL_NAN_F32, Bf16Mac, Bf16Multiplier, Fp32Adder
+from nmsat.sim import numerics
+
+U32 = st.integers(0, 2**32 - 1)
+U16 = st.integers(0, 2**16 - 1)
+
+
+# ---------------------------------------------------------------- harness
+
+
+def simulate(dut, inputs: dict[str, list[int]], output: str) -> np.ndarray:
+    """Drive ``inputs`` (port name → list of values) through the combinational ``dut`` in one run."""
+    ports = {name: getattr(dut, name) for name in inputs}
+    columns = [list(map(int, values)) for values in inputs.values()]
+    out_port = getattr(dut, output)
+    results = []
+
+    async def testbench(ctx):
+        for row in zip(*columns):
+            for port, value in zip(ports.values(), row):
+                ctx.set(port, value)
+            await ctx.delay(1e-9)
+            results.append(ctx.get(out_port))
+
+    sim = Simulator(dut)
+    sim.add_testbench(testbench)
+    sim.run()
+    return np.array(results, dtype=np.uint64).astype(np.uint32)
+
+
+def assert_same(got, ref, operands: dict[str, np.ndarray]):
+    ref = np.asarray(ref).view(np.uint32)
+    bad = np.nonzero(got != ref)[0]
+    if len(bad):
+        lines = [
+            " ".join(f"{k}={int(v[i]):#x}" for k, v in operands.items()) + f" -> {int(got[i]):#010x}, want {int(ref[i]):#010x}"
+            for i in bad[:10]
+        ]
+        raise AssertionError(f"{len(bad)} of {len(got)} vectors differ:\n" + "\n".join(lines))
+
+
+def check_adder(a, b):
+    a = np.asarray(a, dtype=np.uint64).astype(np.uint32)
+    b = np.asarray(b, dtype=np.uint64).astype(np.uint32)
+    got = simulate(Fp32Adder(), {"a": a, "b": b}, "sum")
+    ref = numerics.add_f32(a.view(np.float32), b.view(np.float32))
+    assert_same(got, ref, {"a": a, "b": b})
+
+
+def check_multiplier(a, b):
+    a = np.asarray(a, dtype=np.uint32).astype(np.uint16)
+    b = np.asarray(b, dtype=np.uint32).astype(np.uint16)
+    got = simulate(Bf16Multiplier(), {"a": a, "b": b}, "product")
+    assert_same(got, numerics.mul_bf16(a, b), {"a": a, "b": b})
+
+
+def check_mac(acc, a, b):
+    acc = np.asarray(acc, dtype=np.uint64).astype(np.uint32)
+    a = np.asarray(a, dtype=np.uint32).astype(np.uint16)
+    b = np.asarray(b, dtype=np.uint32).astype(np.uint16)
+    got = simulate(Bf16Mac(), {"acc_in": acc, "a": a, "b": b}, "acc_out")
+    ref = numerics.add_f32(acc.view(np.float32), numerics.mul_bf16(a, b))
+    assert_same(got, ref, {"acc": acc, "a": a, "b": b})
+
+
+def f32(x: float) -> int:
+    return int(np.float32(x).view(np.uint32))
+
+
+def fp32_bits(sign, exp, frac):
+    return (np.asarray(sign, np.uint64) << 31) | (np.asarray(exp, np.uint64) << 23) | np.asarray(frac, np.uint64)
+
+
+# ---------------------------------------------------------------- adder
+
+# fp32 values whose pairwise sums hit the special cases, flushes and rounding corners
+ADDER_EDGE_VALUES = [
+    0x00000000, 0x80000000,                          # ±0
+    0x7F800000, 0xFF800000,                          # ±inf
+    0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FBFFFFF,  # NaNs: canonical, negative, signalling payloads
+    0xFFFFFFFF, 0x7FC00001,
+    0x00000001, 0x807FFFFF, 0x00400000, 0x80000001,  # subnormals
+    0x00800000, 0x80800000, 0x00800001, 0x80800001,  # smallest normals
+    0x00FFFFFF, 0x01000000, 0x81000001,
+    0x7F7FFFFF, 0xFF7FFFFF, 0x7F7FFFFE, 0x7F000000,  # largest normals
+    0x73000000, 0x72FFFFFF,                          # half an ulp of the largest normal and below
+    0x3F800000, 0xBF800000, 0x3F800001, 0xBF800001,  # 1 and its neighbours
+    0x3F7FFFFF, 0xBF7FFFFF, 0x3FFFFFFF, 0x40000000,
+    0x33800000, 0xB3800000, 0x33800001, 0x33000000,  # 2^-24 (half ulp of 1), 2^-24(1+2^-23), 2^-25
+    0x34000000, 0xB4000000, 0x337FFFFF,
+    0x4B800000, 0x4B7FFFFF, 0xCB800001,              # 2^24 and neighbours
+    0x0D800000, 0x8D800001,                          # ~2^-100: huge exponent differences
+    f32(1.5), f32(-3.0), f32(0.1), f32(-1e30), f32(1e-30),
+]
+
+ADDER_CASES = [
+    # ties to even and sticky
+    (f32(1.0), 0x33800000),             # 1 + 2^-24: tie, stays 1
+    (0x3F800001, 0x33800000),           # (1 + 2^-23) + 2^-24: tie, rounds up to even
+    (f32(1.0), 0x33800001),             # just above the tie: sticky decides, rounds up
+    (f32(1.0), 0xB3800001),             # 1 - (2^-24 + 2^-47): below 1, rounds to 1 - 2^-24
+    (f32(1.0), 0xB3000001),             # 1 - (2^-25 + 2^-48): tie-breaking sticky in subtraction
+    (f32(1.0), 0xB3000000),             # 1 - 2^-25: tie, stays 1
+    (f32(1.0), 0x0D800000),             # 1 + 2^-100: sticky only
+    (f32(1.0), 0x8D800000),             # 1 - 2^-100: sticky only, rounds back to 1
+    (0x3F800001, 0x8D800000),           # (1 + 2^-23) - 2^-100
+    (0x4B800001, 0x3F800000),           # 2^24 + 2 + 1: tie above 2^24
+    (0x4B800000, 0x3F800001),           # 2^24 + (1 + 2^-23): just above the tie
+    (0x4B7FFFFF, 0x3F000000),           # (2^24 - 1) + 0.5: tie into the next binade
+    # round up into a new binade
+    (0x3F7FFFFF, 0x33000000),           # (1 - 2^-24) + 2^-25: tie, rounds to 1.0
+    (0x3FFFFFFF, 0x34000000),           # (2 - 2^-23) + 2^-23 = 2 exactly
+    (0x3FFFFFFF, 0x33800000),           # (2 - 2^-23) + 2^-24: tie, rounds up to 2
+    # overflow
+    (0x7F7FFFFF, 0x7F7FFFFF),
+    (0x7F7FFFFF, 0x73000000),           # max + half an ulp: tie on an odd mantissa -> inf
+    (0x7F7FFFFF, 0x72FFFFFF),           # max + just under half an ulp -> max
+    (0xFF7FFFFF, 0xF3000000),
+    (0x7F000000, 0x7F000000),           # 2^127 + 2^127 = 2^128 -> inf
+    # exact cancellation and a - b with b just below a
+    (f32(1.0), f32(-1.0)), (f32(-1.0), f32(1.0)), (0x7F7FFFFF, 0xFF7FFFFF),
+    (f32(1.0), 0xBF7FFFFF),             # 1 - (1 - 2^-24) = 2^-24
+    (0x3F800001, 0xBF800000),           # 2^-23
+    (0x40000000, 0xBFFFFFFF),           # 2 - (2 - 2^-23)
+    (0x4B800000, 0xCB7FFFFF),           # 2^24 - (2^24 - 1)
+    (0x00800001, 0x80800000),           # difference is subnormal: +0
+    (0x80800001, 0x00800000),           # ... and -0 when the larger is negative
+    (0x01000000, 0x80FFFFFF),           # 2^-125 - (2^-125 - 2^-149): subnormal
+    (0x01800000, 0x817FFFFF),           # 2^-124 - (2^-124 - 2^-148): subnormal
+    (0x01000001, 0x80800000),           # 2^-125(1 + 2^-23) - 2^-126: normal
+    (0x00800000, 0x00800000),           # min normal doubled
+    (0x80000000, 0x80000000), (0x80000000, 0x00000000), (0x00000000, 0x80000000),
+    (0x80000001, 0x80000001), (0x80000001, 0x00000001),  # subnormals flush first
+    (0x00000001, 0x3F800000), (0x807FFFFF, 0x80800000),
+]
+
+
+def test_adder_edge_cases():
+    values = np.array(ADDER_EDGE_VALUES, dtype=np.uint64)
+    a, b = np.meshgrid(values, values, indexing="ij")
+    cases = np.array(ADDER_CASES, dtype=np.uint64)
+    check_adder(np.concatenate([a.ravel(), cases[:, 0], cases[:, 1]]),
+                np.concatenate([b.ravel(), cases[:, 1], cases[:, 0]]))
+
+
+def test_adder_hand_results():
+    """A few results written out by hand, independent of numpy."""
+    pairs = [
+        ((f32(1.0), 0x33800000), f32(1.0)),
+        ((0x3F800001, 0x33800000), 0x3F800002),
+        ((f32(1.0), 0x33800001), 0x3F800001),
+        ((f32(1.0), f32(-1.0)), 0x00000000),
+        ((0x80000000, 0x80000000), 0x80000000),
+        ((0x80800001, 0x00800000), 0x80000000),
+        ((0x7F7FFFFF, 0x73000000), 0x7F800000),
+        ((0x7F800000, 0xFF800000), CANONICAL_NAN_F32),
+        ((0xFFC00001, f32(1.0)), CANONICAL_NAN_F32),
+        ((0xFF800000, f32(1e30)), 0xFF800000),
+    ]
+    got = simulate(Fp32Adder(), {"a": [p[0][0] for p in pairs], "b": [p[0][1] for p in pairs]}, "sum")
+    assert [int(g) for g in got] == [want for _, want in pairs]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.tuples(U32, U32), min_size=200, max_size=200))
+def test_adder_random_bits(pairs):
+    a, b = zip(*pairs)
+    check_adder(a, b)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(U32, st.integers(-26, 26), st.integers(0, 2**23 - 1), st.booleans(), st.booleans()),
+                min_size=200, max_size=200))
+def test_adder_close_exponents(rows):
+    """Operands whose exponents differ by at most 26, half of them with nearly equal significands."""
+    a, b = [], []
+    for x, delta, frac, opposite, near in rows:
+        exp_b = min(max(((x >> 23) & 0xFF) + delta, 0), 254)
+        if near:  # significand within a few ulps of x's: deep cancellation
+            frac = ((x & 0x7FFFFF) + (frac & 0xF) - 8) % (1 << 23)
+        sign_b = (x >> 31) ^ opposite
+        a.append(x)
+        b.append((sign_b << 31) | (exp_b << 23) | frac)
+    check_adder(a, b)
+
+
+def test_adder_close_exponents_bulk():
+    """Many seeded vectors near cancellation and alignment boundaries (exponent gaps 0..30)."""
+    rng = np.random.default_rng(20240611)
+    n = 24000
+    sign_a = rng.integers(0, 2, n)
+    exp_a = rng.integers(1, 255, n)
+    frac_a = rng.integers(0, 1 << 23, n)
+    gap = rng.integers(-30, 31, n) * (rng.random(n) < 0.5) + rng.integers(-2, 3, n) * (rng.random(n) >= 0.5)
+    exp_b = np.clip(exp_a + gap, 0, 255)
+    frac_b = np.where(rng.random(n) < 0.4, (frac_a + rng.integers(-4, 5, n)) % (1 << 23), rng.integers(0, 1 << 23, n))
+    # a few significands with long runs of ones / zeros for the rounding carry and sticky paths
+    special = rng.random(n) < 0.2
+    frac_b = np.where(special, rng.choice([0, 1, (1 << 23) - 1, (1 << 22), (1 << 22) - 1], n), frac_b)
+    sign_b = np.where(rng.random(n) < 0.7, 1 - sign_a, sign_a)
+    check_adder(fp32_bits(sign_a, exp_a, frac_a), fp32_bits(sign_b, exp_b, frac_b))
+
+
+# ---------------------------------------------------------------- multiplier
+
+MUL_EDGE_VALUES = [
+    0x0000, 0x8000,                   # ±0
+    0x0001, 0x807F, 0x0040,           # subnormals
+    0x0080, 0x8080, 0x00FF,           # smallest normals
+    0x7F7F, 0xFF7F, 0x7F00,           # largest normals
+    0x7F80, 0xFF80,                   # ±inf
+    0x7FC0, 0xFFC0, 0x7F81, 0x7FFF,   # NaNs
+    0x3F80, 0xBF80, 0x3FFF, 0x4000, 0x3F81, 0x3FC0, 0x3F00,
+    0x1F80, 0x1F00, 0x5F80, 0x5FFF, 0x2000, 0x2080, 0x6000, 0x1FFF,  # around 2^±64
+]
+
+
+def test_multiplier_edge_cases():
+    values = np.array(MUL_EDGE_VALUES, dtype=np.uint32)
+    a, b = np.meshgrid(values, values, indexing="ij")
+    check_multiplier(a.ravel(), b.ravel())
+
+
+def test_multiplier_exponent_grid():
+    """Every pair of exponents (including 0 and 255), with mantissas cycling through corner and random values."""
+    rng = np.random.default_rng(7)
+    exp_a, exp_b = (g.ravel() for g in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    n = exp_a.size
+    corners = np.array([0, 0x7F, 0x40, 0x01, 0x3F])
+    frac_a = np.where(np.arange(n) % 2 == 0, corners[np.arange(n) % 5], rng.integers(0, 128, n))
+    frac_b = np.where(np.arange(n) % 3 == 0, corners[(np.arange(n) // 5) % 5], rng.integers(0, 128, n))
+    sign_a, sign_b = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    check_multiplier((sign_a << 15) | (exp_a << 7) | frac_a, (sign_b << 15) | (exp_b << 7) | frac_b)
+
+
+def test_multiplier_all_mantissas_at_range_edges():
+    """All 128 x 128 mantissa pairs, at exponents where the product's top bit decides overflow or underflow."""
+    fa, fb = (g.ravel() for g in np.meshgrid(np.arange(128), np.arange(128), indexing="ij"))
+    n = fa.size
+    exp_pairs = np.array([(127, 127), (64, 63), (63, 63), (191, 191), (190, 191), (1, 126), (254, 128)])
+    choice = np.arange(n) % len(exp_pairs)
+    sign = np.arange(n) % 4
+    check_multiplier(((sign & 1) << 15) | (exp_pairs[choice, 0] << 7) | fa,
+                     ((sign >> 1) << 15) | (exp_pairs[choice, 1] << 7) | fb)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.tuples(U16, U16), min_size=200, max_size=200))
+def test_multiplier_random_bits(pairs):
+    a, b = zip(*pairs)
+    check_multiplier(a, b)
+
+
+# ---------------------------------------------------------------- MAC
+
+
+def test_mac_edge_cases():
+    acc = [0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x00000001, 0x3F800000,
+           0xBF800000, 0x7F7FFFFF, 0xFF7FFFFF, 0x00800000, 0xBFC00000]
+    ops = [0x0000, 0x8000, 0x7F80, 0xFF80, 0x7FC0, 0x0001, 0x3F80, 0xBF80, 0x7F7F, 0x0080, 0x3FC0]
+    grid = np.array(np.meshgrid(acc, ops, ops, indexing="ij"), dtype=np.uint64).reshape(3, -1)
+    check_mac(*grid)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.tuples(U32, U16, U16), min_size=200, max_size=200), st.booleans())
+def test_mac_random(rows, near):
+    acc, a, b = (np.array(c, dtype=np.int64) for c in zip(*rows))
+    if near:  # accumulator exponent near the product's: the interesting additions
+        prod_exp = np.clip(((a >> 7) & 0xFF) + ((b >> 7) & 0xFF) - 127 + (acc & 3) - 1, 1, 254)
+        acc = (acc & 0x807FFFFF) | (prod_exp << 23)
+    check_mac(acc, a, b)
+
+
+# ---------------------------------------------------------------- Verilog
+
+
+def test_units_convert_to_verilog():
+    for unit, ports in [(Bf16Multiplier, ("a", "b", "product")), (Fp32Adder, ("a", "b", "sum")),
+                        (Bf16Mac, ("acc_in", "a", "b", "acc_out"))]:
+        text = verilog.convert(unit(), name=unit.__name__)
+        assert f"module {unit.__name__}" in text
+        for port in ports:
+            assert port in text
