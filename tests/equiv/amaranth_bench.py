@@ -1,0 +1,145 @@
+"""Runs the gateware core in Amaranth's simulator against the config's memory model.
+
+The memory model is the one of ``docs/architecture.md`` §6 (addresses always
+accepted; read data ``mem_read_latency`` cycles after the address, one beat
+per cycle, in order; a write response ``mem_write_latency`` cycles after a
+burst's last beat).  Registers are written and read over AXI4-Lite as a host
+would.  Returns what the simulator's ``RunResult`` holds, for comparison.
+"""
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from nmsat.hw.config import SATConfig
+from nmsat.hw.core import Core
+from nmsat.hw.isa import Csr, ErrorCode, Status
+
+
+@dataclass
+class GatewareRun:
+    status: Status
+    error: ErrorCode
+    cycles: int
+    error_pc: int
+    memory: np.ndarray
+
+
+def run_core_amaranth(cfg: SATConfig, memory: np.ndarray, program_addr: int, program_len: int, *,
+                      serial: bool = False, max_cycles: int = 200_000, core: Core | None = None) -> GatewareRun:
+    core = core or Core(cfg)
+    mem = memory.copy()
+    bus = cfg.bus_bytes
+    out = {}
+
+    async def testbench(ctx):
+        csr, axi = core.csr, core.mem
+        ctx.set(axi.arready, 1)
+        ctx.set(axi.awready, 1)
+        ctx.set(axi.wready, 1)
+
+        async def csr_write(reg, value):
+            ctx.set(csr.awaddr, int(reg))
+            ctx.set(csr.wdata, value)
+            ctx.set(csr.wstrb, 0xF)
+            ctx.set(csr.awvalid, 1)
+            ctx.set(csr.wvalid, 1)
+            ctx.set(csr.bready, 1)
+            while not ctx.get(csr.awready):
+                await ctx.tick()
+            await ctx.tick()
+            ctx.set(csr.awvalid, 0)
+            ctx.set(csr.wvalid, 0)
+            while not ctx.get(csr.bvalid):
+                await ctx.tick()
+            await ctx.tick()
+            ctx.set(csr.bready, 0)
+
+        async def csr_read(reg):
+            ctx.set(csr.araddr, int(reg))
+            ctx.set(csr.arvalid, 1)
+            ctx.set(csr.rready, 1)
+            while not ctx.get(csr.arready):
+                await ctx.tick()
+            await ctx.tick()
+            ctx.set(csr.arvalid, 0)
+            while not ctx.get(csr.rvalid):
+                await ctx.tick()
+            value = ctx.get(csr.rdata)
+            await ctx.tick()
+            ctx.set(csr.rready, 0)
+            return value
+
+        out["id"] = await csr_read(Csr.ID)
+        await csr_write(Csr.PROGRAM_ADDR_LO, program_addr & 0xFFFFFFFF)
+        await csr_write(Csr.PROGRAM_ADDR_HI, program_addr >> 32)
+        await csr_write(Csr.PROGRAM_LEN, program_len)
+        # START: the handshake cycle is cycle -1 of the run
+        ctx.set(csr.awaddr, int(Csr.CONTROL))
+        ctx.set(csr.wdata, 1 | (2 if serial else 0))
+        ctx.set(csr.awvalid, 1)
+        ctx.set(csr.wvalid, 1)
+        ctx.set(csr.bready, 1)
+        assert ctx.get(csr.awready)
+        await ctx.tick()
+        ctx.set(csr.awvalid, 0)
+        ctx.set(csr.wvalid, 0)
+
+        r_beats = deque()  # (cycle, data, last)
+        r_free = 0
+        aw_bursts = deque()  # [addr, beats left]
+        b_times = deque()
+        cycle = 0
+        while cycle < max_cycles:
+            # drive this cycle's responses
+            if r_beats and r_beats[0][0] == cycle:
+                _, data, last = r_beats.popleft()
+                ctx.set(axi.rvalid, 1)
+                ctx.set(axi.rdata, data)
+                ctx.set(axi.rlast, last)
+            else:
+                ctx.set(axi.rvalid, 0)
+            ctx.set(axi.bvalid, 1 if b_times and b_times[0] == cycle else 0)
+            if b_times and b_times[0] == cycle:
+                b_times.popleft()
+            # sample requests (settled)
+            if ctx.get(axi.arvalid):
+                addr, beats = ctx.get(axi.araddr), ctx.get(axi.arlen) + 1
+                first = max(cycle + cfg.mem_read_latency, r_free)
+                for i in range(beats):
+                    a = addr + i * bus
+                    data = int.from_bytes(mem[a:a + bus].tobytes(), "little")
+                    r_beats.append((first + i, data, i == beats - 1))
+                r_free = first + beats
+            if ctx.get(axi.awvalid):
+                aw_bursts.append([ctx.get(axi.awaddr), ctx.get(axi.awlen) + 1])
+            if ctx.get(axi.wvalid):
+                burst = aw_bursts[0]
+                data = ctx.get(axi.wdata)
+                mem[burst[0]:burst[0] + bus] = np.frombuffer(data.to_bytes(bus, "little"), dtype=np.uint8)
+                burst[0] += bus
+                burst[1] -= 1
+                assert bool(ctx.get(axi.wlast)) == (burst[1] == 0), "wlast does not match awlen"
+                if burst[1] == 0:
+                    aw_bursts.popleft()
+                    b_times.append(cycle + cfg.mem_write_latency)
+            await ctx.tick()
+            cycle += 1
+            if ctx.get(core.status) in (Status.DONE, Status.ERROR):
+                break
+        ctx.set(axi.rvalid, 0)
+        ctx.set(axi.bvalid, 0)
+        out["status"] = Status(await csr_read(Csr.STATUS))
+        out["error"] = ErrorCode(await csr_read(Csr.ERROR))
+        out["cycles"] = await csr_read(Csr.CYCLES)
+        out["error_pc"] = await csr_read(Csr.ERROR_PC)
+
+    sim = Simulator(core)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert out["id"] == cfg.hash32
+    return GatewareRun(out["status"], out["error"], out["cycles"], out["error_pc"], mem)
+
