@@ -13,19 +13,20 @@ from amaranth.lib.wiring import In, Out
 __all__ = ["axi4_signature", "axi4_lite_signature", "next_burst"]
 
 PAGE_BYTES = 4096
+ID_BITS = 4  # the core uses ID 0 for everything (responses come back in order)
 
 
 def axi4_signature(addr_bits: int, data_bytes: int) -> wiring.Signature:
-    """AXI4 master (INCR bursts, single ID), seen from the master."""
+    """AXI4 master (INCR bursts, ID 0 only), seen from the master."""
     size = (data_bytes - 1).bit_length()
     return wiring.Signature({
-        "araddr": Out(addr_bits), "arlen": Out(8), "arsize": Out(3), "arburst": Out(2),
+        "arid": Out(ID_BITS), "araddr": Out(addr_bits), "arlen": Out(8), "arsize": Out(3), "arburst": Out(2),
         "arvalid": Out(1), "arready": In(1),
-        "rdata": In(8 * data_bytes), "rresp": In(2), "rlast": In(1), "rvalid": In(1), "rready": Out(1),
-        "awaddr": Out(addr_bits), "awlen": Out(8), "awsize": Out(3), "awburst": Out(2),
+        "rid": In(ID_BITS), "rdata": In(8 * data_bytes), "rresp": In(2), "rlast": In(1), "rvalid": In(1), "rready": Out(1),
+        "awid": Out(ID_BITS), "awaddr": Out(addr_bits), "awlen": Out(8), "awsize": Out(3), "awburst": Out(2),
         "awvalid": Out(1), "awready": In(1),
         "wdata": Out(8 * data_bytes), "wstrb": Out(data_bytes), "wlast": Out(1), "wvalid": Out(1), "wready": In(1),
-        "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+        "bid": In(ID_BITS), "bresp": In(2), "bvalid": In(1), "bready": Out(1),
     })
 
 

@@ -222,12 +222,16 @@ class Core(wiring.Component):
         state = regs.status  # IDLE / BUSY / DONE / ERROR
         fetch_flag = Signal(init=1)  # the fetch phase of a run (from reset by START)
         fetching = Signal()
-        running = Signal()
-        m.d.comb += [fetching.eq((state == Status.BUSY) & fetch_flag), running.eq((state == Status.BUSY) & ~fetch_flag)]
-        with m.If(state == Status.BUSY):
+        running = Signal()  # instructions may be dispatched and started
+        alive = Signal()  # work already started goes on (also after an error, until the bus is quiet)
+        stopping = Signal()  # an error was raised: nothing new starts; STATUS turns ERROR once quiet
+        m.d.comb += [fetching.eq((state == Status.BUSY) & fetch_flag), alive.eq(state == Status.BUSY),
+                     running.eq((state == Status.BUSY) & ~fetch_flag & ~stopping)]
+        with m.If((state == Status.BUSY) & ~stopping):
             m.d.sync += regs.cycles.eq(regs.cycles + 1)
         with m.If(regs.start):
-            m.d.sync += [state.eq(Status.BUSY), regs.cycles.eq(0), regs.error.eq(ErrorCode.NONE), regs.error_pc.eq(0)]
+            m.d.sync += [state.eq(Status.BUSY), regs.cycles.eq(0), regs.error.eq(ErrorCode.NONE), regs.error_pc.eq(0),
+                         stopping.eq(0)]
 
         # ------------------------------------------------------------ errors
         # (code, condition, pc) in priority order: the lowest code wins, as in the simulator
@@ -253,6 +257,8 @@ class Core(wiring.Component):
         first_fetch_cycle = Signal(init=1)
         m.d.core += first_fetch_cycle.eq(0)
         fetch_ar = Signal()
+        with m.If(fetching & first_fetch_cycle & (len_bad | addr_bad)):
+            m.d.core += fetch_flag.eq(0)  # nothing was fetched: the run stops at once
         errors.append((ErrorCode.PROGRAM_TOO_LONG, fetching & first_fetch_cycle & len_bad, 0))
         errors.append((ErrorCode.DRAM_RANGE, fetching & first_fetch_cycle & ~len_bad & addr_bad, 0))
         # the program is one run of total_beats beats, cut into bursts
@@ -368,7 +374,7 @@ class Core(wiring.Component):
         m.d.comb += [lw.load.eq(l_start), lw.addr.eq(lhead.inst.args.mem.dram_addr), lw.rows.eq(lhead.inst.args.mem.rows),
                      lw.stride.eq(lhead.inst.args.mem.dram_stride), lw.word_beats.eq(l_word_beats)]
         l_ar = Signal()
-        m.d.comb += [l_ar.eq(running & (l_start | lw.active)), lw.step.eq(l_ar & mem.arready),
+        m.d.comb += [l_ar.eq(alive & (l_start | lw.active)), lw.step.eq(l_ar & mem.arready),
                      q_load.r_en.eq(l_start), l_inflight.w_data.eq(q_load.r_data), l_inflight.w_en.eq(l_start),
                      tok["c2l"].pop.eq(l_start & lhead.inst.deps.pop_next)]
         # receive side
@@ -381,7 +387,7 @@ class Core(wiring.Component):
         rx_asm = Signal(word_bits)
         rx_next = Signal(word_bits)
         m.d.comb += rx_next.eq(Cat(rx_asm[bus_bits:], mem.rdata) if word_bits > bus_bits else mem.rdata)
-        rx_beat = running & mem.rvalid & l_inflight.r_rdy
+        rx_beat = alive & mem.rvalid & l_inflight.r_rdy
         word_done = rx_in_word == rx_word_beats - 1
         load_done = Signal()
         m.d.comb += load_done.eq(rx_beat & word_done & (rx_word == rx_args.rows - 1))
@@ -436,7 +442,7 @@ class Core(wiring.Component):
             with m.If(k_left == 1):
                 m.d.core += reading.eq(0)
         issued = c_start | reading
-        m.d.core += [mac_valid.eq(running & issued), mac_first.eq(c_start),
+        m.d.core += [mac_valid.eq(alive & issued), mac_first.eq(c_start),
                      mac_last.eq(Mux(c_start, cg.k == 1, reading & (k_left == 1)))]
         with m.If(mac_valid & mac_last):
             m.d.core += pending.eq(1)
@@ -480,7 +486,7 @@ class Core(wiring.Component):
                          drain_row[32 * c:32 * c + 32].eq(Mux(di.accumulate, adder.sum, shadow[0][c]))]
         write_addr = di.acc_addr + drain_count - 1
         for port in (accd_w, accs_w):
-            m.d.comb += [port.addr.eq(write_addr), port.data.eq(drain_row), port.en.eq(running & drain_write)]
+            m.d.comb += [port.addr.eq(write_addr), port.data.eq(drain_row), port.en.eq(alive & drain_write)]
         m.d.comb += [tok["c2l"].push.eq(drain_end & drain_info.inst.deps.push_prev),
                      tok["c2s"].push.eq(drain_end & drain_info.inst.deps.push_next)]
         compute_busy = reading | mac_valid | pending | drain_active
@@ -520,7 +526,7 @@ class Core(wiring.Component):
         w_last_of_store = Signal()
         w_info = _Entry(Signal(_Entry.as_shape().size))
         w_first = Signal()  # first beat of a store: load the burst walker
-        m.d.core += [w_valid.eq(running & beat_valid), w_in_word.eq(in_word_now), w_last_of_store.eq(last_beat),
+        m.d.core += [w_valid.eq(alive & beat_valid), w_in_word.eq(in_word_now), w_last_of_store.eq(last_beat),
                      w_info.eq(info_now), w_first.eq(s_start)]
         sw = sub("store_walker", _BurstWalker(cfg, "store"))
         wargs = w_info.inst.args.mem
@@ -542,16 +548,16 @@ class Core(wiring.Component):
             m.d.core += bursts_issued.eq(bursts_issued + 1)
         awaiting = sub("store_awaiting", SyncFIFO(width=32 + _Entry.as_shape().size, depth=2))
         m.d.comb += [awaiting.w_en.eq(w_valid & w_last_of_store),
-                     awaiting.w_data.eq(Cat(bursts_issued + new_burst, w_info.as_value()))]
+                     awaiting.w_data.eq(Cat((bursts_issued + new_burst)[:32], w_info.as_value()))]
         b_now = Signal(32)
-        m.d.comb += b_now.eq(b_count + (running & mem.bvalid))
-        with m.If(running & mem.bvalid):
+        m.d.comb += b_now.eq(b_count + (alive & mem.bvalid))
+        with m.If(alive & mem.bvalid):
             m.d.core += b_count.eq(b_now)
-            errors.append((ErrorCode.AXI_ERROR, running & mem.bvalid & (mem.bresp != 0), _Entry(awaiting.r_data[32:]).pc))
+            errors.append((ErrorCode.AXI_ERROR, alive & mem.bvalid & (mem.bresp != 0), _Entry(awaiting.r_data[32:]).pc))
         head_bursts = awaiting.r_data[:32]
         aw_entry = _Entry(awaiting.r_data[32:])
         store_done = Signal()
-        m.d.comb += [store_done.eq(running & awaiting.r_rdy & (b_now == head_bursts)), awaiting.r_en.eq(store_done),
+        m.d.comb += [store_done.eq(alive & awaiting.r_rdy & (b_now == head_bursts)), awaiting.r_en.eq(store_done),
                      tok["s2c"].push.eq(store_done & aw_entry.inst.deps.push_prev)]
         m.d.core += s_incomplete.eq(s_incomplete + s_start - store_done)
         store_busy = s_reading | w_valid | (s_incomplete != 0)
@@ -592,10 +598,13 @@ class Core(wiring.Component):
                          new_any.eq(chain_any | cond)]
             chain_code, chain_pc, chain_any = new_code, new_pc, new_any
         m.d.comb += [err_any.eq(chain_any), err_code.eq(chain_code), err_pc.eq(chain_pc)]
-        with m.If((state == Status.BUSY) & err_any):
-            m.d.sync += [state.eq(Status.ERROR), regs.error.eq(err_code), regs.error_pc.eq(err_pc)]
+        with m.If((state == Status.BUSY) & ~stopping & err_any):
+            m.d.sync += [stopping.eq(1), regs.error.eq(err_code), regs.error_pc.eq(err_pc)]
         with m.Elif((state == Status.BUSY) & finish_now):
             m.d.sync += state.eq(Status.DONE)
+        # after an error, STATUS turns ERROR once every transfer already on the bus has finished
+        with m.If((state == Status.BUSY) & stopping & ~any_busy & ~fetch_flag):
+            m.d.sync += state.eq(Status.ERROR)
         # the read channel: fetch or LOAD
         m.d.comb += [mem.arvalid.eq(fetch_ar | l_ar),
                      mem.araddr.eq(Mux(fetching, cur_addr, lw.burst_addr)),

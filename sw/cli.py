@@ -29,6 +29,21 @@ def _cmd_train_digits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verilog(args: argparse.Namespace) -> int:
+    from ..hw.config import SATConfig
+    from .rtl import verilog_source
+
+    cfg = SATConfig.preset(args.preset)
+    text = verilog_source(cfg)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"{args.output}: core for preset {cfg.name!r} ({cfg.rows}x{cfg.cols}), ID {cfg.hash32:#010x}, "
+              f"{len(text.splitlines())} lines", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nmsat", description="N:M sparse training accelerator toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -42,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="also write the Markdown table to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_digits)
+
+    p = sub.add_parser("verilog", help="write the core's Verilog for a configuration preset")
+    p.add_argument("--preset", default="tiny", help="configuration preset: tiny or vcu1525 (default: %(default)s)")
+    p.add_argument("--output", "-o", default="-", help="output file ('-' for stdout, the default)")
+    p.set_defaults(func=_cmd_verilog)
     return parser
 
 

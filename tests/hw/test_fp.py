@@ -8,13 +8,16 @@ compares bit patterns with the numpy reference.
 import numpy as np
 from amaranth.back import verilog
 from amaranth.sim import Simulator
-from hypothesis import given, settings, strategies as st
+from hypothesis import Phase, given, settings, strategies as st
 
 from nmsat.hw.fp import CANONICAL_NAN_F32, Bf16Mac, Bf16Multiplier, Fp32Adder
 from nmsat.sim import numerics
 
 U32 = st.integers(0, 2**32 - 1)
 U16 = st.integers(0, 2**16 - 1)
+# No shrinking: a failure message already lists the differing vectors, and
+# shrinking 200-vector lists would re-run the simulator thousands of times.
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
 # ---------------------------------------------------------------- harness
@@ -173,14 +176,14 @@ def test_adder_hand_results():
     assert [int(g) for g in got] == [want for _, want in pairs]
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, phases=NO_SHRINK)
 @given(st.lists(st.tuples(U32, U32), min_size=200, max_size=200))
 def test_adder_random_bits(pairs):
     a, b = zip(*pairs)
     check_adder(a, b)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, phases=NO_SHRINK)
 @given(st.lists(st.tuples(U32, st.integers(-26, 26), st.integers(0, 2**23 - 1), st.booleans(), st.booleans()),
                 min_size=200, max_size=200))
 def test_adder_close_exponents(rows):
@@ -256,7 +259,7 @@ def test_multiplier_all_mantissas_at_range_edges():
                      ((sign >> 1) << 15) | (exp_pairs[choice, 1] << 7) | fb)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, phases=NO_SHRINK)
 @given(st.lists(st.tuples(U16, U16), min_size=200, max_size=200))
 def test_multiplier_random_bits(pairs):
     a, b = zip(*pairs)
@@ -274,7 +277,7 @@ def test_mac_edge_cases():
     check_mac(*grid)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10, deadline=None, phases=NO_SHRINK)
 @given(st.lists(st.tuples(U32, U16, U16), min_size=200, max_size=200), st.booleans())
 def test_mac_random(rows, near):
     acc, a, b = (np.array(c, dtype=np.int64) for c in zip(*rows))

@@ -1,0 +1,131 @@
+"""cocotb test module that runs programs on the Verilated core (loaded by :mod:`nmsat.sw.rtl`, not imported directly).
+
+A bench in the cocotbext-axi manner: one clock, one reset, an ``AxiLiteMaster``
+on the ``csr`` port, and on the ``mem`` port either
+
+* ``fixed`` — :class:`FixedLatencyRam`, the memory model of the config
+  (``docs/architecture.md`` §6: every address accepted, first read beat
+  ``mem_read_latency`` cycles later then one beat per cycle, write response
+  ``mem_write_latency`` cycles after a burst's last beat), against which the
+  simulator is cycle-exact; or
+* ``axiram`` — cocotbext-axi's ``AxiRam``, whose latency is not fixed (its
+  read channel can pause between bursts), for functional runs.
+
+Amaranth's port names need ``bus_separator="__"``.  It reads the job manifest
+named by ``NMSAT_JOBS``, runs each job as a host would (program address and
+length, START, poll STATUS), and writes the registers and memory back.
+"""
+
+import json
+import os
+from collections import deque
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, RisingEdge
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+
+from nmsat.hw.config import SATConfig
+from nmsat.hw.isa import Csr, Status
+
+POLL_CYCLES = 64
+
+
+class FixedLatencyRam:
+    """AXI4 slave memory with the config's fixed latencies (single ID, INCR bursts, responses in order)."""
+
+    def __init__(self, bus: AxiBus, clock, cfg: SATConfig, size: int):
+        self.bus, self.clock, self.cfg = bus, clock, cfg
+        self.mem = bytearray(size)
+        self.bus.read.ar.arready.value = 1
+        self.bus.write.aw.awready.value = 1
+        self.bus.write.w.wready.value = 1
+        for sig in (self.bus.read.r.rvalid, self.bus.write.b.bvalid):
+            sig.value = 0
+        cocotb.start_soon(self._run())
+
+    async def _run(self):
+        ar, aw, w, r, b = self.bus.read.ar, self.bus.write.aw, self.bus.write.w, self.bus.read.r, self.bus.write.b
+        bus_bytes = self.cfg.bus_bytes
+        beats = deque()  # (cycle, data, last)
+        r_free = 0
+        bursts = deque()  # [address, beats left]
+        responses = deque()
+        cycle = -1
+        while True:
+            await RisingEdge(self.clock)
+            cycle += 1  # the handshakes sampled here happened in `cycle`
+            if ar.arvalid.value:
+                addr, n = int(ar.araddr.value), int(ar.arlen.value) + 1
+                first = max(cycle + self.cfg.mem_read_latency, r_free)
+                for i in range(n):
+                    a = addr + i * bus_bytes
+                    beats.append((first + i, int.from_bytes(self.mem[a:a + bus_bytes], "little"), i == n - 1))
+                r_free = first + n
+            if aw.awvalid.value:
+                bursts.append([int(aw.awaddr.value), int(aw.awlen.value) + 1])
+            if w.wvalid.value:
+                burst = bursts[0]
+                data = int(w.wdata.value).to_bytes(bus_bytes, "little")
+                self.mem[burst[0]:burst[0] + bus_bytes] = data
+                burst[0] += bus_bytes
+                burst[1] -= 1
+                assert bool(w.wlast.value) == (burst[1] == 0), "wlast does not match awlen"
+                if burst[1] == 0:
+                    bursts.popleft()
+                    responses.append(cycle + self.cfg.mem_write_latency)
+            # drive the responses of the next cycle
+            nxt = cycle + 1
+            if beats and beats[0][0] == nxt:
+                _, data, last = beats.popleft()
+                r.rvalid.value, r.rdata.value, r.rlast.value, r.rresp.value = 1, data, int(last), 0
+            else:
+                r.rvalid.value = 0
+            if responses and responses[0] == nxt:
+                responses.popleft()
+                b.bvalid.value, b.bresp.value = 1, 0
+            else:
+                b.bvalid.value = 0
+
+    def write(self, addr: int, data: bytes):
+        self.mem[addr:addr + len(data)] = data
+
+    def read(self, addr: int, length: int) -> bytes:
+        return bytes(self.mem[addr:addr + length])
+
+
+@cocotb.test()
+async def run_jobs(dut):
+    manifest = json.loads(open(os.environ["NMSAT_JOBS"]).read())
+    cfg = SATConfig.from_json(manifest["config"])
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 4)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+    csr = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "csr", bus_separator="__"), dut.clk, dut.rst)
+    memories = [np.load(job["memory"]) for job in manifest["jobs"]]
+    size = max(len(m) for m in memories)
+    bus = AxiBus.from_prefix(dut, "mem", bus_separator="__")
+    ram = FixedLatencyRam(bus, dut.clk, cfg, size) if manifest["memory_model"] == "fixed" else \
+        AxiRam(bus, dut.clk, dut.rst, size=size)
+    for job, memory in zip(manifest["jobs"], memories):
+        ram.write(0, memory.tobytes() + bytes(size - len(memory)))
+        core_id = await csr.read_dword(int(Csr.ID))
+        await csr.write_dword(int(Csr.PROGRAM_ADDR_LO), job["program_addr"] & 0xFFFFFFFF)
+        await csr.write_dword(int(Csr.PROGRAM_ADDR_HI), job["program_addr"] >> 32)
+        await csr.write_dword(int(Csr.PROGRAM_LEN), job["program_len"])
+        await csr.write_dword(int(Csr.CONTROL), 1 | (2 if job["serial"] else 0))
+        while True:
+            await ClockCycles(dut.clk, POLL_CYCLES)
+            status = Status(await csr.read_dword(int(Csr.STATUS)))
+            if status in (Status.DONE, Status.ERROR):
+                break
+        result = {"status": status.value, "id": core_id,
+                  "error": await csr.read_dword(int(Csr.ERROR)),
+                  "cycles": await csr.read_dword(int(Csr.CYCLES)) | (await csr.read_dword(int(Csr.CYCLES_HI))) << 32,
+                  "error_pc": await csr.read_dword(int(Csr.ERROR_PC))}
+        np.save(job["memory_out"], np.frombuffer(ram.read(0, len(memory)), dtype=np.uint8))
+        with open(job["result"], "w") as f:
+            json.dump(result, f)
