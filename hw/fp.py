@@ -189,7 +189,7 @@ class Fp32Adder(wiring.Component):
         # sticky: y bits below the shift, y_ext & ((1 << shift) - 1) != 0
         lost_mask = Cat(*(shift > i for i in range(27)))
         sticky = (y_ext & lost_mask) != 0
-        y_aligned = _net(m, "y_aligned", y_kept)
+        y_aligned = _net(m, "y_aligned", y_kept | sticky)
         x_ext = Cat(Const(0, 3), sig_x)  # 27 bits
 
         # 28-bit sum / difference (x >= y, so the difference is not negative)

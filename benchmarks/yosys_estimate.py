@@ -1,0 +1,43 @@
+"""Yosys resource estimate of the core per preset, against the VCU1525's XCVU9P.
+
+    python benchmarks/yosys_estimate.py [--preset tiny vcu1525]
+
+Writes benchmarks/results/yosys_<preset>.md (and the Yosys log beside it).
+The vcu1525 preset takes long (tens of minutes to hours on 2 cores): a
+benchmark, not a test.  Targets (brief §4): ≤ 60% LUT and ≤ 80% DSP of the VU9P.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+from nmsat.fpga.estimate import VU9P, estimate
+from nmsat.hw.config import SATConfig
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", nargs="+", default=["tiny"])
+    args = parser.parse_args()
+    out_dir = Path(__file__).parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    for name in args.preset:
+        cfg = SATConfig.preset(name)
+        t0 = time.perf_counter()
+        est = estimate(cfg, log=out_dir / f"yosys_{name}.log")
+        wall = time.perf_counter() - t0
+        util = est.utilisation()
+        lines = [f"# Yosys estimate, preset `{name}` ({cfg.rows}x{cfg.cols}), synth_xilinx -family xcup", "",
+                 "| resource | count | XCVU9P | share |", "|---|---|---|---|"]
+        for key, count in (("LUT", est.lut), ("FF", est.ff), ("DSP", est.dsp), ("BRAM36", est.bram36),
+                           ("URAM", est.uram)):
+            lines.append(f"| {key} | {count:g} | {VU9P[key]} | {util[key]:.2%} |")
+        lines += ["", f"Yosys wall time: {wall:.0f} s.", "", "Cells: " +
+                  ", ".join(f"{k} {v}" for k, v in sorted(est.cells.items()))]
+        text = "\n".join(lines)
+        print(text)
+        (out_dir / f"yosys_{name}.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

