@@ -138,7 +138,10 @@ class Fp32Adder(wiring.Component):
 
     Datapath: the operands are ordered by magnitude; the smaller significand
     is aligned in a 27-bit field (24 bits + guard + round + sticky) and every
-    bit shifted out of it is ORed into the sticky bit; the 28-bit sum or
+    bit shifted out of it is ORed into the sticky bit (an AND with a
+    thermometer mask of the shift amount: the same bit a 51-bit alignment
+    shifter would give, for less logic; shifts of 27 or more are clamped, as
+    they move everything into the sticky bit); the 28-bit sum or
     difference is normalised by a leading-zero count and one left shift; the
     fraction is rounded by adding the round-up bit to the packed exponent and
     fraction, so a carry out of the fraction lands in the exponent (and
