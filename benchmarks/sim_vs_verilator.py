@@ -36,8 +36,8 @@ def timed(fn, repeat):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--m", type=int, default=64)
-    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--m", type=int, default=32)
+    parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--k", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

@@ -329,15 +329,52 @@ class CoreModel:
             raise MemoryModelError(f"access up to {last:#x} is past the {memory.size}-byte memory model")
         return np.lib.stride_tricks.as_strided(memory[addr:], shape=(rows, word), strides=(stride, 1))
 
+    #: flush pending GEMMs once their operand snapshots hold this many bytes
+    BATCH_BYTES = 256 << 20
+
     def _execute(self, memory: np.ndarray, f: dict[str, np.ndarray], count: int) -> None:
+        """Data effects of the first ``count`` instructions, in program order.
+
+        GEMMs are batched: each takes a snapshot of its A and B words when it
+        is reached (later LOADs cannot change what it reads) and its MACs are
+        computed later, all GEMMs of equal k in one vectorised pass.  Only the
+        final accumulator update is order-dependent, and it is applied in
+        program order.  A STORE that reads rows a pending GEMM writes forces the
+        batch out first.
+        """
         cfg = self.cfg
+        R = cfg.rows
+        pending: list[tuple[int, np.ndarray, np.ndarray, int, bool]] = []
+        pending_rows = np.zeros(cfg.acc_depth, dtype=bool)
+        pending_bytes = 0
+
+        def flush() -> None:
+            nonlocal pending_bytes
+            by_k: dict[int, list[int]] = {}
+            for idx, item in enumerate(pending):
+                by_k.setdefault(item[0], []).append(idx)
+            outs: list[np.ndarray | None] = [None] * len(pending)
+            for idxs in by_k.values():
+                result = numerics.mac_sequence(np.stack([pending[i][1] for i in idxs]),
+                                               np.stack([pending[i][2] for i in idxs]))
+                for j, i in enumerate(idxs):
+                    outs[i] = result[j]
+            for (_, _, _, c0, accumulate), out in zip(pending, outs):
+                self.acc[c0:c0 + R] = numerics.add_f32(self.acc[c0:c0 + R], out) if accumulate else out
+            pending.clear()
+            pending_rows[:] = False
+            pending_bytes = 0
+
         for i in range(count):
             op = int(f["opcode"][i])
             if op == Opcode.GEMM.value:
                 k, a0, b0, c0 = (int(f[x][i]) for x in ("k", "a_addr", "b_addr", "acc_addr"))
-                out = numerics.mac_sequence(self.a[a0:a0 + k], self.b[b0:b0 + k])
-                rows = self.acc[c0:c0 + cfg.rows]
-                self.acc[c0:c0 + cfg.rows] = numerics.add_f32(rows, out) if f["accumulate"][i] else out
+                a_snap, b_snap = self.a[a0:a0 + k].copy(), self.b[b0:b0 + k].copy()
+                pending.append((k, a_snap, b_snap, c0, bool(f["accumulate"][i])))
+                pending_rows[c0:c0 + R] = True
+                pending_bytes += a_snap.nbytes + b_snap.nbytes
+                if pending_bytes > self.BATCH_BYTES:
+                    flush()
                 continue
             buf, sram, rows, addr, stride = (int(f[x][i]) for x in ("buffer", "sram_addr", "rows", "dram_addr", "dram_stride"))
             target = {Buffer.A.value: self.a, Buffer.B.value: self.b, Buffer.ACC.value: self.acc}[buf]
@@ -346,5 +383,8 @@ class CoreModel:
                 data = self._rows(memory, addr, rows, word, stride)
                 target[sram:sram + rows] = np.ascontiguousarray(data).view(target.dtype).reshape(rows, -1)
             else:  # STORE
+                if pending_rows[sram:sram + rows].any():
+                    flush()
                 view = self._rows(memory, addr, rows, word, stride)
                 view[:] = target[sram:sram + rows].view(np.uint8).reshape(rows, word)
+        flush()

@@ -1,6 +1,7 @@
 """The numerics rule in numpy against independent references (torch, float64, hand cases)."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
@@ -71,3 +72,22 @@ def test_mac_sequence_equals_scalar_loop(k, seed):
                 # float64 product is exact; one rounding per sum, as in the rule
                 acc = F32(np.float64(acc) + np.float64(af[i, r]) * np.float64(bf[i, c]))
             assert bits(out[r, c]) == bits(acc)
+
+
+def _rule_loop(a_bits, b_bits):
+    """mac_sequence written with the elementwise rule functions only (no fast path)."""
+    acc = np.zeros((a_bits.shape[1], b_bits.shape[1]), dtype=F32)
+    for i in range(a_bits.shape[0]):
+        acc = nx.add_f32(acc, nx.mul_bf16(a_bits[i][:, None], b_bits[i][None, :]))
+    return acc
+
+
+@pytest.mark.parametrize("scale_exp", [0, -100, -118, -124, 60, 64])
+def test_mac_sequence_fast_and_careful_paths_agree_with_the_rule(scale_exp):
+    """Scales of 2^-100 and below make products reach the subnormal range (careful path); 2^60 overflows."""
+    rng = np.random.default_rng(scale_exp + 1000)
+    a = rng.standard_normal((40, 4)).astype(F32) * F32(2.0) ** scale_exp
+    b = rng.standard_normal((40, 3)).astype(F32) * F32(2.0) ** rng.integers(-3, 4, (40, 3)).astype(F32)
+    a[3, 1], b[7, 2] = np.inf, np.nan
+    abits, bbits = nx.f32_to_bf16_bits(a), nx.f32_to_bf16_bits(b)
+    assert np.array_equal(bits(nx.mac_sequence(abits, bbits)), bits(_rule_loop(abits, bbits)))
