@@ -1,0 +1,67 @@
+"""Wall time of the simulator on a whole ResNet-18/CIFAR training step (batch 32, dense FF/BP/WU GEMMs).
+
+    python benchmarks/sim_resnet18_step.py [--preset vcu1525] [--bit-exact]
+
+Timing only by default (compile + schedule of every GEMM); with --bit-exact the
+operands are random bf16 data, packed into memory images, and the numerics run
+too.  Target (brief §4): bit-exact ≤ 30 s on 2 cores, timing-only about 1 s.
+Writes benchmarks/results/sim_resnet18_step_<preset>[_bitexact].md.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nmsat.dataflow.gemm import compile_gemm, layout_gemm
+from nmsat.hw.config import SATConfig
+from nmsat.sim.core import CoreModel
+
+from utilisation_resnet18 import resnet18_cifar
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="vcu1525")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--bit-exact", action="store_true")
+    args = parser.parse_args()
+    cfg = SATConfig.preset(args.preset)
+    rng = np.random.default_rng(0)
+    core = CoreModel(cfg)
+    t_compile = t_run = 0.0
+    cycles = macs = 0
+    for g in resnet18_cifar(args.batch):
+        for _ in range(g.count):
+            t0 = time.perf_counter()
+            if args.bit_exact:
+                a = rng.standard_normal((g.m, g.k), dtype=np.float32)
+                b = rng.standard_normal((g.k, g.n), dtype=np.float32)
+                prog = compile_gemm(cfg, a, b)
+                t1 = time.perf_counter()
+                result = core.run(prog.memory, prog.program_addr, prog.length)
+            else:
+                lay = layout_gemm(cfg, g.m, g.n, g.k)
+                t1 = time.perf_counter()
+                result = core.time_program(lay.words)
+            t2 = time.perf_counter()
+            assert result.ok
+            t_compile += t1 - t0
+            t_run += t2 - t1
+            cycles += result.cycles
+            macs += g.m * g.n * g.k
+    mode = "bit-exact" if args.bit_exact else "timing only"
+    text = (f"# Simulator on one ResNet-18/CIFAR training step (batch {args.batch}), preset `{cfg.name}`, {mode}\n\n"
+            f"{macs / 1e9:.2f} GMAC, {cycles} simulated cycles.\n\n"
+            f"| part | wall s |\n|---|---|\n| compile (plan, emit{', pack data' if args.bit_exact else ''}) | {t_compile:.2f} |\n"
+            f"| simulate | {t_run:.2f} |\n| total | {t_compile + t_run:.2f} |\n\n"
+            f"{cycles / t_run / 1e6:.1f} M simulated cycles per second of simulation.\n")
+    print(text)
+    out = Path(__file__).parent / "results" / f"sim_resnet18_step_{cfg.name}{'_bitexact' if args.bit_exact else ''}.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
