@@ -149,22 +149,23 @@ def layout_gemm(cfg: SATConfig, m: int, n: int, k: int, *, plan: GemmPlan | None
                 base_addr: int = 0) -> GemmLayout:
     """Plan and emit a GEMM from its shape alone (enough for timing-only simulation)."""
     plan = plan or plan_gemm(cfg, m, n, k)
-    count = len(emit_gemm(cfg, plan, a_addr=0, b_addr=0, c_addr=0)) + 1
-    if count > cfg.imem_depth:
-        raise ValueError(f"GEMM {m}x{n}x{k}: program of {count} instructions exceeds the "
-                         f"{cfg.imem_depth}-instruction memory of config {cfg.name!r}")
+    # memory map, each region 4 KiB aligned: A, B, C, then the program (its length is known last)
     page = 4096
     a_bytes = plan.mt * plan.k * cfg.a_word_bytes
     b_bytes = plan.nt * plan.k * cfg.b_word_bytes
     c_bytes = plan.mt * plan.nt * cfg.rows * cfg.acc_word_bytes
-    prog_addr = _align(base_addr, page)
-    a_addr = _align(prog_addr + count * INSTRUCTION_BYTES, page)
+    a_addr = _align(base_addr, page)
     b_addr = _align(a_addr + a_bytes, page)
     c_addr = _align(b_addr + b_bytes, page)
-    end = _align(c_addr + c_bytes, page)
+    prog_addr = _align(c_addr + c_bytes, page)
+    words = emit_gemm(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr) + [encode(Opcode.FINISH)]
+    count = len(words)
+    if count > cfg.imem_depth:
+        raise ValueError(f"GEMM {m}x{n}x{k}: program of {count} instructions exceeds the "
+                         f"{cfg.imem_depth}-instruction memory of config {cfg.name!r}")
+    end = _align(prog_addr + count * INSTRUCTION_BYTES, page)
     if end > 1 << cfg.addr_bits:
         raise ValueError(f"GEMM {m}x{n}x{k} needs {end} bytes of DRAM, more than the {cfg.addr_bits}-bit address space")
-    words = emit_gemm(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr) + [encode(Opcode.FINISH)]
     regions = {"program": (prog_addr, count * INSTRUCTION_BYTES), "a": (a_addr, a_bytes), "b": (b_addr, b_bytes),
                "c": (c_addr, c_bytes)}
     return GemmLayout(plan, words, prog_addr, regions, end)

@@ -172,20 +172,23 @@ FIELDS = _field_offsets()
 
 def encode(opcode: Opcode, *, pop_prev=0, pop_next=0, push_prev=0, push_next=0, **args) -> int:
     """Encode one instruction to its 128-bit integer.  Unknown or too-wide fields are errors."""
-    value = 0
-    fields = dict(opcode=Opcode(opcode).value, pop_prev=pop_prev, pop_next=pop_next, push_prev=push_prev,
-                  push_next=push_next, **args)
-    if "buffer" in fields:
-        fields["buffer"] = Buffer(fields["buffer"]).value
-    for name, v in fields.items():
-        if name not in FIELDS:
+    value = (opcode.value if isinstance(opcode, Opcode) else Opcode(opcode).value) | pop_prev << 4 | \
+        pop_next << 5 | push_prev << 6 | push_next << 7
+    if not all(flag in (0, 1) for flag in (pop_prev, pop_next, push_prev, push_next)):
+        raise ValueError("encode: token flags must be 0 or 1")
+    for name, v in args.items():
+        field = FIELDS.get(name)
+        if field is None or name in _HEADER_FIELDS:
             raise ValueError(f"encode: unknown instruction field {name!r}")
-        off, width = FIELDS[name]
-        v = int(v)
+        off, width = field
+        v = v.value if isinstance(v, Buffer) else int(v)
         if not 0 <= v < 1 << width:
             raise ValueError(f"encode: field {name}={v} does not fit in {width} bits")
         value |= v << off
     return value
+
+
+_HEADER_FIELDS = ("opcode", "pop_prev", "pop_next", "push_prev", "push_next")
 
 
 def to_bytes(words: list[int]) -> bytes:
