@@ -6,7 +6,7 @@ match cocotbext-axi's ``from_prefix(dut, "mem")`` with ``bus_separator="__"``.
 Not here: any state machine that drives a bus.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -18,7 +18,6 @@ ID_BITS = 4  # the core uses ID 0 for everything (responses come back in order)
 
 def axi4_signature(addr_bits: int, data_bytes: int) -> wiring.Signature:
     """AXI4 master (INCR bursts, ID 0 only), seen from the master."""
-    size = (data_bytes - 1).bit_length()
     return wiring.Signature({
         "arid": Out(ID_BITS), "araddr": Out(addr_bits), "arlen": Out(8), "arsize": Out(3), "arburst": Out(2),
         "arvalid": Out(1), "arready": In(1),

