@@ -3,9 +3,10 @@
 :class:`Core` is the gateware twin of :class:`nmsat.sim.core.CoreModel`; it
 implements the timing rules of ``docs/architecture.md`` §6 cycle for cycle
 (the tests in ``tests/equiv`` hold the two to it).  One AXI4-Lite slave
-(``csr``) and one AXI4 master (``mem``).  The memory system is assumed to
-keep ``arready``, ``awready``, ``wready`` high (the memory model of the
-config); the core keeps ``rready`` and ``bready`` high.
+(``csr``) and one AXI4 master (``mem``).  The timing rules assume the memory
+model of the config (``arready``, ``awready``, ``wready`` high); any other
+AXI slave that back-pressures those channels gets the same results, later.
+The core keeps ``rready`` and ``bready`` high.
 
 Not here: the floating-point units (:mod:`nmsat.hw.fp`), the instruction
 layouts (:mod:`nmsat.hw.isa`) or the FPGA shell (:mod:`nmsat.fpga`).
@@ -500,7 +501,8 @@ class Core(wiring.Component):
         s_incomplete = Signal(range(3))
         s_tokens_ok = ~shead.inst.deps.pop_prev | tok["c2s"].available
         s_start = Signal()
-        m.d.comb += s_start.eq(running & q_store.r_rdy & ~s_reading & (s_incomplete < 2) & s_tokens_ok)
+        w_stall = Signal()  # the W beat on the bus is not taken this cycle: both stages hold
+        m.d.comb += s_start.eq(running & q_store.r_rdy & ~s_reading & (s_incomplete < 2) & s_tokens_ok & ~w_stall)
         m.d.comb += [q_store.r_en.eq(s_start), tok["c2s"].pop.eq(s_start & shead.inst.deps.pop_prev)]
         info_now = _Entry(Signal(_Entry.as_shape().size))
         m.d.comb += info_now.eq(Mux(s_start, q_store.r_data, s_info))
@@ -511,42 +513,72 @@ class Core(wiring.Component):
         m.d.comb += accs_r.addr.eq(args_now.sram_addr + word_now)
         last_in_word = in_word_now == acc_word_beats - 1
         last_beat = last_in_word & (word_now == args_now.rows - 1)
-        with m.If(beat_valid):
+        with m.If(beat_valid & ~w_stall):
             m.d.core += s_info.eq(info_now)
             with m.If(last_in_word):
                 m.d.core += [s_word.eq(word_now + 1), s_in_word.eq(0)]
             with m.Else():
                 m.d.core += [s_word.eq(word_now), s_in_word.eq(in_word_now + 1)]
             m.d.core += s_reading.eq(~last_beat)
-        # W stage: one cycle behind the read stage
+        # W stage: one cycle behind the read stage (with a held copy of the data while the bus stalls)
         w_valid = Signal()
         w_in_word = Signal(8)
         w_last_of_store = Signal()
         w_info = _Entry(Signal(_Entry.as_shape().size))
         w_first = Signal()  # first beat of a store: load the burst walker
-        m.d.core += [w_valid.eq(alive & beat_valid), w_in_word.eq(in_word_now), w_last_of_store.eq(last_beat),
-                     w_info.eq(info_now), w_first.eq(s_start)]
+        with m.If(~w_stall):
+            m.d.core += [w_valid.eq(alive & beat_valid), w_in_word.eq(in_word_now), w_last_of_store.eq(last_beat),
+                         w_info.eq(info_now), w_first.eq(s_start)]
         sw = sub("store_walker", _BurstWalker(cfg, "store"))
         wargs = w_info.inst.args.mem
-        m.d.comb += [sw.load.eq(w_valid & w_first), sw.addr.eq(wargs.dram_addr), sw.rows.eq(wargs.rows),
-                     sw.stride.eq(wargs.dram_stride), sw.word_beats.eq(acc_word_beats)]
+        # Bursts: the walker is stepped when a burst's first W beat is presented; its address goes out on
+        # AW at once or, if AW is busy, from a one-entry slot. W never waits for AWREADY of its own burst.
         burst_left = Signal(range(cfg.max_burst_beats + 1))  # beats left in the current W burst
+        aw_pushed = Signal()  # this burst's address is issued or queued, its first beat not yet taken
+        aw_beats = Signal.like(sw.burst_beats)  # that burst's length
+        slot_valid = Signal()
+        slot_addr = Signal.like(sw.burst_addr)
+        slot_len = Signal(8)
         new_burst = w_valid & (burst_left == 0)
-        m.d.comb += [mem.awvalid.eq(new_burst), mem.awaddr.eq(sw.burst_addr), mem.awlen.eq(sw.burst_beats - 1),
-                     sw.step.eq(new_burst)]
-        beats_in_burst = Mux(new_burst, sw.burst_beats, burst_left)
-        with m.If(w_valid):
-            m.d.core += burst_left.eq(beats_in_burst - 1)
-        m.d.comb += [mem.wvalid.eq(w_valid), mem.wlast.eq(beats_in_burst == 1),
-                     mem.wdata.eq(accs_r.data.word_select(w_in_word, bus_bits) if acc_word_beats > 1 else accs_r.data)]
+        push_aw = Signal()
+        m.d.comb += [push_aw.eq(new_burst & ~aw_pushed & (~slot_valid | mem.awready)),
+                     sw.load.eq(w_valid & w_first & ~aw_pushed), sw.addr.eq(wargs.dram_addr),
+                     sw.rows.eq(wargs.rows), sw.stride.eq(wargs.dram_stride), sw.word_beats.eq(acc_word_beats),
+                     sw.step.eq(push_aw),
+                     mem.awvalid.eq(slot_valid | push_aw),
+                     mem.awaddr.eq(Mux(slot_valid, slot_addr, sw.burst_addr)),
+                     mem.awlen.eq(Mux(slot_valid, slot_len, sw.burst_beats - 1))]
+        with m.If(slot_valid & mem.awready):
+            m.d.core += slot_valid.eq(push_aw)
+            m.d.core += [slot_addr.eq(sw.burst_addr), slot_len.eq(sw.burst_beats - 1)]
+        with m.Elif(~slot_valid & push_aw & ~mem.awready):
+            m.d.core += [slot_valid.eq(1), slot_addr.eq(sw.burst_addr), slot_len.eq(sw.burst_beats - 1)]
+        aw_take = push_aw  # bursts committed (counted for the write responses)
+        w_present = w_valid & (~new_burst | aw_pushed | push_aw)
+        beats_in_burst = Mux(new_burst, Mux(aw_pushed, aw_beats, sw.burst_beats), burst_left)
+        w_fire = w_present & mem.wready
+        m.d.comb += w_stall.eq(w_valid & ~w_fire)
+        with m.If(push_aw & ~w_fire):
+            m.d.core += [aw_pushed.eq(1), aw_beats.eq(sw.burst_beats)]
+        with m.If(w_fire):
+            m.d.core += [burst_left.eq(beats_in_burst - 1), aw_pushed.eq(0)]
+        w_held = Signal()
+        w_hold = Signal.like(accs_r.data)
+        with m.If(w_stall & ~w_held):
+            m.d.core += [w_hold.eq(accs_r.data), w_held.eq(1)]
+        with m.If(w_fire):
+            m.d.core += w_held.eq(0)
+        w_word = Mux(w_held, w_hold, accs_r.data)
+        m.d.comb += [mem.wvalid.eq(w_present), mem.wlast.eq(beats_in_burst == 1),
+                     mem.wdata.eq(w_word.word_select(w_in_word, bus_bits) if acc_word_beats > 1 else w_word)]
         # write responses: cumulative bursts per store, completion in order
         bursts_issued = Signal(32)
         b_count = Signal(32)
-        with m.If(new_burst):
+        with m.If(aw_take):
             m.d.core += bursts_issued.eq(bursts_issued + 1)
         awaiting = sub("store_awaiting", SyncFIFO(width=32 + _Entry.as_shape().size, depth=2))
-        m.d.comb += [awaiting.w_en.eq(w_valid & w_last_of_store),
-                     awaiting.w_data.eq(Cat((bursts_issued + new_burst)[:32], w_info.as_value()))]
+        m.d.comb += [awaiting.w_en.eq(w_fire & w_last_of_store),
+                     awaiting.w_data.eq(Cat((bursts_issued + aw_take)[:32], w_info.as_value()))]
         b_now = Signal(32)
         m.d.comb += b_now.eq(b_count + (alive & mem.bvalid))
         with m.If(alive & mem.bvalid):
@@ -558,7 +590,7 @@ class Core(wiring.Component):
         m.d.comb += [store_done.eq(alive & awaiting.r_rdy & (b_now == head_bursts)), awaiting.r_en.eq(store_done),
                      tok["s2c"].push.eq(store_done & aw_entry.inst.deps.push_prev)]
         m.d.core += s_incomplete.eq(s_incomplete + s_start - store_done)
-        store_busy = s_reading | w_valid | (s_incomplete != 0)
+        store_busy = s_reading | w_valid | slot_valid | (s_incomplete != 0)
 
         # ------------------------------------------------------------ idle, deadlock, errors, done
         m.d.comb += [any_busy.eq(load_busy | compute_busy | store_busy),

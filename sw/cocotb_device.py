@@ -9,15 +9,18 @@ on the ``csr`` port, and on the ``mem`` port either
   ``mem_write_latency`` cycles after a burst's last beat), against which the
   simulator is cycle-exact; or
 * ``axiram`` — cocotbext-axi's ``AxiRam``, whose latency is not fixed (its
-  read channel can pause between bursts), for functional runs.
+  read channel can pause between bursts), for functional runs; or
+* ``axiram-backpressure`` — the same with every channel paused at random.
 
 Amaranth's port names need ``bus_separator="__"``.  It reads the job manifest
 named by ``NMSAT_JOBS``, runs each job as a host would (program address and
 length, START, poll STATUS), and writes the registers and memory back.
 """
 
+import itertools
 import json
 import os
+import random
 from collections import deque
 
 import cocotb
@@ -108,8 +111,16 @@ async def run_jobs(dut):
     memories = [np.load(job["memory"]) for job in manifest["jobs"]]
     size = max(len(m) for m in memories)
     bus = AxiBus.from_prefix(dut, "mem", bus_separator="__")
-    ram = FixedLatencyRam(bus, dut.clk, cfg, size) if manifest["memory_model"] == "fixed" else \
-        AxiRam(bus, dut.clk, dut.rst, size=size)
+    if manifest["memory_model"] == "fixed":
+        ram = FixedLatencyRam(bus, dut.clk, cfg, size)
+    else:
+        ram = AxiRam(bus, dut.clk, dut.rst, size=size)
+        if manifest["memory_model"] == "axiram-backpressure":
+            # every channel paused at random, as cocotbext-axi's own benches do
+            rng = random.Random(1)
+            for channel in (ram.read_if.ar_channel, ram.read_if.r_channel, ram.write_if.aw_channel,
+                            ram.write_if.w_channel, ram.write_if.b_channel):
+                channel.set_pause_generator(itertools.cycle([rng.random() < 0.4 for _ in range(97)]))
     for job, memory in zip(manifest["jobs"], memories):
         ram.write(0, memory.tobytes() + bytes(size - len(memory)))
         core_id = await csr.read_dword(int(Csr.ID))

@@ -125,10 +125,11 @@ def run_programs(cfg: SATConfig, jobs: list[RtlJob], *, memory_model: str = "fix
     """Run ``jobs`` one after another on the Verilated core (built once, cached) and return their results.
 
     ``memory_model``: ``"fixed"`` (the config's latencies: what the simulator is cycle-exact against) or
-    ``"axiram"`` (cocotbext-axi's ``AxiRam``: functional, its latency varies).
+    ``"axiram"`` (cocotbext-axi's ``AxiRam``: functional, its latency varies) or ``"axiram-backpressure"``
+    (the same with every channel paused at random).
     """
-    if memory_model not in ("fixed", "axiram"):
-        raise ValueError(f"memory_model must be 'fixed' or 'axiram', got {memory_model!r}")
+    if memory_model not in ("fixed", "axiram", "axiram-backpressure"):
+        raise ValueError(f"memory_model must be 'fixed', 'axiram' or 'axiram-backpressure', got {memory_model!r}")
     from cocotb_tools.runner import get_runner
 
     build_dir, digest = _build(cfg)

@@ -171,8 +171,10 @@ def test_verilator_serial_equals_pipelined(verilator_results):
         assert rtl_s.cycles > rtl_p.cycles
 
 
-def test_verilator_with_cocotbext_axiram_gives_the_same_bytes():
-    """cocotbext-axi's AxiRam has no fixed latency, so only status and bytes are compared there."""
+@pytest.mark.parametrize("memory_model", ["axiram", "axiram-backpressure"])
+def test_verilator_with_cocotbext_axiram_gives_the_same_bytes(memory_model):
+    """cocotbext-axi's AxiRam has no fixed latency, so only status and bytes are compared there;
+    with back-pressure on every channel the core must still finish with the same bytes, later."""
     import shutil
 
     if not (shutil.which("make") and (shutil.which("c++") or shutil.which("g++"))):
@@ -180,9 +182,12 @@ def test_verilator_with_cocotbext_axiram_gives_the_same_bytes():
     from nmsat.sw.rtl import RtlJob, run_programs
 
     progs = [gemm_program(TINY, m, n, k, seed=m + n + k) for m, n, k in ((5, 7, 9), (12, 16, 33))]
-    results = run_programs(TINY, [RtlJob(p.memory, p.program_addr, p.length) for p in progs], memory_model="axiram")
+    results = run_programs(TINY, [RtlJob(p.memory, p.program_addr, p.length) for p in progs],
+                           memory_model=memory_model)
     for prog, rtl in zip(progs, results):
         memory = prog.memory.copy()
-        assert CoreModel(TINY).run(memory, prog.program_addr, prog.length).ok
+        expected = CoreModel(TINY).run(memory, prog.program_addr, prog.length)
         assert rtl.ok and rtl.error is ErrorCode.NONE
         assert np.array_equal(rtl.memory, memory)
+        if memory_model == "axiram-backpressure":
+            assert rtl.cycles > expected.cycles
