@@ -65,3 +65,14 @@ def test_gemm_shapes():
     assert [g.stage for g in linear_gemms("l", 8, 4, 2)] == ["FF", "BP", "WU"]
     with pytest.raises(ValueError, match="groups=3 must divide"):
         conv2d_gemms("c", 1, 8, 8, 4, 4, 3, groups=3)
+
+
+@pytest.mark.parametrize("name,cin,cout,hw,stride", [("layer4.0.conv2", 512, 512, 4, 1), ("layer2.0.conv1", 64, 128, 8, 2)])
+def test_resnet18_layer_shapes_at_the_card_preset_match_torch(name, cin, cout, hw, stride):
+    """Real ResNet-18/CIFAR layer shapes (batch 2 to keep it quick) on the vcu1525 preset: FF against torch."""
+    torch.manual_seed(3)
+    card = SATConfig.vcu1525()
+    x, w = torch.randn(2, cin, hw, hw), torch.randn(cout, cin, 3, 3) * (2.0 / (9 * cin)) ** 0.5
+    out = conv2d_stage(card, "FF", x, w, stride=stride, padding=1)
+    ref = F.conv2d(bf16(x), bf16(w), stride=stride, padding=1)
+    close(out, ref, F.conv2d(bf16(x).abs(), bf16(w).abs(), stride=stride, padding=1))
