@@ -211,3 +211,15 @@ def test_amaranth_core_matches_simulator_on_other_configs(cfg):
     expected = CoreModel(cfg).run(memory, prog.program_addr, prog.length)
     assert expected.ok
     assert_same(expected, memory, run_core_amaranth(cfg, prog.memory, prog.program_addr, prog.length))
+
+
+@pytest.mark.slow
+def test_amaranth_core_with_several_instructions_per_bus_beat():
+    """A 256-bit bus carries two instructions per beat (the vcu1525 path: four); 16x16 array. About a minute."""
+    cfg = SATConfig(name="bus32", rows=16, cols=16, a_depth=64, b_depth=64, acc_depth=64, bus_bytes=32,
+                    max_burst_beats=4, queue_depth=2, imem_depth=256, mem_read_latency=5, mem_write_latency=2)
+    prog = gemm_program(cfg, 20, 18, 9, seed=3)
+    memory = prog.memory.copy()
+    expected = CoreModel(cfg).run(memory, prog.program_addr, prog.length)
+    assert expected.ok
+    assert_same(expected, memory, run_core_amaranth(cfg, prog.memory, prog.program_addr, prog.length))
