@@ -114,7 +114,7 @@ class SATConfig:
     def vcu1525(cls) -> "SATConfig":
         """32×32 array, 512-bit bus to one DDR4 channel, buffers sized for the VU9P's BRAM/URAM."""
         return cls(name="vcu1525", rows=32, cols=32, a_depth=8192, b_depth=8192, acc_depth=2048, bus_bytes=64,
-                   addr_bits=34, max_burst_beats=64, queue_depth=16, imem_depth=65536, clock_mhz=200.0,
+                   addr_bits=34, max_burst_beats=64, queue_depth=64, imem_depth=65536, clock_mhz=200.0,
                    mem_read_latency=40, mem_write_latency=20)
 
     @classmethod
