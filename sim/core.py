@@ -28,6 +28,13 @@ __all__ = ["CoreModel", "RunResult", "MemoryModelError"]
 LOAD, COMPUTE, STORE = 0, 1, 2
 UNIT_NAMES = ("load", "compute", "store")
 _UNIT_OF_OPCODE = {Opcode.LOAD.value: LOAD, Opcode.GEMM.value: COMPUTE, Opcode.STORE.value: STORE}
+#: token channels: load→compute, compute→load, compute→store, store→compute
+CHANNELS = ("l2c", "c2l", "c2s", "s2c")
+L2C, C2L, C2S, S2C = range(4)
+_POP_PREV = {COMPUTE: L2C, STORE: C2S}
+_POP_NEXT = {LOAD: C2L, COMPUTE: S2C}
+_PUSH_PREV = {COMPUTE: C2L, STORE: S2C}
+_PUSH_NEXT = {LOAD: L2C, COMPUTE: C2S}
 
 
 class MemoryModelError(Exception):
@@ -154,20 +161,34 @@ class CoreModel:
         stop_code = ErrorCode.NONE if finish_pcs else (bad_code if bad_pc >= 0 else ErrorCode.NO_FINISH)
 
         unit = [_UNIT_OF_OPCODE[o] for o in op[:stop_pc]]
-        flags = {k: f[k][:stop_pc].tolist() for k in ("pop_prev", "pop_next", "push_prev", "push_next")}
-        # per-instruction duration parameters
+        # per-instruction duration parameters: (GEMM: MAC cycles | transfers: data beats, LOAD bursts)
         word = {Buffer.A.value: cfg.a_word_bytes, Buffer.B.value: cfg.b_word_bytes, Buffer.ACC.value: cfg.acc_word_bytes}
+        ks, bufs, rows_l, addrs, strides = (f[x][:stop_pc].tolist() for x in ("k", "buffer", "rows", "dram_addr", "dram_stride"))
         params = []
         for i in range(stop_pc):
             if unit[i] == COMPUTE:
-                params.append((timing.gemm_mac_cycles(int(f["k"][i])), 0))
+                params.append((timing.gemm_mac_cycles(ks[i]), 0))
             else:
-                wb = word[int(f["buffer"][i])]
-                rows = int(f["rows"][i])
-                beats = timing.transfer_beats(cfg, rows, wb)
-                nb = timing.burst_count(cfg, int(f["dram_addr"][i]), rows, wb, int(f["dram_stride"][i])) \
-                    if unit[i] == LOAD else 0
+                wb = word[bufs[i]]
+                beats = timing.transfer_beats(cfg, rows_l[i], wb)
+                nb = timing.burst_count(cfg, addrs[i], rows_l[i], wb, strides[i]) if unit[i] == LOAD else 0
                 params.append((beats, nb))
+        # token channels as indices into CHANNELS, per instruction
+        flag_lists = [f[x][:stop_pc].tolist() for x in ("pop_prev", "pop_next", "push_prev", "push_next")]
+        pop_ch, push_ch = [], []
+        for i in range(stop_pc):
+            u = unit[i]
+            pops_i, pushes_i = [], []
+            if flag_lists[0][i]:
+                pops_i.append(_POP_PREV[u])
+            if flag_lists[1][i]:
+                pops_i.append(_POP_NEXT[u])
+            if flag_lists[2][i]:
+                pushes_i.append(_PUSH_PREV[u])
+            if flag_lists[3][i]:
+                pushes_i.append(_PUSH_NEXT[u])
+            pop_ch.append(pops_i)
+            push_ch.append(pushes_i)
 
         queues: list[list[int]] = [[], [], []]
         qpos = []
@@ -179,33 +200,15 @@ class CoreModel:
         e = [None] * stop_pc  # last busy cycle (pushes happen here)
         transfer = [None] * stop_pc  # GEMM: cycle the accumulators move to the shadow registers
         drain = timing.drain_cycles(cfg)
-        # channels: (producer unit, consumer unit) → list of push cycles / pop cycles
-        pushes = {ch: [] for ch in ("l2c", "c2l", "c2s", "s2c")}
-        pops = {ch: [] for ch in pushes}
+        # per channel (index into CHANNELS): the cycles of its pushes and of its pops, in order
+        pushes: list[list[int]] = [[] for _ in CHANNELS]
+        pops: list[list[int]] = [[] for _ in CHANNELS]
         ptr = [0, 0, 0]
         next_d = 0
         last_end = -1  # max e over started instructions (serial mode and FINISH)
         stall = [0, 0, 0]
         Q = cfg.queue_depth
         Lr, Lw = cfg.mem_read_latency, cfg.mem_write_latency
-
-        def pop_channels(i: int) -> list[str]:
-            u = unit[i]
-            chans = []
-            if flags["pop_prev"][i]:
-                chans.append({COMPUTE: "l2c", STORE: "c2s"}[u])
-            if flags["pop_next"][i]:
-                chans.append({LOAD: "c2l", COMPUTE: "s2c"}[u])
-            return chans
-
-        def push_channels(i: int) -> list[str]:
-            u = unit[i]
-            chans = []
-            if flags["push_prev"][i]:
-                chans.append({COMPUTE: "c2l", STORE: "s2c"}[u])
-            if flags["push_next"][i]:
-                chans.append({LOAD: "l2c", COMPUTE: "c2s"}[u])
-            return chans
 
         progress = True
         while progress:
@@ -246,7 +249,7 @@ class CoreModel:
                         ready = max(ready, e[queues[u][ptr[u] - 2]] + 1)
                     token_ready = ready
                     blocked = False
-                    for ch in pop_channels(i):
+                    for ch in pop_ch[i]:
                         nth = len(pops[ch])
                         if nth >= len(pushes[ch]):
                             blocked = True
@@ -256,7 +259,7 @@ class CoreModel:
                         break
                     start = token_ready
                     stall[u] += start - ready
-                    for ch in pop_channels(i):
+                    for ch in pop_ch[i]:
                         pops[ch].append(start)
                     if u == COMPUTE:
                         prev_drain = e[queues[u][ptr[u] - 1]] if ptr[u] > 0 else -1
@@ -270,18 +273,18 @@ class CoreModel:
                         end = start + params[i][0] + Lw
                     s[i], e[i] = start, end
                     last_end = max(last_end, end)
-                    for ch in push_channels(i):
+                    for ch in push_ch[i]:
                         pushes[ch].append(end)
                     ptr[u] += 1
                     progress = True
 
         events: list[tuple[int, int, ErrorCode, int]] = []  # (cycle, code, ErrorCode, pc)
         # token overflow: after the n-th push at cycle t the count is n - #pops started by t
-        for ch in pushes:
+        for ch in range(len(CHANNELS)):
             for nth, t in enumerate(pushes[ch], start=1):
                 count = nth - bisect.bisect_right(pops[ch], t)
                 if count > cfg.token_limit:
-                    producer = [i for i in range(stop_pc) if e[i] == t and ch in push_channels(i)][0]
+                    producer = [i for i in range(stop_pc) if e[i] == t and ch in push_ch[i]][0]
                     events.append((t, ErrorCode.TOKEN_OVERFLOW.value, ErrorCode.TOKEN_OVERFLOW, producer))
                     break
         all_started = all(x is not None for x in s)
