@@ -12,6 +12,7 @@ benchmarks/results/sim_vs_verilator_<preset>.md.
 """
 
 import argparse
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -40,8 +41,12 @@ def main():
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--k", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--array", help="override the preset's array as RxC (buffers and bus kept), e.g. 8x8")
     args = parser.parse_args()
     cfg = SATConfig.preset(args.preset)
+    if args.array:
+        rows, cols = (int(x) for x in args.array.lower().split("x"))
+        cfg = dataclasses.replace(cfg, name=f"{cfg.name}-{rows}x{cols}", rows=rows, cols=cols)
     rng = np.random.default_rng(0)
     prog = compile_gemm(cfg, rng.standard_normal((args.m, args.k)).astype(np.float32),
                         rng.standard_normal((args.k, args.n)).astype(np.float32))
