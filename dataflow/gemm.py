@@ -17,6 +17,7 @@ Not here: executing programs (``nmsat.sim``) or im2col (``nmsat.dataflow.layers`
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -145,9 +146,14 @@ class GemmLayout:
     memory_bytes: int
 
 
+@functools.lru_cache(maxsize=128)
 def layout_gemm(cfg: SATConfig, m: int, n: int, k: int, *, plan: GemmPlan | None = None,
                 base_addr: int = 0) -> GemmLayout:
-    """Plan and emit a GEMM from its shape alone (enough for timing-only simulation)."""
+    """Plan and emit a GEMM from its shape alone (enough for timing-only simulation).
+
+    Memoised (configs and plans are frozen): a training step repeats shapes.  Treat the
+    returned layout, its ``words`` included, as read-only.
+    """
     plan = plan or plan_gemm(cfg, m, n, k)
     # memory map, each region 4 KiB aligned: A, B, C, then the program (its length is known last)
     page = 4096
@@ -187,7 +193,7 @@ def compile_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, *, plan: GemmPlan
     for name, packed in (("a", pack_a(cfg, a_bits)), ("b", pack_b(cfg, b_bits))):
         addr, nbytes = lay.regions[name]
         memory[addr:addr + nbytes] = packed.view(np.uint8).ravel()
-    return Program(cfg, lay.words, memory, lay.program_addr, dict(lay.regions), lay.plan)
+    return Program(cfg, list(lay.words), memory, lay.program_addr, dict(lay.regions), lay.plan)
 
 
 def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:

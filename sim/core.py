@@ -15,6 +15,8 @@ Not here: building programs (``nmsat.dataflow``) or talking to a device
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,6 +112,7 @@ class CoreModel:
         self.a = np.zeros((cfg.a_depth, cfg.rows), dtype=np.uint16)  # bf16 bits
         self.b = np.zeros((cfg.b_depth, cfg.cols), dtype=np.uint16)
         self.acc = np.zeros((cfg.acc_depth, cfg.cols), dtype=np.float32)
+        self._timing_cache: dict[tuple[bytes, bool], RunResult] = {}
 
     # ------------------------------------------------------------------ run
 
@@ -139,14 +142,26 @@ class CoreModel:
         return result
 
     def time_program(self, words: list[int], *, serial: bool = False) -> RunResult:
-        """Timing only, from the instruction words (no memory image): what ``run`` would report."""
+        """Timing only, from the instruction words (no memory image): what ``run`` would report.
+
+        A program's timing depends on nothing but its words and the config, so
+        results are memoised by a digest of the words (a training step repeats
+        many layer shapes).  The result returned is a copy.
+        """
         cfg = self.cfg
         if not 1 <= len(words) <= cfg.imem_depth:
             return RunResult(Status.ERROR, ErrorCode.PROGRAM_TOO_LONG, cycles=1)
         from ..hw.isa import to_bytes
-        fields = decode_program(to_bytes(words))
-        nbytes = len(words) * INSTRUCTION_BYTES
-        return self._schedule(fields, cfg.mem_read_latency + -(-nbytes // cfg.bus_bytes), serial)
+        blob = to_bytes(words)
+        key = (hashlib.blake2b(blob, digest_size=16).digest(), serial)
+        cached = self._timing_cache.get(key)
+        if cached is None:
+            nbytes = len(words) * INSTRUCTION_BYTES
+            cached = self._schedule(decode_program(blob), cfg.mem_read_latency + -(-nbytes // cfg.bus_bytes), serial)
+            if len(self._timing_cache) >= 256:
+                self._timing_cache.pop(next(iter(self._timing_cache)))
+            self._timing_cache[key] = cached
+        return dataclasses.replace(cached, busy=dict(cached.busy), token_stall=dict(cached.token_stall))
 
     # ------------------------------------------------------------------ timing
 

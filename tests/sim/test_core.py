@@ -146,3 +146,14 @@ def test_queue_depth_and_latency_change_timing_as_the_rules_say():
     slower, _ = run_words(words, cfg=dataclasses.replace(TINY, mem_read_latency=10))
     # +6 on the fetch and +6 on the first LOAD; LOAD B overlaps LOAD A, so its latency is hidden
     assert slower.cycles - base.cycles == 6 + 6
+
+
+def test_time_program_matches_run_and_is_memoised_safely():
+    prog = compile_gemm(TINY, np.ones((9, 13), np.float32), np.ones((13, 6), np.float32))
+    core = CoreModel(TINY)
+    first = core.time_program(prog.words)
+    first.busy["load"] = -1  # a caller's change must not leak into the cache
+    again = core.time_program(prog.words)
+    full = CoreModel(TINY).run(prog.memory.copy(), prog.program_addr, prog.length)
+    assert again.cycles == full.cycles and again.busy == full.busy and again.token_stall == full.token_stall
+    assert core.time_program(prog.words, serial=True).cycles > again.cycles
