@@ -8,6 +8,7 @@ benchmark, not a test.  Targets (brief §4): ≤ 60% LUT and ≤ 80% DSP of the 
 """
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -18,11 +19,16 @@ from nmsat.hw.config import SATConfig
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", nargs="+", default=["tiny"])
+    parser.add_argument("--array", help="override the presets' array as RxC (buffers and bus kept), e.g. 8x8")
     args = parser.parse_args()
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     for name in args.preset:
         cfg = SATConfig.preset(name)
+        if args.array:
+            rows, cols = (int(x) for x in args.array.lower().split("x"))
+            cfg = dataclasses.replace(cfg, name=f"{cfg.name}-{rows}x{cols}", rows=rows, cols=cols)
+            name = cfg.name
         t0 = time.perf_counter()
         est = estimate(cfg, log=out_dir / f"yosys_{name}.log")
         wall = time.perf_counter() - t0
