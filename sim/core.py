@@ -224,6 +224,7 @@ class CoreModel:
         stall = [0, 0, 0]
         Q = cfg.queue_depth
         Lr, Lw = cfg.mem_read_latency, cfg.mem_write_latency
+        in_flight = {LOAD: timing.LOADS_IN_FLIGHT, STORE: timing.STORES_IN_FLIGHT}
 
         progress = True
         while progress:
@@ -260,8 +261,10 @@ class CoreModel:
                             ready = max(ready, s[prev] + params[prev][1])
                         else:
                             ready = max(ready, s[prev] + params[prev][0])
-                    if u != COMPUTE and ptr[u] > 1:
-                        ready = max(ready, e[queues[u][ptr[u] - 2]] + 1)
+                    # transfers in flight: the one IN_FLIGHT + 1 places back must have finished
+                    back = in_flight.get(u, 0) + 1
+                    if u != COMPUTE and ptr[u] >= back:
+                        ready = max(ready, e[queues[u][ptr[u] - back]] + 1)
                     token_ready = ready
                     blocked = False
                     for ch in pop_ch[i]:

@@ -26,6 +26,26 @@ DRAIN_PIPELINE = 2
 _PAGE = 4096  # AXI: a burst never crosses a 4 KiB boundary
 
 
+def _runs(dram_addr: int, rows: int, word_bytes: int, stride: int):
+    """The contiguous runs of a 2-D transfer as ``(address, bytes)``: one run when the rows touch."""
+    if stride == word_bytes:
+        yield dram_addr, rows * word_bytes
+    else:
+        for i in range(rows):
+            yield dram_addr + i * stride, word_bytes
+
+
+def _cut(cfg: SATConfig, dram_addr: int, rows: int, word_bytes: int, stride: int):
+    """Yield each burst ``(byte address, beats)``: at most ``max_burst_beats``, never across a 4 KiB page."""
+    bus, max_beats = cfg.bus_bytes, cfg.max_burst_beats
+    for addr, length in _runs(dram_addr, rows, word_bytes, stride):
+        end = addr + length
+        while addr < end:
+            beats = min(max_beats, (end - addr + bus - 1) // bus, (_PAGE - addr % _PAGE) // bus)
+            yield addr, beats
+            addr += beats * bus
+
+
 def bursts(cfg: SATConfig, dram_addr: int, rows: int, word_bytes: int, stride: int) -> list[tuple[int, int]]:
     """The AXI bursts of a 2-D transfer, in order, as ``(byte address, beats)``.
 
@@ -33,37 +53,12 @@ def bursts(cfg: SATConfig, dram_addr: int, rows: int, word_bytes: int, stride: i
     all rows form one run.  Each run is cut into bursts of at most
     ``max_burst_beats`` that never cross a 4 KiB page.
     """
-    if stride == word_bytes:
-        runs = [(dram_addr, rows * word_bytes)]
-    else:
-        runs = [(dram_addr + i * stride, word_bytes) for i in range(rows)]
-    out = []
-    bus, max_beats = cfg.bus_bytes, cfg.max_burst_beats
-    for addr, length in runs:
-        end = addr + length
-        while addr < end:
-            to_page = (_PAGE - addr % _PAGE) // bus
-            beats = min(max_beats, (end - addr + bus - 1) // bus, to_page)
-            out.append((addr, beats))
-            addr += beats * bus
-    return out
+    return list(_cut(cfg, dram_addr, rows, word_bytes, stride))
 
 
 def burst_count(cfg: SATConfig, dram_addr: int, rows: int, word_bytes: int, stride: int) -> int:
-    """Number of bursts of a transfer (same cut as :func:`bursts`, without building the list)."""
-    if stride == word_bytes:
-        return _count_run(dram_addr, rows * word_bytes, cfg.bus_bytes, cfg.max_burst_beats)
-    return sum(_count_run(dram_addr + i * stride, word_bytes, cfg.bus_bytes, cfg.max_burst_beats) for i in range(rows))
-
-
-def _count_run(addr: int, length: int, bus: int, max_beats: int) -> int:
-    count, end = 0, addr + length
-    while addr < end:
-        to_page = (_PAGE - addr % _PAGE) // bus
-        beats = min(max_beats, (end - addr + bus - 1) // bus, to_page)
-        addr += beats * bus
-        count += 1
-    return count
+    """Number of bursts of a transfer (the cut of :func:`bursts`, without building the list)."""
+    return sum(1 for _ in _cut(cfg, dram_addr, rows, word_bytes, stride))
 
 
 def transfer_beats(cfg: SATConfig, rows: int, word_bytes: int) -> int:

@@ -11,6 +11,7 @@ Not here: the simulator (:mod:`nmsat.sim`) or the card (:mod:`nmsat.fpga`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -93,6 +94,19 @@ def _environment() -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def _tool_environment():
+    """The process environment with Verilator on PATH and the make flags it needs, restored afterwards
+    (cocotb's runner reads ``os.environ``)."""
+    saved = dict(os.environ)
+    os.environ.update(_environment())
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _build(cfg: SATConfig) -> tuple[Path, str]:
     from cocotb_tools.runner import get_runner
 
@@ -105,18 +119,13 @@ def _build(cfg: SATConfig) -> tuple[Path, str]:
     if not vfile.exists() or vfile.read_text() != source:
         vfile.write_text(source)
     stamp = build_dir / "built.ok"
-    old_env = dict(os.environ)
-    os.environ.update(_environment())
-    try:
+    with _tool_environment():
         runner = get_runner("verilator")
         if not stamp.exists():
             runner.build(sources=[vfile], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
                          build_args=["-Wno-fatal", "-O3", "--x-assign", "0", "--x-initial", "0"], always=True,
                          log_file=build_dir / "build.log")
             stamp.write_text("ok\n")
-    finally:
-        os.environ.clear()
-        os.environ.update(old_env)
     return build_dir, digest
 
 
@@ -145,9 +154,7 @@ def run_programs(cfg: SATConfig, jobs: list[RtlJob], *, memory_model: str = "fix
                                  "memory_out": str(workdir / f"job{i}.out.npy")})
     manifest_file = workdir / "manifest.json"
     manifest_file.write_text(json.dumps(manifest))
-    old_env = dict(os.environ)
-    os.environ.update(_environment())
-    try:
+    with _tool_environment():
         runner = get_runner("verilator")
         try:
             results_xml = runner.test(test_module="nmsat.sw.cocotb_device", hdl_toplevel=TOPLEVEL,
@@ -155,9 +162,6 @@ def run_programs(cfg: SATConfig, jobs: list[RtlJob], *, memory_model: str = "fix
                                       extra_env={"NMSAT_JOBS": str(manifest_file)}, log_file=workdir / "run.log")
         except SystemExit as exc:  # the runner exits when the bench fails
             raise RuntimeError(f"the cocotb bench failed; see {workdir / 'run.log'}") from exc
-    finally:
-        os.environ.clear()
-        os.environ.update(old_env)
     from cocotb_tools.runner import get_results
 
     _, failed = get_results(results_xml)

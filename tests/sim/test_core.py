@@ -157,3 +157,14 @@ def test_time_program_matches_run_and_is_memoised_safely():
     full = CoreModel(TINY).run(prog.memory.copy(), prog.program_addr, prog.length)
     assert again.cycles == full.cycles and again.busy == full.busy and again.token_stall == full.token_stall
     assert core.time_program(prog.words, serial=True).cycles > again.cycles
+
+
+def test_burst_cut_rules():
+    from nmsat.sim.timing import burst_count, bursts
+
+    # contiguous: one run, cut at the 4 KiB page and at max_burst_beats (16 beats of 8 bytes)
+    assert bursts(TINY, 4096 - 16, 5, 8, 8) == [(4080, 2), (4096, 3)]
+    assert bursts(TINY, 0, 40, 8, 8) == [(0, 16), (128, 16), (256, 8)]
+    # strided: one run per row (ACC words are two beats)
+    assert bursts(TINY, 0, 3, 16, 48) == [(0, 2), (48, 2), (96, 2)]
+    assert burst_count(TINY, 4096 - 16, 5, 8, 8) == 2 and burst_count(TINY, 0, 3, 16, 48) == 3
