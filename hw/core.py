@@ -583,7 +583,9 @@ class Core(wiring.Component):
         m.d.comb += b_now.eq(b_count + (alive & mem.bvalid))
         with m.If(alive & mem.bvalid):
             m.d.core += b_count.eq(b_now)
-            errors.append((ErrorCode.AXI_ERROR, alive & mem.bvalid & (mem.bresp != 0), _Entry(awaiting.r_data[32:]).pc))
+            # the response is the head's if a STORE waits for its responses, else that of the STORE still sending
+            b_pc = Mux(awaiting.r_rdy, _Entry(awaiting.r_data[32:]).pc, w_info.pc)
+            errors.append((ErrorCode.AXI_ERROR, alive & mem.bvalid & (mem.bresp != 0), b_pc))
         head_bursts = awaiting.r_data[:32]
         aw_entry = _Entry(awaiting.r_data[32:])
         store_done = Signal()

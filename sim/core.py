@@ -3,10 +3,18 @@
 :class:`CoreModel` is the twin of the gateware ``nmsat.hw.core.Core``.  It never
 steps cycle by cycle: a program is decoded at once (vectorised), checked
 statically, then timed by a small worklist over the three units and their
-dependency tokens using the latency rules of :mod:`nmsat.sim.timing`, then
-executed for its data in program order with the vectorised numerics of
-:mod:`nmsat.sim.numerics` (a race-free program's result does not depend on
-timing; serial and pipelined runs must agree, see the tests).
+dependency tokens using the latency rules of :mod:`nmsat.sim.timing`; the
+instructions that started before the run stopped are then executed for their
+data, in program order, with the vectorised numerics of
+:mod:`nmsat.sim.numerics`.  Program order gives the core's bytes whenever the
+program is race-free; the run's ``hazards`` name every pair of instructions
+whose buffer or memory accesses the timing leaves unordered (a dropped
+token), for which the bytes are not defined.
+
+The memory model is the array passed to :meth:`CoreModel.run`: its size is
+the memory's size, and a bus beat past it is answered with DECERR (reads
+give zeros, writes are dropped), so the core reports AXI_ERROR, as the
+benches' memories do.
 
 Not here: building programs (``nmsat.dataflow``) or talking to a device
 (``nmsat.sw``).
@@ -22,10 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..hw.config import SATConfig
-from ..hw.isa import INSTRUCTION_BYTES, Buffer, ErrorCode, Opcode, Status, decode_program
+from ..hw.isa import INSTRUCTION_BYTES, Buffer, ErrorCode, Opcode, Status, decode_program, to_bytes
 from . import numerics, timing
 
-__all__ = ["CoreModel", "RunResult", "MemoryModelError"]
+__all__ = ["CoreModel", "RunResult", "Hazard", "check_program"]
 
 LOAD, COMPUTE, STORE = 0, 1, 2
 UNIT_NAMES = ("load", "compute", "store")
@@ -39,8 +47,19 @@ _PUSH_PREV = {COMPUTE: C2L, STORE: S2C}
 _PUSH_NEXT = {LOAD: L2C, COMPUTE: C2S}
 
 
-class MemoryModelError(Exception):
-    """The program touched bytes outside the memory array given to the simulator (a harness problem)."""
+@dataclass(frozen=True)
+class Hazard:
+    """Two instructions of different units touch the same buffer words or memory bytes, one of them
+    writing, and the timing does not put the later one (in program order) after the earlier one."""
+
+    storage: str  # "A", "B", "ACC" or "DRAM"
+    kind: str  # "read after write" or "write after read"
+    first_pc: int  # earlier in program order
+    second_pc: int
+
+    def __str__(self) -> str:
+        return (f"{self.kind} on {self.storage}: instruction {self.second_pc} overlaps in time with "
+                f"instruction {self.first_pc} before it (a missing dependency token?)")
 
 
 @dataclass
@@ -53,16 +72,27 @@ class RunResult:
     error_pc: int = 0
     busy: dict[str, int] = field(default_factory=dict)  # cycles each unit had work in flight
     token_stall: dict[str, int] = field(default_factory=dict)  # cycles a head instruction waited for tokens
-    instructions: int = 0
-    gemm_macs: int = 0  # useful MAC slots: Σ k · rows · cols over GEMMs
+    instructions: int = 0  # instructions dispatched
+    executed: int = 0  # instructions that started before the run stopped (their effects all took place)
+    gemm_macs: int = 0  # useful MAC slots: Σ k · rows · cols over GEMMs (DONE runs)
+    hazards: list[Hazard] = field(default_factory=list)  # unordered accesses (checked by `run`)
 
     @property
     def ok(self) -> bool:
         return self.status is Status.DONE
 
+    @property
+    def race_free(self) -> bool:
+        return not self.hazards
+
     def utilisation(self, cfg: SATConfig) -> float:
         """Fraction of the PE array's MAC slots used over the whole run."""
         return self.gemm_macs / (self.cycles * cfg.rows * cfg.cols) if self.cycles else 0.0
+
+
+def _word_bytes(cfg: SATConfig, buf: np.ndarray) -> np.ndarray:
+    return np.select([buf == Buffer.A.value, buf == Buffer.B.value, buf == Buffer.ACC.value],
+                     [cfg.a_word_bytes, cfg.b_word_bytes, cfg.acc_word_bytes], 0)
 
 
 def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorCode]:
@@ -79,8 +109,7 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     is_load, is_store = op == Opcode.LOAD.value, op == Opcode.STORE.value
     is_mem, is_gemm, is_finish = is_load | is_store, op == Opcode.GEMM.value, op == Opcode.FINISH.value
     buf = f["buffer"]
-    word = np.select([buf == Buffer.A.value, buf == Buffer.B.value, buf == Buffer.ACC.value],
-                     [cfg.a_word_bytes, cfg.b_word_bytes, cfg.acc_word_bytes], 0)
+    word = _word_bytes(cfg, buf)
     depth = np.select([buf == Buffer.A.value, buf == Buffer.B.value, buf == Buffer.ACC.value],
                       [cfg.a_depth, cfg.b_depth, cfg.acc_depth], 0)
     # token flags that have no neighbour: LOAD has no prev, STORE no next, FINISH none
@@ -104,6 +133,33 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     return -1, ErrorCode.NONE
 
 
+@dataclass
+class _Schedule:
+    """The per-instruction cycles of one run (None: never happened), and the instructions that started."""
+
+    unit: list[int]
+    beats: list[int]  # GEMM: MAC cycles; LOAD/STORE: data beats
+    bursts: list[int]  # LOAD: number of bursts
+    start: list[int | None]
+    end: list[int | None]  # last busy cycle (pushes happen here)
+    transfer: list[int | None]  # GEMM: the cycle the accumulators move to the shadow registers
+    executed: list[int]  # program indices that started by the stop cycle, in program order
+
+
+def _first_bad_beat(cfg: SATConfig, limit: int, dram_addr: int, rows: int, word: int, stride: int) -> tuple[int, int] | None:
+    """(beat index, burst index) of the first beat of a transfer that reaches past ``limit`` bytes, or None.
+
+    ``limit`` is a multiple of the bus width and addresses are bus aligned, so a beat is wholly in or out.
+    """
+    bus = cfg.bus_bytes
+    beat = 0
+    for index, (addr, beats) in enumerate(timing.bursts(cfg, dram_addr, rows, word, stride)):
+        if addr + beats * bus > limit:
+            return beat + max(0, (limit - addr) // bus), index
+        beat += beats
+    return None
+
+
 class CoreModel:
     """Simulator twin of the core for one :class:`SATConfig`.  Buffers persist across runs, as in the core."""
 
@@ -117,32 +173,48 @@ class CoreModel:
     # ------------------------------------------------------------------ run
 
     def run(self, memory: np.ndarray, program_addr: int, program_len: int, *, serial: bool = False,
-            numerics: bool = True) -> RunResult:
+            numerics: bool = True, check_hazards: bool = True) -> RunResult:
         """Run the program of ``program_len`` instructions at ``program_addr`` against ``memory``.
 
-        ``memory`` is a uint8 array standing for DRAM from address 0; STOREs
-        write into it.  ``serial`` forces fully serial execution (the core's
-        debug switch).  ``numerics=False`` computes timing only.
+        ``memory`` is a contiguous, writeable 1-D uint8 array standing for
+        DRAM from address 0; its size is the memory's size (beats past it get
+        DECERR).  STOREs write into it.  ``serial`` forces fully serial
+        execution (the core's debug switch).  ``numerics=False`` computes
+        timing only and leaves ``memory`` and the buffers alone.
+        ``check_hazards`` fills ``RunResult.hazards``.
+
+        When the run stops with an error, every instruction that had started
+        (``RunResult.executed``) runs to its end and none other does, as in the core.
         """
         cfg = self.cfg
-        if memory.dtype != np.uint8 or memory.ndim != 1:
-            raise TypeError("memory must be a 1-D uint8 array")
+        if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or memory.ndim != 1:
+            raise TypeError("memory must be a 1-D numpy uint8 array")
+        if not memory.flags.c_contiguous or not memory.flags.writeable:
+            raise ValueError("memory must be a contiguous, writeable array (pass a copy, e.g. np.ascontiguousarray)")
+        for name, value, bits in (("program_addr", program_addr, 64), ("program_len", program_len, 32)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 1 << bits:
+                raise ValueError(f"{name} must be an int in 0..2^{bits}-1 (a {bits}-bit register), got {value!r}")
+        program_addr, program_len = int(program_addr), int(program_len)
         if not 1 <= program_len <= cfg.imem_depth:
             return RunResult(Status.ERROR, ErrorCode.PROGRAM_TOO_LONG, cycles=1)
         nbytes = program_len * INSTRUCTION_BYTES
         if program_addr % cfg.bus_bytes or program_addr + nbytes > 1 << cfg.addr_bits:
             return RunResult(Status.ERROR, ErrorCode.DRAM_RANGE, cycles=1)
-        blob = self._read(memory, program_addr, nbytes).tobytes()
-        fields = decode_program(blob)
         fetch_beats = -(-nbytes // cfg.bus_bytes)
-        dispatch_start = cfg.mem_read_latency + fetch_beats
-        result = self._schedule(fields, dispatch_start, serial)
-        if numerics and result.status is Status.DONE:
-            self._execute(memory, fields, result.instructions)
+        bad = _first_bad_beat(cfg, self._limit(memory), program_addr, 1, fetch_beats * cfg.bus_bytes,
+                              fetch_beats * cfg.bus_bytes)
+        if bad is not None:  # fetch beat j arrives in cycle Lr + j and carries DECERR
+            return RunResult(Status.ERROR, ErrorCode.AXI_ERROR, cycles=cfg.mem_read_latency + bad[0] + 1)
+        fields = decode_program(memory[program_addr:program_addr + nbytes].tobytes())
+        result, sched = self._schedule(fields, cfg.mem_read_latency + fetch_beats, serial, self._limit(memory))
+        if check_hazards:
+            result.hazards = find_hazards(cfg, fields, sched)
+        if numerics:
+            self._execute(memory, fields, sched.executed)
         return result
 
     def time_program(self, words: list[int], *, serial: bool = False) -> RunResult:
-        """Timing only, from the instruction words (no memory image): what ``run`` would report.
+        """Timing only, from the instruction words (no memory image, so no bus errors): what ``run`` would report.
 
         A program's timing depends on nothing but its words and the config, so
         results are memoised by a digest of the words (a training step repeats
@@ -151,21 +223,23 @@ class CoreModel:
         cfg = self.cfg
         if not 1 <= len(words) <= cfg.imem_depth:
             return RunResult(Status.ERROR, ErrorCode.PROGRAM_TOO_LONG, cycles=1)
-        from ..hw.isa import to_bytes
         blob = to_bytes(words)
         key = (hashlib.blake2b(blob, digest_size=16).digest(), serial)
         cached = self._timing_cache.get(key)
         if cached is None:
             nbytes = len(words) * INSTRUCTION_BYTES
-            cached = self._schedule(decode_program(blob), cfg.mem_read_latency + -(-nbytes // cfg.bus_bytes), serial)
+            cached, _ = self._schedule(decode_program(blob), cfg.mem_read_latency + -(-nbytes // cfg.bus_bytes),
+                                       serial, None)
             if len(self._timing_cache) >= 256:
                 self._timing_cache.pop(next(iter(self._timing_cache)))
             self._timing_cache[key] = cached
-        return dataclasses.replace(cached, busy=dict(cached.busy), token_stall=dict(cached.token_stall))
+        return dataclasses.replace(cached, busy=dict(cached.busy), token_stall=dict(cached.token_stall), hazards=[])
 
     # ------------------------------------------------------------------ timing
 
-    def _schedule(self, f: dict[str, np.ndarray], dispatch_start: int, serial: bool) -> RunResult:
+    def _schedule(self, f: dict[str, np.ndarray], dispatch_start: int, serial: bool,
+                  memory_bytes: int | None) -> tuple[RunResult, _Schedule]:
+        """Time a decoded program; ``memory_bytes`` (a multiple of the bus width) is the memory's end, None for none."""
         cfg = self.cfg
         n = len(f["opcode"])
         bad_pc, bad_code = check_program(cfg, f)
@@ -179,15 +253,15 @@ class CoreModel:
         # per-instruction duration parameters: (GEMM: MAC cycles | transfers: data beats, LOAD bursts)
         word = {Buffer.A.value: cfg.a_word_bytes, Buffer.B.value: cfg.b_word_bytes, Buffer.ACC.value: cfg.acc_word_bytes}
         ks, bufs, rows_l, addrs, strides = (f[x][:stop_pc].tolist() for x in ("k", "buffer", "rows", "dram_addr", "dram_stride"))
-        params = []
+        beats_of, bursts_of = [], []
         for i in range(stop_pc):
             if unit[i] == COMPUTE:
-                params.append((timing.gemm_mac_cycles(ks[i]), 0))
+                beats_of.append(timing.gemm_mac_cycles(ks[i]))
+                bursts_of.append(0)
             else:
                 wb = word[bufs[i]]
-                beats = timing.transfer_beats(cfg, rows_l[i], wb)
-                nb = timing.burst_count(cfg, addrs[i], rows_l[i], wb, strides[i]) if unit[i] == LOAD else 0
-                params.append((beats, nb))
+                beats_of.append(timing.transfer_beats(cfg, rows_l[i], wb))
+                bursts_of.append(timing.burst_count(cfg, addrs[i], rows_l[i], wb, strides[i]) if unit[i] == LOAD else 0)
         # token channels as indices into CHANNELS, per instruction
         flag_lists = [f[x][:stop_pc].tolist() for x in ("pop_prev", "pop_next", "push_prev", "push_next")]
         pop_ch, push_ch = [], []
@@ -258,9 +332,9 @@ class CoreModel:
                         if u == COMPUTE:
                             ready = max(ready, transfer[prev])
                         elif u == LOAD:
-                            ready = max(ready, s[prev] + params[prev][1])
+                            ready = max(ready, s[prev] + bursts_of[prev])
                         else:
-                            ready = max(ready, s[prev] + params[prev][0])
+                            ready = max(ready, s[prev] + beats_of[prev])
                     # transfers in flight: the one IN_FLIGHT + 1 places back must have finished
                     back = in_flight.get(u, 0) + 1
                     if u != COMPUTE and ptr[u] >= back:
@@ -281,14 +355,13 @@ class CoreModel:
                         pops[ch].append(start)
                     if u == COMPUTE:
                         prev_drain = e[queues[u][ptr[u] - 1]] if ptr[u] > 0 else -1
-                        transfer[i] = max(start + params[i][0], prev_drain + 1)
+                        transfer[i] = max(start + beats_of[i], prev_drain + 1)
                         end = transfer[i] + drain
                     elif u == LOAD:
-                        beats = params[i][0]
                         prev_end = e[queues[u][ptr[u] - 1]] if ptr[u] > 0 else -1
-                        end = max(start + Lr, prev_end + 1) + beats - 1
+                        end = max(start + Lr, prev_end + 1) + beats_of[i] - 1
                     else:
-                        end = start + params[i][0] + Lw
+                        end = start + beats_of[i] + Lw
                     s[i], e[i] = start, end
                     last_end = max(last_end, end)
                     for ch in push_ch[i]:
@@ -305,6 +378,22 @@ class CoreModel:
                     producer = [i for i in range(stop_pc) if e[i] == t and ch in push_ch[i]][0]
                     events.append((t, ErrorCode.TOKEN_OVERFLOW.value, ErrorCode.TOKEN_OVERFLOW, producer))
                     break
+        # bus errors: a beat past the memory's end is answered with DECERR (LOAD: in the cycle that beat
+        # arrives; STORE: in the cycle of that burst's write response)
+        if memory_bytes is not None:
+            for i in range(stop_pc):
+                if unit[i] == COMPUTE or s[i] is None:
+                    continue
+                wb = word[bufs[i]]
+                if addrs[i] + (rows_l[i] - 1) * strides[i] + wb <= memory_bytes:
+                    continue
+                beat, burst = _first_bad_beat(cfg, memory_bytes, addrs[i], rows_l[i], wb, strides[i])
+                if unit[i] == LOAD:
+                    cycle = e[i] - beats_of[i] + 1 + beat
+                else:
+                    through = sum(b for _, b in timing.bursts(cfg, addrs[i], rows_l[i], wb, strides[i])[:burst + 1])
+                    cycle = s[i] + through + Lw
+                events.append((cycle, ErrorCode.AXI_ERROR.value, ErrorCode.AXI_ERROR, i))
         all_started = all(x is not None for x in s)
         dispatched = [x for x in d if x is not None]
         if next_d == stop_pc and stop_code is not ErrorCode.NONE:
@@ -331,30 +420,50 @@ class CoreModel:
                 if hi >= lo:
                     busy[u] += hi - lo + 1
                 covered = max(covered, e[i])
-        macs = sum(int(f["k"][i]) for i in range(stop_pc) if unit[i] == COMPUTE) * cfg.rows * cfg.cols
-        return RunResult(status, code, cycles=cycle + 1, error_pc=pc if status is Status.ERROR else 0,
-                         busy=dict(zip(UNIT_NAMES, busy)), token_stall=dict(zip(UNIT_NAMES, stall)),
-                         instructions=stop_pc, gemm_macs=macs if status is Status.DONE else 0)
+        # an error stops every start after its cycle; what started runs to its end
+        executed = [i for i in range(stop_pc) if s[i] is not None and s[i] <= cycle]
+        macs = sum(ks[i] for i in range(stop_pc) if unit[i] == COMPUTE) * cfg.rows * cfg.cols
+        result = RunResult(status, code, cycles=cycle + 1, error_pc=pc if status is Status.ERROR else 0,
+                           busy=dict(zip(UNIT_NAMES, busy)), token_stall=dict(zip(UNIT_NAMES, stall)),
+                           instructions=len(dispatched), executed=len(executed),
+                           gemm_macs=macs if status is Status.DONE else 0)
+        return result, _Schedule(unit, beats_of, bursts_of, s, e, transfer, executed)
 
     # ------------------------------------------------------------------ data
 
-    @staticmethod
-    def _read(memory: np.ndarray, addr: int, nbytes: int) -> np.ndarray:
-        if addr + nbytes > memory.size:
-            raise MemoryModelError(f"read of {nbytes} bytes at {addr:#x} is past the {memory.size}-byte memory model")
-        return memory[addr:addr + nbytes]
+    def _limit(self, memory: np.ndarray) -> int:
+        """Bytes of ``memory`` that whole bus beats cover: a beat that reaches past the end gets DECERR."""
+        return memory.size // self.cfg.bus_bytes * self.cfg.bus_bytes
 
-    def _rows(self, memory: np.ndarray, addr: int, rows: int, word: int, stride: int) -> np.ndarray:
-        last = addr + (rows - 1) * stride + word
-        if last > memory.size:
-            raise MemoryModelError(f"access up to {last:#x} is past the {memory.size}-byte memory model")
-        return np.lib.stride_tricks.as_strided(memory[addr:], shape=(rows, word), strides=(stride, 1))
+    def _read_rows(self, memory: np.ndarray, addr: int, rows: int, word: int, stride: int) -> np.ndarray:
+        """``rows`` words of ``word`` bytes, ``stride`` apart; bytes past the memory read as zero (DECERR beats)."""
+        limit = self._limit(memory)
+        if addr + (rows - 1) * stride + word <= limit:
+            return np.lib.stride_tricks.as_strided(memory[addr:], shape=(rows, word), strides=(stride, 1))
+        out = np.zeros((rows, word), dtype=np.uint8)
+        for r in range(rows):
+            lo = addr + r * stride
+            n = max(0, min(word, limit - lo))
+            out[r, :n] = memory[lo:lo + n]
+        return out
+
+    def _write_rows(self, memory: np.ndarray, addr: int, data: np.ndarray, stride: int) -> None:
+        """Write ``data[rows, word]`` at ``addr`` with ``stride``; bytes past the memory are dropped (DECERR beats)."""
+        rows, word = data.shape
+        limit = self._limit(memory)
+        if addr + (rows - 1) * stride + word <= limit:
+            np.lib.stride_tricks.as_strided(memory[addr:], shape=(rows, word), strides=(stride, 1))[:] = data
+            return
+        for r in range(rows):
+            lo = addr + r * stride
+            n = max(0, min(word, limit - lo))
+            memory[lo:lo + n] = data[r, :n]
 
     #: flush pending GEMMs once their operand snapshots hold this many bytes
     BATCH_BYTES = 256 << 20
 
-    def _execute(self, memory: np.ndarray, f: dict[str, np.ndarray], count: int) -> None:
-        """Data effects of the first ``count`` instructions, in program order.
+    def _execute(self, memory: np.ndarray, f: dict[str, np.ndarray], executed: list[int]) -> None:
+        """Data effects of the ``executed`` instructions, in program order.
 
         GEMMs are batched: each takes a snapshot of its A and B words when it
         is reached (later LOADs cannot change what it reads) and its MACs are
@@ -386,7 +495,7 @@ class CoreModel:
             pending_rows[:] = False
             pending_bytes = 0
 
-        for i in range(count):
+        for i in executed:
             op = int(f["opcode"][i])
             if op == Opcode.GEMM.value:
                 k, a0, b0, c0 = (int(f[x][i]) for x in ("k", "a_addr", "b_addr", "acc_addr"))
@@ -401,11 +510,108 @@ class CoreModel:
             target = {Buffer.A.value: self.a, Buffer.B.value: self.b, Buffer.ACC.value: self.acc}[buf]
             word = target.shape[1] * target.itemsize
             if op == Opcode.LOAD.value:
-                data = self._rows(memory, addr, rows, word, stride)
+                data = self._read_rows(memory, addr, rows, word, stride)
                 target[sram:sram + rows] = np.ascontiguousarray(data).view(target.dtype).reshape(rows, -1)
             else:  # STORE
                 if pending_rows[sram:sram + rows].any():
                     flush()
-                view = self._rows(memory, addr, rows, word, stride)
-                view[:] = target[sram:sram + rows].view(np.uint8).reshape(rows, word)
+                self._write_rows(memory, addr, target[sram:sram + rows].view(np.uint8).reshape(rows, word), stride)
         flush()
+
+
+# ---------------------------------------------------------------------- hazards
+
+
+def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> list[Hazard]:
+    """Pairs of executed instructions of different units whose accesses the timing leaves unordered.
+
+    Access windows (cycles, from the timing rules): a LOAD writes its buffer
+    words while its data beats arrive and reads memory while it issues its
+    addresses; a GEMM reads A and B words in cycles ``s … s+k−1`` and reads
+    and writes its accumulator rows from the transfer to its drain's end; a
+    STORE reads accumulator rows while it sends beats and writes memory
+    until its last write response.  Two accesses conflict when they touch
+    the same buffer word (memory: the same bytes of the transfers' bounding
+    ranges) and one writes; the one later in program order must begin after
+    the earlier one has ended.  Units are in order, so pairs within a unit
+    never conflict.
+    """
+    s, e, t, beats, bursts = sched.start, sched.end, sched.transfer, sched.beats, sched.bursts
+    op, buf = f["opcode"], f["buffer"]
+    R = cfg.rows
+    never = -1
+    write_end = {Buffer.A.value: np.full(cfg.a_depth, never, np.int64), Buffer.B.value: np.full(cfg.b_depth, never, np.int64)}
+    write_pc = {k: np.full(v.size, -1, np.int64) for k, v in write_end.items()}
+    read_end = {k: np.full(v.size, never, np.int64) for k, v in write_end.items()}
+    read_pc = {k: np.full(v.size, -1, np.int64) for k, v in write_end.items()}
+    acc_write_end, acc_write_pc = np.full(cfg.acc_depth, never, np.int64), np.full(cfg.acc_depth, -1, np.int64)
+    acc_read_end, acc_read_pc = np.full(cfg.acc_depth, never, np.int64), np.full(cfg.acc_depth, -1, np.int64)
+    names = {Buffer.A.value: "A", Buffer.B.value: "B"}
+    hazards: list[Hazard] = []
+    loads, stores = [], []  # memory windows: (lo, hi, first cycle, last cycle, pc)
+    word = _word_bytes(cfg, buf)
+
+    def check(ends: np.ndarray, pcs: np.ndarray, lo: int, hi: int, begin: int, storage: str, kind: str, pc: int):
+        window = ends[lo:hi]
+        late = np.flatnonzero(window >= begin)
+        if late.size:
+            hazards.append(Hazard(storage, kind, int(pcs[lo + late[0]]), pc))
+
+    def mark(ends: np.ndarray, pcs: np.ndarray, lo: int, hi: int, until: int, pc: int):
+        later = ends[lo:hi] < until
+        ends[lo:hi][later] = until
+        pcs[lo:hi][later] = pc
+
+    for i in sched.executed:
+        o = int(op[i])
+        if o == Opcode.LOAD.value:
+            b, lo = int(buf[i]), int(f["sram_addr"][i])
+            hi = lo + int(f["rows"][i])
+            first_beat = e[i] - beats[i] + 1
+            check(read_end[b], read_pc[b], lo, hi, first_beat, names[b], "write after read", i)
+            mark(write_end[b], write_pc[b], lo, hi, e[i], i)
+            addr = int(f["dram_addr"][i])
+            loads.append((addr, addr + (int(f["rows"][i]) - 1) * int(f["dram_stride"][i]) + int(word[i]),
+                          s[i], s[i] + bursts[i] - 1, i))
+        elif o == Opcode.GEMM.value:
+            k = int(f["k"][i])
+            for b, lo in ((Buffer.A.value, int(f["a_addr"][i])), (Buffer.B.value, int(f["b_addr"][i]))):
+                check(write_end[b], write_pc[b], lo, lo + k, s[i], names[b], "read after write", i)
+                mark(read_end[b], read_pc[b], lo, lo + k, s[i] + k - 1, i)
+            lo = int(f["acc_addr"][i])
+            check(acc_read_end, acc_read_pc, lo, lo + R, t[i] + 1, "ACC", "write after read", i)
+            mark(acc_write_end, acc_write_pc, lo, lo + R, e[i], i)
+        else:  # STORE
+            lo = int(f["sram_addr"][i])
+            hi = lo + int(f["rows"][i])
+            check(acc_write_end, acc_write_pc, lo, hi, s[i], "ACC", "read after write", i)
+            mark(acc_read_end, acc_read_pc, lo, hi, s[i] + beats[i] - 1, i)
+            addr = int(f["dram_addr"][i])
+            stores.append((addr, addr + (int(f["rows"][i]) - 1) * int(f["dram_stride"][i]) + int(word[i]),
+                           s[i] + 1, e[i], i))
+    hazards += _memory_hazards(loads, stores)
+    return hazards
+
+
+def _memory_hazards(loads: list[tuple], stores: list[tuple]) -> list[Hazard]:
+    """LOADs against STOREs over the bounding byte ranges of their transfers (vectorised over pairs)."""
+    if not loads or not stores:
+        return []
+    ld, st = np.array(loads, dtype=np.int64), np.array(stores, dtype=np.int64)
+    # fast exit: no LOAD range meets any STORE range
+    order = np.argsort(st[:, 0])
+    st_lo, st_hi = st[order, 0], np.maximum.accumulate(st[order, 1])
+    idx = np.searchsorted(st_lo, ld[:, 1], side="left") - 1  # last STORE starting before the LOAD's end
+    meets = (idx >= 0) & (st_hi[np.maximum(idx, 0)] > ld[:, 0])
+    if not meets.any():
+        return []
+    out = []
+    for lo, hi, l0, l1, lpc in ld[meets]:
+        overlap = (st[:, 0] < hi) & (st[:, 1] > lo)
+        earlier = overlap & (st[:, 4] < lpc) & (st[:, 3] >= l0)  # STORE before the LOAD still writing
+        later = overlap & (st[:, 4] > lpc) & (l1 >= st[:, 2])  # STORE after the LOAD writing before it read
+        for rows, kind in ((earlier, "read after write"), (later, "write after read")):
+            for j in np.flatnonzero(rows):
+                first, second = sorted((int(st[j, 4]), int(lpc)))
+                out.append(Hazard("DRAM", kind, first, second))
+    return sorted(set(out), key=lambda h: (h.second_pc, h.first_pc))

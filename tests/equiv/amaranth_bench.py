@@ -3,7 +3,8 @@
 The memory model is the one of ``docs/architecture.md`` §6 (addresses always
 accepted; read data ``mem_read_latency`` cycles after the address, one beat
 per cycle, in order; a write response ``mem_write_latency`` cycles after a
-burst's last beat).  Registers are written and read over AXI4-Lite as a host
+burst's last beat; DECERR for a beat past the end of ``memory``).  A run that
+is still busy after ``max_cycles`` ends with ``timed_out``.  Registers are written and read over AXI4-Lite as a host
 would.  Returns what the simulator's ``RunResult`` holds, for comparison.
 """
 
@@ -25,6 +26,7 @@ class GatewareRun:
     cycles: int
     error_pc: int
     memory: np.ndarray
+    timed_out: bool = False
 
 
 def run_core_amaranth(cfg: SATConfig, memory: np.ndarray, program_addr: int, program_len: int, *,
@@ -32,7 +34,9 @@ def run_core_amaranth(cfg: SATConfig, memory: np.ndarray, program_addr: int, pro
     core = core or Core(cfg)
     mem = memory.copy()
     bus = cfg.bus_bytes
-    out = {}
+    limit = mem.size // bus * bus  # a beat reaching past this gets DECERR
+    decerr = 3
+    out = {"timed_out": True}
 
     async def testbench(ctx):
         csr, axi = core.csr, core.mem
@@ -95,39 +99,45 @@ def run_core_amaranth(cfg: SATConfig, memory: np.ndarray, program_addr: int, pro
         while cycle < max_cycles:
             # drive this cycle's responses
             if r_beats and r_beats[0][0] == cycle:
-                _, data, last = r_beats.popleft()
+                _, data, last, resp = r_beats.popleft()
                 ctx.set(axi.rvalid, 1)
                 ctx.set(axi.rdata, data)
                 ctx.set(axi.rlast, last)
+                ctx.set(axi.rresp, resp)
             else:
                 ctx.set(axi.rvalid, 0)
-            ctx.set(axi.bvalid, 1 if b_times and b_times[0] == cycle else 0)
-            if b_times and b_times[0] == cycle:
-                b_times.popleft()
+            ctx.set(axi.bvalid, 1 if b_times and b_times[0][0] == cycle else 0)
+            if b_times and b_times[0][0] == cycle:
+                ctx.set(axi.bresp, b_times.popleft()[1])
             # sample requests (settled)
             if ctx.get(axi.arvalid):
                 addr, beats = ctx.get(axi.araddr), ctx.get(axi.arlen) + 1
                 first = max(cycle + cfg.mem_read_latency, r_free)
                 for i in range(beats):
                     a = addr + i * bus
-                    data = int.from_bytes(mem[a:a + bus].tobytes(), "little")
-                    r_beats.append((first + i, data, i == beats - 1))
+                    if a + bus <= limit:
+                        r_beats.append((first + i, int.from_bytes(mem[a:a + bus].tobytes(), "little"), i == beats - 1, 0))
+                    else:
+                        r_beats.append((first + i, 0, i == beats - 1, decerr))
                 r_free = first + beats
             if ctx.get(axi.awvalid):
-                aw_bursts.append([ctx.get(axi.awaddr), ctx.get(axi.awlen) + 1])
+                aw_bursts.append([ctx.get(axi.awaddr), ctx.get(axi.awlen) + 1, 0])
             if ctx.get(axi.wvalid):
                 burst = aw_bursts[0]
-                data = ctx.get(axi.wdata)
-                mem[burst[0]:burst[0] + bus] = np.frombuffer(data.to_bytes(bus, "little"), dtype=np.uint8)
+                if burst[0] + bus <= limit:
+                    mem[burst[0]:burst[0] + bus] = np.frombuffer(ctx.get(axi.wdata).to_bytes(bus, "little"), dtype=np.uint8)
+                else:
+                    burst[2] = decerr
                 burst[0] += bus
                 burst[1] -= 1
                 assert bool(ctx.get(axi.wlast)) == (burst[1] == 0), "wlast does not match awlen"
                 if burst[1] == 0:
                     aw_bursts.popleft()
-                    b_times.append(cycle + cfg.mem_write_latency)
+                    b_times.append((cycle + cfg.mem_write_latency, burst[2]))
             await ctx.tick()
             cycle += 1
             if ctx.get(core.status) in (Status.DONE, Status.ERROR):
+                out["timed_out"] = False
                 break
         ctx.set(axi.rvalid, 0)
         ctx.set(axi.bvalid, 0)
@@ -141,5 +151,5 @@ def run_core_amaranth(cfg: SATConfig, memory: np.ndarray, program_addr: int, pro
     sim.add_testbench(testbench)
     sim.run()
     assert out["id"] == cfg.hash32
-    return GatewareRun(out["status"], out["error"], out["cycles"], out["error_pc"], mem)
+    return GatewareRun(out["status"], out["error"], out["cycles"], out["error_pc"], mem, out["timed_out"])
 

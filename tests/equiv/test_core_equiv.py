@@ -4,16 +4,19 @@ Two benches: Amaranth's own simulator with the config's memory model (a few
 programs: it is slow), and the Verilog under Verilator with cocotb,
 cocotbext-axi's ``AxiRam`` and ``AxiLiteMaster`` (many programs in one
 simulator start).  Programs: the compiler's GEMMs on random and conv-layer
-shapes, serial and pipelined, and random instruction streams (random
-arguments and token flags: deadlocks, overflows, range errors and races
-included; their memory is compared only when the program is race-free).
+shapes, serial and pipelined, random race-free programs with one fault each
+(``random_programs``: every error code, strided transfers, memory past the
+end), and hand-made runs that do work before an error.  Every run compares
+status, error code, error PC, cycles and all of memory, errors included.
 """
 
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from random_programs import VARIANTS, random_cases
 
 from nmsat.dataflow.gemm import compile_gemm
 from nmsat.dataflow.layers import conv2d_gemms
@@ -34,50 +37,46 @@ def gemm_program(cfg, m, n, k, seed):
     return compile_gemm(cfg, a, b)
 
 
-def random_program(cfg, seed, length=24):
-    """Random LOAD/GEMM/STORE with random (mostly valid) arguments and token flags, then FINISH."""
-    rng = np.random.default_rng(seed)
-    words = []
-    data_base = 0x4000
-    for _ in range(length):
-        kind = rng.choice(["load", "gemm", "store"], p=[0.45, 0.35, 0.2])
-        flags = {f: int(rng.random() < 0.15) for f in ("pop_prev", "pop_next", "push_prev", "push_next")}
-        if kind == "load":
-            flags.update(pop_prev=0, push_prev=0)
-            buf = Buffer.A if rng.random() < 0.5 else Buffer.B
-            rows = int(rng.integers(1, 40))
-            word = cfg.word_bytes(buf)
-            stride = word * int(rng.choice([1, 1, 2, 3]))
-            words.append(encode(Opcode.LOAD, buffer=buf, sram_addr=int(rng.integers(0, cfg.depth(buf) - rows + 1)),
-                                rows=rows, dram_addr=data_base + cfg.bus_bytes * int(rng.integers(0, 512)),
-                                dram_stride=stride, **flags))
-        elif kind == "gemm":
-            k = int(rng.integers(1, 30))
-            words.append(encode(Opcode.GEMM, a_addr=int(rng.integers(0, cfg.a_depth - k + 1)),
-                                b_addr=int(rng.integers(0, cfg.b_depth - k + 1)),
-                                acc_addr=int(rng.integers(0, cfg.acc_depth - cfg.rows + 1)), k=k,
-                                accumulate=int(rng.random() < 0.5), **flags))
-        else:
-            flags.update(pop_next=0, push_next=0)
-            rows = int(rng.integers(1, 10))
-            words.append(encode(Opcode.STORE, buffer=Buffer.ACC, sram_addr=int(rng.integers(0, cfg.acc_depth - rows + 1)),
-                                rows=rows, dram_addr=0x10000 + cfg.bus_bytes * int(rng.integers(0, 256)),
-                                dram_stride=cfg.acc_word_bytes * int(rng.choice([1, 2])), **flags))
-        if rng.random() < 0.03:  # an occasional bad word
-            words[-1] = int(rng.integers(5, 16))
-    words.append(encode(Opcode.FINISH))
-    memory = np.zeros(0x14000, dtype=np.uint8)
+def assert_same(expected, sim_memory, rtl, what=""):
+    """Everything the host can see: status, error code, error PC, cycles and every byte of memory."""
+    assert not rtl.timed_out, f"{what}: the core did not finish (simulator: {expected.status.name} after {expected.cycles})"
+    assert (rtl.status, rtl.error, rtl.error_pc, rtl.cycles) == \
+        (expected.status, expected.error, expected.error_pc, expected.cycles), what
+    assert np.array_equal(rtl.memory, sim_memory), f"{what}: memory differs at " \
+        f"{np.flatnonzero(rtl.memory != sim_memory)[:8]} ({expected.status.name} {expected.error.name})"
+
+
+def words_memory(words, size=0x3000, data=None):
+    memory = np.zeros(size, dtype=np.uint8)
     memory[:len(words) * 16] = np.frombuffer(to_bytes(words), dtype=np.uint8)
-    memory[data_base:0x10000] = np.random.default_rng(seed + 1).integers(0, 256, 0x10000 - data_base, dtype=np.uint8)
-    return memory, len(words)
+    for addr, raw in (data or {}).items():
+        memory[addr:addr + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return memory
 
 
-def assert_same(sim_result, sim_memory, rtl, compare_memory=True):
-    assert (rtl.status, rtl.error, rtl.cycles) == (sim_result.status, sim_result.error, sim_result.cycles)
-    if rtl.status is Status.ERROR:
-        assert rtl.error_pc == sim_result.error_pc
-    elif compare_memory:
-        assert np.array_equal(rtl.memory, sim_memory)
+ONES = np.array([0x3F80] * 4, dtype=np.uint16).tobytes()  # bf16 1.0 x 4: one A or B word at tiny
+
+#: hand-made runs that end in an error after some work has been done (the issue 7 reproducers among them)
+ERROR_RUNS = {
+    # both units deadlock at PC 4 after a STORE has written C: the bytes it wrote stay
+    "store-then-deadlock": (words_memory([
+        encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000, dram_stride=8),
+        encode(Opcode.LOAD, buffer=Buffer.B, rows=1, dram_addr=0x1000, dram_stride=8, push_next=1),
+        encode(Opcode.GEMM, k=1, pop_prev=1, push_next=1),
+        encode(Opcode.STORE, buffer=Buffer.ACC, rows=4, dram_addr=0x2000, dram_stride=16, pop_prev=1),
+        encode(Opcode.GEMM, k=1, pop_prev=1),
+        encode(Opcode.FINISH)], data={0x1000: ONES}), 6, ErrorCode.DEADLOCK),
+    # a LOAD past the end of a 4 KiB memory: DECERR, AXI_ERROR
+    "load-past-memory": (words_memory([encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=4096, dram_stride=8),
+                                       encode(Opcode.FINISH)], size=4096), 2, ErrorCode.AXI_ERROR),
+    # a strided STORE whose last row is past the end: the rows before it are written
+    "store-past-memory": (words_memory([
+        encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000, dram_stride=8),
+        encode(Opcode.LOAD, buffer=Buffer.B, rows=1, dram_addr=0x1000, dram_stride=8, push_next=1),
+        encode(Opcode.GEMM, k=1, pop_prev=1, push_next=1),
+        encode(Opcode.STORE, buffer=Buffer.ACC, rows=4, dram_addr=0x2000 - 48, dram_stride=32, pop_prev=1),
+        encode(Opcode.FINISH)], size=0x2000, data={0x1000: ONES}), 5, ErrorCode.AXI_ERROR),
+}
 
 
 # ---------------------------------------------------------------- Amaranth simulator
@@ -99,12 +98,41 @@ def test_amaranth_core_matches_simulator_on_gemms(m, n, k, serial):
     ([encode(Opcode.GEMM, k=2)], ErrorCode.NO_FINISH),
 ])
 def test_amaranth_core_matches_simulator_on_errors(words, code):
-    memory = np.zeros(4096, dtype=np.uint8)
-    memory[:len(words) * 16] = np.frombuffer(to_bytes(words), dtype=np.uint8)
-    expected = CoreModel(TINY).run(memory.copy(), 0, len(words))
+    memory = words_memory(words, size=4096)
+    expected = CoreModel(TINY).run(memory, 0, len(words))
     assert expected.error is code
-    rtl = run_core_amaranth(TINY, memory, 0, len(words))
+    rtl = run_core_amaranth(TINY, words_memory(words, size=4096), 0, len(words))
     assert_same(expected, memory, rtl)
+
+
+@pytest.mark.parametrize("name", list(ERROR_RUNS))
+def test_amaranth_core_matches_simulator_after_work_then_an_error(name):
+    """What memory holds after an error: the bytes of every STORE that started, none of the others."""
+    image, length, code = ERROR_RUNS[name]
+    memory = image.copy()
+    expected = CoreModel(TINY).run(memory, 0, length)
+    assert expected.error is code and expected.executed > 0
+    assert_same(expected, memory, run_core_amaranth(TINY, image, 0, length), name)
+    if name != "load-past-memory":
+        first_row = 0x2000 - 48 if name == "store-past-memory" else 0x2000
+        assert memory[first_row:first_row + 16].view(np.float32).tolist() == [1.0] * 4  # a STORE did write
+
+
+@pytest.mark.parametrize("variant", ["axi_store", "token_overflow", "sram_range", "axi_load"])
+def test_amaranth_core_matches_simulator_on_random_programs(variant):
+    case = random_cases(TINY, seed=VARIANTS.index(variant), count=len(VARIANTS))[VARIANTS.index(variant)]
+    memory = case.memory.copy()
+    expected = CoreModel(TINY).run(memory, case.program_addr, case.program_len, serial=case.serial)
+    assert expected.race_free
+    rtl = run_core_amaranth(TINY, case.memory, case.program_addr, case.program_len, serial=case.serial)
+    assert_same(expected, memory, rtl, variant)
+
+
+def test_amaranth_bench_reports_a_core_that_does_not_finish():
+    """The bench's cycle limit: a run longer than it ends as timed out instead of hanging the suite."""
+    prog = gemm_program(TINY, 8, 8, 64, seed=1)
+    rtl = run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length, max_cycles=50)
+    assert rtl.timed_out and rtl.status is Status.BUSY
 
 
 # ---------------------------------------------------------------- Verilator + cocotb
@@ -118,67 +146,88 @@ def conv_shapes():
     return shapes
 
 
-@pytest.fixture(scope="module")
-def verilator_results():
-    import shutil
-
-    pytest.importorskip("cocotb_tools.runner")
+def needs_cxx():
     if not (shutil.which("make") and (shutil.which("c++") or shutil.which("g++"))):
         pytest.skip("Verilator needs make and a C++ compiler, and this machine has none")
+
+
+#: random programs through the RTL: every variant this many times
+RANDOM_PER_VARIANT = 6
+
+
+@pytest.fixture(scope="module")
+def verilator_results():
+    """One batch on one core: GEMMs (pipelined, then serial), random programs of every variant, hand-made
+    error runs.  Buffers persist from job to job on the core, so the simulator runs the same jobs in the same
+    order on one CoreModel."""
+    pytest.importorskip("cocotb_tools.runner")
+    needs_cxx()
     from nmsat.sw.rtl import RtlJob, run_programs
 
     rng = np.random.default_rng(2026)
-    cases = []  # (job, compare_memory)
+    jobs, names = [], []
     shapes = [tuple(int(x) for x in rng.integers(1, 24, 3)) for _ in range(6)] + conv_shapes()
     for i, (m, n, k) in enumerate(shapes):
         prog = gemm_program(TINY, m, n, k, seed=i)
         for serial in (False, True):
-            cases.append((RtlJob(prog.memory, prog.program_addr, prog.length, serial), True))
-    for seed in range(24):
-        memory, length = random_program(TINY, seed)
-        cases.append((RtlJob(memory, 0, length, serial=bool(seed % 4 == 0)), False))
-    for prog_len in (0, TINY.imem_depth + 1):
-        cases.append((RtlJob(np.zeros(4096, dtype=np.uint8), 0, prog_len), False))
-    results = run_programs(TINY, [job for job, _ in cases])
-    return cases, results
+            jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
+            names.append(f"gemm {m}x{n}x{k}{' serial' if serial else ''}")
+    for case in random_cases(TINY, seed=7, count=RANDOM_PER_VARIANT * len(VARIANTS)):
+        jobs.append(RtlJob(case.memory, case.program_addr, case.program_len, case.serial))
+        names.append(f"random {case.variant} #{len(names)}")
+    for name, (image, length, _) in ERROR_RUNS.items():
+        jobs.append(RtlJob(image, 0, length))
+        names.append(name)
+    return jobs, names, run_programs(TINY, jobs)
 
 
-def test_verilator_core_id_is_the_config_hash(verilator_results):
-    _, results = verilator_results
-    assert all(r.id == TINY.hash32 for r in results)
+def test_verilator_core_id_register_reads_the_config_hash(verilator_results):
+    """The ID register, read over AXI4-Lite on every job, holds the hash of the config the core was built for."""
+    *_, results = verilator_results
+    assert {r.id for r in results} == {TINY.hash32}
 
 
 def test_verilator_core_matches_simulator(verilator_results):
-    cases, results = verilator_results
-    errors = set()
-    for (job, compare_memory), rtl in zip(cases, results):
+    jobs, names, results = verilator_results
+    core = CoreModel(TINY)  # one core for the batch, like the RTL
+    seen = set()
+    for job, name, rtl in zip(jobs, names, results):
         memory = job.memory.copy()
-        expected = CoreModel(TINY).run(memory, job.program_addr, job.program_len, serial=job.serial)
-        # a random program may race (two units touching one buffer word without a token between them);
-        # its bytes depend on timing, so only its timing and status are compared
-        assert_same(expected, memory, rtl, compare_memory=compare_memory)
-        errors.add(rtl.error)
-    # the random programs reach the interesting outcomes, not only DONE
-    assert {ErrorCode.NONE, ErrorCode.DEADLOCK, ErrorCode.PROGRAM_TOO_LONG} <= errors
+        expected = core.run(memory, job.program_addr, job.program_len, serial=job.serial)
+        assert expected.race_free, (name, expected.hazards[:3])
+        assert_same(expected, memory, rtl, name)
+        seen.add(rtl.error)
+    # the random programs reach every outcome
+    assert seen == set(ErrorCode)
 
 
 def test_verilator_serial_equals_pipelined(verilator_results):
-    cases, results = verilator_results
-    gemm = [(job, r) for (job, compare), r in zip(cases, results) if compare]
+    jobs, names, results = verilator_results
+    gemm = [(job, r) for job, name, r in zip(jobs, names, results) if name.startswith("gemm")]
     for (job_p, rtl_p), (job_s, rtl_s) in zip(gemm[0::2], gemm[1::2]):
         assert not job_p.serial and job_s.serial
         assert rtl_p.ok and rtl_s.ok and np.array_equal(rtl_p.memory, rtl_s.memory)
         assert rtl_s.cycles > rtl_p.cycles
 
 
+def test_verilator_bench_reports_a_core_that_does_not_finish():
+    """The cocotb bench's cycle limit: the job ends as timed out, the core is reset, the next job runs."""
+    needs_cxx()
+    from nmsat.sw.rtl import RtlJob, run_programs
+
+    prog = gemm_program(TINY, 8, 8, 64, seed=1)
+    slow, after = run_programs(TINY, [RtlJob(prog.memory, prog.program_addr, prog.length, max_cycles=64),
+                                      RtlJob(prog.memory, prog.program_addr, prog.length)])
+    assert slow.timed_out and slow.status is Status.BUSY
+    memory = prog.memory.copy()
+    assert_same(CoreModel(TINY).run(memory, prog.program_addr, prog.length), memory, after)
+
+
 @pytest.mark.parametrize("memory_model", ["axiram", "axiram-backpressure"])
 def test_verilator_with_cocotbext_axiram_gives_the_same_bytes(memory_model):
     """cocotbext-axi's AxiRam has no fixed latency, so only status and bytes are compared there;
     with back-pressure on every channel the core must still finish with the same bytes, later."""
-    import shutil
-
-    if not (shutil.which("make") and (shutil.which("c++") or shutil.which("g++"))):
-        pytest.skip("Verilator needs make and a C++ compiler, and this machine has none")
+    needs_cxx()
     from nmsat.sw.rtl import RtlJob, run_programs
 
     progs = [gemm_program(TINY, m, n, k, seed=m + n + k) for m, n, k in ((5, 7, 9), (12, 16, 33))]
@@ -193,7 +242,7 @@ def test_verilator_with_cocotbext_axiram_gives_the_same_bytes(memory_model):
             assert rtl.cycles > expected.cycles
 
 
-VARIANTS = [
+OTHER_CONFIGS = [
     SATConfig(name="narrow", rows=2, cols=8, a_depth=64, b_depth=64, acc_depth=32, bus_bytes=4, max_burst_beats=8,
               queue_depth=2, imem_depth=512, mem_read_latency=3, mem_write_latency=1),
     SATConfig(name="wide", rows=8, cols=2, a_depth=64, b_depth=128, acc_depth=32, bus_bytes=4, max_burst_beats=4,
@@ -203,7 +252,7 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", VARIANTS, ids=[c.name for c in VARIANTS])
+@pytest.mark.parametrize("cfg", OTHER_CONFIGS, ids=[c.name for c in OTHER_CONFIGS])
 def test_amaranth_core_matches_simulator_on_other_configs(cfg):
     """Non-square arrays, narrow buses, short bursts, one-entry queues, other latencies: the same contract."""
     prog = gemm_program(cfg, 3, 17, 40, seed=7)

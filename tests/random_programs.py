@@ -1,0 +1,307 @@
+"""Random programs for the core, race-free by construction, with one deliberate fault each.
+
+A base program is built the way the compiler builds one (double-buffered
+A/B halves, two accumulator halves, the four token channels placed so that
+every buffer word and memory byte is touched in program order), but with
+random sizes, buffer addresses, strides, accumulate flags, step and block
+counts, program order (sequential or software-pipelined) and serial switch.
+Then a *variant* injects one fault, or none:
+
+========================  ===================================================
+variant                   what it does (and the error it aims at)
+========================  ===================================================
+``done``                  nothing (NONE)
+``bad_opcode``            one instruction replaced by an illegal word
+``sram_range``            one instruction's buffer range past the buffer
+``dram_range``            misaligned address or stride, past the address
+                          space, or a misaligned program address
+``bad_args``              zero length, wrong buffer, flag with no neighbour
+``token_overflow``        a tail of pushes on one channel that nobody pops
+``deadlock``              one push dropped on a channel consumed one-to-one
+``axi_load``/``axi_store``  a transfer that reaches past the memory's end
+``axi_fetch``             a memory that ends inside the program
+``program_too_long``      length 0 or past the instruction memory
+``no_finish``             the FINISH left out
+========================  ===================================================
+
+The injected instruction sits anywhere in the program, so the instructions
+before it run (and their STOREs leave bytes) before the error.  Scratch
+words at the top of A, B and ACC are written and read only by the
+overflow tails, which keeps those tails race-free too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nmsat.hw.config import SATConfig
+from nmsat.hw.isa import Buffer, ErrorCode, Opcode, encode, to_bytes
+
+VARIANTS = ("done", "bad_opcode", "sram_range", "dram_range", "bad_args", "token_overflow", "deadlock",
+            "axi_load", "axi_store", "axi_fetch", "program_too_long", "no_finish")
+
+#: the error each variant is built to raise (program_too_long and dram_range may come from the fetch)
+AIMED = {"done": ErrorCode.NONE, "bad_opcode": ErrorCode.BAD_OPCODE, "sram_range": ErrorCode.SRAM_RANGE,
+         "dram_range": ErrorCode.DRAM_RANGE, "bad_args": ErrorCode.BAD_ARGS,
+         "token_overflow": ErrorCode.TOKEN_OVERFLOW, "deadlock": ErrorCode.DEADLOCK,
+         "axi_load": ErrorCode.AXI_ERROR, "axi_store": ErrorCode.AXI_ERROR, "axi_fetch": ErrorCode.AXI_ERROR,
+         "program_too_long": ErrorCode.PROGRAM_TOO_LONG, "no_finish": ErrorCode.NO_FINISH}
+
+PAGE = 4096
+
+
+@dataclass
+class Case:
+    """One run: memory image (its size is the memory's size), program place and length, serial switch."""
+
+    variant: str
+    memory: np.ndarray
+    program_addr: int
+    program_len: int
+    serial: bool
+    fault_pc: int | None = None  # the instruction the variant changed, if it is one
+
+
+class _Builder:
+    def __init__(self, cfg: SATConfig, rng: np.random.Generator):
+        self.cfg, self.rng = cfg, rng
+        R = cfg.rows
+        self.scratch = {Buffer.A: min(8, cfg.a_depth // 8), Buffer.B: min(8, cfg.b_depth // 8)}
+        self.half = {b: (cfg.depth(b) - self.scratch[b]) // 2 for b in (Buffer.A, Buffer.B)}
+        self.acc_scratch = R
+        self.acc_half = (cfg.acc_depth - R) // 2
+        assert self.acc_half >= R and min(self.half.values()) >= 1, f"config {cfg.name} too small for the generator"
+        self.in_bytes = 8 * PAGE
+        self.out_bytes = 4 * PAGE
+
+    def integer(self, lo: int, hi: int) -> int:
+        """Uniform in lo..hi inclusive."""
+        return int(self.rng.integers(lo, hi + 1))
+
+    def stride(self, word: int) -> int:
+        bus = self.cfg.bus_bytes
+        return int(self.rng.choice([word, word, word * 2, word * 3, word + bus, word + 3 * bus]))
+
+    def dram(self, base: int, size: int, rows: int, word: int, stride: int) -> int:
+        span = (rows - 1) * stride + word
+        assert span <= size, (span, size)
+        return base + self.cfg.bus_bytes * self.integer(0, (size - span) // self.cfg.bus_bytes)
+
+    def load(self, buf: Buffer, half: int, in_base: int, **flags) -> dict:
+        cap = self.half[buf]
+        rows = self.integer(1, min(cap, 24))
+        word = self.cfg.word_bytes(buf)
+        stride = self.stride(word)
+        return dict(opcode=Opcode.LOAD, buffer=buf, sram_addr=half * cap + self.integer(0, cap - rows), rows=rows,
+                    dram_addr=self.dram(in_base, self.in_bytes, rows, word, stride), dram_stride=stride, **flags)
+
+    def gemm(self, half: int, acc_half: int, **flags) -> dict:
+        ca, cb = self.half[Buffer.A], self.half[Buffer.B]
+        k = self.integer(1, min(ca, cb, 30))
+        return dict(opcode=Opcode.GEMM, a_addr=half * ca + self.integer(0, ca - k), b_addr=half * cb + self.integer(0, cb - k),
+                    acc_addr=acc_half * self.acc_half + self.integer(0, self.acc_half - self.cfg.rows), k=k,
+                    accumulate=int(self.rng.random() < 0.5), **flags)
+
+    def store(self, acc_half: int, out_base: int, **flags) -> dict:
+        rows = self.integer(1, min(self.acc_half, 8))
+        word = self.cfg.acc_word_bytes
+        stride = self.stride(word)
+        return dict(opcode=Opcode.STORE, buffer=Buffer.ACC, sram_addr=acc_half * self.acc_half +
+                    self.integer(0, self.acc_half - rows), rows=rows,
+                    dram_addr=self.dram(out_base, self.out_bytes, rows, word, stride), dram_stride=stride, **flags)
+
+
+def _base_program(b: _Builder, in_base: int, out_base: int) -> list[dict]:
+    """A race-free program (no FINISH): blocks of steps of LOADs and GEMMs, each block's STOREs after it."""
+    rng = b.rng
+    step_loads, step_gemms, step_stores = [], [], []
+    step = 0
+    blocks = b.integer(1, 4)
+    for block in range(blocks):
+        steps = b.integer(1, 3)
+        for s in range(steps):
+            half = step % 2
+            loads = [b.load(Buffer.A if rng.random() < 0.5 else Buffer.B, half, in_base) for _ in range(b.integer(1, 3))]
+            loads[0]["pop_next"] = int(step >= 2)
+            loads[-1]["push_next"] = 1
+            gemms = [b.gemm(half, block % 2) for _ in range(b.integer(1, 3))]
+            gemms[0]["pop_prev"] = 1
+            gemms[0]["pop_next"] = int(s == 0 and block >= 2)
+            gemms[-1]["push_prev"] = 1
+            gemms[-1]["push_next"] = int(s == steps - 1)
+            step_loads.append(loads)
+            step_gemms.append(gemms)
+            step_stores.append([])
+            step += 1
+        stores = [b.store(block % 2, out_base) for _ in range(b.integer(1, 3))]
+        stores[0]["pop_prev"] = 1
+        stores[-1]["push_prev"] = 1
+        step_stores[-1] = stores
+    out: list[dict] = []
+    if rng.random() < 0.5:  # sequential: a step's loads, its GEMMs, then (after a block) its stores
+        for loads, gemms, stores in zip(step_loads, step_gemms, step_stores):
+            out += loads + gemms + stores
+    else:  # software-pipelined, as the compiler emits: loads t+1, GEMMs t, stores t-1
+        out += step_loads[0]
+        for t in range(len(step_gemms)):
+            if t + 1 < len(step_loads):
+                out += step_loads[t + 1]
+            out += step_gemms[t]
+            if t >= 1:
+                out += step_stores[t - 1]
+        out += step_stores[-1]
+    return out
+
+
+def _overflow_tail(b: _Builder, in_base: int, out_base: int) -> list[dict]:
+    """token_limit + 1 pushes on one channel, from instructions that touch only scratch words."""
+    cfg, rng = b.cfg, b.rng
+    n = cfg.token_limit + 1 + b.integer(0, 2)
+    a_scr, b_scr = cfg.a_depth - b.scratch[Buffer.A], cfg.b_depth - b.scratch[Buffer.B]
+    acc_scr = cfg.acc_depth - b.acc_scratch
+    channel = rng.choice(["l2c", "c2l", "c2s", "s2c"])
+    tail = []
+    for _ in range(n):
+        if channel == "l2c":
+            rows = b.integer(1, b.scratch[Buffer.A])
+            word = cfg.a_word_bytes
+            tail.append(dict(opcode=Opcode.LOAD, push_next=1, buffer=Buffer.A, sram_addr=a_scr, rows=rows,
+                             dram_addr=b.dram(in_base, b.in_bytes, rows, word, word), dram_stride=word))
+        elif channel in ("c2l", "c2s"):
+            k = b.integer(1, min(b.scratch.values()))
+            tail.append(dict(opcode=Opcode.GEMM, a_addr=a_scr, b_addr=b_scr, acc_addr=acc_scr, k=k,
+                             accumulate=int(rng.random() < 0.5),
+                             **({"push_prev": 1} if channel == "c2l" else {"push_next": 1})))
+        else:
+            rows = b.integer(1, b.acc_scratch)
+            word = cfg.acc_word_bytes
+            tail.append(dict(opcode=Opcode.STORE, push_prev=1, buffer=Buffer.ACC, sram_addr=acc_scr, rows=rows,
+                             dram_addr=b.dram(out_base, b.out_bytes, rows, word, word), dram_stride=word))
+    return tail
+
+
+def _bad_instruction(b: _Builder, variant: str) -> int:
+    """One instruction word that the dispatcher must refuse with the variant's error."""
+    cfg, rng = b.cfg, b.rng
+    bus = cfg.bus_bytes
+    if variant == "bad_opcode":
+        return int(rng.choice([0, *range(5, 16)])) | int(rng.integers(0, 1 << 60)) << 8
+    if variant == "sram_range":
+        kind = rng.choice(["load", "store", "gemm_a", "gemm_b", "gemm_acc"])
+        if kind == "load":
+            buf = Buffer.A if rng.random() < 0.5 else Buffer.B
+            rows = b.integer(2, 20)
+            return encode(Opcode.LOAD, buffer=buf, sram_addr=cfg.depth(buf) - rows + b.integer(1, rows - 1), rows=rows,
+                          dram_addr=0, dram_stride=cfg.word_bytes(buf))
+        if kind == "store":
+            rows = b.integer(2, 8)
+            return encode(Opcode.STORE, buffer=Buffer.ACC, sram_addr=cfg.acc_depth - rows + 1, rows=rows, dram_addr=0,
+                          dram_stride=cfg.acc_word_bytes)
+        k = b.integer(2, 20)
+        args = dict(a_addr=0, b_addr=0, acc_addr=0, k=k)
+        if kind == "gemm_a":
+            args["a_addr"] = cfg.a_depth - k + 1
+        elif kind == "gemm_b":
+            args["b_addr"] = cfg.b_depth - k + 1
+        else:
+            args["acc_addr"] = cfg.acc_depth - cfg.rows + b.integer(1, cfg.rows)
+        return encode(Opcode.GEMM, **args)
+    if variant == "dram_range":
+        buf = Buffer.A if rng.random() < 0.5 else Buffer.B
+        word = cfg.word_bytes(buf)
+        kind = rng.choice(["addr", "stride", "space"])
+        op = Opcode.LOAD if rng.random() < 0.5 else Opcode.STORE
+        if op is Opcode.STORE:
+            buf, word = Buffer.ACC, cfg.acc_word_bytes
+        if kind == "addr":
+            return encode(op, buffer=buf, rows=1, dram_addr=bus * b.integer(0, 64) + b.integer(1, bus - 1), dram_stride=word)
+        if kind == "stride":
+            return encode(op, buffer=buf, rows=2, dram_addr=0, dram_stride=word + b.integer(1, bus - 1))
+        rows = b.integer(1, 4)
+        return encode(op, buffer=buf, rows=rows, dram_addr=(1 << cfg.addr_bits) - bus * b.integer(0, rows * word // bus - 1),
+                      dram_stride=word)
+    if variant == "bad_args":
+        kind = rng.choice(["rows0", "store_a", "load_acc", "k0", "flag", "finish_flag", "buffer3"])
+        if kind == "rows0":
+            return encode(Opcode.LOAD, buffer=Buffer.A, rows=0, dram_addr=0, dram_stride=cfg.a_word_bytes)
+        if kind == "store_a":
+            return encode(Opcode.STORE, buffer=Buffer.A, rows=1, dram_addr=0, dram_stride=cfg.a_word_bytes)
+        if kind == "load_acc":
+            return encode(Opcode.LOAD, buffer=Buffer.ACC, rows=1, dram_addr=0, dram_stride=cfg.acc_word_bytes)
+        if kind == "k0":
+            return encode(Opcode.GEMM, k=0)
+        if kind == "flag":
+            if rng.random() < 0.5:
+                return encode(Opcode.LOAD, **{rng.choice(["pop_prev", "push_prev"]): 1}, buffer=Buffer.B, rows=1,
+                              dram_addr=0, dram_stride=cfg.b_word_bytes)
+            return encode(Opcode.STORE, **{rng.choice(["pop_next", "push_next"]): 1}, buffer=Buffer.ACC, rows=1,
+                          dram_addr=0, dram_stride=cfg.acc_word_bytes)
+        if kind == "finish_flag":
+            return encode(Opcode.FINISH, **{rng.choice(["pop_prev", "pop_next", "push_prev", "push_next"]): 1})
+        return encode(Opcode.LOAD, rows=1, dram_addr=0, dram_stride=cfg.a_word_bytes) | 3 << 8  # buffer field = 3
+    raise ValueError(variant)
+
+
+def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = None) -> Case:
+    """A random program with one fault of ``variant`` (random if None), and its memory image."""
+    variant = variant or str(rng.choice(VARIANTS))
+    b = _Builder(cfg, rng)
+    bus = cfg.bus_bytes
+    # memory: program region, input region (random data), output region (random data, partly overwritten)
+    prog_region = 16 * PAGE
+    in_base = prog_region
+    out_base = in_base + b.in_bytes
+    size = out_base + b.out_bytes
+    instrs = _base_program(b, in_base, out_base)
+    fault_pc = None
+    if variant == "token_overflow":
+        instrs += _overflow_tail(b, in_base, out_base)
+    elif variant == "deadlock":
+        pushers = [i for i, x in enumerate(instrs) if (x["opcode"] is Opcode.LOAD and x.get("push_next")) or
+                   (x["opcode"] is Opcode.GEMM and x.get("push_next"))]  # l2c and c2s: consumed one for one
+        fault_pc = int(rng.choice(pushers))
+        instrs[fault_pc]["push_next"] = 0
+    elif variant in ("axi_load", "axi_store"):
+        op = Opcode.LOAD if variant == "axi_load" else Opcode.STORE
+        fault_pc = int(rng.choice([i for i, x in enumerate(instrs) if x["opcode"] is op]))
+        x = instrs[fault_pc]
+        word = cfg.word_bytes(x["buffer"])
+        span = (x["rows"] - 1) * x["dram_stride"] + word
+        # from a few beats before the end (the transfer straddles it) to well past it
+        if span > bus and rng.random() < 0.6:  # straddles the end
+            x["dram_addr"] = size - bus * b.integer(1, (span - 1) // bus)
+        else:  # wholly past it
+            x["dram_addr"] = size + bus * b.integer(0, 64)
+    words = [encode(**x) for x in instrs] + [encode(Opcode.FINISH)]
+    if variant in ("bad_opcode", "sram_range", "dram_range", "bad_args"):
+        fault_pc = b.integer(0, len(words) - 1)  # the FINISH may be the one replaced
+        words[fault_pc] = _bad_instruction(b, variant)
+    program_len = len(words)
+    if variant == "no_finish":
+        words, program_len = words[:-1], program_len - 1
+    blob = np.frombuffer(to_bytes(words), dtype=np.uint8)
+    assert blob.size <= prog_region
+    program_addr = bus * b.integer(0, (prog_region - blob.size) // bus)
+    memory = rng.integers(0, 256, size, dtype=np.uint8)
+    # operands: bf16 patterns of moderate magnitude (random bytes would be mostly huge, NaN or tiny)
+    operands = (rng.standard_normal(b.in_bytes // 2) * 4.0).astype(np.float32).view(np.uint32) >> 16
+    memory[in_base:out_base] = operands.astype(np.uint16).view(np.uint8)
+    memory[program_addr:program_addr + blob.size] = blob
+    if variant == "program_too_long":
+        program_len = int(rng.choice([0, cfg.imem_depth + 1, cfg.imem_depth + b.integer(2, 100)]))
+    elif variant == "dram_range" and rng.random() < 0.2:
+        program_addr += b.integer(1, bus - 1) if rng.random() < 0.5 else (1 << cfg.addr_bits) - program_addr - bus
+        fault_pc = None
+    elif variant == "axi_fetch":
+        end = program_addr + blob.size
+        memory = memory[:end - bus * b.integer(1, blob.size // bus)].copy()  # the memory ends inside the program
+    serial = bool(rng.random() < 0.15)
+    return Case(variant, memory, program_addr, program_len, serial, fault_pc)
+
+
+def random_cases(cfg: SATConfig, seed: int, count: int) -> list[Case]:
+    """``count`` cases: every variant in turn, then random ones, from one seed."""
+    rng = np.random.default_rng(seed)
+    return [random_case(cfg, rng, VARIANTS[i] if i < len(VARIANTS) else None) for i in range(count)]
