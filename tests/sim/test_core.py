@@ -16,6 +16,7 @@ TINY = SATConfig.tiny()
 
 
 def run_words(words, cfg=TINY, serial=False, memory_bytes=1 << 16, data=None):
+    """Run ``words`` placed at address 0 of a zeroed memory of ``memory_bytes`` (with ``data`` placed)."""
     mem = np.zeros(memory_bytes, dtype=np.uint8)
     blob = np.frombuffer(to_bytes(words), dtype=np.uint8)
     mem[:blob.size] = blob
@@ -51,20 +52,37 @@ def test_hand_computed_cycle_count():
 
 
 def test_small_program_numerics():
+    """Against an independent reference: a plain loop of fp32 scalar sums in increasing k.
+
+    Row 0 of A is [2^24, 1, -2^24, 1] down k with B all ones: in increasing k the sum is
+    ((2^24 + 1) - 2^24) + 1 = 0 + 1 = 1 (2^24 + 1 rounds to 2^24); any other order gives another value
+    (reversed: 2).  The other rows are random; every output must match the loop bit for bit.
+    """
     rng = np.random.default_rng(1)
     a = rng.standard_normal((4, 4)).astype(np.float32)  # buffer words: a[k] is the A column for step k
-    b = rng.standard_normal((4, 4)).astype(np.float32)
+    a[:, 0] = [2.0 ** 24, 1.0, -2.0 ** 24, 1.0]
+    b = np.ones((4, 4), dtype=np.float32)
+    b[:, 1:] = rng.standard_normal((4, 3))
     abits, bbits = nx.f32_to_bf16_bits(a), nx.f32_to_bf16_bits(b)
     result, mem = run_words(small_program(), data={0x1000: abits, 0x2000: bbits})
     out = mem[0x3000:0x3000 + 64].view(np.float32).reshape(4, 4)
-    ref = nx.bf16_bits_to_f32(abits).astype(np.float64).T @ nx.bf16_bits_to_f32(bbits).astype(np.float64)
-    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
-    assert np.array_equal(out, nx.mac_sequence(abits, bbits))
+    av, bv = nx.bf16_bits_to_f32(abits), nx.bf16_bits_to_f32(bbits)
+    ref = np.zeros((4, 4), dtype=np.float32)
+    for r in range(4):
+        for c in range(4):
+            acc = np.float32(0.0)
+            for k in range(4):
+                acc = np.float32(acc + np.float32(av[k, r] * bv[k, c]))  # numpy fp32 scalars round to nearest even
+            ref[r, c] = acc
+    assert result.ok and out[0, 0] == 1.0
+    assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
 
 
 @pytest.mark.parametrize("cfg", [TINY, SATConfig.vcu1525()], ids=["tiny", "vcu1525"])
 @pytest.mark.parametrize("m,n,k", [(4, 4, 4), (7, 9, 13), (33, 17, 70), (64, 40, 96)])
-def test_gemm_matches_torch_and_serial_equals_pipelined(cfg, m, n, k):
+def test_gemm_matches_torch_is_race_free_and_serial_is_slower(cfg, m, n, k):
+    """The compiler's program against torch; its tokens leave no access unordered (the hazard check, which a
+    dropped token trips: see test_a_dropped_token_is_a_hazard); serial mode only adds cycles."""
     rng = np.random.default_rng(m * n * k)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
@@ -72,7 +90,7 @@ def test_gemm_matches_torch_and_serial_equals_pipelined(cfg, m, n, k):
     mem_p, mem_s = prog.memory.copy(), prog.memory.copy()
     pipelined = CoreModel(cfg).run(mem_p, prog.program_addr, prog.length)
     serial = CoreModel(cfg).run(mem_s, prog.program_addr, prog.length, serial=True)
-    assert pipelined.ok and serial.ok
+    assert pipelined.ok and serial.ok and pipelined.race_free and serial.race_free
     assert np.array_equal(mem_p, mem_s)
     assert serial.cycles > pipelined.cycles
     ta = torch.from_numpy(a).to(torch.bfloat16).double()
@@ -140,12 +158,31 @@ def test_program_length_and_finish_checks():
     assert CoreModel(TINY).run(mem, 4, 1).error is ErrorCode.DRAM_RANGE
 
 
-def test_queue_depth_and_latency_change_timing_as_the_rules_say():
+def test_latency_changes_timing_as_the_rules_say():
     words = small_program()
     base, _ = run_words(words)
     slower, _ = run_words(words, cfg=dataclasses.replace(TINY, mem_read_latency=10))
     # +6 on the fetch and +6 on the first LOAD; LOAD B overlaps LOAD A, so its latency is hidden
     assert slower.cycles - base.cycles == 6 + 6
+
+
+def test_queue_depth_changes_timing_as_the_rules_say():
+    """A STORE waiting for its token holds the only store-queue entry, so the dispatcher stops in front of
+    the next STORE and the LOAD behind it waits.  5 instructions = 10 beats: dispatch from 14.
+
+    depth 4: d = 14, 15, 16, 17; GEMM starts 15, transfer 24, drain ends 29 (push); STORE0 30..34,
+    STORE1 32..36; LOAD starts 18, data 22; FINISH retires 37: 38 cycles.
+    depth 1: STORE1 is dispatched when STORE0 has started (30) in 31, the LOAD in 32; it starts 33,
+    its data arrives in 37; FINISH retires 38: 39 cycles.
+    """
+    words = [encode(Opcode.GEMM, push_next=1, k=8),
+             encode(Opcode.STORE, pop_prev=1, buffer=Buffer.ACC, rows=1, dram_addr=0x3000, dram_stride=16),
+             encode(Opcode.STORE, buffer=Buffer.ACC, rows=1, dram_addr=0x3010, dram_stride=16),
+             encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000, dram_stride=8),
+             encode(Opcode.FINISH)]
+    deep, _ = run_words(words)
+    shallow, _ = run_words(words, cfg=dataclasses.replace(TINY, queue_depth=1))
+    assert (deep.cycles, shallow.cycles) == (38, 39)
 
 
 def test_time_program_matches_run_and_is_memoised_safely():
@@ -168,3 +205,80 @@ def test_burst_cut_rules():
     # strided: one run per row (ACC words are two beats)
     assert bursts(TINY, 0, 3, 16, 48) == [(0, 2), (48, 2), (96, 2)]
     assert burst_count(TINY, 4096 - 16, 5, 8, 8) == 2 and burst_count(TINY, 0, 3, 16, 48) == 3
+
+
+# ---------------------------------------------------------------- hazards, the memory model, bad calls
+
+
+def _without_flag(prog, opcode, flag):
+    """The compiler's program with ``flag`` cleared on the first instruction of ``opcode`` that has it."""
+    from nmsat.hw.isa import decode
+
+    bit = {"pop_prev": 4, "pop_next": 5, "push_prev": 6, "push_next": 7}[flag]
+    words = list(prog.words)
+    index = next(i for i, w in enumerate(words) if decode(w).opcode == opcode.value and getattr(decode(w), flag))
+    words[index] &= ~(1 << bit)
+    mem = prog.memory.copy()
+    blob = np.frombuffer(to_bytes(words), dtype=np.uint8)
+    mem[prog.program_addr:prog.program_addr + blob.size] = blob
+    return mem
+
+
+@pytest.mark.parametrize("opcode,flag,storage", [(Opcode.GEMM, "pop_prev", {"A", "B"}),
+                                                 (Opcode.STORE, "pop_prev", {"ACC"})])
+def test_a_dropped_token_is_a_hazard(opcode, flag, storage):
+    """Without the RTL: a GEMM that does not wait for its LOADs, a STORE that does not wait for its GEMM."""
+    rng = np.random.default_rng(0)
+    prog = compile_gemm(TINY, rng.standard_normal((9, 40)).astype(np.float32),
+                        rng.standard_normal((40, 9)).astype(np.float32))
+    assert CoreModel(TINY).run(prog.memory.copy(), prog.program_addr, prog.length).race_free
+    result = CoreModel(TINY).run(_without_flag(prog, opcode, flag), prog.program_addr, prog.length)
+    assert result.hazards and {h.storage for h in result.hazards} <= storage
+    assert all(h.kind == "read after write" and h.first_pc < h.second_pc for h in result.hazards)
+
+
+def test_a_load_of_bytes_a_store_is_still_writing_is_a_hazard():
+    words = [encode(Opcode.GEMM, k=1, push_next=1),
+             encode(Opcode.STORE, pop_prev=1, buffer=Buffer.ACC, rows=4, dram_addr=0x3000, dram_stride=16),
+             encode(Opcode.LOAD, buffer=Buffer.A, rows=2, dram_addr=0x3008, dram_stride=8),
+             encode(Opcode.FINISH)]
+    result, _ = run_words(words)
+    assert [(h.storage, h.kind, h.first_pc, h.second_pc) for h in result.hazards] == [("DRAM", "read after write", 1, 2)]
+
+
+def test_beats_past_the_memory_get_decerr_in_the_cycle_the_rules_say():
+    """LOAD: 2 instructions = 4 beats, dispatch at 8, the LOAD starts 9, its beat arrives (DECERR) in 13.
+    STORE: C rows 32 bytes apart, 2 beats each, one burst each; the 2nd row is past the 0x2010-byte memory:
+    its burst's last beat goes out 2 cycles after the first burst's and its response Lw = 2 later.
+    Fetch: a 24-byte memory holds 3 of the program's 4 beats: beat 3 arrives (DECERR) in cycle Lr + 3 = 7."""
+    load = [encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=4096, dram_stride=8), encode(Opcode.FINISH)]
+    r, _ = run_words(load, memory_bytes=4096)
+    assert (r.status, r.error, r.error_pc, r.cycles, r.executed) == (Status.ERROR, ErrorCode.AXI_ERROR, 0, 14, 1)
+    store = [encode(Opcode.STORE, buffer=Buffer.ACC, rows=2, dram_addr=0x1FF0, dram_stride=32), encode(Opcode.FINISH)]
+    r, mem = run_words(store, memory_bytes=0x2010)
+    # dispatch at 8, STORE starts 9, beats 10..13 (bursts end at 11 and 13), responses at 13 and 15
+    assert (r.error, r.error_pc, r.cycles) == (ErrorCode.AXI_ERROR, 0, 16)
+    fetch = np.zeros(24, dtype=np.uint8)
+    fetch[:] = np.frombuffer(to_bytes(load), dtype=np.uint8)[:24]
+    r = CoreModel(TINY).run(fetch, 0, 2)
+    assert (r.error, r.error_pc, r.cycles, r.executed) == (ErrorCode.AXI_ERROR, 0, 8, 0)
+    # the bytes of a LOAD past the end read as zero: A word 0 is zero after the LOAD above
+    core = CoreModel(TINY)
+    core.a[:] = 7
+    mem = np.zeros(4096, dtype=np.uint8)
+    mem[:32] = np.frombuffer(to_bytes(load), dtype=np.uint8)
+    core.run(mem, 0, 2)
+    assert not core.a[0].any() and (core.a[1] == 7).all()
+
+
+def test_bad_calls_are_refused():
+    mem = np.zeros(1 << 12, dtype=np.uint8)
+    core = CoreModel(TINY)
+    with pytest.raises(ValueError, match="program_addr must be an int in 0..2\\^64-1"):
+        core.run(mem, -16, 1)
+    with pytest.raises(ValueError, match="program_len must be an int"):
+        core.run(mem, 0, -1)
+    with pytest.raises(ValueError, match="contiguous, writeable"):
+        core.run(np.zeros(1 << 13, dtype=np.uint8)[::2], 0, 1)
+    with pytest.raises(TypeError, match="1-D numpy uint8"):
+        core.run(np.zeros(64, dtype=np.float32), 0, 1)
