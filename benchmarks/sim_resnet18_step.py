@@ -40,11 +40,11 @@ def main():
                 b = rng.standard_normal((g.k, g.n), dtype=np.float32)
                 prog = compile_gemm(cfg, a, b)
                 t1 = time.perf_counter()
-                result = core.run(prog.memory, prog.program_addr, prog.length)
+                result = core.run_sequence(prog.memory, prog.runs)
             else:
                 lay = layout_gemm(cfg, g.m, g.n, g.k)
                 t1 = time.perf_counter()
-                result = core.time_program(lay.words)
+                result = core.time_programs(words for _, words in lay.programs)
             t2 = time.perf_counter()
             assert result.ok
             t_compile += t1 - t0

@@ -45,7 +45,7 @@ def main():
     for g in resnet18_cifar(args.batch):
         t0 = time.perf_counter()
         lay = layout_gemm(cfg, g.m, g.n, g.k)
-        result = core.time_program(lay.words)
+        result = core.time_programs(words for _, words in lay.programs)
         dt = time.perf_counter() - t0
         assert result.ok, (g, result.error)
         cycles = result.cycles * g.count
@@ -61,7 +61,7 @@ def main():
     for g, lay, result, cycles, util, dt in rows:
         p = lay.plan
         lines.append(f"| {g.layer} | {g.stage} | {g.m} | {g.n} | {g.k} | {p.mb}×{p.nb}, {p.kc}×{p.steps} | "
-                     f"{len(lay.words)} | {cycles} | {util:.1%} |")
+                     f"{lay.instructions} | {cycles} | {util:.1%} |")
     large = [u for g, _, _, _, u, _ in rows if g.macs >= 100e6]
     lines += ["", f"Whole step: {total_macs / 1e9:.2f} GMAC in {total_cycles} cycles: "
               f"utilisation {total_macs / (total_cycles * cfg.rows * cfg.cols):.1%}; "
@@ -72,7 +72,7 @@ def main():
               f"{total_cycles / wall / 1e6:.1f} M simulated cycles/s."]
     text = "\n".join(lines)
     print(text)
-    out = Path(__file__).parent / "results" / f"utilisation_resnet18_{cfg.name}.md"
+    out = Path(__file__).parent / "results" / f"utilisation_resnet18_{cfg.name}_b{args.batch}.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text + "\n")
 

@@ -93,7 +93,7 @@ def run_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, core: CoreModel | Non
     """``A · B`` on the simulator (operands rounded to bf16); returns fp32 ``C`` and the run's result."""
     prog = compile_gemm(cfg, np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32))
     memory = prog.memory.copy()
-    result = (core or CoreModel(cfg)).run(memory, prog.program_addr, prog.length)
+    result = (core or CoreModel(cfg)).run_sequence(memory, prog.runs)
     if not result.ok:
         raise RuntimeError(f"GEMM {a.shape}x{b.shape} stopped with {result.error.name} at instruction {result.error_pc}")
     return read_c(prog, memory).copy(), result

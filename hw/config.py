@@ -89,6 +89,8 @@ class SATConfig:
              f"bus_bytes ({self.bus_bytes}) and the instruction size ({self.instruction_bytes}) must divide one another")
         for depth in ("a_depth", "b_depth", "acc_depth"):
             need(1 <= getattr(self, depth) <= 1 << 16, f"{depth} must be in 1..65536, got {getattr(self, depth)}")
+        need(self.acc_depth >= self.rows, f"acc_depth ({self.acc_depth}) must hold at least one output tile of "
+                                          f"rows ({self.rows}) words")
         need(16 <= self.addr_bits <= 40, f"addr_bits must be in 16..40, got {self.addr_bits}")
         need(1 <= self.max_burst_beats <= 256 and _is_pow2(self.max_burst_beats),
              f"max_burst_beats must be a power of two in 1..256 (AXI4), got {self.max_burst_beats}")

@@ -235,6 +235,22 @@ class CoreModel:
             self._timing_cache[key] = cached
         return dataclasses.replace(cached, busy=dict(cached.busy), token_stall=dict(cached.token_stall), hazards=[])
 
+    def run_sequence(self, memory: np.ndarray, runs, *, serial: bool = False, numerics: bool = True,
+                     check_hazards: bool = True) -> RunResult:
+        """Run programs ``[(program_addr, program_len), ...]`` one after another, as a host does when one
+        GEMM is cut into several programs: each starts when the previous is DONE (host time not counted).
+
+        One result: cycles, busy and stall cycles, instructions and MACs add up; hazards are listed per
+        run (their PCs are within their run); the first run that ends in an error ends the sequence and
+        gives its status, error and PC.
+        """
+        return _combine(self.run(memory, addr, length, serial=serial, numerics=numerics, check_hazards=check_hazards)
+                        for addr, length in runs)
+
+    def time_programs(self, programs, *, serial: bool = False) -> RunResult:
+        """:meth:`time_program` of several programs run one after another (see :meth:`run_sequence`)."""
+        return _combine(self.time_program(list(words), serial=serial) for words in programs)
+
     # ------------------------------------------------------------------ timing
 
     def _schedule(self, f: dict[str, np.ndarray], dispatch_start: int, serial: bool,
@@ -517,6 +533,30 @@ class CoreModel:
                     flush()
                 self._write_rows(memory, addr, target[sram:sram + rows].view(np.uint8).reshape(rows, word), stride)
         flush()
+
+
+def _combine(results) -> RunResult:
+    """Results of runs one after another as one: sums, and the status of the first run that failed."""
+    total = None
+    for r in results:
+        if total is None:
+            total = dataclasses.replace(r, busy=dict(r.busy), token_stall=dict(r.token_stall), hazards=list(r.hazards))
+        else:
+            total.cycles += r.cycles
+            for key in UNIT_NAMES:
+                total.busy[key] = total.busy.get(key, 0) + r.busy.get(key, 0)
+                total.token_stall[key] = total.token_stall.get(key, 0) + r.token_stall.get(key, 0)
+            total.instructions += r.instructions
+            total.executed += r.executed
+            total.gemm_macs += r.gemm_macs
+            total.hazards += r.hazards
+            total.status, total.error, total.error_pc = r.status, r.error, r.error_pc
+        if not r.ok:
+            total.gemm_macs = 0
+            break
+    if total is None:
+        raise ValueError("no programs to run")
+    return total
 
 
 # ---------------------------------------------------------------------- hazards

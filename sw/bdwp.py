@@ -25,6 +25,7 @@ finite value, and ``-0`` equal to ``+0``.  Equal keys go to the lower index.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -73,6 +74,10 @@ def _magnitude_key(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous().view(int_dtype) & magnitude_bits
 
 
+#: up to this m the rank comes from an m×m comparator network (the hardware's way); above it from a stable sort
+_COMPARATOR_M = 16
+
+
 def nm_mask(weight: torch.Tensor, n: int, m: int, dim: int = -1) -> torch.Tensor:
     """Keep the ``n`` largest-magnitude elements of every ``m`` consecutive ones along ``dim``.
 
@@ -94,6 +99,9 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, dim: int = -1) -> torch.Tensor
     check_nm(n, m)
     if weight.dim() == 0:
         raise ValueError("nm_mask: weight must have at least one dimension")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -weight.dim() <= dim < weight.dim():
+        raise IndexError(f"nm_mask: dimension out of range (expected to be in range of "
+                         f"[{-weight.dim()}, {weight.dim() - 1}], but got {dim!r})")
     dim = dim % weight.dim()
     length = weight.shape[dim]
     key = _magnitude_key(weight.detach()).movedim(dim, -1)
@@ -103,12 +111,17 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, dim: int = -1) -> torch.Tensor
         key = F.pad(key, (0, pad), value=0)
     key = key.reshape(*key.shape[:-1], groups, m)
     # rank[i] = #{j : key[j] > key[i]} + #{j < i : key[j] == key[i]}; keep rank < n.
-    # A comparator network, like the hardware sorter: O(m^2) per group, m <= 16.
-    ki = key.unsqueeze(-1)  # [..., g, m, 1]  element i
-    kj = key.unsqueeze(-2)  # [..., g, 1, m]  element j
-    lower = torch.ones(m, m, dtype=torch.bool, device=weight.device).tril(-1)  # j < i
-    beats = (kj > ki) | ((kj == ki) & lower)
-    rank = beats.sum(dim=-1)
+    if m <= _COMPARATOR_M:
+        # A comparator network, like the hardware sorter: O(m^2) per group.
+        ki = key.unsqueeze(-1)  # [..., g, m, 1]  element i
+        kj = key.unsqueeze(-2)  # [..., g, 1, m]  element j
+        lower = torch.ones(m, m, dtype=torch.bool, device=weight.device).tril(-1)  # j < i
+        beats = (kj > ki) | ((kj == ki) & lower)
+        rank = beats.sum(dim=-1)
+    else:
+        # The same rank from a stable descending sort (equal keys keep their order): O(m log m), O(m) memory.
+        order = torch.sort(key, dim=-1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(m, device=weight.device).expand_as(order))
     keep = (rank < n).reshape(*key.shape[:-2], groups * m)
     if pad:
         keep = keep[..., :length]
@@ -366,6 +379,7 @@ def sparsify(model: nn.Module, n: int = 2, m: int = 8, *, decay: float = 0.0, ma
         dense.add(names[0])
     if names and "last" in keep_dense:
         dense.add(names[-1])
+    converted = 0
     for name, mod in eligible:
         if name in dense or (exclude is not None and exclude(name, mod)):
             continue
@@ -375,4 +389,11 @@ def sparsify(model: nn.Module, n: int = 2, m: int = 8, *, decay: float = 0.0, ma
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, new)
+        converted += 1
+    if not converted:
+        already = sum(isinstance(mod, _BDWPMixin) for mod in model.modules())
+        warnings.warn(f"sparsify: no layer was made {n}:{m} sparse: the model has {len(eligible)} dense "
+                      f"Linear/Conv2d layer(s){f' (and {already} BDWP ones already)' if already else ''} and "
+                      f"keep_dense={sorted(keep_dense)} keeps the first and last dense; pass keep_dense=() "
+                      f"to make every layer sparse", stacklevel=2)
     return model

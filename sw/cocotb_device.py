@@ -151,26 +151,29 @@ async def run_jobs(dut):
         else:
             ram.write(0, memory.tobytes() + bytes(size - len(memory)))
         core_id = await csr.read_dword(int(Csr.ID))
-        await csr.write_dword(int(Csr.PROGRAM_ADDR_LO), job["program_addr"] & 0xFFFFFFFF)
-        await csr.write_dword(int(Csr.PROGRAM_ADDR_HI), job["program_addr"] >> 32)
-        await csr.write_dword(int(Csr.PROGRAM_LEN), job["program_len"])
-        await csr.write_dword(int(Csr.CONTROL), 1 | (2 if job["serial"] else 0))
-        waited, timed_out = 0, False
-        while True:  # poll, with a cycle limit: a hanging core ends the job, not the bench
-            await ClockCycles(dut.clk, POLL_CYCLES)
-            waited += POLL_CYCLES
-            status = Status(await csr.read_dword(int(Csr.STATUS)))
-            if status in (Status.DONE, Status.ERROR):
+        result = {"id": core_id, "timed_out": False, "cycles": 0}
+        for program_addr, program_len in job["runs"]:  # a GEMM cut into several programs runs them in turn
+            await csr.write_dword(int(Csr.PROGRAM_ADDR_LO), program_addr & 0xFFFFFFFF)
+            await csr.write_dword(int(Csr.PROGRAM_ADDR_HI), program_addr >> 32)
+            await csr.write_dword(int(Csr.PROGRAM_LEN), program_len)
+            await csr.write_dword(int(Csr.CONTROL), 1 | (2 if job["serial"] else 0))
+            waited = 0
+            while True:  # poll, with a cycle limit: a hanging core ends the job, not the bench
+                await ClockCycles(dut.clk, POLL_CYCLES)
+                waited += POLL_CYCLES
+                status = Status(await csr.read_dword(int(Csr.STATUS)))
+                if status in (Status.DONE, Status.ERROR):
+                    break
+                if waited >= job["max_cycles"]:
+                    result["timed_out"] = True
+                    break
+            result.update(status=status.value, error=await csr.read_dword(int(Csr.ERROR)),
+                          error_pc=await csr.read_dword(int(Csr.ERROR_PC)))
+            result["cycles"] += await csr.read_dword(int(Csr.CYCLES)) | (await csr.read_dword(int(Csr.CYCLES_HI))) << 32
+            if status is not Status.DONE:
                 break
-            if waited >= job["max_cycles"]:
-                timed_out = True
-                break
-        result = {"status": status.value, "id": core_id, "timed_out": timed_out,
-                  "error": await csr.read_dword(int(Csr.ERROR)),
-                  "cycles": await csr.read_dword(int(Csr.CYCLES)) | (await csr.read_dword(int(Csr.CYCLES_HI))) << 32,
-                  "error_pc": await csr.read_dword(int(Csr.ERROR_PC))}
         np.save(job["memory_out"], np.frombuffer(ram.read(0, len(memory)), dtype=np.uint8))
         with open(job["result"], "w") as f:
             json.dump(result, f)
-        if timed_out:  # START is ignored while busy: reset the core for the next job
+        if result["timed_out"]:  # START is ignored while busy: reset the core for the next job
             await reset()

@@ -71,13 +71,23 @@ DEFAULT_MAX_CYCLES = 2_000_000
 
 @dataclass
 class RtlJob:
-    """One run: the memory image (its size is the memory's size), the program's place, the serial switch."""
+    """One job: the memory image (its size is the memory's size), the program's place, the serial switch.
+
+    ``more_runs`` are further programs ``(program_addr, program_len)`` started one after another on the
+    same memory once the one before is DONE (a GEMM cut into several programs); the result then sums their
+    cycles and reports the last run's status.  ``max_cycles`` bounds each run.
+    """
 
     memory: np.ndarray
     program_addr: int
     program_len: int
     serial: bool = False
     max_cycles: int = DEFAULT_MAX_CYCLES
+    more_runs: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def runs(self) -> list[tuple[int, int]]:
+        return [(int(self.program_addr), int(self.program_len))] + [(int(a), int(n)) for a, n in self.more_runs]
 
 
 @dataclass
@@ -178,8 +188,7 @@ def run_programs(cfg: SATConfig, jobs: list[RtlJob], *, memory_model: str = "fix
         for i, job in enumerate(jobs):
             mem_file = workdir / f"job{i}.mem.npy"
             np.save(mem_file, job.memory)
-            manifest["jobs"].append({"memory": str(mem_file), "program_addr": int(job.program_addr),
-                                     "program_len": int(job.program_len), "serial": bool(job.serial),
+            manifest["jobs"].append({"memory": str(mem_file), "runs": job.runs, "serial": bool(job.serial),
                                      "max_cycles": int(job.max_cycles),
                                      "result": str(workdir / f"job{i}.result.json"),
                                      "memory_out": str(workdir / f"job{i}.out.npy")})

@@ -172,6 +172,10 @@ def verilator_results():
         for serial in (False, True):
             jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
             names.append(f"gemm {m}x{n}x{k}{' serial' if serial else ''}")
+    long = gemm_program(TINY, 64, 200, 40, seed=99)  # longer than the instruction memory: several programs
+    assert len(long.runs) > 1
+    jobs.append(RtlJob(long.memory, *long.runs[0], more_runs=tuple(long.runs[1:])))
+    names.append(f"gemm 64x200x40 in {len(long.runs)} programs")
     for case in random_cases(TINY, seed=7, count=RANDOM_PER_VARIANT * len(VARIANTS)):
         jobs.append(RtlJob(case.memory, case.program_addr, case.program_len, case.serial))
         names.append(f"random {case.variant} #{len(names)}")
@@ -193,7 +197,7 @@ def test_verilator_core_matches_simulator(verilator_results):
     seen = set()
     for job, name, rtl in zip(jobs, names, results):
         memory = job.memory.copy()
-        expected = core.run(memory, job.program_addr, job.program_len, serial=job.serial)
+        expected = core.run_sequence(memory, job.runs, serial=job.serial)
         assert expected.race_free, (name, expected.hazards[:3])
         assert_same(expected, memory, rtl, name)
         seen.add(rtl.error)

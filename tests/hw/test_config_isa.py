@@ -36,6 +36,7 @@ def test_json_round_trip_and_hash():
     (dict(max_burst_beats=3), "max_burst_beats must be a power of two"),
     (dict(sparse_m=(3,)), "sparse_m must be a tuple"),
     (dict(a_depth=1 << 17), "a_depth must be in 1..65536"),
+    (dict(acc_depth=3), "acc_depth \\(3\\) must hold at least one output tile of rows \\(4\\) words"),
 ])
 def test_invalid_configs_are_rejected(change, message):
     with pytest.raises(ValueError, match=message):

@@ -1,6 +1,7 @@
 """BDWP masks and layers against independent references."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -24,7 +25,8 @@ def reference_mask_1d(values, n, m):
     return keep
 
 
-nm_patterns = st.sampled_from([(1, 2), (2, 4), (1, 4), (3, 4), (1, 8), (2, 8), (4, 8), (7, 8), (2, 16), (8, 16), (3, 3)])
+nm_patterns = st.sampled_from([(1, 2), (2, 4), (1, 4), (3, 4), (1, 8), (2, 8), (4, 8), (7, 8), (2, 16), (8, 16), (3, 3),
+                               (3, 32), (17, 33), (5, 64)])  # m > 16: the sort-based rank
 
 
 @settings(max_examples=200, deadline=None)
@@ -322,6 +324,19 @@ def test_sparsify_options_and_errors():
         sparsify(_Net(), 3, 2)
 
 
+def test_sparsify_warns_when_it_changes_nothing():
+    two = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match="no layer was made 2:8 sparse: the model has 2 dense"):
+        sparsify(two, 2, 8)
+    assert all(type(mod) is nn.Linear for mod in (two[0], two[2]))
+    with pytest.warns(UserWarning, match="no layer was made"):
+        sparsify(nn.Sequential(nn.Linear(4, 4)), 2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sparsify(two, 2, 8, keep_dense=())  # both made sparse: no warning
+    assert isinstance(two[0], BDWPLinear)
+
+
 def test_sparsified_model_trains_on_digits():
     from nmsat.sw.digits import DigitsCNN, load_split
 
@@ -341,3 +356,18 @@ def test_sparsified_model_trains_on_digits():
     model(x)  # eval mode picks up the weights of the last step
     w = model.conv2.weight
     assert torch.equal(model.conv2.mask_ff, ff_mask(w, 2, 8))
+
+
+def test_nm_mask_dim_out_of_range_raises_like_torch():
+    w = torch.randn(4, 8)
+    for dim in (2, -3):
+        with pytest.raises(IndexError, match="dimension out of range"):
+            nm_mask(w, 2, 8, dim=dim)
+
+
+def test_nm_mask_with_a_huge_m_does_not_blow_up():
+    """m far above any group length: one padded group per row, ranked by a sort, not an m×m network."""
+    w = torch.randn(64, 288)
+    mask = nm_mask(w, 1, 100_000)
+    assert mask.sum(dim=1).tolist() == [1] * 64
+    assert torch.equal(mask.float().argmax(dim=1), w.abs().argmax(dim=1))

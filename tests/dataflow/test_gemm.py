@@ -1,0 +1,85 @@
+"""The GEMM compiler: instruction counts known before emitting, GEMMs cut into several programs, operand types."""
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from nmsat.dataflow.gemm import compile_gemm, layout_gemm, plan_gemm, program_instructions, read_c
+from nmsat.hw.config import SATConfig
+from nmsat.sim.core import CoreModel
+
+TINY = SATConfig.tiny()
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 9, 13), (33, 17, 300), (64, 200, 40), (5, 130, 700)])
+def test_instruction_count_is_known_from_the_plan(m, n, k):
+    lay = layout_gemm(TINY, m, n, k)
+    assert lay.instructions == program_instructions(TINY, lay.plan) + len(lay.programs)
+    assert all(len(words) <= TINY.imem_depth for _, words in lay.programs)
+
+
+def test_a_gemm_longer_than_the_instruction_memory_runs_as_several_programs():
+    """At tiny (1,024 instructions) a 64x200x40 GEMM needs several programs; each fits, and together they give
+    the bytes and (summed) cycles of one program on a core with a larger instruction memory."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((64, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 200)).astype(np.float32)
+    prog = compile_gemm(TINY, a, b)
+    assert len(prog.runs) > 1 and all(length <= TINY.imem_depth for _, length in prog.runs)
+    with pytest.raises(ValueError, match="runs as .* programs"):
+        prog.program_addr
+    memory = prog.memory.copy()
+    result = CoreModel(TINY).run_sequence(memory, prog.runs)
+    assert result.ok and result.race_free
+    big = dataclasses.replace(TINY, name="tiny-big-imem", imem_depth=1 << 16)
+    one = compile_gemm(big, a, b, plan=prog.plan)
+    assert len(one.runs) == 1
+    one_memory = one.memory.copy()
+    single = CoreModel(big).run(one_memory, one.program_addr, one.length)
+    assert np.array_equal(read_c(prog, memory), read_c(one, one_memory))
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.allclose(read_c(prog, memory), ref, rtol=0.05, atol=0.2)
+    assert result.cycles > single.cycles  # every run fetches and fills the pipeline again
+    assert result.gemm_macs == single.gemm_macs
+
+
+def test_too_long_a_reduction_is_refused_at_once():
+    cfg = dataclasses.replace(TINY, name="tiny-short-imem", imem_depth=16)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="16-instruction memory"):
+        plan_gemm(cfg, 4, 4, 1 << 16)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_a_resnet18_batch128_layer_fits_by_cutting():
+    """layer1 BP of ResNet-18/CIFAR at batch 128 (576 x 131072 x 64) needs more than the vcu1525's 65,536
+    instructions: it is cut into programs that each fit, counted before emitting."""
+    card = SATConfig.vcu1525()
+    plan = plan_gemm(card, 576, 131072, 64)
+    assert program_instructions(card, plan) > card.imem_depth
+    lay = layout_gemm(card, 576, 131072, 64)
+    assert len(lay.programs) > 1 and all(len(w) <= card.imem_depth for _, w in lay.programs)
+    result = CoreModel(card).time_programs(words for _, words in lay.programs)
+    assert result.ok and result.utilisation(card) > 0.5
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.ones((4, 4), dtype=np.uint16), "pass bf16_bits=True"),
+    (np.ones((4, 4), dtype=np.complex64), "real floating-point"),
+    (np.ones((4, 4), dtype=np.int32), "real floating-point"),
+])
+def test_operands_must_be_real_floating_point(bad, message):
+    with pytest.raises(TypeError, match=message):
+        compile_gemm(TINY, bad, np.ones((4, 4), dtype=np.float32))
+
+
+def test_bf16_bit_patterns_are_taken_when_asked():
+    bits = np.full((4, 4), 0x3F80, dtype=np.uint16)  # 1.0
+    prog = compile_gemm(TINY, bits, bits, bf16_bits=True)
+    memory = prog.memory.copy()
+    assert CoreModel(TINY).run(memory, prog.program_addr, prog.length).ok
+    assert (read_c(prog, memory) == 4.0).all()
+    with pytest.raises(TypeError, match="must be uint16 bit patterns"):
+        compile_gemm(TINY, np.ones((4, 4), np.float32), bits, bf16_bits=True)
