@@ -574,61 +574,50 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
     the same buffer word (memory: the same bytes of the transfers' bounding
     ranges) and one writes; the one later in program order must begin after
     the earlier one has ended.  Units are in order, so pairs within a unit
-    never conflict.
+    never conflict.  One pass in program order keeps, per buffer word, the
+    latest end of each kind of access so far (one vectorised max per access).
     """
     s, e, t, beats, bursts = sched.start, sched.end, sched.transfer, sched.beats, sched.bursts
     op, buf = f["opcode"], f["buffer"]
     R = cfg.rows
-    never = -1
-    write_end = {Buffer.A.value: np.full(cfg.a_depth, never, np.int64), Buffer.B.value: np.full(cfg.b_depth, never, np.int64)}
-    write_pc = {k: np.full(v.size, -1, np.int64) for k, v in write_end.items()}
-    read_end = {k: np.full(v.size, never, np.int64) for k, v in write_end.items()}
-    read_pc = {k: np.full(v.size, -1, np.int64) for k, v in write_end.items()}
-    acc_write_end, acc_write_pc = np.full(cfg.acc_depth, never, np.int64), np.full(cfg.acc_depth, -1, np.int64)
-    acc_read_end, acc_read_pc = np.full(cfg.acc_depth, never, np.int64), np.full(cfg.acc_depth, -1, np.int64)
-    names = {Buffer.A.value: "A", Buffer.B.value: "B"}
+    A, B = Buffer.A.value, Buffer.B.value
+    depth = {A: cfg.a_depth, B: cfg.b_depth, "ACC": cfg.acc_depth}
+    # latest end so far, per word: LOAD writes and GEMM reads of A/B; GEMM writes and STORE reads of ACC
+    ends = {(key, kind): np.full(n, -1, np.int64) for key, n in depth.items() for kind in ("w", "r")}
+    windows: dict[tuple, list[tuple[int, int, int, int]]] = {key: [] for key in ends}  # (lo, hi, end, pc)
+    names = {A: "A", B: "B", "ACC": "ACC"}
     hazards: list[Hazard] = []
     loads, stores = [], []  # memory windows: (lo, hi, first cycle, last cycle, pc)
-    word = _word_bytes(cfg, buf)
+    word = _word_bytes(cfg, buf).tolist()
+    ops, bufs = op.tolist(), buf.tolist()
+    sram, rows_of, addr_of, stride_of = (f[x].tolist() for x in ("sram_addr", "rows", "dram_addr", "dram_stride"))
+    k_of, a_of, b_of, acc_of = (f[x].tolist() for x in ("k", "a_addr", "b_addr", "acc_addr"))
 
-    def check(ends: np.ndarray, pcs: np.ndarray, lo: int, hi: int, begin: int, storage: str, kind: str, pc: int):
-        window = ends[lo:hi]
-        late = np.flatnonzero(window >= begin)
-        if late.size:
-            hazards.append(Hazard(storage, kind, int(pcs[lo + late[0]]), pc))
-
-    def mark(ends: np.ndarray, pcs: np.ndarray, lo: int, hi: int, until: int, pc: int):
-        later = ends[lo:hi] < until
-        ends[lo:hi][later] = until
-        pcs[lo:hi][later] = pc
+    def access(key, kind: str, lo: int, hi: int, begin: int, until: int, pc: int) -> None:
+        """Check an access of words lo..hi-1 in cycles begin..until against the other unit's, then record it."""
+        other = (key, "r" if kind == "w" else "w")
+        if ends[other][lo:hi].max(initial=-1) >= begin:  # rare: find the instruction it meets
+            first = next(p for a, b, end, p in reversed(windows[other]) if a < hi and b > lo and end >= begin)
+            hazards.append(Hazard(names[key], "write after read" if kind == "w" else "read after write", first, pc))
+        view = ends[(key, kind)][lo:hi]
+        np.maximum(view, until, out=view)
+        windows[(key, kind)].append((lo, hi, until, pc))
 
     for i in sched.executed:
-        o = int(op[i])
+        o = ops[i]
         if o == Opcode.LOAD.value:
-            b, lo = int(buf[i]), int(f["sram_addr"][i])
-            hi = lo + int(f["rows"][i])
-            first_beat = e[i] - beats[i] + 1
-            check(read_end[b], read_pc[b], lo, hi, first_beat, names[b], "write after read", i)
-            mark(write_end[b], write_pc[b], lo, hi, e[i], i)
-            addr = int(f["dram_addr"][i])
-            loads.append((addr, addr + (int(f["rows"][i]) - 1) * int(f["dram_stride"][i]) + int(word[i]),
-                          s[i], s[i] + bursts[i] - 1, i))
+            lo, rows = sram[i], rows_of[i]
+            access(bufs[i], "w", lo, lo + rows, e[i] - beats[i] + 1, e[i], i)
+            loads.append((addr_of[i], addr_of[i] + (rows - 1) * stride_of[i] + word[i], s[i], s[i] + bursts[i] - 1, i))
         elif o == Opcode.GEMM.value:
-            k = int(f["k"][i])
-            for b, lo in ((Buffer.A.value, int(f["a_addr"][i])), (Buffer.B.value, int(f["b_addr"][i]))):
-                check(write_end[b], write_pc[b], lo, lo + k, s[i], names[b], "read after write", i)
-                mark(read_end[b], read_pc[b], lo, lo + k, s[i] + k - 1, i)
-            lo = int(f["acc_addr"][i])
-            check(acc_read_end, acc_read_pc, lo, lo + R, t[i] + 1, "ACC", "write after read", i)
-            mark(acc_write_end, acc_write_pc, lo, lo + R, e[i], i)
+            k = k_of[i]
+            access(A, "r", a_of[i], a_of[i] + k, s[i], s[i] + k - 1, i)
+            access(B, "r", b_of[i], b_of[i] + k, s[i], s[i] + k - 1, i)
+            access("ACC", "w", acc_of[i], acc_of[i] + R, t[i] + 1, e[i], i)
         else:  # STORE
-            lo = int(f["sram_addr"][i])
-            hi = lo + int(f["rows"][i])
-            check(acc_write_end, acc_write_pc, lo, hi, s[i], "ACC", "read after write", i)
-            mark(acc_read_end, acc_read_pc, lo, hi, s[i] + beats[i] - 1, i)
-            addr = int(f["dram_addr"][i])
-            stores.append((addr, addr + (int(f["rows"][i]) - 1) * int(f["dram_stride"][i]) + int(word[i]),
-                           s[i] + 1, e[i], i))
+            lo, rows = sram[i], rows_of[i]
+            access("ACC", "r", lo, lo + rows, s[i], s[i] + beats[i] - 1, i)
+            stores.append((addr_of[i], addr_of[i] + (rows - 1) * stride_of[i] + word[i], s[i] + 1, e[i], i))
     hazards += _memory_hazards(loads, stores)
     return hazards
 
