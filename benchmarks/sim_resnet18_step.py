@@ -23,9 +23,10 @@ from utilisation_resnet18 import resnet18_cifar
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="vcu1525")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--bit-exact", action="store_true")
+    parser.add_argument("--preset", default="vcu1525", help="configuration preset (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=32, help="training batch size (default: %(default)s)")
+    parser.add_argument("--bit-exact", action="store_true",
+                        help="random operands and bit-exact numerics too (default: timing only)")
     args = parser.parse_args()
     cfg = SATConfig.preset(args.preset)
     rng = np.random.default_rng(0)

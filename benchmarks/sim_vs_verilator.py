@@ -36,11 +36,11 @@ def timed(fn, repeat):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--m", type=int, default=32)
-    parser.add_argument("--n", type=int, default=32)
-    parser.add_argument("--k", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--preset", default="tiny", help="configuration preset (default: %(default)s)")
+    parser.add_argument("--m", type=int, default=32, help="GEMM rows M (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=32, help="GEMM columns N (default: %(default)s)")
+    parser.add_argument("--k", type=int, default=256, help="GEMM reduction K (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per engine; medians reported (default: %(default)s)")
     parser.add_argument("--array", help="override the preset's array as RxC (buffers and bus kept), e.g. 8x8")
     args = parser.parse_args()
     cfg = SATConfig.preset(args.preset)

@@ -36,8 +36,8 @@ def resnet18_cifar(batch):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="vcu1525")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--preset", default="vcu1525", help="configuration preset (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=32, help="training batch size (default: %(default)s)")
     args = parser.parse_args()
     cfg = SATConfig.preset(args.preset)
     core = CoreModel(cfg)

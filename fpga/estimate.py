@@ -85,7 +85,7 @@ def parse_stat(text: str) -> dict[str, int]:
 
 def estimate(cfg: SATConfig, *, workdir: Path | None = None, log: Path | None = None) -> Estimate:
     """Synthesise the core for ``cfg`` with Yosys and return its cell counts."""
-    from ..sw.rtl import TOPLEVEL, verilog_source
+    from ..hw.verilog import TOPLEVEL, verilog_source
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(workdir or tmp)

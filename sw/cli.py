@@ -51,7 +51,7 @@ def _write(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def _heartbeat(what: str, every: float = 15.0):
+def heartbeat(what: str, every: float = 15.0):
     """Say on stderr that a long step is still running, every ``every`` seconds, and how long it took."""
     done = threading.Event()
     t0 = time.monotonic()
@@ -101,13 +101,13 @@ def _cmd_train_digits(args: argparse.Namespace) -> int:
 
 def _cmd_verilog(args: argparse.Namespace) -> int:
     from ..hw.config import SATConfig
-    from .rtl import verilog_source
+    from ..hw.verilog import verilog_source
 
     cfg = SATConfig.preset(args.preset)
     output = _output_path(args.output, args.force)
     print(f"nmsat verilog: generating the core for preset {cfg.name!r} ({cfg.rows}x{cfg.cols})"
           + ("; an array this large takes minutes" if cfg.rows * cfg.cols > 256 else ""), file=sys.stderr, flush=True)
-    with _heartbeat("generating Verilog"):
+    with heartbeat("generating Verilog"):
         text = verilog_source(cfg)
     if output is None:
         sys.stdout.write(text)

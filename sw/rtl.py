@@ -1,6 +1,6 @@
 """The core as Verilog under Verilator, driven by cocotb with cocotbext-axi bus models.
 
-Holds the Verilog generation (``nmsat verilog``), the Verilator build cached
+Holds the Verilator build of the core's Verilog (:mod:`nmsat.hw.verilog`), cached
 by a digest of the Verilog and the toolchain, and :func:`run_programs`,
 which runs a batch of programs on one built model (one simulator start per
 batch, in a temporary folder of its own; ``NMSAT_KEEP_JOBS=1`` keeps it) and
@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,24 +26,13 @@ import numpy as np
 
 from ..hw.config import SATConfig
 from ..hw.isa import ErrorCode, Status
+from ..hw.verilog import TOPLEVEL, verilog_source
 
 __all__ = ["TOPLEVEL", "verilog_source", "verilator_binary", "ToolMissing", "RtlJob", "RtlResult", "run_programs",
            "build_dir_root"]
 
-TOPLEVEL = "nmsat_core"
-
-
 class ToolMissing(RuntimeError):
     """A tool the RTL flow needs (Verilator, a C++ compiler, make) is not installed."""
-
-
-def verilog_source(cfg: SATConfig) -> str:
-    """The core's Verilog for ``cfg`` (top module ``nmsat_core``)."""
-    from amaranth.back import verilog
-
-    from ..hw.core import Core
-
-    return verilog.convert(Core(cfg), name=TOPLEVEL, emit_src=False)
 
 
 def verilator_binary() -> Path:
@@ -114,17 +104,23 @@ def _environment() -> dict[str, str]:
     return env
 
 
+#: cocotb's runner reads os.environ (over any extra_env it is given): runner calls of one process take turns
+_ENVIRONMENT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
-def _tool_environment():
-    """The process environment with Verilator on PATH and the make flags it needs, restored afterwards
-    (cocotb's runner reads ``os.environ``)."""
-    saved = dict(os.environ)
-    os.environ.update(_environment())
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+def _tool_environment(extra: dict[str, str] | None = None):
+    """The process environment with Verilator on PATH, the make flags it needs and ``extra``, restored
+    afterwards; one runner call at a time in this process (cocotb's runner reads ``os.environ``)."""
+    with _ENVIRONMENT_LOCK:
+        saved = dict(os.environ)
+        os.environ.update(_environment())
+        os.environ.update(extra or {})
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 @contextlib.contextmanager
@@ -200,7 +196,7 @@ def run_programs(cfg: SATConfig, jobs: list[RtlJob], *, memory_model: str = "fix
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
             return RuntimeError(f"the cocotb bench failed ({reason}); end of its log:\n{tail}")
 
-        with _tool_environment():
+        with _tool_environment({"NMSAT_JOBS": str(manifest_file)}):
             runner = get_runner("verilator")
             try:
                 results_xml = runner.test(test_module="nmsat.sw.cocotb_device", hdl_toplevel=TOPLEVEL,
