@@ -28,6 +28,17 @@ def test_json_round_trip_and_hash():
     assert dataclasses.replace(card, acc_depth=1024).hash32 != card.hash32
 
 
+def test_hash_changes_with_every_hardware_field():
+    """The ID register tells builds apart: changing any hardware field (one at a time) changes hash32."""
+    base = SATConfig.tiny()
+    changes = dict(rows=8, cols=8, a_depth=512, b_depth=512, acc_depth=128, bus_bytes=4, addr_bits=33,
+                   max_burst_beats=8, queue_depth=5, token_limit=14, sparse_m=(8,), clock_mhz=200.0, imem_depth=2048)
+    hardware = [f.name for f in dataclasses.fields(SATConfig) if f.name not in SATConfig.NOT_HARDWARE]
+    assert set(hardware) - set(changes) <= {"operand_format", "accumulator_format"}  # one choice each today
+    hashes = {dataclasses.replace(base, **{name: value}).hash32 for name, value in changes.items()}
+    assert len(hashes) == len(changes) and base.hash32 not in hashes
+
+
 @pytest.mark.parametrize("change,message", [
     (dict(rows=0), "array must be at least 1x1"),
     (dict(bus_bytes=12), "bus_bytes must be a power of two"),

@@ -1,0 +1,116 @@
+"""Mutation run: deliberate breaks of the RTL and the simulator, each checked against the test suite.
+
+    python benchmarks/mutations.py [--only NAME ...] [--list]
+
+Each mutation replaces one piece of source text in a fresh copy of the
+repository (``git worktree``-free: a plain copy of the tracked files in a
+temporary folder), then runs the equivalence and simulator tests on that
+copy with ``nmsat`` imported from it.  A mutation is *caught* when a test
+fails; a *survivor* is a hole in the suite.  Writes
+benchmarks/results/mutations.md.  Each mutation of the RTL rebuilds the
+Verilator model (about 30 s) and runs the suite (about a minute).
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: name -> (file, text, replacement, what it breaks)
+MUTATIONS = {
+    "no-sram-range": ("hw/core.py", "sram_bad = (is_load | is_store) & (memargs.sram_addr + memargs.rows > depth)",
+                      "sram_bad = Const(0)", "the RTL's SRAM range check on LOAD/STORE"),
+    "no-dram-end": ("hw/core.py", "(last_byte > (1 << cfg.addr_bits)))", "Const(0))",
+                    "the RTL's end-of-address-space check on LOAD/STORE"),
+    "ignore-stride": ("hw/core.py", "next_base = cur_base + cur_stride", "next_base = cur_base + word_bytes",
+                      "LOAD/STORE ignore the stride between rows"),
+    "store-error-pc": ("hw/core.py", "b_pc = Mux(awaiting.r_rdy, _Entry(awaiting.r_data[32:]).pc, w_info.pc)",
+                       "b_pc = _Entry(awaiting.r_data[32:]).pc", "the PC named for a STORE's bus error"),
+    "ignore-rresp": ("hw/core.py", "errors.append((ErrorCode.AXI_ERROR, rx_beat & (mem.rresp != 0), rx.pc))",
+                     "errors.append((ErrorCode.AXI_ERROR, Const(0), rx.pc))", "the RTL's check of LOAD read responses"),
+    "work-after-error": ("hw/core.py", "m.d.comb += c_start.eq(running & q_comp.r_rdy & c_free & c_tokens_ok)",
+                         "m.d.comb += c_start.eq(alive & ~fetch_flag & q_comp.r_rdy & c_free & c_tokens_ok)",
+                         "GEMMs go on starting after an error"),
+    "no-token-wait": ("hw/core.py",
+                      "c_tokens_ok = (~chead.inst.deps.pop_prev | tok[\"l2c\"].available) & "
+                      "(~chead.inst.deps.pop_next | tok[\"s2c\"].available)",
+                      "c_tokens_ok = (~chead.inst.deps.pop_next | tok[\"s2c\"].available)",
+                      "a GEMM does not wait for its LOADs' token"),
+    "sim-executes-all": ("sim/core.py", "executed = [i for i in range(stop_pc) if s[i] is not None and s[i] <= cycle]",
+                         "executed = [i for i in range(stop_pc) if s[i] is not None]",
+                         "the simulator also executes instructions that start after an error"),
+    "sim-decerr-late": ("sim/core.py", "cycle = e[i] - beats_of[i] + 1 + beat", "cycle = e[i]",
+                        "the simulator raises a LOAD's bus error at its last beat"),
+    "sim-no-hazards": ("sim/core.py", "if ends[other][lo:hi].max(initial=-1) >= begin:", "if False:",
+                       "the simulator's race check"),
+}
+
+TESTS = ["tests/equiv", "tests/sim", "tests/dataflow"]
+
+
+def copy_tree(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+
+
+def run_one(name: str, work: Path) -> tuple[str, str, float]:
+    path, old, new, _ = MUTATIONS[name]
+    src = work / "nmsat"
+    if src.exists():
+        shutil.rmtree(src)
+    copy_tree(src)
+    text = (src / path).read_text()
+    if old not in text:
+        return "stale (text not found: update the mutation)", "", 0.0
+    (src / path).write_text(text.replace(old, new, 1))
+    env = dict(os.environ, PYTHONPATH=str(work))  # `import nmsat` finds the mutated copy first
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
+                          cwd=src, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    failed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+    if proc.returncode == 0:
+        return "SURVIVED", "", wall
+    return "caught", failed[0] if failed else f"pytest exit {proc.returncode}", wall
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(MUTATIONS), help="run only these mutations")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args()
+    if args.list:
+        for name, (path, *_, what) in MUTATIONS.items():
+            print(f"{name:18} {path:12} {what}")
+        return
+    names = args.only or list(MUTATIONS)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nmsat-mutations-") as tmp:
+        for name in names:
+            print(f"{name}: running ...", flush=True)
+            outcome, test, wall = run_one(name, Path(tmp))
+            print(f"{name}: {outcome} {test} ({wall:.0f} s)", flush=True)
+            rows.append((name, MUTATIONS[name][3], outcome, test))
+    caught = sum(outcome == "caught" for _, _, outcome, _ in rows)
+    lines = ["# Mutation run", "", f"{caught} of {len(rows)} mutations caught by `pytest {' '.join(TESTS)}`.", "",
+             "| mutation | what it breaks | outcome | first failing test |", "|---|---|---|---|"]
+    lines += [f"| {n} | {w} | {o} | {t} |" for n, w, o, t in rows]
+    text = "\n".join(lines)
+    print(text)
+    if not args.only:
+        out = Path(__file__).parent / "results" / "mutations.md"
+        out.write_text(text + "\n")
+    sys.exit(0 if caught == len(rows) else 1)
+
+
+if __name__ == "__main__":
+    main()
