@@ -28,7 +28,7 @@ from ..hw.isa import INSTRUCTION_BYTES, Buffer, Opcode, encode, to_bytes
 from ..sim import numerics
 
 __all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm",
-           "pack_a", "pack_b", "unpack_c", "program_instructions", "block_instructions"]
+           "pack_a", "pack_b", "unpack_c", "program_instructions", "block_instructions", "software_pipelined"]
 
 
 @dataclass(frozen=True)
@@ -379,10 +379,16 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
                               dram_addr=c_addr + (mi * plan.nt + nj) * c_tile_bytes,
                               dram_stride=cfg.acc_word_bytes))
         block_index += 1
-    # Offline scheduling: the dispatcher is in order, so a STORE waiting for its GEMMs must not sit in
-    # front of the next step's LOADs.  Program order: loads of step t+1, GEMMs of step t, stores of
-    # step t-1.  Each unit's own order is unchanged, so the tokens keep their meaning.
-    out: list[int] = list(step_loads[0]) if step_loads else []
+    return software_pipelined(step_loads, step_gemms, step_stores)
+
+
+def software_pipelined(step_loads: list[list], step_gemms: list[list], step_stores: list[list]) -> list:
+    """Offline scheduling of per-step instruction lists: loads of step t+1, GEMMs of step t, stores of step t−1.
+
+    The dispatcher is in order, so a STORE waiting for its GEMMs must not sit in front of the next
+    step's LOADs.  Each unit's own order is unchanged, so the tokens keep their meaning.
+    """
+    out: list = list(step_loads[0]) if step_loads else []
     for t in range(len(step_gemms)):
         if t + 1 < len(step_loads):
             out += step_loads[t + 1]

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nmsat.dataflow.gemm import software_pipelined
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Buffer, ErrorCode, Opcode, encode, to_bytes
 
@@ -144,14 +145,7 @@ def _base_program(b: _Builder, in_base: int, out_base: int) -> list[dict]:
         for loads, gemms, stores in zip(step_loads, step_gemms, step_stores):
             out += loads + gemms + stores
     else:  # software-pipelined, as the compiler emits: loads t+1, GEMMs t, stores t-1
-        out += step_loads[0]
-        for t in range(len(step_gemms)):
-            if t + 1 < len(step_loads):
-                out += step_loads[t + 1]
-            out += step_gemms[t]
-            if t >= 1:
-                out += step_stores[t - 1]
-        out += step_stores[-1]
+        out = software_pipelined(step_loads, step_gemms, step_stores)
     return out
 
 
