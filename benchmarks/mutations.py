@@ -3,9 +3,10 @@
     python benchmarks/mutations.py [--only NAME ...] [--list]
 
 Each mutation replaces one piece of source text in a fresh copy of the
-repository (``git worktree``-free: a plain copy of the tracked files in a
-temporary folder), then runs the equivalence and simulator tests on that
-copy with ``nmsat`` imported from it.  A mutation is *caught* when a test
+repository (a snapshot of the files git tracks or would track, taken when
+the run starts), then runs the equivalence, simulator and compiler tests on
+that copy with ``nmsat`` imported from it.  The unmutated copy runs first
+and must pass.  A mutation is *caught* when a test
 fails; a *survivor* is a hole in the suite.  Writes
 benchmarks/results/mutations.md.  Each mutation of the RTL rebuilds the
 Verilator model (about 30 s) and runs the suite (about a minute).
@@ -24,24 +25,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: name -> (file, text, replacement, what it breaks)
 MUTATIONS = {
-    "no-sram-range": ("hw/core.py", "sram_bad = (is_load | is_store) & (memargs.sram_addr + memargs.rows > depth)",
+    "no-sram-range": ("hw/core/dispatch.py", "sram_bad = (is_load | is_store) & (memargs.sram_addr + memargs.rows > depth)",
                       "sram_bad = Const(0)", "the RTL's SRAM range check on LOAD/STORE"),
-    "no-dram-end": ("hw/core.py", "(last_byte > (1 << cfg.addr_bits)))", "Const(0))",
+    "no-dram-end": ("hw/core/dispatch.py", "(last_byte > (1 << cfg.addr_bits)))", "Const(0))",
                     "the RTL's end-of-address-space check on LOAD/STORE"),
-    "ignore-stride": ("hw/core.py", "next_base = cur_base + cur_stride", "next_base = cur_base + word_bytes",
+    "ignore-stride": ("hw/core/common.py", "next_base = cur_base + cur_stride", "next_base = cur_base + word_bytes",
                       "LOAD/STORE ignore the stride between rows"),
-    "store-error-pc": ("hw/core.py", "b_pc = Mux(awaiting.r_rdy, _Entry(awaiting.r_data[32:]).pc, w_info.pc)",
-                       "b_pc = _Entry(awaiting.r_data[32:]).pc", "the PC named for a STORE's bus error"),
-    "ignore-rresp": ("hw/core.py", "errors.append((ErrorCode.AXI_ERROR, rx_beat & (mem.rresp != 0), rx.pc))",
-                     "errors.append((ErrorCode.AXI_ERROR, Const(0), rx.pc))", "the RTL's check of LOAD read responses"),
-    "work-after-error": ("hw/core.py", "m.d.comb += c_start.eq(running & q_comp.r_rdy & c_free & c_tokens_ok)",
-                         "m.d.comb += c_start.eq(alive & ~fetch_flag & q_comp.r_rdy & c_free & c_tokens_ok)",
-                         "GEMMs go on starting after an error"),
-    "no-token-wait": ("hw/core.py",
-                      "c_tokens_ok = (~chead.inst.deps.pop_prev | tok[\"l2c\"].available) & "
-                      "(~chead.inst.deps.pop_next | tok[\"s2c\"].available)",
-                      "c_tokens_ok = (~chead.inst.deps.pop_next | tok[\"s2c\"].available)",
-                      "a GEMM does not wait for its LOADs' token"),
+    "store-error-pc": ("hw/core/store.py", "self.error_pc.eq(Mux(awaiting.r_rdy, aw_entry.pc, w_info.pc))",
+                       "self.error_pc.eq(aw_entry.pc)", "the PC named for a STORE's bus error"),
+    "ignore-rresp": ("hw/core/load.py", "self.bus_error.eq(rx_beat & (self.r_resp != 0))", "self.bus_error.eq(0)",
+                     "the RTL's check of LOAD read responses"),
+    "work-after-error": ("hw/core/compute.py", "start.eq(self.running & self.queue.valid & free & tokens_ok)",
+                         "start.eq(self.alive & self.queue.valid & free & tokens_ok)",
+                         "GEMMs go on starting after an error (and during the fetch)"),
+    "no-token-wait": ("hw/core/compute.py", "(~head.inst.deps.pop_prev | self.l2c_available) & ",
+                      "", "a GEMM does not wait for its LOADs' token"),
     "sim-executes-all": ("sim/core.py", "executed = [i for i in range(stop_pc) if s[i] is not None and s[i] <= cycle]",
                          "executed = [i for i in range(stop_pc) if s[i] is not None]",
                          "the simulator also executes instructions that start after an error"),
@@ -54,33 +52,41 @@ MUTATIONS = {
 TESTS = ["tests/equiv", "tests/sim", "tests/dataflow"]
 
 
-def copy_tree(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+def copy_tree(source: Path, dest: Path) -> None:
+    """The files that git tracks or would track (new files included) under ``source``, as they are now."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
     for name in files:
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
+        if (source / name).exists():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, target)
 
 
-def run_one(name: str, work: Path) -> tuple[str, str, float]:
-    path, old, new, _ = MUTATIONS[name]
+def run_one(name: str | None, work: Path) -> tuple[str, str, float]:
+    """Run the tests on a copy of the snapshot with mutation ``name`` applied (None: the unmutated baseline)."""
     src = work / "nmsat"
     if src.exists():
         shutil.rmtree(src)
-    copy_tree(src)
-    text = (src / path).read_text()
-    if old not in text:
-        return "stale (text not found: update the mutation)", "", 0.0
-    (src / path).write_text(text.replace(old, new, 1))
-    env = dict(os.environ, PYTHONPATH=str(work))  # `import nmsat` finds the mutated copy first
+    copy_tree(work / "snapshot", src)
+    if name is not None:
+        path, old, new, _ = MUTATIONS[name]
+        text = (src / path).read_text()
+        if old not in text:
+            return "stale (text not found: update the mutation)", "", 0.0
+        (src / path).write_text(text.replace(old, new, 1))
+    env = dict(os.environ, PYTHONPATH=str(work))  # `import nmsat` finds the copy first
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
                           cwd=src, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     failed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")]
     if proc.returncode == 0:
-        return "SURVIVED", "", wall
-    return "caught", failed[0] if failed else f"pytest exit {proc.returncode}", wall
+        return ("passes" if name is None else "SURVIVED"), "", wall
+    if proc.returncode == 1 and failed:
+        return "caught", failed[0], wall
+    # collection errors, an import error in the copy ...: not a test that caught the break
+    return f"error (pytest exit {proc.returncode})", proc.stdout[-300:].replace("\n", " "), wall
 
 
 def main():
@@ -95,6 +101,11 @@ def main():
     names = args.only or list(MUTATIONS)
     rows = []
     with tempfile.TemporaryDirectory(prefix="nmsat-mutations-") as tmp:
+        copy_tree(ROOT, Path(tmp) / "snapshot")  # the tree as it is now: later edits do not leak into the run
+        outcome, detail, wall = run_one(None, Path(tmp))
+        print(f"baseline (no mutation): {outcome} ({wall:.0f} s)", flush=True)
+        if outcome != "passes":
+            sys.exit(f"the unmutated copy does not pass its tests: {outcome} {detail}")
         for name in names:
             print(f"{name}: running ...", flush=True)
             outcome, test, wall = run_one(name, Path(tmp))

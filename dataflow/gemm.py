@@ -25,7 +25,7 @@ import numpy as np
 
 from ..hw.config import SATConfig
 from ..hw.isa import INSTRUCTION_BYTES, Buffer, Opcode, encode, to_bytes
-from ..sim import numerics
+from ..hw import numerics
 
 __all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm",
            "pack_a", "pack_b", "unpack_c", "program_instructions", "block_instructions", "software_pipelined"]

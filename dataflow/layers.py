@@ -1,30 +1,18 @@
-"""Lowering of ``Linear`` and ``Conv2d`` training steps to the GEMMs the core runs.
+"""The GEMMs of a ``Linear`` or ``Conv2d`` training step: FF ``Y = W·X``, BP ``dX = Wᵀ·dY``, WU ``dW = dY·Xᵀ``.
 
-Holds the GEMM shapes of the three stages of training (FF ``Y = W·X``, BP
-``dX = Wᵀ·dY``, WU ``dW = dY·Xᵀ``), the host-side im2col / col2im that turn a
-convolution into them (K ordered kernel-tap-major, channels innermost: the
-order of BDWP's masks), and helpers that run one stage on a
-:class:`~nmsat.sim.core.CoreModel` and return a torch tensor.  Group
-convolutions run as one GEMM per group (packing small groups is planned, see
-``docs/architecture.md``).  Dense only: the N:M sparse mode comes later.
+Shapes only (numpy-free arithmetic): K is ordered kernel-tap-major,
+channels innermost (the order of BDWP's masks), one GEMM per conv group
+(packing small groups is planned, see ``docs/architecture.md``).
 
-Not here: tiling (:mod:`nmsat.dataflow.gemm`).
+Not here: tiling (:mod:`nmsat.dataflow.gemm`), or running the GEMMs on data
+(:mod:`nmsat.sw.stages`, the host side: im2col, the simulator, torch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from ..hw.config import SATConfig
-from ..sim.core import CoreModel, RunResult
-from .gemm import compile_gemm, read_c
-
-__all__ = ["GemmShape", "linear_gemms", "conv2d_gemms", "im2col", "col2im", "run_gemm",
-           "linear_stage", "conv2d_stage"]
+__all__ = ["STAGES", "GemmShape", "linear_gemms", "conv2d_gemms", "conv_output_size"]
 
 STAGES = ("FF", "BP", "WU")
 
@@ -52,7 +40,8 @@ def linear_gemms(name: str, tokens: int, in_features: int, out_features: int) ->
             GemmShape(name, "WU", out_features, in_features, tokens)]
 
 
-def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+def conv_output_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+    """Output length of a convolution along one axis (torch's formula)."""
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
@@ -61,85 +50,9 @@ def conv2d_gemms(name: str, batch: int, cin: int, cout: int, h: int, w: int, ker
     """FF, BP, WU of a convolution, per group: K = (cin/g)·k², P = batch·Hout·Wout."""
     if cin % groups or cout % groups:
         raise ValueError(f"conv {name}: groups={groups} must divide cin={cin} and cout={cout}")
-    ho, wo = _out_size(h, kernel, stride, padding, dilation), _out_size(w, kernel, stride, padding, dilation)
+    ho, wo = conv_output_size(h, kernel, stride, padding, dilation), conv_output_size(w, kernel, stride, padding, dilation)
     k = cin // groups * kernel * kernel
     p = batch * ho * wo
     cg = cout // groups
     return [GemmShape(name, "FF", cg, p, k, groups), GemmShape(name, "BP", k, p, cg, groups),
             GemmShape(name, "WU", cg, k, p, groups)]
-
-
-def im2col(x: torch.Tensor, kernel: tuple[int, int], stride, padding, dilation, groups: int) -> torch.Tensor:
-    """``x[B, C, H, W]`` → ``[g, K, P]`` with K tap-major, channels innermost (per group), P = B·Hout·Wout."""
-    b, c, _, _ = x.shape
-    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [B, C·kh·kw, L], C-major
-    kk = kernel[0] * kernel[1]
-    cg = c // groups
-    cols = cols.reshape(b, groups, cg, kk, -1).permute(1, 3, 2, 0, 4)  # [g, taps, cg, B, L]
-    return cols.reshape(groups, kk * cg, -1)
-
-
-def col2im(cols: torch.Tensor, shape, kernel, stride, padding, dilation) -> torch.Tensor:
-    """Inverse scatter-add of :func:`im2col`: ``[g, K, P]`` → ``[B, C, H, W]``."""
-    b, c, h, w = shape
-    groups = cols.shape[0]
-    kk = kernel[0] * kernel[1]
-    cg = c // groups
-    cols = cols.reshape(groups, kk, cg, b, -1).permute(3, 0, 2, 1, 4).reshape(b, c * kk, -1)
-    return F.fold(cols, (h, w), kernel, dilation=dilation, padding=padding, stride=stride)
-
-
-def run_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, core: CoreModel | None = None) -> tuple[np.ndarray, RunResult]:
-    """``A · B`` on the simulator (operands rounded to bf16); returns fp32 ``C`` and the run's result."""
-    prog = compile_gemm(cfg, np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32))
-    memory = prog.memory.copy()
-    result = (core or CoreModel(cfg)).run_sequence(memory, prog.runs)
-    if not result.ok:
-        raise RuntimeError(f"GEMM {a.shape}x{b.shape} stopped with {result.error.name} at instruction {result.error_pc}")
-    return read_c(prog, memory).copy(), result
-
-
-def linear_stage(cfg: SATConfig, stage: str, x: torch.Tensor, weight: torch.Tensor,
-                 grad_y: torch.Tensor | None = None) -> torch.Tensor:
-    """One training stage of ``y = x·Wᵀ`` on the simulator: FF → y, BP → dX, WU → dW (no bias)."""
-    x2 = x.reshape(-1, x.shape[-1]).float().numpy()
-    w = weight.detach().float().numpy()
-    if stage == "FF":
-        out, _ = run_gemm(cfg, w, x2.T)  # [out, tokens]
-        return torch.from_numpy(out.T.copy()).reshape(*x.shape[:-1], w.shape[0])
-    dy = grad_y.reshape(-1, grad_y.shape[-1]).float().numpy()
-    if stage == "BP":
-        out, _ = run_gemm(cfg, w.T, dy.T)  # [in, tokens]
-        return torch.from_numpy(out.T.copy()).reshape(*x.shape)
-    if stage == "WU":
-        out, _ = run_gemm(cfg, dy.T, x2)  # [out, in]
-        return torch.from_numpy(out)
-    raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-
-
-def conv2d_stage(cfg: SATConfig, stage: str, x: torch.Tensor, weight: torch.Tensor, *, stride=1, padding=0,
-                 dilation=1, groups: int = 1, grad_y: torch.Tensor | None = None) -> torch.Tensor:
-    """One training stage of a convolution on the simulator (FF → y, BP → dX, WU → dW), one GEMM per group."""
-    from torch.nn.modules.utils import _pair
-
-    from ..sw.bdwp import conv_weight_as_gemm, gemm_as_conv_weight
-
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    kernel = tuple(weight.shape[2:])
-    cols = im2col(x.float(), kernel, stride, padding, dilation, groups)  # [g, K, P]
-    wg = conv_weight_as_gemm(weight.detach().float(), groups)  # [g, Cout/g, K]
-    b, cout = x.shape[0], weight.shape[0]
-    ho = _out_size(x.shape[2], kernel[0], stride[0], padding[0], dilation[0])
-    wo = _out_size(x.shape[3], kernel[1], stride[1], padding[1], dilation[1])
-    if stage == "FF":
-        outs = [run_gemm(cfg, wg[g].numpy(), cols[g].numpy())[0] for g in range(groups)]  # [Cout/g, P]
-        y = torch.from_numpy(np.concatenate(outs, 0))  # [Cout, B·Ho·Wo]
-        return y.reshape(cout, b, ho, wo).permute(1, 0, 2, 3).contiguous()
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    dy = grad_y.float().permute(1, 0, 2, 3).reshape(groups, cout // groups, -1)  # [g, Cout/g, P]
-    if stage == "BP":
-        outs = [run_gemm(cfg, wg[g].T.numpy(), dy[g].numpy())[0] for g in range(groups)]  # [K, P]
-        return col2im(torch.from_numpy(np.stack(outs)), tuple(x.shape), kernel, stride, padding, dilation)
-    outs = [run_gemm(cfg, dy[g].numpy(), cols[g].T.numpy())[0] for g in range(groups)]  # [Cout/g, K]
-    return gemm_as_conv_weight(torch.from_numpy(np.stack(outs)), weight.shape)

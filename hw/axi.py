@@ -10,9 +10,10 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .timing import PAGE_BYTES
+
 __all__ = ["axi4_signature", "axi4_lite_signature", "next_burst"]
 
-PAGE_BYTES = 4096
 ID_BITS = 4  # the core uses ID 0 for everything (responses come back in order)
 
 
@@ -44,9 +45,9 @@ def next_burst(m: Module, name: str, addr, run_left, bus_bytes: int, max_burst_b
     """Beats of the next burst from ``addr`` with ``run_left`` beats left in the run (combinational).
 
     ``min(max_burst_beats, run_left, beats to the next 4 KiB page)`` — the rule
-    of ``nmsat.sim.timing.bursts``.  Returns the beats signal.
+    of ``nmsat.hw.timing.bursts``.  Returns the beats signal.
     """
-    page_offset = addr[:12]
+    page_offset = addr[:PAGE_BYTES.bit_length() - 1]
     to_page = Signal(range(PAGE_BYTES // bus_bytes + 1), name=f"{name}_to_page")
     m.d.comb += to_page.eq((PAGE_BYTES - page_offset) >> (bus_bytes.bit_length() - 1))
     beats = Signal(range(max(max_burst_beats, PAGE_BYTES // bus_bytes) + 1), name=f"{name}_beats")

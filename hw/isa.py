@@ -9,7 +9,7 @@ encodes with :func:`encode` and decodes with :func:`decode` /
 
 Also here: the error codes of the status register and the control/status
 register map, since the driver, the simulator and the gateware share them.
-Not here: timing (``nmsat.sim.timing``) or anything that depends on a config.
+Not here: timing (``nmsat.hw.timing``) or anything that depends on a config.
 """
 
 # No `from __future__ import annotations`: amaranth.lib.data reads the annotations as shapes.

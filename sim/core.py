@@ -3,7 +3,7 @@
 :class:`CoreModel` is the twin of the gateware ``nmsat.hw.core.Core``.  It never
 steps cycle by cycle: a program is decoded at once (vectorised), checked
 statically, then timed by a small worklist over the three units and their
-dependency tokens using the latency rules of :mod:`nmsat.sim.timing`; the
+dependency tokens using the latency rules of :mod:`nmsat.hw.timing`; the
 instructions that started before the run stopped are then executed for their
 data, in program order, with the vectorised numerics of
 :mod:`nmsat.sim.numerics`.  Program order gives the core's bytes whenever the
@@ -31,7 +31,8 @@ import numpy as np
 
 from ..hw.config import SATConfig
 from ..hw.isa import INSTRUCTION_BYTES, Buffer, ErrorCode, Opcode, Status, decode_program, to_bytes
-from . import numerics, timing
+from ..hw import timing
+from . import numerics
 
 __all__ = ["CoreModel", "RunResult", "Hazard", "check_program"]
 

@@ -1,64 +1,22 @@
-"""The numerics rule of the core, in vectorised numpy: the reference the RTL's fp units are checked against.
+"""The numerics rule (:mod:`nmsat.hw.numerics`) in vectorised numpy: products, sums and whole MAC sequences.
 
-Formats: operands bf16, accumulators fp32 (IEEE 754 binary32).  The rule,
-written once (``docs/architecture.md`` repeats it):
+The reference the RTL's fp units are checked against and what the simulator
+computes with.  The conversions and the flush live in
+:mod:`nmsat.hw.numerics` and are re-exported here for convenience.
 
-1. **Flush to zero.** A subnormal operand, product or sum is replaced by a
-   zero of the same sign.  No unit ever produces or consumes a subnormal.
-2. **Products are exact.** A bf16 × bf16 product has at most 16 significant
-   bits, so it is exact in fp32 unless its exponent leaves fp32's normal range:
-   above it the product is ±inf, below it ±0 (rule 1).
-3. **Sums round to nearest even** in fp32 (overflow to ±inf).  An exact zero
-   sum of operands of opposite signs is +0; (−0) + (−0) = −0.
-4. **NaN.** Any NaN operand, ∞ − ∞ and 0 × ∞ give the canonical quiet NaN
-   ``0x7FC00000``.  Infinities otherwise follow IEEE 754.
-5. **Order.** An output is accumulated in one fixed order: starting from +0,
-   products are added one at a time in increasing k; a GEMM instruction with
-   ``accumulate`` then adds its result to the accumulator buffer (one more
-   rounded sum).
-
-Conversions on the host side: fp32 → bf16 rounds to nearest even (NaN →
-canonical bf16 NaN ``0x7FC0``); bf16 → fp32 is exact.
-
-Not here: timing, buffers or the instruction stream.
+Not here: the rule's text, timing, buffers or the instruction stream.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..hw.numerics import CANONICAL_NAN_BF16, CANONICAL_NAN_F32, bf16_bits_to_f32, f32_to_bf16_bits, flush_f32
+
 __all__ = [
     "CANONICAL_NAN_F32", "CANONICAL_NAN_BF16", "f32_to_bf16_bits", "bf16_bits_to_f32", "flush_f32",
     "mul_bf16", "add_f32", "mac_sequence",
 ]
-
-CANONICAL_NAN_F32 = np.uint32(0x7FC00000)
-CANONICAL_NAN_BF16 = np.uint16(0x7FC0)
-_EXP_MASK = np.uint32(0x7F800000)
-_SIGN_MASK = np.uint32(0x80000000)
-
-
-def f32_to_bf16_bits(x) -> np.ndarray:
-    """fp32 values → bf16 bit patterns (uint16), round to nearest even, NaN canonical."""
-    bits = np.asarray(x, dtype=np.float32).view(np.uint32)
-    rounding = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-    out = ((bits + rounding) >> np.uint32(16)).astype(np.uint16)
-    nan = np.isnan(np.asarray(x, dtype=np.float32))
-    return np.where(nan, CANONICAL_NAN_BF16, out).astype(np.uint16)
-
-
-def bf16_bits_to_f32(bits) -> np.ndarray:
-    """bf16 bit patterns → fp32 values (exact)."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
-def flush_f32(x: np.ndarray) -> np.ndarray:
-    """Rules 1 and 4 applied to fp32 values: subnormals → signed zero, NaN → canonical NaN."""
-    bits = np.asarray(x, dtype=np.float32).view(np.uint32)
-    exponent = bits & _EXP_MASK
-    bits = np.where(exponent == 0, bits & _SIGN_MASK, bits)
-    bits = np.where((exponent == _EXP_MASK) & ((bits & np.uint32(0x007FFFFF)) != 0), CANONICAL_NAN_F32, bits)
-    return bits.astype(np.uint32).view(np.float32)
 
 
 def mul_bf16(a_bits, b_bits) -> np.ndarray:

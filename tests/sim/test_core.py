@@ -197,7 +197,7 @@ def test_time_program_matches_run_and_is_memoised_safely():
 
 
 def test_burst_cut_rules():
-    from nmsat.sim.timing import burst_count, bursts
+    from nmsat.hw.timing import burst_count, bursts
 
     # contiguous: one run, cut at the 4 KiB page and at max_burst_beats (16 beats of 8 bytes)
     assert bursts(TINY, 4096 - 16, 5, 8, 8) == [(4080, 2), (4096, 3)]

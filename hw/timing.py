@@ -1,18 +1,23 @@
-"""Latency rules of the core's units: the contract the RTL is built to and the simulator computes with.
+"""Latency rules of the core's units: the contract the RTL is built to, the simulator computes with and the
+compiler's cost model estimates with.
 
-Each rule is a formula over a few integers; ``docs/architecture.md`` states
-them in prose.  Cycle 0 is the first cycle after START.  "An event in cycle
-t" means the registers it updates show the new value from cycle t + 1.
+The numbers the three share (transfers in flight, the SRAM latency, the
+drain pipeline, the AXI page) are written here once: the RTL sizes its FIFOs
+and counters from them.  Each rule is a formula over a few integers;
+``docs/architecture.md`` states them in prose.  Cycle 0 is the first cycle
+after START.  "An event in cycle t" means the registers it updates show the
+new value from cycle t + 1.
 
 Not here: the event bookkeeping that strings instructions together
-(``nmsat.sim.core``) or the numerics (``nmsat.sim.numerics``).
+(``nmsat.sim.core``) or the numerics (``nmsat.hw.numerics``).
 """
 
 from __future__ import annotations
 
-from ..hw.config import SATConfig
+from .config import SATConfig
 
-__all__ = ["bursts", "burst_count", "transfer_beats", "gemm_mac_cycles", "drain_cycles", "LOADS_IN_FLIGHT", "STORES_IN_FLIGHT", "SRAM_READ_LATENCY"]
+__all__ = ["bursts", "burst_count", "transfer_beats", "gemm_mac_cycles", "drain_cycles", "LOADS_IN_FLIGHT",
+           "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "PAGE_BYTES"]
 
 #: A LOAD may issue its addresses while at most this many earlier LOADs still receive data.
 LOADS_IN_FLIGHT = 1
@@ -23,7 +28,8 @@ SRAM_READ_LATENCY = 1
 #: A GEMM drains the shadow registers through a read-add-write pipeline of this many stages.
 DRAIN_PIPELINE = 2
 
-_PAGE = 4096  # AXI: a burst never crosses a 4 KiB boundary
+#: AXI: a burst never crosses a boundary of this many bytes
+PAGE_BYTES = 4096
 
 
 def _runs(dram_addr: int, rows: int, word_bytes: int, stride: int):
@@ -41,7 +47,7 @@ def _cut(cfg: SATConfig, dram_addr: int, rows: int, word_bytes: int, stride: int
     for addr, length in _runs(dram_addr, rows, word_bytes, stride):
         end = addr + length
         while addr < end:
-            beats = min(max_beats, (end - addr + bus - 1) // bus, (_PAGE - addr % _PAGE) // bus)
+            beats = min(max_beats, (end - addr + bus - 1) // bus, (PAGE_BYTES - addr % PAGE_BYTES) // bus)
             yield addr, beats
             addr += beats * bus
 

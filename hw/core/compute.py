@@ -1,0 +1,126 @@
+"""The GEMM unit: the PE array of ``rows × cols`` bf16 MACs and the shadow-register drain.
+
+A GEMM reads one A and one B word per cycle for ``k`` cycles (operands
+broadcast along rows and down columns), the array accumulates in fp32; one
+cycle after its last MAC the accumulators move to the shadow registers (the
+transfer, once the previous drain has ended) and the next GEMM may start
+while the drain writes one accumulator row per cycle through a
+read-add-write pipeline of ``DRAIN_PIPELINE`` stages.  Pops ``l2c``/``s2c``
+when it starts, pushes ``c2l``/``c2s`` when its drain ends.
+
+Not here: the buffers (the top level's memories) or the fp units (:mod:`nmsat.hw.fp`).
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import SATConfig
+from ..fp import Bf16Mac, Fp32Adder
+from ..timing import DRAIN_PIPELINE, SRAM_READ_LATENCY
+from .common import PC_BITS, Entry, queue_signature
+
+__all__ = ["ComputeUnit"]
+
+
+class ComputeUnit(wiring.Component):
+    def __init__(self, cfg: SATConfig):
+        self.cfg = cfg
+        R, C = cfg.rows, cfg.cols
+        super().__init__({
+            "running": In(1), "alive": In(1),
+            "queue": In(queue_signature()),
+            "l2c_available": In(1), "l2c_pop": Out(1), "s2c_available": In(1), "s2c_pop": Out(1),
+            "c2l_push": Out(1), "c2s_push": Out(1),
+            "a_addr": Out(16), "a_data": In(16 * R), "b_addr": Out(16), "b_data": In(16 * C),
+            "acc_read_addr": Out(16), "acc_read_data": In(32 * C),  # the drain's copy of ACC
+            "acc_write_addr": Out(16), "acc_write_data": Out(32 * C), "acc_write_en": Out(1),  # both copies
+            "start": Out(1), "busy": Out(1),
+            "draining_pc": Out(PC_BITS),  # the GEMM whose drain pushes tokens
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        R, C = cfg.rows, cfg.cols
+        assert SRAM_READ_LATENCY == 1 and DRAIN_PIPELINE == 2, "the pipeline below is built for these latencies"
+        head = self.queue.payload
+        args = head.inst.args.gemm
+        reading = Signal()
+        k_left = Signal(16)
+        rd_a, rd_b = Signal(16), Signal(16)
+        mac_valid = Signal()  # registered: data of a read is at the array this cycle
+        mac_first = Signal()
+        mac_last = Signal()
+        pending = Signal()  # last MAC done, waiting for the transfer
+        cur_info = Entry(Signal(Entry.as_shape().size))  # the GEMM between start and transfer
+        drain_active = Signal()
+        drain_count = Signal(range(R + 2))
+        drain_info = Entry(Signal(Entry.as_shape().size))
+        transfer = Signal()
+        m.d.comb += transfer.eq(pending & ~drain_active)
+        tokens_ok = (~head.inst.deps.pop_prev | self.l2c_available) & (~head.inst.deps.pop_next | self.s2c_available)
+        free = ~reading & ~mac_valid & (~pending | transfer)
+        start = self.start
+        m.d.comb += [start.eq(self.running & self.queue.valid & free & tokens_ok),
+                     self.queue.ready.eq(start), self.l2c_pop.eq(start & head.inst.deps.pop_prev),
+                     self.s2c_pop.eq(start & head.inst.deps.pop_next)]
+        # reads: cycles s .. s+k-1
+        with m.If(start):
+            m.d.comb += [self.a_addr.eq(args.a_addr), self.b_addr.eq(args.b_addr)]
+            m.d.sync += [reading.eq(args.k != 1), k_left.eq(args.k - 1), rd_a.eq(args.a_addr + 1),
+                         rd_b.eq(args.b_addr + 1), cur_info.eq(self.queue.payload)]
+        with m.Elif(reading):
+            m.d.comb += [self.a_addr.eq(rd_a), self.b_addr.eq(rd_b)]
+            m.d.sync += [rd_a.eq(rd_a + 1), rd_b.eq(rd_b + 1), k_left.eq(k_left - 1)]
+            with m.If(k_left == 1):
+                m.d.sync += reading.eq(0)
+        issued = start | reading
+        m.d.sync += [mac_valid.eq(self.alive & issued), mac_first.eq(start),
+                     mac_last.eq(Mux(start, args.k == 1, reading & (k_left == 1)))]
+        with m.If(mac_valid & mac_last):
+            m.d.sync += pending.eq(1)
+        with m.Elif(transfer):
+            m.d.sync += pending.eq(0)
+        # the array
+        acc = [[Signal(32, name=f"acc_{r}_{c}") for c in range(C)] for r in range(R)]
+        shadow = [[Signal(32, name=f"shadow_{r}_{c}") for c in range(C)] for r in range(R)]
+        for r in range(R):
+            for c in range(C):
+                mac = Bf16Mac()
+                m.submodules[f"pe_{r}_{c}"] = mac
+                m.d.comb += [mac.acc_in.eq(Mux(mac_first, 0, acc[r][c])), mac.a.eq(self.a_data[16 * r:16 * r + 16]),
+                             mac.b.eq(self.b_data[16 * c:16 * c + 16])]
+                with m.If(mac_valid):
+                    m.d.sync += acc[r][c].eq(mac.acc_out)
+        # transfer and drain: reads in t+1 .. t+R, writes in t+2 .. t+R+1
+        with m.If(transfer):
+            m.d.sync += [drain_active.eq(1), drain_count.eq(0), drain_info.eq(cur_info)]
+            for r in range(R):
+                for c in range(C):
+                    m.d.sync += shadow[r][c].eq(acc[r][c])
+        drain_args = drain_info.inst.args.gemm
+        drain_write = drain_active & (drain_count >= 1)
+        drain_end = drain_active & (drain_count == R)
+        with m.If(drain_active):
+            m.d.sync += drain_count.eq(drain_count + 1)
+            with m.If(drain_write):  # shift the next row up
+                for r in range(R - 1):
+                    for c in range(C):
+                        m.d.sync += shadow[r][c].eq(shadow[r + 1][c])
+            with m.If(drain_end):
+                m.d.sync += drain_active.eq(0)
+        m.d.comb += self.acc_read_addr.eq(drain_args.acc_addr + drain_count)
+        drain_row = Signal(32 * C)
+        for c in range(C):
+            adder = Fp32Adder()
+            m.submodules[f"drain_add_{c}"] = adder
+            m.d.comb += [adder.a.eq(self.acc_read_data[32 * c:32 * c + 32]), adder.b.eq(shadow[0][c]),
+                         drain_row[32 * c:32 * c + 32].eq(Mux(drain_args.accumulate, adder.sum, shadow[0][c]))]
+        m.d.comb += [self.acc_write_addr.eq(drain_args.acc_addr + drain_count - 1), self.acc_write_data.eq(drain_row),
+                     self.acc_write_en.eq(self.alive & drain_write),
+                     self.c2l_push.eq(drain_end & drain_info.inst.deps.push_prev),
+                     self.c2s_push.eq(drain_end & drain_info.inst.deps.push_next),
+                     self.draining_pc.eq(drain_info.pc),
+                     self.busy.eq(reading | mac_valid | pending | drain_active)]
+        return m

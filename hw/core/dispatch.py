@@ -1,0 +1,94 @@
+"""The dispatcher: checks the current instruction and sends it, in order, to the queue of its unit.
+
+One instruction per cycle at most; a static error (bad opcode, arguments,
+buffer or DRAM range, the end of the program without FINISH) is raised in
+the cycle the instruction becomes current; FINISH retires when every unit
+is idle; serial mode waits for everything before each dispatch.
+
+Not here: the queues (the top level's FIFOs) or the units behind them.
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import SATConfig
+from ..isa import INSTRUCTION_BITS, Buffer, ErrorCode, Instruction, Opcode
+from .common import PC_BITS, Entry, clog2
+from .fetch import imem_geometry
+
+__all__ = ["Dispatcher"]
+
+
+class Dispatcher(wiring.Component):
+    def __init__(self, cfg: SATConfig):
+        self.cfg = cfg
+        _, width, words = imem_geometry(cfg)
+        super().__init__({
+            "running": In(1), "fetching": In(1), "serial": In(1), "program_len": In(32),
+            "all_idle": In(1),  # no unit busy, every queue empty
+            "imem_addr": Out(range(words)), "imem_data": In(width),
+            "entry": Out(Entry),  # the instruction being dispatched and its PC
+            "load_ready": In(1), "compute_ready": In(1), "store_ready": In(1),  # room in each queue
+            "to_load": Out(1), "to_compute": Out(1), "to_store": Out(1),
+            "dispatch": Out(1),
+            "finish": Out(1),  # FINISH retires this cycle
+            "static_error": Out(1), "static_code": Out(ErrorCode),
+            "pc": Out(PC_BITS),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        per_word, _, _ = imem_geometry(cfg)
+        pc = self.pc
+        cur = Instruction(Signal(INSTRUCTION_BITS))
+        m.d.comb += cur.as_value().eq(self.imem_data.word_select(pc % per_word, INSTRUCTION_BITS) if per_word > 1
+                                      else self.imem_data[:INSTRUCTION_BITS])
+        dispatch = self.dispatch
+        m.d.comb += self.imem_addr.eq(Mux(self.fetching, 0, (pc + dispatch) // per_word if per_word > 1 else pc + dispatch))
+        with m.If(dispatch):
+            m.d.sync += pc.eq(pc + 1)
+
+        op, deps = cur.opcode, cur.deps
+        memargs, gemm = cur.args.mem, cur.args.gemm
+        is_load, is_store, is_gemm, is_finish = op == Opcode.LOAD, op == Opcode.STORE, op == Opcode.GEMM, op == Opcode.FINISH
+        known = is_load | is_store | is_gemm | is_finish
+        at_end = pc == self.program_len
+        no_neighbour = (is_load & (deps.pop_prev | deps.push_prev)) | (is_store & (deps.pop_next | deps.push_next)) | \
+                       (is_finish & (deps.pop_prev | deps.pop_next | deps.push_prev | deps.push_next))
+        buf = memargs.buffer
+        mem_bad_args = (is_load | is_store) & ((buf.as_value() == 3) | (is_store & (buf != Buffer.ACC)) |
+                                               (is_load & (buf == Buffer.ACC)) | (memargs.rows == 0))
+        depth = Mux(buf == Buffer.A, cfg.a_depth, Mux(buf == Buffer.B, cfg.b_depth, cfg.acc_depth))
+        word_bytes = Mux(buf == Buffer.A, cfg.a_word_bytes, Mux(buf == Buffer.B, cfg.b_word_bytes, cfg.acc_word_bytes))
+        sram_bad = (is_load | is_store) & (memargs.sram_addr + memargs.rows > depth)
+        last_byte = Signal(64)
+        m.d.comb += last_byte.eq(memargs.dram_addr + (memargs.rows - 1) * memargs.dram_stride + word_bytes)
+        align = clog2(cfg.bus_bytes)
+        dram_bad = (is_load | is_store) & ((memargs.dram_addr[:align] != 0) | (memargs.dram_stride[:align] != 0) |
+                                           (last_byte > (1 << cfg.addr_bits)))
+        gemm_zero = is_gemm & (gemm.k == 0)
+        gemm_range = is_gemm & ((gemm.a_addr + gemm.k > cfg.a_depth) | (gemm.b_addr + gemm.k > cfg.b_depth) |
+                                (gemm.acc_addr + cfg.rows > cfg.acc_depth))
+        code = self.static_code
+        with m.If(at_end):
+            m.d.comb += code.eq(ErrorCode.NO_FINISH)
+        with m.Elif(~known):
+            m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
+        with m.Elif(no_neighbour | mem_bad_args | gemm_zero):
+            m.d.comb += code.eq(ErrorCode.BAD_ARGS)
+        with m.Elif(sram_bad | gemm_range):
+            m.d.comb += code.eq(ErrorCode.SRAM_RANGE)
+        with m.Elif(dram_bad):
+            m.d.comb += code.eq(ErrorCode.DRAM_RANGE)
+        m.d.comb += self.static_error.eq(self.running & (code != ErrorCode.NONE))
+
+        target_ready = Mux(is_load, self.load_ready, Mux(is_gemm, self.compute_ready, self.store_ready))
+        m.d.comb += [dispatch.eq(self.running & ~self.static_error & (is_load | is_gemm | is_store) & target_ready &
+                                 (~self.serial | self.all_idle)),
+                     self.entry.inst.eq(cur), self.entry.pc.eq(pc),
+                     self.to_load.eq(dispatch & is_load), self.to_compute.eq(dispatch & is_gemm),
+                     self.to_store.eq(dispatch & is_store),
+                     self.finish.eq(self.running & ~self.static_error & is_finish & self.all_idle)]
+        return m

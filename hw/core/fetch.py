@@ -1,0 +1,90 @@
+"""The fetch unit: reads the whole program into the instruction memory before anything is dispatched.
+
+Timing (``docs/architecture.md`` §6): burst j's address in cycle j of the
+run, beats from cycle ``mem_read_latency``; dispatch starts in the cycle
+after the last beat.  A bad program length or address stops the run in
+cycle 0; a read error (DECERR/SLVERR) on a beat is an AXI error at PC 0.
+
+Not here: the instruction memory itself (the top level owns it) or decoding.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from ..axi import next_burst
+from ..config import SATConfig
+from ..isa import INSTRUCTION_BITS
+from .common import clog2
+
+__all__ = ["Fetch", "imem_geometry"]
+
+
+def imem_geometry(cfg: SATConfig) -> tuple[int, int, int]:
+    """(instructions per imem word, imem word bits, imem words): a word is one bus beat or one instruction."""
+    bus_bits = cfg.bus_bytes * 8
+    per_word = max(1, bus_bits // INSTRUCTION_BITS)
+    return per_word, max(bus_bits, INSTRUCTION_BITS), -(-cfg.imem_depth // per_word)
+
+
+class Fetch(wiring.Component):
+    def __init__(self, cfg: SATConfig):
+        self.cfg = cfg
+        _, width, words = imem_geometry(cfg)
+        super().__init__({
+            "fetching": In(1),  # the run is BUSY and this unit is `active`
+            "program_addr": In(64), "program_len": In(32),
+            "active": Out(1, init=1),  # the fetch phase of a run (from reset by START)
+            "ar_valid": Out(1), "ar_addr": Out(cfg.addr_bits), "ar_len": Out(8), "ar_ready": In(1),
+            "r_valid": In(1), "r_data": In(cfg.bus_bytes * 8), "r_resp": In(2),
+            "imem_addr": Out(range(words)), "imem_data": Out(width), "imem_en": Out(1),
+            "bad_length": Out(1), "bad_address": Out(1), "bus_error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        bus = cfg.bus_bytes
+        bus_bits = bus * 8
+        _, imem_width, _ = imem_geometry(cfg)
+        beats_per_word = imem_width // bus_bits
+        prog_bytes = Signal(40)
+        total_beats = Signal(40)
+        beat = Signal(40)
+        assembled = Signal(imem_width)
+        m.d.comb += [prog_bytes.eq(self.program_len * (INSTRUCTION_BITS // 8)),
+                     total_beats.eq((prog_bytes + bus - 1) >> clog2(bus) if bus > 1 else prog_bytes)]
+        len_bad = (self.program_len == 0) | (self.program_len > cfg.imem_depth)
+        addr_bad = (self.program_addr[:clog2(bus)] != 0) | (self.program_addr + prog_bytes > (1 << cfg.addr_bits))
+        first = Signal(init=1)
+        m.d.sync += first.eq(0)
+        with m.If(self.fetching & first & (len_bad | addr_bad)):
+            m.d.sync += self.active.eq(0)  # nothing was fetched: the run stops at once
+        m.d.comb += [self.bad_length.eq(self.fetching & first & len_bad),
+                     self.bad_address.eq(self.fetching & first & ~len_bad & addr_bad)]
+        # the program is one run of total_beats beats, cut into bursts
+        run_left = Signal(40)
+        addr = Signal(cfg.addr_bits + 1)
+        more = Signal()
+        cur_left = Mux(first, total_beats, run_left)
+        cur_addr = Mux(first, self.program_addr, addr)
+        beats = next_burst(m, "fetch_burst", cur_addr, cur_left, bus, cfg.max_burst_beats)
+        m.d.comb += [self.ar_valid.eq(self.fetching & ((first & ~len_bad & ~addr_bad) | (~first & more))),
+                     self.ar_addr.eq(cur_addr), self.ar_len.eq(beats - 1)]
+        with m.If(self.ar_valid & self.ar_ready):
+            m.d.sync += [addr.eq(cur_addr + beats * bus), run_left.eq(cur_left - beats), more.eq(cur_left != beats)]
+        with m.Elif(self.ar_valid):
+            m.d.sync += [addr.eq(cur_addr), run_left.eq(cur_left), more.eq(1)]
+        # beats into the instruction memory
+        next_word = Signal(imem_width)
+        m.d.comb += next_word.eq(Cat(assembled[bus_bits:], self.r_data) if beats_per_word > 1 else self.r_data)
+        got_beat = self.fetching & ~first & self.r_valid
+        with m.If(got_beat):
+            m.d.sync += [assembled.eq(next_word), beat.eq(beat + 1)]
+            m.d.comb += [self.imem_addr.eq(beat >> clog2(beats_per_word) if beats_per_word > 1 else beat),
+                         self.imem_data.eq(next_word),
+                         self.imem_en.eq((beat % beats_per_word == beats_per_word - 1) | (beat == total_beats - 1))]
+            with m.If(beat == total_beats - 1):
+                m.d.sync += self.active.eq(0)
+        m.d.comb += self.bus_error.eq(got_beat & (self.r_resp != 0))
+        return m

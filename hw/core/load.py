@@ -1,0 +1,90 @@
+"""The LOAD unit: 2-D strided DMA from memory into the A or B buffer.
+
+Issue side: one burst address per cycle from the cycle a LOAD starts (the
+burst walker); receive side: beats assembled into buffer words, written as
+each word completes.  ``LOADS_IN_FLIGHT`` earlier LOADs may still receive
+data while the next one issues (a FIFO of that many + 1 entries).  Pops
+``c2l`` when it starts, pushes ``l2c`` when its last beat arrives.
+
+Not here: the buffers (the top level's memories) or the read channel's mux with the fetch unit.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from ..config import SATConfig
+from ..isa import Buffer
+from ..timing import LOADS_IN_FLIGHT
+from .common import PC_BITS, BurstWalker, Entry, queue_signature
+
+__all__ = ["LoadUnit"]
+
+
+class LoadUnit(wiring.Component):
+    def __init__(self, cfg: SATConfig):
+        self.cfg = cfg
+        super().__init__({
+            "running": In(1), "alive": In(1),
+            "queue": In(queue_signature()),
+            "c2l_available": In(1), "c2l_pop": Out(1), "l2c_push": Out(1),
+            "ar_valid": Out(1), "ar_addr": Out(cfg.addr_bits), "ar_len": Out(8), "ar_ready": In(1),
+            "r_valid": In(1), "r_data": In(cfg.bus_bytes * 8), "r_resp": In(2),
+            "a_addr": Out(16), "a_data": Out(16 * cfg.rows), "a_en": Out(1),
+            "b_addr": Out(16), "b_data": Out(16 * cfg.cols), "b_en": Out(1),
+            "start": Out(1), "busy": Out(1),
+            "bus_error": Out(1), "receiving_pc": Out(PC_BITS),  # the LOAD whose beats arrive
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        R, C, bus = cfg.rows, cfg.cols, cfg.bus_bytes
+        bus_bits = bus * 8
+        head = self.queue.payload
+        args = head.inst.args.mem
+        m.submodules.walker = walker = BurstWalker(cfg, "load")
+        m.submodules.inflight = inflight = SyncFIFO(width=Entry.as_shape().size, depth=LOADS_IN_FLIGHT + 1)
+        tokens_ok = ~head.inst.deps.pop_next | self.c2l_available
+        start = self.start
+        m.d.comb += [start.eq(self.running & self.queue.valid & ~walker.active & inflight.w_rdy & tokens_ok),
+                     walker.load.eq(start), walker.addr.eq(args.dram_addr), walker.rows.eq(args.rows),
+                     walker.stride.eq(args.dram_stride),
+                     walker.word_beats.eq(Mux(args.buffer == Buffer.A, cfg.a_word_bytes // bus, cfg.b_word_bytes // bus)),
+                     self.ar_valid.eq(self.alive & (start | walker.active)), walker.step.eq(self.ar_valid & self.ar_ready),
+                     self.ar_addr.eq(walker.burst_addr), self.ar_len.eq(walker.burst_beats - 1),
+                     self.queue.ready.eq(start), inflight.w_data.eq(self.queue.payload), inflight.w_en.eq(start),
+                     self.c2l_pop.eq(start & head.inst.deps.pop_next)]
+        # receive side
+        rx = Entry(inflight.r_data)
+        rx_args = rx.inst.args.mem
+        rx_word_beats = Mux(rx_args.buffer == Buffer.A, cfg.a_word_bytes // bus, cfg.b_word_bytes // bus)
+        rx_word = Signal(16)
+        rx_in_word = Signal(8)
+        word_bits = max(16 * R, 16 * C)
+        assembled = Signal(word_bits)
+        rx_next = Signal(word_bits)
+        m.d.comb += rx_next.eq(Cat(assembled[bus_bits:], self.r_data) if word_bits > bus_bits else self.r_data)
+        rx_beat = self.alive & self.r_valid & inflight.r_rdy
+        word_done = rx_in_word == rx_word_beats - 1
+        load_done = Signal()
+        m.d.comb += load_done.eq(rx_beat & word_done & (rx_word == rx_args.rows - 1))
+        with m.If(rx_beat):
+            m.d.sync += assembled.eq(rx_next)
+            with m.If(word_done):
+                m.d.sync += [rx_in_word.eq(0), rx_word.eq(rx_word + 1)]
+            with m.Else():
+                m.d.sync += rx_in_word.eq(rx_in_word + 1)
+        with m.If(load_done):
+            m.d.sync += [rx_word.eq(0), rx_in_word.eq(0)]
+        waddr = rx_args.sram_addr + rx_word
+        m.d.comb += [self.a_addr.eq(waddr), self.b_addr.eq(waddr),
+                     self.a_data.eq(rx_next[word_bits - 16 * R:]), self.b_data.eq(rx_next[word_bits - 16 * C:]),
+                     self.a_en.eq(rx_beat & word_done & (rx_args.buffer == Buffer.A)),
+                     self.b_en.eq(rx_beat & word_done & (rx_args.buffer == Buffer.B)),
+                     inflight.r_en.eq(load_done),
+                     self.l2c_push.eq(load_done & rx.inst.deps.push_next),
+                     self.bus_error.eq(rx_beat & (self.r_resp != 0)), self.receiving_pc.eq(rx.pc),
+                     self.busy.eq(walker.active | inflight.r_rdy)]
+        return m

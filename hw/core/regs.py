@@ -1,0 +1,122 @@
+"""The AXI4-Lite register file and the run control (status, error, cycle counter) of the core.
+
+:class:`Registers` decodes the map of ``nmsat.hw.isa.Csr`` (one transaction
+at a time); :class:`RunControl` holds the run's state machine (IDLE, BUSY,
+DONE, ERROR), the latched error and its PC, and the cycle counter.  Both
+live in the ``sync`` domain: START resets every other unit, not these.
+
+Not here: the units that do the work.
+"""
+
+from amaranth.hdl import Const, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from ..axi import axi4_lite_signature
+from ..config import SATConfig
+from ..isa import Csr, ErrorCode, Status
+from .common import PC_BITS
+
+__all__ = ["Registers", "RunControl"]
+
+
+class Registers(wiring.Component):
+    """AXI4-Lite slave: CONTROL (start pulse, serial switch), program address and length; read-only
+    ID (the config's hash), STATUS, ERROR, CYCLES and ERROR_PC from :class:`RunControl`."""
+
+    def __init__(self, cfg: SATConfig):
+        self.cfg = cfg
+        super().__init__({
+            "bus": In(axi4_lite_signature(8)),
+            "start": Out(1),  # one-cycle pulse: CONTROL written with bit 0 while not busy
+            "serial": Out(1),
+            "program_addr": Out(64),
+            "program_len": Out(32),
+            "status": In(Status),
+            "error": In(ErrorCode),
+            "cycles": In(64),
+            "error_pc": In(PC_BITS),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self.bus
+        m.d.comb += [bus.bresp.eq(0), bus.rresp.eq(0)]
+        # writes: take AW and W together
+        take_write = bus.awvalid & bus.wvalid & ~bus.bvalid
+        m.d.comb += [bus.awready.eq(take_write), bus.wready.eq(take_write)]
+        with m.If(bus.bvalid & bus.bready):
+            m.d.sync += bus.bvalid.eq(0)
+        with m.If(take_write):
+            m.d.sync += bus.bvalid.eq(1)
+            with m.Switch(bus.awaddr[2:]):
+                with m.Case(Csr.CONTROL >> 2):
+                    m.d.comb += self.start.eq(bus.wdata[0] & (self.status != Status.BUSY))
+                    with m.If(self.status != Status.BUSY):
+                        m.d.sync += self.serial.eq(bus.wdata[1])
+                with m.Case(Csr.PROGRAM_ADDR_LO >> 2):
+                    m.d.sync += self.program_addr[:32].eq(bus.wdata)
+                with m.Case(Csr.PROGRAM_ADDR_HI >> 2):
+                    m.d.sync += self.program_addr[32:].eq(bus.wdata)
+                with m.Case(Csr.PROGRAM_LEN >> 2):
+                    m.d.sync += self.program_len.eq(bus.wdata)
+        # reads
+        take_read = bus.arvalid & ~bus.rvalid
+        m.d.comb += bus.arready.eq(take_read)
+        with m.If(bus.rvalid & bus.rready):
+            m.d.sync += bus.rvalid.eq(0)
+        with m.If(take_read):
+            m.d.sync += bus.rvalid.eq(1)
+            value = Signal(32)
+            with m.Switch(bus.araddr[2:]):
+                for reg, expr in ((Csr.ID, Const(self.cfg.hash32, 32)), (Csr.STATUS, self.status.as_value()),
+                                  (Csr.ERROR, self.error.as_value()), (Csr.PROGRAM_ADDR_LO, self.program_addr[:32]),
+                                  (Csr.PROGRAM_ADDR_HI, self.program_addr[32:]), (Csr.PROGRAM_LEN, self.program_len),
+                                  (Csr.CYCLES, self.cycles[:32]), (Csr.CYCLES_HI, self.cycles[32:]),
+                                  (Csr.ERROR_PC, self.error_pc)):
+                    with m.Case(reg >> 2):
+                        m.d.comb += value.eq(expr)
+            m.d.sync += bus.rdata.eq(value)
+        return m
+
+
+class RunControl(wiring.Component):
+    """The run's state: START makes it BUSY; the first error latches code and PC and stops new work
+    (``stopping``), and STATUS turns ERROR once nothing is busy; FINISH makes it DONE.  CYCLES counts
+    from START to the retiring or error cycle."""
+
+    def __init__(self):
+        super().__init__({
+            "start": In(1),
+            "fetch_active": In(1),  # the fetch phase of the run
+            "error_raised": In(1), "error_code": In(ErrorCode), "error_at": In(PC_BITS),
+            "finish": In(1),  # FINISH retires this cycle
+            "busy": In(1),  # some unit still has work on the bus or in flight
+            "status": Out(Status),
+            "error": Out(ErrorCode),
+            "error_pc": Out(PC_BITS),
+            "cycles": Out(64),
+            "fetching": Out(1),
+            "running": Out(1),  # instructions may be dispatched and started
+            "alive": Out(1),  # work already started goes on (also after an error, until the bus is quiet)
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        stopping = Signal()  # an error was raised: nothing new starts; STATUS turns ERROR once quiet
+        busy_state = self.status == Status.BUSY
+        m.d.comb += [self.fetching.eq(busy_state & self.fetch_active), self.alive.eq(busy_state),
+                     self.running.eq(busy_state & ~self.fetch_active & ~stopping)]
+        with m.If(busy_state & ~stopping):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+        with m.If(self.start):
+            m.d.sync += [self.status.eq(Status.BUSY), self.cycles.eq(0), self.error.eq(ErrorCode.NONE),
+                         self.error_pc.eq(0), stopping.eq(0)]
+        with m.If(busy_state & ~stopping & self.error_raised):
+            m.d.sync += [stopping.eq(1), self.error.eq(self.error_code), self.error_pc.eq(self.error_at)]
+        with m.Elif(busy_state & self.finish):
+            m.d.sync += self.status.eq(Status.DONE)
+        # after an error, STATUS turns ERROR once every transfer already on the bus has finished
+        with m.If(busy_state & stopping & ~self.busy & ~self.fetch_active):
+            m.d.sync += self.status.eq(Status.ERROR)
+        return m

@@ -1,0 +1,191 @@
+"""The core's top level: the units, their queues, token counters and buffers, joined (VTA's ``Core.scala``).
+
+:class:`Core` is the gateware twin of :class:`nmsat.sim.core.CoreModel`; it
+implements the timing rules of ``docs/architecture.md`` §6 cycle for cycle
+(``tests/equiv`` holds the two to it).  One AXI4-Lite slave (``csr``) and
+one AXI4 master (``mem``).  The timing rules assume the memory model of the
+config (``arready``, ``awready``, ``wready`` high); any AXI slave that
+back-pressures those channels gets the same results, later.  The core keeps
+``rready`` and ``bready`` high.
+
+Not here: the units' insides (the sibling modules), the fp units
+(:mod:`nmsat.hw.fp`), the instruction layouts (:mod:`nmsat.hw.isa`) or the
+FPGA shell (:mod:`nmsat.fpga`).
+"""
+
+from amaranth.hdl import ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux, ResetSignal, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..axi import axi4_lite_signature, axi4_signature
+from ..config import SATConfig
+from ..isa import ErrorCode, Status
+from .common import PC_BITS, Entry, TokenCounter, clog2
+from .compute import ComputeUnit
+from .dispatch import Dispatcher
+from .fetch import Fetch, imem_geometry
+from .load import LoadUnit
+from .regs import Registers, RunControl
+from .store import StoreUnit
+
+__all__ = ["Core"]
+
+
+def _any_waiting(queues) -> object:
+    """Any queue holds an instruction."""
+    any_ready = Const(0, 1)
+    for q in queues.values():
+        any_ready = any_ready | q.r_rdy
+    return any_ready
+
+
+def first_error(m: Module, candidates) -> tuple[Signal, Signal, Signal]:
+    """(raised, code, pc) of ``candidates`` ``(code, condition, pc)``: the lowest code wins, then the earlier
+    candidate (the simulator breaks ties the same way)."""
+    chain_code, chain_pc, chain_any = Const(0, 4), Const(0, PC_BITS), Const(0, 1)
+    for i, (code, cond, where) in enumerate(candidates):
+        value = Const(code.value, 4) if isinstance(code, ErrorCode) else code.as_value()
+        take = Signal(name=f"err_take_{i}")
+        m.d.comb += take.eq(cond & (~chain_any | (value < chain_code)))
+        new_code, new_pc, new_any = Signal(4, name=f"err_code_{i}"), Signal(PC_BITS, name=f"err_pc_{i}"), Signal(name=f"err_any_{i}")
+        m.d.comb += [new_code.eq(Mux(take, value, chain_code)), new_pc.eq(Mux(take, where, chain_pc)),
+                     new_any.eq(chain_any | cond)]
+        chain_code, chain_pc, chain_any = new_code, new_pc, new_any
+    return chain_any, chain_code, chain_pc
+
+
+class Core(wiring.Component):
+    """The accelerator core for one :class:`SATConfig`.
+
+    Ports: ``csr`` (AXI4-Lite slave, 8-bit addresses) and ``mem`` (AXI4 master,
+    ``cfg.bus_bytes`` wide, ``cfg.addr_bits`` addresses).
+    """
+
+    def __init__(self, cfg: SATConfig):
+        self.cfg = cfg
+        super().__init__({"csr": In(axi4_lite_signature(8)), "mem": Out(axi4_signature(cfg.addr_bits, cfg.bus_bytes))})
+        #: the STATUS register (benches may watch it without a bus read)
+        self.status = Signal(Status, name="status")
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        R, C, bus = cfg.rows, cfg.cols, cfg.bus_bytes
+        mem = self.mem
+        m.d.comb += [mem.arburst.eq(1), mem.awburst.eq(1), mem.arsize.eq(clog2(bus) if bus > 1 else 0),
+                     mem.awsize.eq(clog2(bus) if bus > 1 else 0), mem.rready.eq(1), mem.bready.eq(1),
+                     mem.wstrb.eq((1 << bus) - 1)]
+
+        m.submodules.regs = regs = Registers(cfg)
+        m.submodules.control = ctl = RunControl()
+        wiring.connect(m, wiring.flipped(self.csr), regs.bus)
+        m.d.comb += [regs.status.eq(ctl.status), regs.error.eq(ctl.error), regs.cycles.eq(ctl.cycles),
+                     regs.error_pc.eq(ctl.error_pc), ctl.start.eq(regs.start), self.status.eq(ctl.status)]
+
+        # Everything but the registers and the run control lives in the `core` domain: the same clock, and a
+        # reset that START asserts, so a run begins from the same state whatever the previous one left.
+        m.domains.core = core_domain = ClockDomain("core", local=True)
+        m.d.comb += [core_domain.clk.eq(ClockSignal("sync")), core_domain.rst.eq(ResetSignal("sync") | regs.start)]
+
+        def unit(name, elaboratable):
+            m.submodules[name] = DomainRenamer("core")(elaboratable)
+            return elaboratable
+
+        fetch, dispatch = unit("fetch", Fetch(cfg)), unit("dispatch", Dispatcher(cfg))
+        load, compute, store = unit("load", LoadUnit(cfg)), unit("compute", ComputeUnit(cfg)), unit("store", StoreUnit(cfg))
+        queues = {name: unit(f"queue_{name}", SyncFIFO(width=Entry.as_shape().size, depth=cfg.queue_depth))
+                  for name in ("load", "compute", "store")}
+        tokens = {name: unit(f"token_{name}", TokenCounter(cfg.token_limit)) for name in ("l2c", "c2l", "c2s", "s2c")}
+        running, alive = ctl.running, ctl.alive
+        for u in (load, compute, store):
+            m.d.comb += [u.running.eq(running), u.alive.eq(alive)]
+
+        # buffers: synchronous RAMs; ACC twice (the drain's copy and the STORE's copy, written together)
+        _, imem_width, imem_words = imem_geometry(cfg)
+        m.submodules.imem = imem = Memory(shape=unsigned(imem_width), depth=imem_words, init=[])
+        m.submodules.buf_a = buf_a = Memory(shape=unsigned(16 * R), depth=cfg.a_depth, init=[])
+        m.submodules.buf_b = buf_b = Memory(shape=unsigned(16 * C), depth=cfg.b_depth, init=[])
+        m.submodules.acc_drain = acc_d = Memory(shape=unsigned(32 * C), depth=cfg.acc_depth, init=[])
+        m.submodules.acc_store = acc_s = Memory(shape=unsigned(32 * C), depth=cfg.acc_depth, init=[])
+        imem_w = imem.write_port(domain="core")
+        imem_r = imem.read_port(domain="core", transparent_for=(imem_w,))
+        a_w, b_w = buf_a.write_port(domain="core"), buf_b.write_port(domain="core")
+        a_r, b_r = buf_a.read_port(domain="core"), buf_b.read_port(domain="core")
+        accd_w, accs_w = acc_d.write_port(domain="core"), acc_s.write_port(domain="core")
+        accd_r, accs_r = acc_d.read_port(domain="core"), acc_s.read_port(domain="core")
+
+        # fetch and dispatch
+        m.d.comb += [fetch.fetching.eq(ctl.fetching), fetch.program_addr.eq(regs.program_addr),
+                     fetch.program_len.eq(regs.program_len), ctl.fetch_active.eq(fetch.active),
+                     fetch.ar_ready.eq(mem.arready), fetch.r_valid.eq(mem.rvalid), fetch.r_data.eq(mem.rdata),
+                     fetch.r_resp.eq(mem.rresp),
+                     imem_w.addr.eq(fetch.imem_addr), imem_w.data.eq(fetch.imem_data), imem_w.en.eq(fetch.imem_en),
+                     dispatch.running.eq(running), dispatch.fetching.eq(ctl.fetching), dispatch.serial.eq(regs.serial),
+                     dispatch.program_len.eq(regs.program_len),
+                     imem_r.addr.eq(dispatch.imem_addr), dispatch.imem_data.eq(imem_r.data)]
+        for name, q in queues.items():
+            m.d.comb += [q.w_data.eq(dispatch.entry.as_value()), q.w_en.eq(getattr(dispatch, f"to_{name}")),
+                         getattr(dispatch, f"{name}_ready").eq(q.w_rdy)]
+        for name, u in (("load", load), ("compute", compute), ("store", store)):
+            q = queues[name]
+            m.d.comb += [u.queue.payload.eq(q.r_data), u.queue.valid.eq(q.r_rdy), q.r_en.eq(u.queue.ready)]
+
+        # tokens: load → compute → store and back
+        t = tokens
+        m.d.comb += [load.c2l_available.eq(t["c2l"].available), t["c2l"].pop.eq(load.c2l_pop), t["l2c"].push.eq(load.l2c_push),
+                     compute.l2c_available.eq(t["l2c"].available), t["l2c"].pop.eq(compute.l2c_pop),
+                     compute.s2c_available.eq(t["s2c"].available), t["s2c"].pop.eq(compute.s2c_pop),
+                     t["c2l"].push.eq(compute.c2l_push), t["c2s"].push.eq(compute.c2s_push),
+                     store.c2s_available.eq(t["c2s"].available), t["c2s"].pop.eq(store.c2s_pop),
+                     t["s2c"].push.eq(store.s2c_push)]
+
+        # LOAD: the read channel (shared with the fetch, which runs alone before anything starts) and A/B writes
+        m.d.comb += [load.ar_ready.eq(mem.arready), load.r_valid.eq(mem.rvalid), load.r_data.eq(mem.rdata),
+                     load.r_resp.eq(mem.rresp),
+                     mem.arvalid.eq(fetch.ar_valid | load.ar_valid),
+                     mem.araddr.eq(Mux(ctl.fetching, fetch.ar_addr, load.ar_addr)),
+                     mem.arlen.eq(Mux(ctl.fetching, fetch.ar_len, load.ar_len)),
+                     a_w.addr.eq(load.a_addr), a_w.data.eq(load.a_data), a_w.en.eq(load.a_en),
+                     b_w.addr.eq(load.b_addr), b_w.data.eq(load.b_data), b_w.en.eq(load.b_en)]
+        # GEMM: A/B reads, the drain's ACC port, both ACC copies written
+        m.d.comb += [a_r.addr.eq(compute.a_addr), compute.a_data.eq(a_r.data),
+                     b_r.addr.eq(compute.b_addr), compute.b_data.eq(b_r.data),
+                     accd_r.addr.eq(compute.acc_read_addr), compute.acc_read_data.eq(accd_r.data)]
+        for port in (accd_w, accs_w):
+            m.d.comb += [port.addr.eq(compute.acc_write_addr), port.data.eq(compute.acc_write_data),
+                         port.en.eq(compute.acc_write_en)]
+        # STORE: the STORE's ACC port and the write channels
+        m.d.comb += [accs_r.addr.eq(store.acc_addr), store.acc_data.eq(accs_r.data),
+                     mem.awvalid.eq(store.aw_valid), mem.awaddr.eq(store.aw_addr), mem.awlen.eq(store.aw_len),
+                     store.aw_ready.eq(mem.awready),
+                     mem.wvalid.eq(store.w_valid), mem.wdata.eq(store.w_data), mem.wlast.eq(store.w_last),
+                     store.w_ready.eq(mem.wready), store.b_valid.eq(mem.bvalid), store.b_resp.eq(mem.bresp)]
+
+        # idle, deadlock, errors, done
+        any_busy = Signal()
+        m.d.comb += [any_busy.eq(load.busy | compute.busy | store.busy),
+                     dispatch.all_idle.eq(~any_busy & ~_any_waiting(queues)), ctl.busy.eq(any_busy),
+                     ctl.finish.eq(dispatch.finish)]
+        any_start = load.start | compute.start | store.start
+        stuck = ~dispatch.dispatch & ~dispatch.finish & ~dispatch.static_error
+        deadlock = running & ~any_busy & ~any_start & stuck
+        waiting = Signal(PC_BITS)  # the oldest instruction still waiting: a queue head, else the dispatcher's
+        m.d.comb += waiting.eq(dispatch.pc)
+        for name, q in queues.items():
+            candidate = Signal(PC_BITS, name=f"waiting_{name}")
+            head_pc = Entry(q.r_data).pc
+            m.d.comb += candidate.eq(Mux(q.r_rdy & (head_pc < waiting), head_pc, waiting))
+            waiting = candidate
+        overflow_pc = {"l2c": load.receiving_pc, "c2l": compute.draining_pc, "c2s": compute.draining_pc,
+                       "s2c": store.completing_pc}
+        candidates = [(ErrorCode.PROGRAM_TOO_LONG, fetch.bad_length, 0), (ErrorCode.DRAM_RANGE, fetch.bad_address, 0),
+                      (ErrorCode.AXI_ERROR, fetch.bus_error, 0), (ErrorCode.AXI_ERROR, load.bus_error, load.receiving_pc),
+                      (ErrorCode.AXI_ERROR, store.bus_error, store.error_pc),
+                      (dispatch.static_code, dispatch.static_error, dispatch.pc)]
+        candidates += [(ErrorCode.TOKEN_OVERFLOW, running & tok.overflow, overflow_pc[name]) for name, tok in tokens.items()]
+        candidates.append((ErrorCode.DEADLOCK, deadlock, waiting))
+        raised, code, pc = first_error(m, candidates)
+        m.d.comb += [ctl.error_raised.eq(raised), ctl.error_code.eq(code), ctl.error_at.eq(pc)]
+        return m
