@@ -386,14 +386,16 @@ class CoreModel:
                     ptr[u] += 1
                     progress = True
 
-        events: list[tuple[int, int, ErrorCode, int]] = []  # (cycle, code, ErrorCode, pc)
+        # (cycle, code, rank, ErrorCode, pc): the earliest wins, then the lowest code, then the rank (the order
+        # of the core's error sources: LOAD before STORE bus errors, token channels l2c, c2l, c2s, s2c)
+        events: list[tuple[int, int, int, ErrorCode, int]] = []
         # token overflow: after the n-th push at cycle t the count is n - #pops started by t
         for ch in range(len(CHANNELS)):
             for nth, t in enumerate(pushes[ch], start=1):
                 count = nth - bisect.bisect_right(pops[ch], t)
                 if count > cfg.token_limit:
                     producer = [i for i in range(stop_pc) if e[i] == t and ch in push_ch[i]][0]
-                    events.append((t, ErrorCode.TOKEN_OVERFLOW.value, ErrorCode.TOKEN_OVERFLOW, producer))
+                    events.append((t, ErrorCode.TOKEN_OVERFLOW.value, ch, ErrorCode.TOKEN_OVERFLOW, producer))
                     break
         # bus errors: a beat past the memory's end is answered with DECERR (LOAD: in the cycle that beat
         # arrives; STORE: in the cycle of that burst's write response)
@@ -410,21 +412,21 @@ class CoreModel:
                 else:
                     through = sum(b for _, b in timing.bursts(cfg, addrs[i], rows_l[i], wb, strides[i])[:burst + 1])
                     cycle = s[i] + through + Lw
-                events.append((cycle, ErrorCode.AXI_ERROR.value, ErrorCode.AXI_ERROR, i))
+                events.append((cycle, ErrorCode.AXI_ERROR.value, 0 if unit[i] == LOAD else 1, ErrorCode.AXI_ERROR, i))
         all_started = all(x is not None for x in s)
         dispatched = [x for x in d if x is not None]
         if next_d == stop_pc and stop_code is not ErrorCode.NONE:
             # the dispatcher reached a bad instruction (or the end): raised when it becomes current
             stop_cycle = dispatch_start if stop_pc == 0 else d[stop_pc - 1] + 1
-            events.append((stop_cycle, stop_code.value, stop_code, stop_pc))
+            events.append((stop_cycle, stop_code.value, 0, stop_code, stop_pc))
         elif next_d == stop_pc and all_started:
             stop_cycle = dispatch_start if stop_pc == 0 else d[stop_pc - 1] + 1
-            events.append((max(stop_cycle, last_end + 1), 0, ErrorCode.NONE, stop_pc))
+            events.append((max(stop_cycle, last_end + 1), 0, 0, ErrorCode.NONE, stop_pc))
         else:
             quiet = max([x + 1 for x in dispatched] + [x + 1 for x in e if x is not None] + [dispatch_start])
             stuck = next((i for i in range(stop_pc) if s[i] is None), stop_pc)
-            events.append((quiet, ErrorCode.DEADLOCK.value, ErrorCode.DEADLOCK, stuck))
-        cycle, _, code, pc = min(events)
+            events.append((quiet, ErrorCode.DEADLOCK.value, 0, ErrorCode.DEADLOCK, stuck))
+        cycle, _, _, code, pc = min(events)
         status = Status.DONE if code is ErrorCode.NONE else Status.ERROR
 
         busy = [0, 0, 0]
