@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: name -> (file, text, replacement, what it breaks)
 MUTATIONS = {
     "no-sram-range": ("hw/core/dispatch.py", "sram_bad = (is_load | is_store) & (memargs.sram_addr + memargs.rows > depth)",
-                      "sram_bad = Const(0)", "the RTL's SRAM range check on LOAD/STORE"),
-    "no-dram-end": ("hw/core/dispatch.py", "(last_byte > (1 << cfg.addr_bits)))", "Const(0))",
+                      "sram_bad = (is_load | is_store) & 0", "the RTL's SRAM range check on LOAD/STORE"),
+    "no-dram-end": ("hw/core/dispatch.py", "(last_byte > (1 << cfg.addr_bits)))", "0)",
                     "the RTL's end-of-address-space check on LOAD/STORE"),
     "ignore-stride": ("hw/core/common.py", "next_base = cur_base + cur_stride", "next_base = cur_base + word_bytes",
                       "LOAD/STORE ignore the stride between rows"),
@@ -77,16 +77,19 @@ def run_one(name: str | None, work: Path) -> tuple[str, str, float]:
         (src / path).write_text(text.replace(old, new, 1))
     env = dict(os.environ, PYTHONPATH=str(work))  # `import nmsat` finds the copy first
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--tb=line", *TESTS],
                           cwd=src, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     failed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")]
     if proc.returncode == 0:
         return ("passes" if name is None else "SURVIVED"), "", wall
-    if proc.returncode == 1 and failed:
+    broken = [e for e in ("NameError", "SyntaxError", "ImportError", "AttributeError", "IndentationError")
+              if e in proc.stdout]
+    if proc.returncode == 1 and failed and not broken:
         return "caught", failed[0], wall
-    # collection errors, an import error in the copy ...: not a test that caught the break
-    return f"error (pytest exit {proc.returncode})", proc.stdout[-300:].replace("\n", " "), wall
+    # collection errors, a mutation that does not run ...: not a test that caught the break
+    return f"error (pytest exit {proc.returncode}{', ' + broken[0] if broken else ''})", \
+        proc.stdout[-300:].replace("\n", " "), wall
 
 
 def main():

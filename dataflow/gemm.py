@@ -25,7 +25,7 @@ import numpy as np
 
 from ..hw.config import SATConfig
 from ..hw.isa import INSTRUCTION_BYTES, Buffer, Opcode, encode, to_bytes
-from ..hw import numerics
+from ..hw import numerics, timing
 
 __all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm",
            "pack_a", "pack_b", "unpack_c", "program_instructions", "block_instructions", "software_pipelined"]
@@ -51,7 +51,10 @@ def _estimate(cfg: SATConfig, mt: int, nt: int, k: int, mb: int, nb: int, steps:
     kc = math.ceil(k / steps)
     a_bpw, b_bpw = cfg.a_word_bytes // cfg.bus_bytes, cfg.b_word_bytes // cfg.bus_bytes
     blocks = math.ceil(mt / mb) * math.ceil(nt / nb)
-    per_step = max((mb * a_bpw + nb * b_bpw) * kc + cfg.mem_read_latency, mb * nb * (kc + cfg.rows + 2))
+    # a step: its loads (beats, then the read latency) against its GEMMs (MACs and the drain, which overlaps
+    # the next GEMM but not the next transfer)
+    per_step = max((mb * a_bpw + nb * b_bpw) * kc + cfg.mem_read_latency,
+                   mb * nb * (timing.gemm_mac_cycles(kc) + timing.drain_cycles(cfg)))
     store = mb * nb * cfg.rows * (cfg.acc_word_bytes // cfg.bus_bytes)
     return blocks * (steps * per_step + store) + cfg.mem_read_latency
 
