@@ -21,6 +21,8 @@ from dataclasses import dataclass
 __all__ = ["SATConfig"]
 
 OPERAND_BYTES = {"bf16": 2}
+#: slot indices per 16-bit lane of an index (IDX) word: 4 bits each, so m <= 16
+IDX_SLOTS_PER_WORD = 4
 ACCUMULATOR_BYTES = {"fp32": 4}
 
 
@@ -101,6 +103,10 @@ class SATConfig:
         need(1 <= self.token_limit <= 255, f"token_limit must be in 1..255, got {self.token_limit}")
         need(isinstance(self.sparse_m, tuple) and all(isinstance(m, int) and m in (2, 4, 8, 16) for m in self.sparse_m),
              f"sparse_m must be a tuple drawn from (2, 4, 8, 16), got {self.sparse_m!r}")
+        need(self.b_depth % self.b_banks == 0,
+             f"b_depth ({self.b_depth}) must be a multiple of the B buffer's {self.b_banks} banks (the largest sparse_m)")
+        need(self.a_depth % IDX_SLOTS_PER_WORD == 0, f"a_depth ({self.a_depth}) must be a multiple of {IDX_SLOTS_PER_WORD} "
+                                                    f"(the index buffer holds a quarter as many words)")
         need(self.mem_read_latency >= 1 and self.mem_write_latency >= 1, "memory latencies must be >= 1 cycle")
         need(self.clock_mhz > 0, f"clock_mhz must be > 0, got {self.clock_mhz}")
 
@@ -153,14 +159,26 @@ class SATConfig:
         from .isa import INSTRUCTION_BITS
         return INSTRUCTION_BITS // 8
 
+    @property
+    def b_banks(self) -> int:
+        """Banks of the B buffer (word ``w`` in bank ``w % b_banks``): a sparse GEMM reads a group's m words at once."""
+        return max(self.sparse_m, default=1)
+
+    @property
+    def idx_depth(self) -> int:
+        """Words of the index buffer: one per four A words (four slot indices of 4 bits per row lane)."""
+        return self.a_depth // IDX_SLOTS_PER_WORD
+
     def word_bytes(self, buffer: "object") -> int:
-        """Bytes of one word of a buffer (an :class:`nmsat.hw.isa.Buffer`)."""
+        """Bytes of one word of a buffer (an :class:`nmsat.hw.isa.Buffer`); an IDX word is as wide as an A word."""
         from .isa import Buffer
-        return {Buffer.A: self.a_word_bytes, Buffer.B: self.b_word_bytes, Buffer.ACC: self.acc_word_bytes}[Buffer(buffer)]
+        return {Buffer.A: self.a_word_bytes, Buffer.B: self.b_word_bytes, Buffer.ACC: self.acc_word_bytes,
+                Buffer.IDX: self.a_word_bytes}[Buffer(buffer)]
 
     def depth(self, buffer: "object") -> int:
         from .isa import Buffer
-        return {Buffer.A: self.a_depth, Buffer.B: self.b_depth, Buffer.ACC: self.acc_depth}[Buffer(buffer)]
+        return {Buffer.A: self.a_depth, Buffer.B: self.b_depth, Buffer.ACC: self.acc_depth,
+                Buffer.IDX: self.idx_depth}[Buffer(buffer)]
 
     @property
     def peak_macs_per_cycle(self) -> int:

@@ -21,7 +21,7 @@ from amaranth.lib import data, enum
 
 __all__ = [
     "INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Buffer", "Unit", "ErrorCode", "Csr", "Status",
-    "Deps", "MemArgs", "GemmArgs", "Instruction", "encode", "decode", "decode_program", "unit_of",
+    "Deps", "MemArgs", "GemmArgs", "SparseGemmArgs", "Instruction", "encode", "decode", "decode_program", "unit_of",
 ]
 
 INSTRUCTION_BITS = 128
@@ -35,13 +35,15 @@ class Opcode(enum.Enum, shape=4):
     STORE = 2  # ACC buffer -> DRAM, 2-D strided
     GEMM = 3  # acc[acc_addr + r] (+)= sum_k A[a_addr + k][r] * B[b_addr + k][:]
     FINISH = 4  # wait for every unit to drain, then raise done
-    # 5..15 reserved: SPARSE_GEMM, SPARSIFY, WEIGHT_UPDATE (later issues)
+    SPARSE_GEMM = 5  # acc[acc_addr + r] (+)= sum_j A[a_addr + j][r] * B[b_addr + (j//n)*m + idx_j[r]][:]
+    # 6..15 reserved: SPARSIFY, WEIGHT_UPDATE (later issues)
 
 
 class Buffer(enum.Enum, shape=2):
     A = 0  # words of `rows` operands (the row-side operand of a GEMM tile)
     B = 1  # words of `cols` operands (the column-side operand)
     ACC = 2  # words of `cols` fp32 accumulators
+    IDX = 3  # N:M index words: `rows` lanes of 16 bits, four 4-bit slot indices per lane
 
 
 class Unit(enum.Enum, shape=2):
@@ -57,7 +59,7 @@ class ErrorCode(enum.Enum, shape=4):
     BAD_OPCODE = 1  # illegal or reserved opcode
     SRAM_RANGE = 2  # buffer address + length past the buffer's depth, or LOAD/STORE to a wrong buffer
     DRAM_RANGE = 3  # DRAM address out of the address space or not aligned to the bus
-    BAD_ARGS = 4  # zero-length transfer or GEMM, token flag that has no neighbour
+    BAD_ARGS = 4  # zero-length transfer or GEMM, token flag with no neighbour, an N:M pattern the core lacks
     TOKEN_OVERFLOW = 5  # a push past the token limit of a channel
     DEADLOCK = 6  # every unit waits for a token no one can push
     AXI_ERROR = 7  # SLVERR/DECERR on the memory port
@@ -110,9 +112,25 @@ class GemmArgs(data.Struct):
     accumulate: 1  # 1: add into the accumulator buffer; 0: overwrite it
 
 
+class SparseGemmArgs(data.Struct):
+    """SPARSE_GEMM: A compressed N:M along the reduction (``groups · n`` value words from ``a_addr``, their slot
+    indices in IDX words from ``idx_addr``), B dense (``groups · m`` words from ``b_addr``, a multiple of m).
+    The first five fields share GemmArgs' offsets (``groups`` stands where ``k`` does)."""
+
+    a_addr: 16
+    b_addr: 16
+    acc_addr: 16
+    groups: 16  # groups of m along the reduction
+    accumulate: 1
+    idx_addr: 16  # IDX word of slot 0 (slots 4w .. 4w+3 in word w, nibble j % 4 of each lane)
+    n: 5  # kept per group, 1..m
+    m_log2: 3  # m = 2 ** m_log2, one of the config's sparse_m
+
+
 class Args(data.Union):
     mem: MemArgs
     gemm: GemmArgs
+    sparse: SparseGemmArgs
 
 
 class Instruction(data.Struct):
@@ -127,7 +145,8 @@ assert Instruction.as_shape().size == INSTRUCTION_BITS, Instruction.as_shape().s
 
 def unit_of(opcode: Opcode) -> Unit | None:
     """Which queue an opcode goes to (FINISH goes to none)."""
-    return {Opcode.LOAD: Unit.LOAD, Opcode.GEMM: Unit.COMPUTE, Opcode.STORE: Unit.STORE}.get(opcode)
+    return {Opcode.LOAD: Unit.LOAD, Opcode.GEMM: Unit.COMPUTE, Opcode.SPARSE_GEMM: Unit.COMPUTE,
+            Opcode.STORE: Unit.STORE}.get(opcode)
 
 
 @dataclass(frozen=True)
@@ -149,6 +168,10 @@ class Decoded:
     acc_addr: int = 0
     k: int = 0
     accumulate: int = 0
+    groups: int = 0
+    idx_addr: int = 0
+    n: int = 0
+    m_log2: int = 0
 
 
 def _field_offsets() -> dict[str, tuple[int, int]]:
@@ -160,10 +183,12 @@ def _field_offsets() -> dict[str, tuple[int, int]]:
     for name, f in Deps.as_shape():
         out[name] = (deps_off + f.offset, f.width)
     args_off = inst["args"].offset
-    for group, layout in (("mem", MemArgs), ("gemm", GemmArgs)):
+    for group, layout in (("mem", MemArgs), ("gemm", GemmArgs), ("sparse", SparseGemmArgs)):
         base = args_off + Args.as_shape()[group].offset
         for name, f in layout.as_shape():
-            out[name] = (base + f.offset, f.width)
+            place = (base + f.offset, f.width)
+            assert out.setdefault(name, place) == place, f"field {name} has two places"
+            assert group != "sparse" or name not in ("k",)
     return out
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..hw.config import SATConfig
+from ..hw.config import IDX_SLOTS_PER_WORD, SATConfig
 from ..hw.isa import INSTRUCTION_BYTES, Buffer, ErrorCode, Opcode, Status, decode_program, to_bytes
 from ..hw import timing
 from . import numerics
@@ -38,7 +38,8 @@ __all__ = ["CoreModel", "RunResult", "Hazard", "check_program"]
 
 LOAD, COMPUTE, STORE = 0, 1, 2
 UNIT_NAMES = ("load", "compute", "store")
-_UNIT_OF_OPCODE = {Opcode.LOAD.value: LOAD, Opcode.GEMM.value: COMPUTE, Opcode.STORE.value: STORE}
+_UNIT_OF_OPCODE = {Opcode.LOAD.value: LOAD, Opcode.GEMM.value: COMPUTE, Opcode.SPARSE_GEMM.value: COMPUTE,
+                   Opcode.STORE.value: STORE}
 #: token channels: load→compute, compute→load, compute→store, store→compute
 CHANNELS = ("l2c", "c2l", "c2s", "s2c")
 L2C, C2L, C2S, S2C = range(4)
@@ -91,9 +92,17 @@ class RunResult:
         return self.gemm_macs / (self.cycles * cfg.rows * cfg.cols) if self.cycles else 0.0
 
 
+_BUFFERS = (Buffer.A, Buffer.B, Buffer.ACC, Buffer.IDX)
+
+
 def _word_bytes(cfg: SATConfig, buf: np.ndarray) -> np.ndarray:
-    return np.select([buf == Buffer.A.value, buf == Buffer.B.value, buf == Buffer.ACC.value],
-                     [cfg.a_word_bytes, cfg.b_word_bytes, cfg.acc_word_bytes], 0)
+    return np.select([buf == b.value for b in _BUFFERS], [cfg.word_bytes(b) for b in _BUFFERS], 0)
+
+
+def sparse_shape(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(slots, m, index words) of every instruction read as a SPARSE_GEMM (vectorised)."""
+    slots = f["groups"] * f["n"]
+    return slots, np.left_shift(1, f["m_log2"]), -(-slots // IDX_SLOTS_PER_WORD)
 
 
 def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorCode]:
@@ -109,17 +118,17 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     flag(~known, ErrorCode.BAD_OPCODE)
     is_load, is_store = op == Opcode.LOAD.value, op == Opcode.STORE.value
     is_mem, is_gemm, is_finish = is_load | is_store, op == Opcode.GEMM.value, op == Opcode.FINISH.value
+    is_sparse = op == Opcode.SPARSE_GEMM.value
     buf = f["buffer"]
     word = _word_bytes(cfg, buf)
-    depth = np.select([buf == Buffer.A.value, buf == Buffer.B.value, buf == Buffer.ACC.value],
-                      [cfg.a_depth, cfg.b_depth, cfg.acc_depth], 0)
+    depth = np.select([buf == b.value for b in _BUFFERS], [cfg.depth(b) for b in _BUFFERS], 0)
     # token flags that have no neighbour: LOAD has no prev, STORE no next, FINISH none
     no_neighbour = (is_load & ((f["pop_prev"] | f["push_prev"]) != 0)) | \
                    (is_store & ((f["pop_next"] | f["push_next"]) != 0)) | \
                    (is_finish & ((f["pop_prev"] | f["pop_next"] | f["push_prev"] | f["push_next"]) != 0))
     flag(no_neighbour, ErrorCode.BAD_ARGS)
-    # LOAD fills A or B; STORE drains ACC (the ACC buffer's ports belong to the drain and the STORE unit)
-    flag(is_mem & ((buf == 3) | (is_store & (buf != Buffer.ACC.value)) | (is_load & (buf == Buffer.ACC.value))
+    # LOAD fills A, B or IDX; STORE drains ACC (the ACC buffer's ports belong to the drain and the STORE unit)
+    flag(is_mem & ((is_store & (buf != Buffer.ACC.value)) | (is_load & (buf == Buffer.ACC.value))
                    | (f["rows"] == 0)), ErrorCode.BAD_ARGS)
     flag(is_mem & (f["sram_addr"] + f["rows"] > depth), ErrorCode.SRAM_RANGE)
     last_byte = f["dram_addr"] + (f["rows"] - 1) * f["dram_stride"] + word
@@ -128,6 +137,13 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     flag(is_gemm & (f["k"] == 0), ErrorCode.BAD_ARGS)
     flag(is_gemm & ((f["a_addr"] + f["k"] > cfg.a_depth) | (f["b_addr"] + f["k"] > cfg.b_depth)
                     | (f["acc_addr"] + cfg.rows > cfg.acc_depth)), ErrorCode.SRAM_RANGE)
+    slots, m, idx_words = sparse_shape(f)
+    supported = np.isin(m, list(cfg.sparse_m))
+    flag(is_sparse & ((f["groups"] == 0) | (f["n"] == 0) | (f["n"] > m) | ~supported | (f["b_addr"] % m != 0)),
+         ErrorCode.BAD_ARGS)
+    flag(is_sparse & ((f["a_addr"] + slots > cfg.a_depth) | (f["b_addr"] + f["groups"] * m > cfg.b_depth)
+                      | (f["idx_addr"] + idx_words > cfg.idx_depth) | (f["acc_addr"] + cfg.rows > cfg.acc_depth)),
+         ErrorCode.SRAM_RANGE)
     bad = np.flatnonzero(code)
     if len(bad):
         return int(bad[0]), ErrorCode(int(code[bad[0]]))
@@ -169,6 +185,7 @@ class CoreModel:
         self.a = np.zeros((cfg.a_depth, cfg.rows), dtype=np.uint16)  # bf16 bits
         self.b = np.zeros((cfg.b_depth, cfg.cols), dtype=np.uint16)
         self.acc = np.zeros((cfg.acc_depth, cfg.cols), dtype=np.float32)
+        self.idx = np.zeros((cfg.idx_depth, cfg.rows), dtype=np.uint16)  # four 4-bit slot indices per lane
         self._timing_cache: dict[tuple[bytes, bool], RunResult] = {}
 
     # ------------------------------------------------------------------ run
@@ -268,8 +285,11 @@ class CoreModel:
 
         unit = [_UNIT_OF_OPCODE[o] for o in op[:stop_pc]]
         # per-instruction duration parameters: (GEMM: MAC cycles | transfers: data beats, LOAD bursts)
-        word = {Buffer.A.value: cfg.a_word_bytes, Buffer.B.value: cfg.b_word_bytes, Buffer.ACC.value: cfg.acc_word_bytes}
-        ks, bufs, rows_l, addrs, strides = (f[x][:stop_pc].tolist() for x in ("k", "buffer", "rows", "dram_addr", "dram_stride"))
+        word = {b.value: cfg.word_bytes(b) for b in _BUFFERS}
+        # reduction steps of a GEMM: k words, or the slots of a SPARSE_GEMM
+        ks = np.where(f["opcode"][:stop_pc] == Opcode.SPARSE_GEMM.value, sparse_shape(f)[0][:stop_pc],
+                      f["k"][:stop_pc]).tolist()
+        bufs, rows_l, addrs, strides = (f[x][:stop_pc].tolist() for x in ("buffer", "rows", "dram_addr", "dram_stride"))
         beats_of, bursts_of = [], []
         for i in range(stop_pc):
             if unit[i] == COMPUTE:
@@ -478,6 +498,14 @@ class CoreModel:
             n = max(0, min(word, limit - lo))
             memory[lo:lo + n] = data[r, :n]
 
+    def _gathered_rows(self, slots: int, n: int, m: int, b0: int, i0: int) -> np.ndarray:
+        """B word addresses ``[slots, rows]`` a SPARSE_GEMM reads: slot j of row r takes word
+        ``b0 + (j // n)·m + index``, the index being the low log2(m) bits of the slot's nibble."""
+        j = np.arange(slots)
+        words = self.idx[i0 + j // IDX_SLOTS_PER_WORD].astype(np.int64)  # [slots, rows]
+        nibble = (words >> (4 * (j % IDX_SLOTS_PER_WORD))[:, None]) & 0xF
+        return b0 + (j // n * m)[:, None] + (nibble & (m - 1))
+
     #: flush pending GEMMs once their operand snapshots hold this many bytes
     BATCH_BYTES = 256 << 20
 
@@ -493,7 +521,7 @@ class CoreModel:
         """
         cfg = self.cfg
         R = cfg.rows
-        pending: list[tuple[int, np.ndarray, np.ndarray, int, bool]] = []
+        pending: list[tuple[tuple[bool, int], np.ndarray, np.ndarray, int, bool]] = []  # ((sparse, steps), a, b, ...)
         pending_rows = np.zeros(cfg.acc_depth, dtype=bool)
         pending_bytes = 0
 
@@ -503,9 +531,9 @@ class CoreModel:
             for idx, item in enumerate(pending):
                 by_k.setdefault(item[0], []).append(idx)
             outs: list[np.ndarray | None] = [None] * len(pending)
-            for idxs in by_k.values():
-                result = numerics.mac_sequence(np.stack([pending[i][1] for i in idxs]),
-                                               np.stack([pending[i][2] for i in idxs]))
+            for (sparse, _), idxs in by_k.items():
+                sequence = numerics.mac_sequence_per_row if sparse else numerics.mac_sequence
+                result = sequence(np.stack([pending[i][1] for i in idxs]), np.stack([pending[i][2] for i in idxs]))
                 for j, i in enumerate(idxs):
                     outs[i] = result[j]
             for (_, _, _, c0, accumulate), out in zip(pending, outs):
@@ -519,14 +547,23 @@ class CoreModel:
             if op == Opcode.GEMM.value:
                 k, a0, b0, c0 = (int(f[x][i]) for x in ("k", "a_addr", "b_addr", "acc_addr"))
                 a_snap, b_snap = self.a[a0:a0 + k].copy(), self.b[b0:b0 + k].copy()
-                pending.append((k, a_snap, b_snap, c0, bool(f["accumulate"][i])))
+                pending.append(((False, k), a_snap, b_snap, c0, bool(f["accumulate"][i])))
+            elif op == Opcode.SPARSE_GEMM.value:
+                a0, b0, c0, i0 = (int(f[x][i]) for x in ("a_addr", "b_addr", "acc_addr", "idx_addr"))
+                n, m = int(f["n"][i]), 1 << int(f["m_log2"][i])
+                slots = int(f["groups"][i]) * n
+                a_snap = self.a[a0:a0 + slots].copy()
+                b_snap = self.b[self._gathered_rows(slots, n, m, b0, i0)]  # [slots, R, C]: each row its word
+                pending.append(((True, slots), a_snap, b_snap, c0, bool(f["accumulate"][i])))
+            if op in (Opcode.GEMM.value, Opcode.SPARSE_GEMM.value):
                 pending_rows[c0:c0 + R] = True
                 pending_bytes += a_snap.nbytes + b_snap.nbytes
                 if pending_bytes > self.BATCH_BYTES:
                     flush()
                 continue
             buf, sram, rows, addr, stride = (int(f[x][i]) for x in ("buffer", "sram_addr", "rows", "dram_addr", "dram_stride"))
-            target = {Buffer.A.value: self.a, Buffer.B.value: self.b, Buffer.ACC.value: self.acc}[buf]
+            target = {Buffer.A.value: self.a, Buffer.B.value: self.b, Buffer.ACC.value: self.acc,
+                      Buffer.IDX.value: self.idx}[buf]
             word = target.shape[1] * target.itemsize
             if op == Opcode.LOAD.value:
                 data = self._read_rows(memory, addr, rows, word, stride)
@@ -583,18 +620,20 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
     s, e, t, beats, bursts = sched.start, sched.end, sched.transfer, sched.beats, sched.bursts
     op, buf = f["opcode"], f["buffer"]
     R = cfg.rows
-    A, B = Buffer.A.value, Buffer.B.value
-    depth = {A: cfg.a_depth, B: cfg.b_depth, "ACC": cfg.acc_depth}
+    A, B, IDX = Buffer.A.value, Buffer.B.value, Buffer.IDX.value
+    depth = {A: cfg.a_depth, B: cfg.b_depth, IDX: cfg.idx_depth, "ACC": cfg.acc_depth}
     # latest end so far, per word: LOAD writes and GEMM reads of A/B; GEMM writes and STORE reads of ACC
     ends = {(key, kind): np.full(n, -1, np.int64) for key, n in depth.items() for kind in ("w", "r")}
     windows: dict[tuple, list[tuple[int, int, int, int]]] = {key: [] for key in ends}  # (lo, hi, end, pc)
-    names = {A: "A", B: "B", "ACC": "ACC"}
+    names = {A: "A", B: "B", IDX: "IDX", "ACC": "ACC"}
     hazards: list[Hazard] = []
     loads, stores = [], []  # memory windows: (lo, hi, first cycle, last cycle, pc)
     word = _word_bytes(cfg, buf).tolist()
     ops, bufs = op.tolist(), buf.tolist()
     sram, rows_of, addr_of, stride_of = (f[x].tolist() for x in ("sram_addr", "rows", "dram_addr", "dram_stride"))
     k_of, a_of, b_of, acc_of = (f[x].tolist() for x in ("k", "a_addr", "b_addr", "acc_addr"))
+    slots_of, m_of, idx_words_of = (x.tolist() for x in sparse_shape(f))
+    idx_of, groups_of = f["idx_addr"].tolist(), f["groups"].tolist()
 
     def access(key, kind: str, lo: int, hi: int, begin: int, until: int, pc: int) -> None:
         """Check an access of words lo..hi-1 in cycles begin..until against the other unit's, then record it."""
@@ -616,6 +655,12 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
             k = k_of[i]
             access(A, "r", a_of[i], a_of[i] + k, s[i], s[i] + k - 1, i)
             access(B, "r", b_of[i], b_of[i] + k, s[i], s[i] + k - 1, i)
+            access("ACC", "w", acc_of[i], acc_of[i] + R, t[i] + 1, e[i], i)
+        elif o == Opcode.SPARSE_GEMM.value:
+            j = slots_of[i]
+            access(A, "r", a_of[i], a_of[i] + j, s[i], s[i] + j - 1, i)
+            access(B, "r", b_of[i], b_of[i] + groups_of[i] * m_of[i], s[i], s[i] + j - 1, i)
+            access(IDX, "r", idx_of[i], idx_of[i] + idx_words_of[i], s[i], s[i] + j - 1, i)
             access("ACC", "w", acc_of[i], acc_of[i] + R, t[i] + 1, e[i], i)
         else:  # STORE
             lo, rows = sram[i], rows_of[i]

@@ -15,7 +15,7 @@ from ..hw.numerics import CANONICAL_NAN_BF16, CANONICAL_NAN_F32, bf16_bits_to_f3
 
 __all__ = [
     "CANONICAL_NAN_F32", "CANONICAL_NAN_BF16", "f32_to_bf16_bits", "bf16_bits_to_f32", "flush_f32",
-    "mul_bf16", "add_f32", "mac_sequence",
+    "mul_bf16", "add_f32", "mac_sequence", "mac_sequence_per_row",
 ]
 
 
@@ -44,15 +44,29 @@ def mac_sequence(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
 
     Fast path: if every nonzero product is at least 2^-102 in magnitude (checked
     from the smallest nonzero operands), no product or partial sum can be
-    subnormal — every value is a multiple of 2^-125, so a nonzero one is at
-    least that — and rule 1 never fires inside the loop; NaNs are made
-    canonical once at the end (a NaN stays NaN through every later sum).  Then
-    the loop is one multiply and one add per k, in place.
+    subnormal — a nonzero sum of such products is a multiple of 2^-118 — and
+    rule 1 never fires inside the loop; NaNs are made canonical once at the end
+    (a NaN stays NaN through every later sum).  Then the loop is one multiply
+    and one add per k, in place.
     """
+    return _sequence(a_bits, b_bits, per_row=False)
+
+
+def mac_sequence_per_row(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
+    """``out[..., r, c] = Σ_j a[..., j, r] · b[..., j, r, c]``: each row its own B operand (the sparse GEMM's
+    gathered words), in the rule's order.  ``a_bits`` ``[..., J, R]``, ``b_bits`` ``[..., J, R, C]``."""
+    return _sequence(a_bits, b_bits, per_row=True)
+
+
+def _sequence(a_bits: np.ndarray, b_bits: np.ndarray, *, per_row: bool) -> np.ndarray:
     a = flush_f32(bf16_bits_to_f32(a_bits))
     b = flush_f32(bf16_bits_to_f32(b_bits))
     k = a.shape[-2]
     acc = np.zeros(a.shape[:-2] + (a.shape[-1], b.shape[-1]), dtype=np.float32)
+
+    def b_at(i):
+        return b[..., i, :, :] if per_row else b[..., i, None, :]
+
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         abs_a, abs_b = np.abs(a), np.abs(b)
         min_a = abs_a[abs_a > 0].min(initial=np.inf)
@@ -60,10 +74,10 @@ def mac_sequence(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
         if np.float64(min_a) * np.float64(min_b) >= _SAFE_PRODUCT:
             prod = np.empty_like(acc)
             for i in range(k):
-                np.multiply(a[..., i, :, None], b[..., i, None, :], out=prod)
+                np.multiply(a[..., i, :, None], b_at(i), out=prod)
                 np.add(acc, prod, out=acc)
             return flush_f32(acc)
         for i in range(k):
-            prod = flush_f32(a[..., i, :, None] * b[..., i, None, :])
+            prod = flush_f32(a[..., i, :, None] * b_at(i))
             acc = flush_f32(acc + prod)
     return acc

@@ -69,8 +69,10 @@ class _Builder:
     def __init__(self, cfg: SATConfig, rng: np.random.Generator):
         self.cfg, self.rng = cfg, rng
         R = cfg.rows
-        self.scratch = {Buffer.A: min(8, cfg.a_depth // 8), Buffer.B: min(8, cfg.b_depth // 8)}
-        self.half = {b: (cfg.depth(b) - self.scratch[b]) // 2 for b in (Buffer.A, Buffer.B)}
+        banks = cfg.b_banks
+        b_half = (cfg.b_depth - banks) // (2 * banks) * banks  # B halves start at multiples of every m
+        self.scratch = {Buffer.A: min(8, cfg.a_depth // 8), Buffer.B: cfg.b_depth - 2 * b_half, Buffer.IDX: 0}
+        self.half = {b: (cfg.depth(b) - self.scratch[b]) // 2 for b in (Buffer.A, Buffer.B, Buffer.IDX)}
         self.acc_scratch = R
         self.acc_half = (cfg.acc_depth - R) // 2
         assert self.acc_half >= R and min(self.half.values()) >= 1, f"config {cfg.name} too small for the generator"
@@ -100,10 +102,26 @@ class _Builder:
 
     def gemm(self, half: int, acc_half: int, **flags) -> dict:
         ca, cb = self.half[Buffer.A], self.half[Buffer.B]
+        acc_addr = acc_half * self.acc_half + self.integer(0, self.acc_half - self.cfg.rows)
+        accumulate = int(self.rng.random() < 0.5)
+        if self.cfg.sparse_m and self.rng.random() < 0.4:
+            return self.sparse_gemm(half, acc_addr, accumulate, **flags)
         k = self.integer(1, min(ca, cb, 30))
         return dict(opcode=Opcode.GEMM, a_addr=half * ca + self.integer(0, ca - k), b_addr=half * cb + self.integer(0, cb - k),
-                    acc_addr=acc_half * self.acc_half + self.integer(0, self.acc_half - self.cfg.rows), k=k,
-                    accumulate=int(self.rng.random() < 0.5), **flags)
+                    acc_addr=acc_addr, k=k, accumulate=accumulate, **flags)
+
+    def sparse_gemm(self, half: int, acc_addr: int, accumulate: int, **flags) -> dict:
+        """A SPARSE_GEMM reading its A slots, B groups and index words within the step's halves."""
+        ca, cb, ci = self.half[Buffer.A], self.half[Buffer.B], self.half[Buffer.IDX]
+        m = int(self.rng.choice(self.cfg.sparse_m))
+        n = self.integer(1, m)
+        groups = self.integer(1, max(1, min(ca // n, cb // m, ci * 4 // n, 12)))
+        slots = groups * n
+        words = -(-slots // 4)
+        return dict(opcode=Opcode.SPARSE_GEMM, a_addr=half * ca + self.integer(0, ca - slots),
+                    b_addr=half * cb + m * self.integer(0, (cb - groups * m) // m),
+                    idx_addr=half * ci + self.integer(0, ci - words), acc_addr=acc_addr, groups=groups, n=n,
+                    m_log2=m.bit_length() - 1, accumulate=accumulate, **flags)
 
     def store(self, acc_half: int, out_base: int, **flags) -> dict:
         rows = self.integer(1, min(self.acc_half, 8))
@@ -124,7 +142,7 @@ def _base_program(b: _Builder, in_base: int, out_base: int) -> list[dict]:
         steps = b.integer(1, 3)
         for s in range(steps):
             half = step % 2
-            loads = [b.load(Buffer.A if rng.random() < 0.5 else Buffer.B, half, in_base) for _ in range(b.integer(1, 3))]
+            loads = [b.load(Buffer(int(rng.choice([0, 0, 1, 1, 3]))), half, in_base) for _ in range(b.integer(1, 3))]
             loads[0]["pop_next"] = int(step >= 2)
             loads[-1]["push_next"] = 1
             gemms = [b.gemm(half, block % 2) for _ in range(b.integer(1, 3))]
@@ -164,7 +182,7 @@ def _overflow_tail(b: _Builder, in_base: int, out_base: int) -> list[dict]:
             tail.append(dict(opcode=Opcode.LOAD, push_next=1, buffer=Buffer.A, sram_addr=a_scr, rows=rows,
                              dram_addr=b.dram(in_base, b.in_bytes, rows, word, word), dram_stride=word))
         elif channel in ("c2l", "c2s"):
-            k = b.integer(1, min(b.scratch.values()))
+            k = b.integer(1, min(b.scratch[Buffer.A], b.scratch[Buffer.B]))
             tail.append(dict(opcode=Opcode.GEMM, a_addr=a_scr, b_addr=b_scr, acc_addr=acc_scr, k=k,
                              accumulate=int(rng.random() < 0.5),
                              **({"push_prev": 1} if channel == "c2l" else {"push_next": 1})))
@@ -181,11 +199,22 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
     cfg, rng = b.cfg, b.rng
     bus = cfg.bus_bytes
     if variant == "bad_opcode":
-        return int(rng.choice([0, *range(5, 16)])) | int(rng.integers(0, 1 << 60)) << 8
+        return int(rng.choice([0, *range(6, 16)])) | int(rng.integers(0, 1 << 60)) << 8
     if variant == "sram_range":
-        kind = rng.choice(["load", "store", "gemm_a", "gemm_b", "gemm_acc"])
+        kind = rng.choice(["load", "store", "gemm_a", "gemm_b", "gemm_acc", "sparse_a", "sparse_b", "sparse_idx"])
+        if kind.startswith("sparse"):
+            m = int(rng.choice(cfg.sparse_m))
+            n, groups = b.integer(1, m), b.integer(1, 8)
+            args = dict(a_addr=0, b_addr=0, acc_addr=0, idx_addr=0, groups=groups, n=n, m_log2=m.bit_length() - 1)
+            if kind == "sparse_a":
+                args["a_addr"] = cfg.a_depth - groups * n + 1
+            elif kind == "sparse_b":
+                args["b_addr"] = (cfg.b_depth - groups * m) // m * m + m
+            else:
+                args["idx_addr"] = cfg.idx_depth - -(-groups * n // 4) + 1
+            return encode(Opcode.SPARSE_GEMM, **args)
         if kind == "load":
-            buf = Buffer.A if rng.random() < 0.5 else Buffer.B
+            buf = Buffer(int(rng.choice([0, 1, 3])))
             rows = b.integer(2, 20)
             return encode(Opcode.LOAD, buffer=buf, sram_addr=cfg.depth(buf) - rows + b.integer(1, rows - 1), rows=rows,
                           dram_addr=0, dram_stride=cfg.word_bytes(buf))
@@ -217,7 +246,7 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
         return encode(op, buffer=buf, rows=rows, dram_addr=(1 << cfg.addr_bits) - bus * b.integer(0, rows * word // bus - 1),
                       dram_stride=word)
     if variant == "bad_args":
-        kind = rng.choice(["rows0", "store_a", "load_acc", "k0", "flag", "finish_flag", "buffer3"])
+        kind = rng.choice(["rows0", "store_a", "load_acc", "k0", "flag", "finish_flag", "store_idx", "sparse"])
         if kind == "rows0":
             return encode(Opcode.LOAD, buffer=Buffer.A, rows=0, dram_addr=0, dram_stride=cfg.a_word_bytes)
         if kind == "store_a":
@@ -234,7 +263,22 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
                           dram_addr=0, dram_stride=cfg.acc_word_bytes)
         if kind == "finish_flag":
             return encode(Opcode.FINISH, **{rng.choice(["pop_prev", "pop_next", "push_prev", "push_next"]): 1})
-        return encode(Opcode.LOAD, rows=1, dram_addr=0, dram_stride=cfg.a_word_bytes) | 3 << 8  # buffer field = 3
+        if kind == "store_idx":
+            return encode(Opcode.STORE, buffer=Buffer.IDX, rows=1, dram_addr=0, dram_stride=cfg.a_word_bytes)
+        m = int(rng.choice(cfg.sparse_m))
+        bad = rng.choice(["groups0", "n0", "n_over_m", "m_unsupported", "b_misaligned"])
+        args = dict(groups=2, n=1, m_log2=m.bit_length() - 1, b_addr=0)
+        if bad == "groups0":
+            args["groups"] = 0
+        elif bad == "n0":
+            args["n"] = 0
+        elif bad == "n_over_m":
+            args["n"] = b.integer(m + 1, 31)
+        elif bad == "m_unsupported":
+            args["m_log2"] = int(rng.choice([x for x in range(8) if (1 << x) not in cfg.sparse_m]))
+        else:
+            args["b_addr"] = m * b.integer(0, 4) + b.integer(1, m - 1)
+        return encode(Opcode.SPARSE_GEMM, **args)
     raise ValueError(variant)
 
 

@@ -1,7 +1,12 @@
 """The GEMM unit: the PE array of ``rows × cols`` bf16 MACs and the shadow-register drain.
 
 A GEMM reads one A and one B word per cycle for ``k`` cycles (operands
-broadcast along rows and down columns), the array accumulates in fp32; one
+broadcast along rows and down columns), the array accumulates in fp32.  A
+SPARSE_GEMM reads one A word of slot values and one IDX word (four slots'
+indices) per cycle, for ``groups · n`` cycles; the B buffer's banks deliver a
+group's ``m`` words at once and every PE row takes the word its own slot
+index names (an ``banks``:1 mux per row), so a group of m reduction steps
+takes n cycles.  One
 cycle after its last MAC the accumulators move to the shadow registers (the
 transfer, once the previous drain has ended) and the next GEMM may start
 while the drain writes one accumulator row per cycle through a
@@ -11,12 +16,13 @@ when it starts, pushes ``c2l``/``c2s`` when its drain ends.
 Not here: the buffers (the top level's memories) or the fp units (:mod:`nmsat.hw.fp`).
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import SATConfig
 from ..fp import Bf16Mac, Fp32Adder
+from ..isa import Opcode
 from ..timing import DRAIN_PIPELINE, SRAM_READ_LATENCY
 from .common import PC_BITS, Entry, queue_signature
 
@@ -32,7 +38,9 @@ class ComputeUnit(wiring.Component):
             "queue": In(queue_signature()),
             "l2c_available": In(1), "l2c_pop": Out(1), "s2c_available": In(1), "s2c_pop": Out(1),
             "c2l_push": Out(1), "c2s_push": Out(1),
-            "a_addr": Out(16), "a_data": In(16 * R), "b_addr": Out(16), "b_data": In(16 * C),
+            "a_addr": Out(16), "a_data": In(16 * R),
+            "b_row": Out(16), "b_data": In(16 * C * cfg.b_banks),  # one row of the B banks: word w is bank w % banks
+            "idx_addr": Out(16), "idx_data": In(16 * R),  # the index buffer (SPARSE_GEMM)
             "acc_read_addr": Out(16), "acc_read_data": In(32 * C),  # the drain's copy of ACC
             "acc_write_addr": Out(16), "acc_write_data": Out(32 * C), "acc_write_en": Out(1),  # both copies
             "start": Out(1), "busy": Out(1),
@@ -44,11 +52,21 @@ class ComputeUnit(wiring.Component):
         cfg = self.cfg
         R, C = cfg.rows, cfg.cols
         assert SRAM_READ_LATENCY == 1 and DRAIN_PIPELINE == 2, "the pipeline below is built for these latencies"
+        banks = cfg.b_banks
+        bank_bits = (banks - 1).bit_length()
         head = self.queue.payload
-        args = head.inst.args.gemm
+        args, sparse_args = head.inst.args.gemm, head.inst.args.sparse
+        head_sparse = head.inst.opcode == Opcode.SPARSE_GEMM
+        head_slots = Signal(21)
+        m.d.comb += head_slots.eq(sparse_args.groups * sparse_args.n)
+        steps = Mux(head_sparse, head_slots, args.k)  # reads: k words, or the slots of a SPARSE_GEMM
         reading = Signal()
-        k_left = Signal(16)
-        rd_a, rd_b = Signal(16), Signal(16)
+        k_left = Signal(21)
+        rd_a, rd_b = Signal(16), Signal(16)  # next A word; next B word (dense) or the current group's first word
+        # SPARSE_GEMM state: n, m - 1, slot within the group, IDX word and nibble
+        sparse_mode, sp_n, sp_mask = Signal(), Signal(5), Signal(8)
+        in_group = Signal(5)
+        rd_idx, nibble = Signal(16), Signal(2)
         mac_valid = Signal()  # registered: data of a read is at the array this cycle
         mac_first = Signal()
         mac_last = Signal()
@@ -65,19 +83,45 @@ class ComputeUnit(wiring.Component):
         m.d.comb += [start.eq(self.running & self.queue.valid & free & tokens_ok),
                      self.queue.ready.eq(start), self.l2c_pop.eq(start & head.inst.deps.pop_prev),
                      self.s2c_pop.eq(start & head.inst.deps.pop_next)]
-        # reads: cycles s .. s+k-1
+        # reads: cycles s .. s+steps-1.  B: every bank reads the row of the current word (dense) or group
+        # (sparse: b_addr is a multiple of m, so a group's m words sit in one row of banks); the bank is
+        # chosen in the next cycle, per PE row, from the word's bank and the row's slot index.
+        b_word = Signal(16)
+        cur_nibble = Signal(2)
+        head_m_mask = (Const(1, 8) << sparse_args.m_log2) - 1
         with m.If(start):
-            m.d.comb += [self.a_addr.eq(args.a_addr), self.b_addr.eq(args.b_addr)]
-            m.d.sync += [reading.eq(args.k != 1), k_left.eq(args.k - 1), rd_a.eq(args.a_addr + 1),
-                         rd_b.eq(args.b_addr + 1), cur_info.eq(self.queue.payload)]
+            m.d.comb += [self.a_addr.eq(args.a_addr), b_word.eq(args.b_addr), self.idx_addr.eq(sparse_args.idx_addr),
+                         cur_nibble.eq(0)]
+            m.d.sync += [reading.eq(steps != 1), k_left.eq(steps - 1), rd_a.eq(args.a_addr + 1),
+                         cur_info.eq(self.queue.payload), sparse_mode.eq(head_sparse), sp_n.eq(sparse_args.n),
+                         sp_mask.eq(head_m_mask), rd_idx.eq(sparse_args.idx_addr), nibble.eq(1)]
+            with m.If(head_sparse):
+                # the slot read next (slot 1) is the second of group 0, or the first of group 1 when n = 1
+                m.d.sync += [in_group.eq(Mux(sparse_args.n == 1, 0, 1)),
+                             rd_b.eq(Mux(sparse_args.n == 1, args.b_addr + head_m_mask + 1, args.b_addr))]
+            with m.Else():
+                m.d.sync += rd_b.eq(args.b_addr + 1)
         with m.Elif(reading):
-            m.d.comb += [self.a_addr.eq(rd_a), self.b_addr.eq(rd_b)]
-            m.d.sync += [rd_a.eq(rd_a + 1), rd_b.eq(rd_b + 1), k_left.eq(k_left - 1)]
+            m.d.comb += [self.a_addr.eq(rd_a), b_word.eq(rd_b), self.idx_addr.eq(rd_idx), cur_nibble.eq(nibble)]
+            m.d.sync += [rd_a.eq(rd_a + 1), k_left.eq(k_left - 1), nibble.eq(nibble + 1)]
+            with m.If(nibble == 3):
+                m.d.sync += rd_idx.eq(rd_idx + 1)
+            with m.If(sparse_mode):
+                with m.If(in_group == sp_n - 1):  # the next slot opens the next group
+                    m.d.sync += [in_group.eq(0), rd_b.eq(rd_b + sp_mask + 1)]
+                with m.Else():
+                    m.d.sync += in_group.eq(in_group + 1)
+            with m.Else():
+                m.d.sync += rd_b.eq(rd_b + 1)
             with m.If(k_left == 1):
                 m.d.sync += reading.eq(0)
+        m.d.comb += self.b_row.eq(b_word >> bank_bits)
         issued = start | reading
+        mac_bank, mac_nibble, mac_sparse, mac_mask = Signal(max(1, bank_bits)), Signal(2), Signal(), Signal(8)
         m.d.sync += [mac_valid.eq(self.alive & issued), mac_first.eq(start),
-                     mac_last.eq(Mux(start, args.k == 1, reading & (k_left == 1)))]
+                     mac_last.eq(Mux(start, steps == 1, reading & (k_left == 1))),
+                     mac_bank.eq(b_word[:max(1, bank_bits)] if banks > 1 else 0), mac_nibble.eq(cur_nibble),
+                     mac_sparse.eq(Mux(start, head_sparse, sparse_mode)), mac_mask.eq(Mux(start, head_m_mask, sp_mask))]
         with m.If(mac_valid & mac_last):
             m.d.sync += pending.eq(1)
         with m.Elif(transfer):
@@ -85,12 +129,20 @@ class ComputeUnit(wiring.Component):
         # the array
         acc = [[Signal(32, name=f"acc_{r}_{c}") for c in range(C)] for r in range(R)]
         shadow = [[Signal(32, name=f"shadow_{r}_{c}") for c in range(C)] for r in range(R)]
+        word_bits = 16 * C
         for r in range(R):
+            # this row's B word: the current word's bank, plus the row's slot index (the low log2(m) bits of
+            # its nibble) in a SPARSE_GEMM
+            index = (self.idx_data[16 * r:16 * r + 16].word_select(mac_nibble, 4) & mac_mask[:4])
+            bank = Signal(max(1, bank_bits), name=f"row_bank_{r}")
+            m.d.comb += bank.eq(Mux(mac_sparse, mac_bank + index, mac_bank))
+            row_b = Signal(word_bits, name=f"row_b_{r}")
+            m.d.comb += row_b.eq(self.b_data.word_select(bank, word_bits) if banks > 1 else self.b_data)
             for c in range(C):
                 mac = Bf16Mac()
                 m.submodules[f"pe_{r}_{c}"] = mac
                 m.d.comb += [mac.acc_in.eq(Mux(mac_first, 0, acc[r][c])), mac.a.eq(self.a_data[16 * r:16 * r + 16]),
-                             mac.b.eq(self.b_data[16 * c:16 * c + 16])]
+                             mac.b.eq(row_b[16 * c:16 * c + 16])]
                 with m.If(mac_valid):
                     m.d.sync += acc[r][c].eq(mac.acc_out)
         # transfer and drain: reads in t+1 .. t+R, writes in t+2 .. t+R+1

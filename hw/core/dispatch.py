@@ -8,11 +8,11 @@ is idle; serial mode waits for everything before each dispatch.
 Not here: the queues (the top level's FIFOs) or the units behind them.
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from ..config import SATConfig
+from ..config import IDX_SLOTS_PER_WORD, SATConfig
 from ..isa import INSTRUCTION_BITS, Buffer, ErrorCode, Instruction, Opcode
 from .common import PC_BITS, Entry, clog2
 from .fetch import imem_geometry
@@ -51,34 +51,54 @@ class Dispatcher(wiring.Component):
             m.d.sync += pc.eq(pc + 1)
 
         op, deps = cur.opcode, cur.deps
-        memargs, gemm = cur.args.mem, cur.args.gemm
-        is_load, is_store, is_gemm, is_finish = op == Opcode.LOAD, op == Opcode.STORE, op == Opcode.GEMM, op == Opcode.FINISH
+        memargs, gemm, sparse = cur.args.mem, cur.args.gemm, cur.args.sparse
+        is_load, is_store, is_finish = op == Opcode.LOAD, op == Opcode.STORE, op == Opcode.FINISH
+        is_dense, is_sparse = op == Opcode.GEMM, op == Opcode.SPARSE_GEMM
+        is_gemm = is_dense | is_sparse
         known = is_load | is_store | is_gemm | is_finish
         at_end = pc == self.program_len
         no_neighbour = (is_load & (deps.pop_prev | deps.push_prev)) | (is_store & (deps.pop_next | deps.push_next)) | \
                        (is_finish & (deps.pop_prev | deps.pop_next | deps.push_prev | deps.push_next))
         buf = memargs.buffer
-        mem_bad_args = (is_load | is_store) & ((buf.as_value() == 3) | (is_store & (buf != Buffer.ACC)) |
-                                               (is_load & (buf == Buffer.ACC)) | (memargs.rows == 0))
-        depth = Mux(buf == Buffer.A, cfg.a_depth, Mux(buf == Buffer.B, cfg.b_depth, cfg.acc_depth))
-        word_bytes = Mux(buf == Buffer.A, cfg.a_word_bytes, Mux(buf == Buffer.B, cfg.b_word_bytes, cfg.acc_word_bytes))
+        mem_bad_args = (is_load | is_store) & ((is_store & (buf != Buffer.ACC)) | (is_load & (buf == Buffer.ACC)) |
+                                               (memargs.rows == 0))
+        depth = Signal(17)
+        word_bytes = Signal(16)
+        with m.Switch(buf):
+            for b in Buffer:
+                with m.Case(b):
+                    m.d.comb += [depth.eq(cfg.depth(b)), word_bytes.eq(cfg.word_bytes(b))]
         sram_bad = (is_load | is_store) & (memargs.sram_addr + memargs.rows > depth)
         last_byte = Signal(64)
         m.d.comb += last_byte.eq(memargs.dram_addr + (memargs.rows - 1) * memargs.dram_stride + word_bytes)
         align = clog2(cfg.bus_bytes)
         dram_bad = (is_load | is_store) & ((memargs.dram_addr[:align] != 0) | (memargs.dram_stride[:align] != 0) |
                                            (last_byte > (1 << cfg.addr_bits)))
-        gemm_zero = is_gemm & (gemm.k == 0)
-        gemm_range = is_gemm & ((gemm.a_addr + gemm.k > cfg.a_depth) | (gemm.b_addr + gemm.k > cfg.b_depth) |
-                                (gemm.acc_addr + cfg.rows > cfg.acc_depth))
+        gemm_zero = is_dense & (gemm.k == 0)
+        gemm_range = is_dense & ((gemm.a_addr + gemm.k > cfg.a_depth) | (gemm.b_addr + gemm.k > cfg.b_depth) |
+                                 (gemm.acc_addr + cfg.rows > cfg.acc_depth))
+        # SPARSE_GEMM: an N:M pattern of the config, groups aligned in B; slots, groups and index words in range
+        m_value = Signal(8)
+        supported = Const(0, 1)
+        m.d.comb += m_value.eq(Const(1, 8) << sparse.m_log2)
+        for value in cfg.sparse_m:
+            supported = supported | (sparse.m_log2 == value.bit_length() - 1)
+        slots = Signal(21)
+        m.d.comb += slots.eq(sparse.groups * sparse.n)
+        sparse_bad = is_sparse & ((sparse.groups == 0) | (sparse.n == 0) | (sparse.n > m_value) | ~supported |
+                                  ((sparse.b_addr & (m_value - 1)) != 0))
+        sparse_range = is_sparse & ((sparse.a_addr + slots > cfg.a_depth) |
+                                    (sparse.b_addr + sparse.groups * m_value > cfg.b_depth) |
+                                    (sparse.idx_addr + ((slots + IDX_SLOTS_PER_WORD - 1) >> 2) > cfg.idx_depth) |
+                                    (sparse.acc_addr + cfg.rows > cfg.acc_depth))
         code = self.static_code
         with m.If(at_end):
             m.d.comb += code.eq(ErrorCode.NO_FINISH)
         with m.Elif(~known):
             m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
-        with m.Elif(no_neighbour | mem_bad_args | gemm_zero):
+        with m.Elif(no_neighbour | mem_bad_args | gemm_zero | sparse_bad):
             m.d.comb += code.eq(ErrorCode.BAD_ARGS)
-        with m.Elif(sram_bad | gemm_range):
+        with m.Elif(sram_bad | gemm_range | sparse_range):
             m.d.comb += code.eq(ErrorCode.SRAM_RANGE)
         with m.Elif(dram_bad):
             m.d.comb += code.eq(ErrorCode.DRAM_RANGE)

@@ -1,4 +1,4 @@
-"""The LOAD unit: 2-D strided DMA from memory into the A or B buffer.
+"""The LOAD unit: 2-D strided DMA from memory into the A, B or IDX buffer.
 
 Issue side: one burst address per cycle from the cycle a LOAD starts (the
 burst walker); receive side: beats assembled into buffer words, written as
@@ -33,6 +33,7 @@ class LoadUnit(wiring.Component):
             "r_valid": In(1), "r_data": In(cfg.bus_bytes * 8), "r_resp": In(2),
             "a_addr": Out(16), "a_data": Out(16 * cfg.rows), "a_en": Out(1),
             "b_addr": Out(16), "b_data": Out(16 * cfg.cols), "b_en": Out(1),
+            "idx_en": Out(1),  # an IDX word (as wide as an A word) at a_addr / a_data
             "start": Out(1), "busy": Out(1),
             "bus_error": Out(1), "receiving_pc": Out(PC_BITS),  # the LOAD whose beats arrive
         })
@@ -51,7 +52,7 @@ class LoadUnit(wiring.Component):
         m.d.comb += [start.eq(self.running & self.queue.valid & ~walker.active & inflight.w_rdy & tokens_ok),
                      walker.load.eq(start), walker.addr.eq(args.dram_addr), walker.rows.eq(args.rows),
                      walker.stride.eq(args.dram_stride),
-                     walker.word_beats.eq(Mux(args.buffer == Buffer.A, cfg.a_word_bytes // bus, cfg.b_word_bytes // bus)),
+                     walker.word_beats.eq(Mux(args.buffer == Buffer.B, cfg.b_word_bytes // bus, cfg.a_word_bytes // bus)),
                      self.ar_valid.eq(self.alive & (start | walker.active)), walker.step.eq(self.ar_valid & self.ar_ready),
                      self.ar_addr.eq(walker.burst_addr), self.ar_len.eq(walker.burst_beats - 1),
                      self.queue.ready.eq(start), inflight.w_data.eq(self.queue.payload), inflight.w_en.eq(start),
@@ -59,7 +60,7 @@ class LoadUnit(wiring.Component):
         # receive side
         rx = Entry(inflight.r_data)
         rx_args = rx.inst.args.mem
-        rx_word_beats = Mux(rx_args.buffer == Buffer.A, cfg.a_word_bytes // bus, cfg.b_word_bytes // bus)
+        rx_word_beats = Mux(rx_args.buffer == Buffer.B, cfg.b_word_bytes // bus, cfg.a_word_bytes // bus)
         rx_word = Signal(16)
         rx_in_word = Signal(8)
         word_bits = max(16 * R, 16 * C)
@@ -83,6 +84,7 @@ class LoadUnit(wiring.Component):
                      self.a_data.eq(rx_next[word_bits - 16 * R:]), self.b_data.eq(rx_next[word_bits - 16 * C:]),
                      self.a_en.eq(rx_beat & word_done & (rx_args.buffer == Buffer.A)),
                      self.b_en.eq(rx_beat & word_done & (rx_args.buffer == Buffer.B)),
+                     self.idx_en.eq(rx_beat & word_done & (rx_args.buffer == Buffer.IDX)),
                      inflight.r_en.eq(load_done),
                      self.l2c_push.eq(load_done & rx.inst.deps.push_next),
                      self.bus_error.eq(rx_beat & (self.r_resp != 0)), self.receiving_pc.eq(rx.pc),

@@ -13,7 +13,7 @@ Not here: the units' insides (the sibling modules), the fp units
 FPGA shell (:mod:`nmsat.fpga`).
 """
 
-from amaranth.hdl import ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux, ResetSignal, Signal, unsigned
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux, ResetSignal, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -102,17 +102,24 @@ class Core(wiring.Component):
         for u in (load, compute, store):
             m.d.comb += [u.running.eq(running), u.alive.eq(alive)]
 
-        # buffers: synchronous RAMs; ACC twice (the drain's copy and the STORE's copy, written together)
+        # buffers: synchronous RAMs; B in banks; ACC twice (the drain's copy and the STORE's copy, written together)
         _, imem_width, imem_words = imem_geometry(cfg)
         m.submodules.imem = imem = Memory(shape=unsigned(imem_width), depth=imem_words, init=[])
         m.submodules.buf_a = buf_a = Memory(shape=unsigned(16 * R), depth=cfg.a_depth, init=[])
-        m.submodules.buf_b = buf_b = Memory(shape=unsigned(16 * C), depth=cfg.b_depth, init=[])
+        banks = cfg.b_banks  # B word w lives in bank w % banks, row w // banks
+        bank_bits = (banks - 1).bit_length()
+        b_banks = [Memory(shape=unsigned(16 * C), depth=cfg.b_depth // banks, init=[]) for _ in range(banks)]
+        for j, bank in enumerate(b_banks):
+            m.submodules[f"buf_b{j}"] = bank
+        m.submodules.buf_idx = buf_idx = Memory(shape=unsigned(16 * R), depth=cfg.idx_depth, init=[])
         m.submodules.acc_drain = acc_d = Memory(shape=unsigned(32 * C), depth=cfg.acc_depth, init=[])
         m.submodules.acc_store = acc_s = Memory(shape=unsigned(32 * C), depth=cfg.acc_depth, init=[])
         imem_w = imem.write_port(domain="core")
         imem_r = imem.read_port(domain="core", transparent_for=(imem_w,))
-        a_w, b_w = buf_a.write_port(domain="core"), buf_b.write_port(domain="core")
-        a_r, b_r = buf_a.read_port(domain="core"), buf_b.read_port(domain="core")
+        a_w, a_r = buf_a.write_port(domain="core"), buf_a.read_port(domain="core")
+        b_ws = [bank.write_port(domain="core") for bank in b_banks]
+        b_rs = [bank.read_port(domain="core") for bank in b_banks]
+        idx_w, idx_r = buf_idx.write_port(domain="core"), buf_idx.read_port(domain="core")
         accd_w, accs_w = acc_d.write_port(domain="core"), acc_s.write_port(domain="core")
         accd_r, accs_r = acc_d.read_port(domain="core"), acc_s.read_port(domain="core")
 
@@ -148,11 +155,17 @@ class Core(wiring.Component):
                      mem.araddr.eq(Mux(ctl.fetching, fetch.ar_addr, load.ar_addr)),
                      mem.arlen.eq(Mux(ctl.fetching, fetch.ar_len, load.ar_len)),
                      a_w.addr.eq(load.a_addr), a_w.data.eq(load.a_data), a_w.en.eq(load.a_en),
-                     b_w.addr.eq(load.b_addr), b_w.data.eq(load.b_data), b_w.en.eq(load.b_en)]
+                     idx_w.addr.eq(load.a_addr), idx_w.data.eq(load.a_data), idx_w.en.eq(load.idx_en)]
+        for j, port in enumerate(b_ws):
+            m.d.comb += [port.addr.eq(load.b_addr >> bank_bits), port.data.eq(load.b_data),
+                         port.en.eq(load.b_en & ((load.b_addr & (banks - 1)) == j))]
         # GEMM: A/B reads, the drain's ACC port, both ACC copies written
         m.d.comb += [a_r.addr.eq(compute.a_addr), compute.a_data.eq(a_r.data),
-                     b_r.addr.eq(compute.b_addr), compute.b_data.eq(b_r.data),
+                     idx_r.addr.eq(compute.idx_addr), compute.idx_data.eq(idx_r.data),
+                     compute.b_data.eq(Cat(*(port.data for port in b_rs))),
                      accd_r.addr.eq(compute.acc_read_addr), compute.acc_read_data.eq(accd_r.data)]
+        for port in b_rs:
+            m.d.comb += port.addr.eq(compute.b_row)
         for port in (accd_w, accs_w):
             m.d.comb += [port.addr.eq(compute.acc_write_addr), port.data.eq(compute.acc_write_data),
                          port.en.eq(compute.acc_write_en)]
