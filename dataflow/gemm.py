@@ -26,14 +26,22 @@ import numpy as np
 from ..hw.config import SATConfig
 from ..hw.isa import INSTRUCTION_BYTES, Buffer, Opcode, encode, to_bytes
 from ..hw import numerics, timing
+from ..hw.config import IDX_SLOTS_PER_WORD
+from ..hw.sparsity import check_pattern, compress
 
 __all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm",
-           "pack_a", "pack_b", "unpack_c", "program_instructions", "block_instructions", "software_pipelined"]
+           "pack_a", "pack_b", "unpack_c", "program_instructions", "block_instructions", "software_pipelined",
+           "compile_sparse_gemm", "pack_indices"]
 
 
 @dataclass(frozen=True)
 class GemmPlan:
-    """How one GEMM is cut: ``mb × nb`` output tiles per block, K in ``steps`` chunks of ``kc``."""
+    """How one GEMM is cut: ``mb × nb`` output tiles per block, the reduction in ``steps`` chunks of ``kc``.
+
+    Dense: the reduction units are K's words.  With an N:M ``pattern`` ``(n, m)`` (A compressed along K,
+    a SPARSE_GEMM per tile and chunk) they are the ``ceil(K / m)`` groups: a chunk of ``kc`` groups is
+    ``kc·n`` A words, ``ceil(kc·n / 4)`` IDX words and ``kc·m`` B words.
+    """
 
     m: int
     n: int
@@ -45,16 +53,34 @@ class GemmPlan:
     kc: int
     steps: int
     estimated_cycles: int
+    pattern: tuple[int, int] | None = None
+
+    @property
+    def units(self) -> int:
+        """Reduction units: K (dense) or groups of m (sparse)."""
+        return self.k if self.pattern is None else -(-self.k // self.pattern[1])
 
 
-def _estimate(cfg: SATConfig, mt: int, nt: int, k: int, mb: int, nb: int, steps: int) -> int:
-    kc = math.ceil(k / steps)
+def _per_unit(pattern: tuple[int, int] | None) -> tuple[int, int]:
+    """(A words, B words) per reduction unit: 1 and 1 dense, n and m sparse."""
+    return (1, 1) if pattern is None else pattern
+
+
+def _idx_words(slots: int) -> int:
+    return -(-slots // IDX_SLOTS_PER_WORD)
+
+
+def _estimate(cfg: SATConfig, mt: int, nt: int, units: int, mb: int, nb: int, steps: int,
+              pattern: tuple[int, int] | None) -> int:
+    kc = math.ceil(units / steps)
+    a_per, b_per = _per_unit(pattern)
     a_bpw, b_bpw = cfg.a_word_bytes // cfg.bus_bytes, cfg.b_word_bytes // cfg.bus_bytes
+    a_words = kc * a_per + (_idx_words(kc * a_per) if pattern else 0)
     blocks = math.ceil(mt / mb) * math.ceil(nt / nb)
     # a step: its loads (beats, then the read latency) against its GEMMs (MACs and the drain, which overlaps
     # the next GEMM but not the next transfer)
-    per_step = max((mb * a_bpw + nb * b_bpw) * kc + cfg.mem_read_latency,
-                   mb * nb * (timing.gemm_mac_cycles(kc) + timing.drain_cycles(cfg)))
+    per_step = max((mb * a_bpw * a_words + nb * b_bpw * kc * b_per) + cfg.mem_read_latency,
+                   mb * nb * (timing.gemm_mac_cycles(kc * a_per) + timing.drain_cycles(cfg)))
     store = mb * nb * cfg.rows * (cfg.acc_word_bytes // cfg.bus_bytes)
     return blocks * (steps * per_step + store) + cfg.mem_read_latency
 
@@ -65,61 +91,79 @@ def _block_sizes(total: int, per_block: int) -> list[tuple[int, int]]:
     return [(per_block, full)] * bool(full) + [(rest, 1)] * bool(rest)
 
 
-def block_instructions(mis: int, njs: int, steps: int) -> int:
-    """Instructions of one block of ``mis × njs`` output tiles in ``steps`` K chunks (what :func:`emit_gemm` emits)."""
-    return steps * (mis + njs + mis * njs) + mis * njs
+def block_instructions(mis: int, njs: int, steps: int, sparse: bool = False) -> int:
+    """Instructions of one block of ``mis × njs`` output tiles in ``steps`` chunks (what :func:`emit_gemm` emits):
+    per step a LOAD per A tile (and one of its indices when sparse) and per B tile, a GEMM per tile pair; a
+    STORE per tile."""
+    return steps * ((2 if sparse else 1) * mis + njs + mis * njs) + mis * njs
 
 
-def _largest_block(mt: int, nt: int, mb: int, nb: int, steps: int) -> int:
-    return block_instructions(min(mb, mt), min(nb, nt), steps)
+def _halves(cfg: SATConfig, pattern: tuple[int, int] | None) -> tuple[int, int, int]:
+    """Words of one half of A, B (a multiple of m, so sparse groups stay aligned) and IDX."""
+    m_ = pattern[1] if pattern else 1
+    return cfg.a_depth // 2, cfg.b_depth // 2 // m_ * m_, cfg.idx_depth // 2
 
 
-def plan_gemm(cfg: SATConfig, m: int, n: int, k: int) -> GemmPlan:
-    """Pick the block shape and K chunk with the lowest estimated cycle count that fits the buffers.
+def plan_gemm(cfg: SATConfig, m: int, n: int, k: int, *, pattern: tuple[int, int] | None = None) -> GemmPlan:
+    """Pick the block shape and reduction chunk with the lowest estimated cycle count that fits the buffers.
 
-    Only plans whose largest block fits the instruction memory (with a FINISH) are considered: a GEMM
-    whose whole program is longer runs as several programs, one after another, each a run of whole
-    blocks (:func:`layout_gemm`).
+    ``pattern`` ``(n, m)``: A is compressed N:M along K (the config must support m).  Only plans whose
+    largest block fits the instruction memory (with a FINISH) are considered: a GEMM whose whole program
+    is longer runs as several programs, one after another, each a run of whole blocks (:func:`layout_gemm`).
     """
     for name, v in (("M", m), ("N", n), ("K", k)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"GEMM {name} must be a positive int, got {v!r}")
+    if pattern is not None:
+        check_pattern(*pattern)
+        if pattern[1] not in cfg.sparse_m:
+            raise ValueError(f"config {cfg.name}: N:M sparsity with m = {pattern[1]} is not supported "
+                             f"(sparse_m = {cfg.sparse_m})")
+        pattern = (int(pattern[0]), int(pattern[1]))
+    sparse = pattern is not None
     mt, nt = math.ceil(m / cfg.rows), math.ceil(n / cfg.cols)
-    a_half, b_half, acc_half = cfg.a_depth // 2, cfg.b_depth // 2, cfg.acc_depth // 2
+    a_half, b_half, idx_half = _halves(cfg, pattern)
+    acc_half = cfg.acc_depth // 2
     if acc_half < cfg.rows:
         raise ValueError(f"config {cfg.name}: the accumulator buffer cannot hold two output tiles")
-    if min(a_half, b_half) < 1:
-        raise ValueError(f"config {cfg.name}: the A and B buffers need two halves of at least one word")
+    a_per, b_per = _per_unit(pattern)
+    units = k if pattern is None else -(-k // pattern[1])
+    if min(a_half // a_per, b_half // b_per) < 1 or (sparse and idx_half < 1):
+        raise ValueError(f"config {cfg.name}: the buffers need two halves of at least one reduction unit")
     best = None
-    max_steps = k  # kc = 1 at worst
-    steps_options = sorted({math.ceil(k / kc) for kc in range(1, min(k, max(a_half, b_half)) + 1)
-                            if kc <= a_half and kc <= b_half} | {max_steps})
+    cap = min(a_half // a_per, b_half // b_per)  # largest chunk a half holds
+    steps_options = sorted({math.ceil(units / kc) for kc in range(1, min(units, cap) + 1)} | {units})
     for steps in steps_options:
-        kc = math.ceil(k / steps)
-        if kc > a_half or kc > b_half:
+        kc = math.ceil(units / steps)
+        if kc > cap:
             continue
-        if block_instructions(1, 1, steps) + 1 > cfg.imem_depth:
+        if sparse and steps > 1 and kc * a_per % IDX_SLOTS_PER_WORD:
+            continue  # every chunk but the last starts its slots at the first index of an IDX word
+        if block_instructions(1, 1, steps, sparse) + 1 > cfg.imem_depth:
             continue  # even the smallest block is longer than the instruction memory
-        for mb in range(1, min(mt, a_half // kc) + 1):
-            nb_cap = min(nt, b_half // kc, (acc_half // cfg.rows) // mb)
+        mb_cap = a_half // (kc * a_per)
+        if sparse:
+            mb_cap = min(mb_cap, idx_half // _idx_words(kc * a_per))
+        for mb in range(1, min(mt, mb_cap) + 1):
+            nb_cap = min(nt, b_half // (kc * b_per), (acc_half // cfg.rows) // mb)
             if nb_cap < 1:
                 break
             for nb in {1, nb_cap, min(nt, max(1, nb_cap // 2))}:
-                if _largest_block(mt, nt, mb, nb, steps) + 1 > cfg.imem_depth:
+                if block_instructions(min(mb, mt), min(nb, nt), steps, sparse) + 1 > cfg.imem_depth:
                     continue
-                est = _estimate(cfg, mt, nt, k, mb, nb, steps)
+                est = _estimate(cfg, mt, nt, units, mb, nb, steps, pattern)
                 if best is None or est < best[0]:
                     best = (est, mb, nb, steps, kc)
     if best is None:
         raise ValueError(f"config {cfg.name}: no tiling of a {m}x{n}x{k} GEMM fits the buffers and the "
                          f"{cfg.imem_depth}-instruction memory (K = {k} is too long)")
     est, mb, nb, steps, kc = best
-    return GemmPlan(m, n, k, mt, nt, mb, nb, kc, steps, est)
+    return GemmPlan(m, n, k, mt, nt, mb, nb, kc, steps, est, pattern)
 
 
 def program_instructions(cfg: SATConfig, plan: GemmPlan) -> int:
     """Instructions of the whole GEMM (FINISHes not counted), from the plan alone, without emitting."""
-    return sum(cm * cn * block_instructions(sm, sn, plan.steps)
+    return sum(cm * cn * block_instructions(sm, sn, plan.steps, plan.pattern is not None)
                for sm, cm in _block_sizes(plan.mt, plan.mb) for sn, cn in _block_sizes(plan.nt, plan.nb))
 
 
@@ -127,7 +171,7 @@ def _segments(cfg: SATConfig, plan: GemmPlan) -> list[range]:
     """Consecutive block indices per program: each run holds whole blocks and fits the instruction memory."""
     sizes_m = [min(plan.mb, plan.mt - i0) for i0 in range(0, plan.mt, plan.mb)]
     sizes_n = [min(plan.nb, plan.nt - j0) for j0 in range(0, plan.nt, plan.nb)]
-    counts = [block_instructions(sm, sn, plan.steps) for sm in sizes_m for sn in sizes_n]
+    counts = [block_instructions(sm, sn, plan.steps, plan.pattern is not None) for sm in sizes_m for sn in sizes_n]
     budget = cfg.imem_depth - 1  # room for the FINISH
     segments, first, used = [], 0, 0
     for index, count in enumerate(counts):
@@ -232,7 +276,7 @@ class GemmLayout:
 
 @functools.lru_cache(maxsize=128)
 def layout_gemm(cfg: SATConfig, m: int, n: int, k: int, *, plan: GemmPlan | None = None,
-                base_addr: int = 0) -> GemmLayout:
+                base_addr: int = 0, pattern: tuple[int, int] | None = None) -> GemmLayout:
     """Plan and emit a GEMM from its shape alone (enough for timing-only simulation).
 
     The program's length is known from the plan before anything is emitted;
@@ -240,16 +284,21 @@ def layout_gemm(cfg: SATConfig, m: int, n: int, k: int, *, plan: GemmPlan | None
     whole output blocks, run one after another.  Memoised (configs and plans
     are frozen): a training step repeats shapes.  The layout is read-only.
     """
-    plan = plan or plan_gemm(cfg, m, n, k)
-    if (plan.m, plan.n, plan.k) != (m, n, k):
-        raise ValueError(f"the plan is for a {plan.m}x{plan.n}x{plan.k} GEMM, not {m}x{n}x{k}")
-    # memory map, each region 4 KiB aligned: A, B, C, then the programs (their lengths are known from the plan)
+    plan = plan or plan_gemm(cfg, m, n, k, pattern=pattern)
+    if (plan.m, plan.n, plan.k) != (m, n, k) or (pattern is not None and plan.pattern != tuple(pattern)):
+        raise ValueError(f"the plan is for a {plan.m}x{plan.n}x{plan.k} GEMM ({plan.pattern or 'dense'}), "
+                         f"not {m}x{n}x{k} ({pattern or 'dense'})")
+    # memory map, each region 4 KiB aligned: A (values), IDX (sparse), B, C, then the programs (their lengths
+    # are known from the plan)
     page = 4096
-    a_bytes = plan.mt * plan.k * cfg.a_word_bytes
-    b_bytes = plan.nt * plan.k * cfg.b_word_bytes
+    a_per, b_per = _per_unit(plan.pattern)
+    a_bytes = plan.mt * plan.units * a_per * cfg.a_word_bytes
+    idx_bytes = plan.mt * _idx_words(plan.units * a_per) * cfg.a_word_bytes if plan.pattern else 0
+    b_bytes = plan.nt * plan.units * b_per * cfg.b_word_bytes
     c_bytes = plan.mt * plan.nt * cfg.rows * cfg.acc_word_bytes
     a_addr = _align(base_addr, page)
-    b_addr = _align(a_addr + a_bytes, page)
+    idx_addr = _align(a_addr + a_bytes, page)
+    b_addr = _align(idx_addr + idx_bytes, page)
     c_addr = _align(b_addr + b_bytes, page)
     segments = _segments(cfg, plan)
     total = program_instructions(cfg, plan) + len(segments)
@@ -260,12 +309,15 @@ def layout_gemm(cfg: SATConfig, m: int, n: int, k: int, *, plan: GemmPlan | None
     programs = []
     addr = prog_addr
     for blocks in segments:
-        words = emit_gemm(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr, blocks=blocks) + [encode(Opcode.FINISH)]
+        words = emit_gemm(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr, idx_addr=idx_addr,
+                          blocks=blocks) + [encode(Opcode.FINISH)]
         assert len(words) <= cfg.imem_depth
         programs.append((addr, tuple(words)))
         addr += len(words) * INSTRUCTION_BYTES
     regions = {"program": (prog_addr, total * INSTRUCTION_BYTES), "a": (a_addr, a_bytes), "b": (b_addr, b_bytes),
                "c": (c_addr, c_bytes)}
+    if plan.pattern:
+        regions["idx"] = (idx_addr, idx_bytes)
     return GemmLayout(plan, tuple(programs), regions, end)
 
 
@@ -308,6 +360,50 @@ def compile_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, *, plan: GemmPlan
     return Program(cfg, [list(w) for _, w in lay.programs], memory, lay.runs, dict(lay.regions), lay.plan)
 
 
+def pack_indices(cfg: SATConfig, idx: np.ndarray) -> np.ndarray:
+    """Slot indices ``[M, slots]`` (each < 16) → IDX words ``[Mt, ceil(slots/4), R]`` uint16: lane r of word w
+    holds the indices of slots 4w .. 4w+3 of row r, slot 4w+j in bits 4j .. 4j+3."""
+    m, slots = idx.shape
+    mt = math.ceil(m / cfg.rows)
+    words = _idx_words(slots)
+    padded = np.zeros((mt * cfg.rows, words * IDX_SLOTS_PER_WORD), dtype=np.uint16)
+    padded[:m, :slots] = idx
+    nibbles = padded.reshape(mt * cfg.rows, words, IDX_SLOTS_PER_WORD)
+    lanes = (nibbles << (4 * np.arange(IDX_SLOTS_PER_WORD, dtype=np.uint16))).sum(axis=-1, dtype=np.uint16)
+    return np.ascontiguousarray(lanes.reshape(mt, cfg.rows, words).transpose(0, 2, 1))
+
+
+def compile_sparse_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, n: int, m: int, *, plan: GemmPlan | None = None,
+                        base_addr: int = 0) -> Program:
+    """Compile ``C = (A ⊙ mask) · B`` with A pruned N:M along K by the rule of :mod:`nmsat.hw.sparsity`.
+
+    A is held compressed (slot values and IDX words); B is padded with zero rows to ``ceil(K/m)·m``.
+    ``a`` ``[M, K]`` and ``b`` ``[K, N]`` are real floating-point arrays; A's mask is chosen from its fp32
+    values, its kept values rounded to bf16 like B.
+    """
+    for name, x in (("A", a), ("B", b)):
+        if np.asarray(x).dtype.type not in _FLOATS:
+            raise TypeError(f"compile_sparse_gemm: {name} must be a real floating-point array (float16/32/64), "
+                            f"got {np.asarray(x).dtype}")
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"GEMM operands must be [M, K] and [K, N], got {a.shape} and {b.shape}")
+    rows, k = a.shape
+    lay = layout_gemm(cfg, rows, b.shape[1], k, plan=plan, base_addr=base_addr, pattern=(n, m))
+    values, idx = compress(a, n, m)
+    groups = lay.plan.units
+    b_bits = np.zeros((groups * m, b.shape[1]), dtype=np.uint16)
+    b_bits[:k] = numerics.f32_to_bf16_bits(b)
+    memory = np.zeros(lay.memory_bytes, dtype=np.uint8)
+    for addr, words in lay.programs:
+        blob = np.frombuffer(to_bytes(list(words)), dtype=np.uint8)
+        memory[addr:addr + blob.size] = blob
+    for name, packed in (("a", pack_a(cfg, values)), ("idx", pack_indices(cfg, idx)), ("b", pack_b(cfg, b_bits))):
+        addr, nbytes = lay.regions[name]
+        memory[addr:addr + nbytes] = packed.view(np.uint8).ravel()
+    return Program(cfg, [list(w) for _, w in lay.programs], memory, lay.runs, dict(lay.regions), lay.plan)
+
+
 def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:
     """The GEMM result ``C[M, N]`` (fp32) from a memory image after a run."""
     cfg, plan = program.cfg, program.plan
@@ -317,7 +413,7 @@ def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:
     return unpack_c(cfg, packed, plan.m, plan.n)
 
 
-def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_addr: int,
+def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_addr: int, idx_addr: int = 0,
               blocks: range | None = None) -> list[int]:
     """The instructions of one GEMM (no FINISH), double-buffered, with tokens placed.
 
@@ -331,10 +427,15 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
     last STORE pushes back and the first GEMM two blocks later pops it.
     """
     R = cfg.rows
-    a_half, b_half, acc_half = cfg.a_depth // 2, cfg.b_depth // 2, cfg.acc_depth // 2
-    kc, steps = plan.kc, plan.steps
-    a_tile_bytes = plan.k * cfg.a_word_bytes  # one M-tile: K words
-    b_tile_bytes = plan.k * cfg.b_word_bytes
+    pattern = plan.pattern
+    a_half, b_half, idx_half = _halves(cfg, pattern)
+    acc_half = cfg.acc_depth // 2
+    a_per, b_per = _per_unit(pattern)
+    kc, steps, units = plan.kc, plan.steps, plan.units
+    a_tile_bytes = units * a_per * cfg.a_word_bytes  # one M-tile: K words (dense) or G·n slots (sparse)
+    idx_tile_bytes = _idx_words(units * a_per) * cfg.a_word_bytes
+    idx_chunk = _idx_words(kc * a_per)  # IDX words of a full chunk (a whole number of them but for the last)
+    b_tile_bytes = units * b_per * cfg.b_word_bytes
     c_tile_bytes = R * cfg.acc_word_bytes
     # per step: (loads, gemms, stores issued after the step); emitted software-pipelined below
     step_loads: list[list[int]] = []
@@ -348,17 +449,22 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
         njs = range(j0, min(j0 + plan.nb, plan.nt))
         acc_base = (block_index % 2) * acc_half
         for s in range(steps):
-            k0 = s * kc
-            klen = min(kc, plan.k - k0)
+            k0 = s * kc  # first reduction unit of the chunk
+            klen = min(kc, units - k0)
             half = step_index % 2
             loads = []
             for x, mi in enumerate(mis):
-                loads.append(dict(buffer=Buffer.A, sram_addr=half * a_half + x * kc, rows=klen,
-                                  dram_addr=a_addr + mi * a_tile_bytes + k0 * cfg.a_word_bytes,
+                loads.append(dict(buffer=Buffer.A, sram_addr=half * a_half + x * kc * a_per, rows=klen * a_per,
+                                  dram_addr=a_addr + mi * a_tile_bytes + k0 * a_per * cfg.a_word_bytes,
                                   dram_stride=cfg.a_word_bytes))
+                if pattern:
+                    loads.append(dict(buffer=Buffer.IDX, sram_addr=half * idx_half + x * idx_chunk,
+                                      rows=_idx_words(klen * a_per),
+                                      dram_addr=idx_addr + mi * idx_tile_bytes + s * idx_chunk * cfg.a_word_bytes,
+                                      dram_stride=cfg.a_word_bytes))
             for y, nj in enumerate(njs):
-                loads.append(dict(buffer=Buffer.B, sram_addr=half * b_half + y * kc, rows=klen,
-                                  dram_addr=b_addr + nj * b_tile_bytes + k0 * cfg.b_word_bytes,
+                loads.append(dict(buffer=Buffer.B, sram_addr=half * b_half + y * kc * b_per, rows=klen * b_per,
+                                  dram_addr=b_addr + nj * b_tile_bytes + k0 * b_per * cfg.b_word_bytes,
                                   dram_stride=cfg.b_word_bytes))
             step_loads.append([])
             step_gemms.append([])
@@ -369,11 +475,16 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
             pairs = [(x, y) for x in range(len(mis)) for y in range(len(njs))]
             for idx, (x, y) in enumerate(pairs):
                 first, last = idx == 0, idx == len(pairs) - 1
-                step_gemms[-1].append(encode(Opcode.GEMM, pop_prev=int(first),
-                                  pop_next=int(first and s == 0 and block_index >= 2),
-                                  push_prev=int(last), push_next=int(last and s == steps - 1),
-                                  a_addr=half * a_half + x * kc, b_addr=half * b_half + y * kc,
-                                  acc_addr=acc_base + (x * len(njs) + y) * R, k=klen, accumulate=int(s > 0)))
+                tokens = dict(pop_prev=int(first), pop_next=int(first and s == 0 and block_index >= 2),
+                              push_prev=int(last), push_next=int(last and s == steps - 1))
+                common = dict(a_addr=half * a_half + x * kc * a_per, b_addr=half * b_half + y * kc * b_per,
+                              acc_addr=acc_base + (x * len(njs) + y) * R, accumulate=int(s > 0))
+                if pattern:
+                    step_gemms[-1].append(encode(Opcode.SPARSE_GEMM, **tokens, **common, groups=klen, n=pattern[0],
+                                                 m_log2=pattern[1].bit_length() - 1,
+                                                 idx_addr=half * idx_half + x * idx_chunk))
+                else:
+                    step_gemms[-1].append(encode(Opcode.GEMM, **tokens, **common, k=klen))
             step_index += 1
         tiles = [(x, y, mi, nj) for x, mi in enumerate(mis) for y, nj in enumerate(njs)]
         for idx, (x, y, mi, nj) in enumerate(tiles):

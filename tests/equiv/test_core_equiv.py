@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from random_programs import VARIANTS, random_cases
 
-from nmsat.dataflow.gemm import compile_gemm
+from nmsat.dataflow.gemm import compile_gemm, compile_sparse_gemm
 from nmsat.dataflow.layers import conv2d_gemms
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Buffer, ErrorCode, Opcode, Status, encode, to_bytes
@@ -35,6 +35,16 @@ def gemm_program(cfg, m, n, k, seed):
     a = rng.standard_normal((m, k)).astype(np.float32) * np.float32(4.0) ** rng.integers(-3, 4, (m, k))
     b = rng.standard_normal((k, n)).astype(np.float32)
     return compile_gemm(cfg, a, b)
+
+
+def sparse_program(cfg, m, n, k, pattern, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype(np.float32) * np.float32(4.0) ** rng.integers(-3, 4, (m, k))
+    return compile_sparse_gemm(cfg, a, rng.standard_normal((k, n)).astype(np.float32), *pattern)
+
+
+#: the N:M patterns the tiny preset runs (its sparse_m is (4, 8))
+SPARSE_PATTERNS = [(1, 4), (2, 4), (3, 4), (1, 8), (2, 8), (4, 8), (7, 8)]
 
 
 def assert_same(expected, sim_memory, rtl, what=""):
@@ -88,6 +98,16 @@ def test_amaranth_core_matches_simulator_on_gemms(m, n, k, serial):
     memory = prog.memory.copy()
     expected = CoreModel(TINY).run(memory, prog.program_addr, prog.length, serial=serial)
     assert expected.ok
+    rtl = run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length, serial=serial)
+    assert_same(expected, memory, rtl)
+
+
+@pytest.mark.parametrize("pattern,serial", [((2, 8), False), ((1, 4), True)])
+def test_amaranth_core_matches_simulator_on_sparse_gemms(pattern, serial):
+    prog = sparse_program(TINY, 9, 6, 45, pattern, seed=sum(pattern))
+    memory = prog.memory.copy()
+    expected = CoreModel(TINY).run_sequence(memory, prog.runs, serial=serial)
+    assert expected.ok and expected.race_free
     rtl = run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length, serial=serial)
     assert_same(expected, memory, rtl)
 
@@ -172,6 +192,12 @@ def verilator_results():
         for serial in (False, True):
             jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
             names.append(f"gemm {m}x{n}x{k}{' serial' if serial else ''}")
+    for i, pattern in enumerate(SPARSE_PATTERNS):  # every pattern, random shapes, pipelined then serial
+        m, n, k = (int(x) for x in rng.integers(1, 40, 3))
+        prog = sparse_program(TINY, m, n, k, pattern, seed=100 + i)
+        for serial in (False, True):
+            jobs.append(RtlJob(prog.memory, *prog.runs[0], serial, more_runs=tuple(prog.runs[1:])))
+            names.append(f"gemm {pattern[0]}:{pattern[1]} {m}x{n}x{k}{' serial' if serial else ''}")
     long = gemm_program(TINY, 64, 200, 40, seed=99)  # longer than the instruction memory: several programs
     assert len(long.runs) > 1
     jobs.append(RtlJob(long.memory, *long.runs[0], more_runs=tuple(long.runs[1:])))
