@@ -67,3 +67,35 @@ def test_resnet18_layer_shapes_at_the_card_preset_match_torch(name, cin, cout, h
     out = conv2d_stage(card, "FF", x, w, stride=stride, padding=1)
     ref = F.conv2d(bf16(x), bf16(w), stride=stride, padding=1)
     close(out, ref, F.conv2d(bf16(x).abs(), bf16(w).abs(), stride=stride, padding=1))
+
+
+@pytest.mark.parametrize("n,m", [(2, 8), (1, 4), (4, 8)])
+@pytest.mark.parametrize("cin,cout,k,stride,padding,groups", [(8, 8, 3, 1, 1, 1), (16, 16, 3, 2, 1, 2), (8, 16, 1, 1, 0, 1)])
+def test_sparse_conv_stages_match_torch_with_bdwp_masks(cin, cout, k, stride, padding, groups, n, m):
+    """BDWP on the simulator: FF with W ⊙ ff_mask, BP with W ⊙ bp_mask (per conv group), against torch."""
+    from nmsat.sw.bdwp import bp_mask, ff_mask
+
+    torch.manual_seed(cin + cout + n * m)
+    x = torch.randn(2, cin, 6, 5)
+    w = torch.randn(cout, cin // groups, k, k)
+    kw = dict(stride=stride, padding=padding, groups=groups)
+    w_ff = bf16(w) * ff_mask(w, n, m, groups)
+    w_bp = (bf16(w) * bp_mask(w, n, m, groups)).requires_grad_()
+    y = F.conv2d(bf16(x), w_ff, **kw)
+    close(conv2d_stage(TINY, "FF", x, w, pattern=(n, m), **kw), y,
+          F.conv2d(bf16(x).abs(), w_ff.abs(), **kw))
+    xd = bf16(x).requires_grad_()
+    dy = torch.randn(y.shape)
+    F.conv2d(xd, w_bp, **kw).backward(bf16(dy))
+    close(conv2d_stage(TINY, "BP", x, w, grad_y=dy, pattern=(n, m), **kw), xd.grad, 10 * xd.grad.abs().max())
+
+
+@pytest.mark.parametrize("n,m", [(2, 8), (2, 4)])
+def test_sparse_linear_stages_match_torch_with_bdwp_masks(n, m):
+    from nmsat.sw.bdwp import bp_mask, ff_mask
+
+    torch.manual_seed(7)
+    x, w, dy = torch.randn(6, 40), torch.randn(24, 40), torch.randn(6, 24)
+    w_ff, w_bp = bf16(w) * ff_mask(w, n, m), bf16(w) * bp_mask(w, n, m)
+    close(linear_stage(TINY, "FF", x, w, pattern=(n, m)), bf16(x) @ w_ff.T, bf16(x).abs() @ w_ff.abs().T)
+    close(linear_stage(TINY, "BP", x, w, dy, pattern=(n, m)), bf16(dy) @ w_bp, bf16(dy).abs() @ w_bp.abs())
