@@ -198,6 +198,11 @@ def verilator_results():
         for serial in (False, True):
             jobs.append(RtlJob(prog.memory, *prog.runs[0], serial, more_runs=tuple(prog.runs[1:])))
             names.append(f"gemm {pattern[0]}:{pattern[1]} {m}x{n}x{k}{' serial' if serial else ''}")
+    for i, (m, n, k) in enumerate(conv_shapes()):  # BDWP's FF and BP of conv layers as sparse GEMMs
+        pattern = SPARSE_PATTERNS[i % len(SPARSE_PATTERNS)]
+        prog = sparse_program(TINY, m, n, k, pattern, seed=200 + i)
+        jobs.append(RtlJob(prog.memory, *prog.runs[0], more_runs=tuple(prog.runs[1:])))
+        names.append(f"sparse conv {pattern[0]}:{pattern[1]} {m}x{n}x{k}")
     long = gemm_program(TINY, 64, 200, 40, seed=99)  # longer than the instruction memory: several programs
     assert len(long.runs) > 1
     jobs.append(RtlJob(long.memory, *long.runs[0], more_runs=tuple(long.runs[1:])))
