@@ -155,8 +155,10 @@ def plan_gemm(cfg: SATConfig, m: int, n: int, k: int, *, pattern: tuple[int, int
                 if best is None or est < best[0]:
                     best = (est, mb, nb, steps, kc)
     if best is None:
-        raise ValueError(f"config {cfg.name}: no tiling of a {m}x{n}x{k} GEMM fits the buffers and the "
-                         f"{cfg.imem_depth}-instruction memory (K = {k} is too long)")
+        why = (f"K = {k} is too long" if not sparse else
+               f"K = {k} is too long, or no chunk of whole IDX words ({IDX_SLOTS_PER_WORD} slots) fits a buffer half")
+        raise ValueError(f"config {cfg.name}: no tiling of a {m}x{n}x{k} GEMM{f' at {pattern[0]}:{pattern[1]}' if sparse else ''}"
+                         f" fits the buffers and the {cfg.imem_depth}-instruction memory ({why})")
     est, mb, nb, steps, kc = best
     return GemmPlan(m, n, k, mt, nt, mb, nb, kc, steps, est, pattern)
 

@@ -73,8 +73,8 @@ class RunResult:
     cycles: int
     error_pc: int = 0
     busy: dict[str, int] = field(default_factory=dict)  # cycles each unit had work in flight
-    token_stall: dict[str, int] = field(default_factory=dict)  # cycles a head instruction waited for tokens
-    instructions: int = 0  # instructions dispatched
+    token_stall: dict[str, int] = field(default_factory=dict)  # cycles started instructions waited for tokens
+    instructions: int = 0  # instructions dispatched (by the stop cycle)
     executed: int = 0  # instructions that started before the run stopped (their effects all took place)
     gemm_macs: int = 0  # useful MAC slots: Σ k · rows · cols over GEMMs (DONE runs)
     hazards: list[Hazard] = field(default_factory=list)  # unordered accesses (checked by `run`)
@@ -332,7 +332,7 @@ class CoreModel:
         ptr = [0, 0, 0]
         next_d = 0
         last_end = -1  # max e over started instructions (serial mode and FINISH)
-        stall = [0, 0, 0]
+        waited = [0] * stop_pc  # cycles each instruction, at the head of its queue, waited for tokens
         Q = cfg.queue_depth
         Lr, Lw = cfg.mem_read_latency, cfg.mem_write_latency
         in_flight = {LOAD: timing.LOADS_IN_FLIGHT, STORE: timing.STORES_IN_FLIGHT}
@@ -387,7 +387,7 @@ class CoreModel:
                     if blocked:
                         break
                     start = token_ready
-                    stall[u] += start - ready
+                    waited[i] = start - ready
                     for ch in pop_ch[i]:
                         pops[ch].append(start)
                     if u == COMPUTE:
@@ -461,10 +461,13 @@ class CoreModel:
                 covered = max(covered, e[i])
         # an error stops every start after its cycle; what started runs to its end
         executed = [i for i in range(stop_pc) if s[i] is not None and s[i] <= cycle]
+        stall = [0, 0, 0]
+        for i in executed:
+            stall[unit[i]] += waited[i]
         macs = sum(ks[i] for i in range(stop_pc) if unit[i] == COMPUTE) * cfg.rows * cfg.cols
         result = RunResult(status, code, cycles=cycle + 1, error_pc=pc if status is Status.ERROR else 0,
                            busy=dict(zip(UNIT_NAMES, busy)), token_stall=dict(zip(UNIT_NAMES, stall)),
-                           instructions=len(dispatched), executed=len(executed),
+                           instructions=sum(x <= cycle for x in dispatched), executed=len(executed),
                            gemm_macs=macs if status is Status.DONE else 0)
         return result, _Schedule(unit, beats_of, bursts_of, s, e, transfer, executed)
 

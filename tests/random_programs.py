@@ -215,7 +215,7 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
             return encode(Opcode.SPARSE_GEMM, **args)
         if kind == "load":
             buf = Buffer(int(rng.choice([0, 1, 3])))
-            rows = b.integer(2, 20)
+            rows = b.integer(2, min(20, cfg.depth(buf)))
             return encode(Opcode.LOAD, buffer=buf, sram_addr=cfg.depth(buf) - rows + b.integer(1, rows - 1), rows=rows,
                           dram_addr=0, dram_stride=cfg.word_bytes(buf))
         if kind == "store":
@@ -291,14 +291,15 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
     prog_region = 16 * PAGE
     in_base = prog_region
     out_base = in_base + b.in_bytes
-    size = out_base + b.out_bytes
+    gap = PAGE  # bytes no STORE writes and no LOAD reads, where a straddling transfer of the axi variants begins
+    size = out_base + b.out_bytes + gap
     instrs = _base_program(b, in_base, out_base)
     fault_pc = None
     if variant == "token_overflow":
         instrs += _overflow_tail(b, in_base, out_base)
     elif variant == "deadlock":
         pushers = [i for i, x in enumerate(instrs) if (x["opcode"] is Opcode.LOAD and x.get("push_next")) or
-                   (x["opcode"] is Opcode.GEMM and x.get("push_next"))]  # l2c and c2s: consumed one for one
+                   (x["opcode"] in (Opcode.GEMM, Opcode.SPARSE_GEMM) and x.get("push_next"))]  # l2c, c2s: one for one
         fault_pc = int(rng.choice(pushers))
         instrs[fault_pc]["push_next"] = 0
     elif variant in ("axi_load", "axi_store"):
@@ -308,8 +309,8 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
         word = cfg.word_bytes(x["buffer"])
         span = (x["rows"] - 1) * x["dram_stride"] + word
         # from a few beats before the end (the transfer straddles it) to well past it
-        if span > bus and rng.random() < 0.6:  # straddles the end
-            x["dram_addr"] = size - bus * b.integer(1, (span - 1) // bus)
+        if span > bus and rng.random() < 0.6:  # straddles the end, starting in the gap
+            x["dram_addr"] = size - bus * b.integer(1, min((span - 1) // bus, gap // bus))
         else:  # wholly past it
             x["dram_addr"] = size + bus * b.integer(0, 64)
     words = [encode(**x) for x in instrs] + [encode(Opcode.FINISH)]

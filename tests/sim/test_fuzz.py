@@ -63,3 +63,15 @@ def test_an_error_leaves_the_effects_of_started_instructions_only():
             (timing.status, timing.error, timing.error_pc, timing.cycles)
         if full.executed == 0:
             assert np.array_equal(memory, case.memory)
+
+
+@pytest.mark.parametrize("cfg", [TINY, SMALL], ids=["tiny", "small"])
+def test_random_programs_are_race_free_over_many_seeds(cfg):
+    """The generator's promise, over more seeds than the fuzz test (a straddling LOAD once read bytes a
+    STORE wrote, and a range fault once asked for more IDX rows than the small config has)."""
+    core = CoreModel(cfg)
+    for seed in range(40):
+        for case in random_cases(cfg, seed=seed, count=60):
+            result = core.run(case.memory.copy(), case.program_addr, case.program_len, serial=case.serial,
+                              numerics=False)
+            assert result.race_free, (seed, case.variant, [str(h) for h in result.hazards[:2]])
