@@ -17,7 +17,7 @@ from __future__ import annotations
 from .config import SATConfig
 
 __all__ = ["bursts", "burst_count", "transfer_beats", "gemm_mac_cycles", "drain_cycles", "LOADS_IN_FLIGHT",
-           "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "PAGE_BYTES"]
+           "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES"]
 
 #: A LOAD may issue its addresses while at most this many earlier LOADs still receive data.
 LOADS_IN_FLIGHT = 1
@@ -27,6 +27,8 @@ STORES_IN_FLIGHT = 1
 SRAM_READ_LATENCY = 1
 #: A GEMM drains the shadow registers through a read-add-write pipeline of this many stages.
 DRAIN_PIPELINE = 2
+#: Accumulator rows the drain reads, adds and writes per cycle (the ACC buffer is banked by row parity).
+DRAIN_ROWS = 2
 
 #: AXI: a burst never crosses a boundary of this many bytes
 PAGE_BYTES = 4096
@@ -83,9 +85,10 @@ def gemm_mac_cycles(k: int) -> int:
 
 
 def drain_cycles(cfg: SATConfig) -> int:
-    """Cycles from the transfer to the last accumulator-buffer write: ``rows`` reads, then the add and write stages.
+    """Cycles from the transfer to the last accumulator-buffer write: ``ceil(rows / DRAIN_ROWS)`` reads (two
+    rows a cycle), then the add and write stages.
 
     A transfer waits until the previous GEMM's drain has finished (one set of
     shadow registers).
     """
-    return cfg.rows + DRAIN_PIPELINE - 1
+    return -(-cfg.rows // DRAIN_ROWS) + DRAIN_PIPELINE - 1

@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from ..config import SATConfig
 from ..fp import Bf16Mac, Fp32Adder
 from ..isa import Opcode
-from ..timing import DRAIN_PIPELINE, SRAM_READ_LATENCY
+from ..timing import DRAIN_PIPELINE, DRAIN_ROWS, SRAM_READ_LATENCY
 from .common import PC_BITS, Entry, queue_signature
 
 __all__ = ["ComputeUnit"]
@@ -41,8 +41,12 @@ class ComputeUnit(wiring.Component):
             "a_addr": Out(16), "a_data": In(16 * R),
             "b_row": Out(16), "b_data": In(16 * C * cfg.b_banks),  # one row of the B banks: word w is bank w % banks
             "idx_addr": Out(16), "idx_data": In(16 * R),  # the index buffer (SPARSE_GEMM)
-            "acc_read_addr": Out(16), "acc_read_data": In(32 * C),  # the drain's copy of ACC
-            "acc_write_addr": Out(16), "acc_write_data": Out(32 * C), "acc_write_en": Out(1),  # both copies
+            # ACC in two banks by row parity (row p is word p // 2 of bank p % 2); the drain's copy is read,
+            # both copies are written
+            "acc_read_addr_even": Out(16), "acc_read_data_even": In(32 * C),
+            "acc_read_addr_odd": Out(16), "acc_read_data_odd": In(32 * C),
+            "acc_write_addr_even": Out(16), "acc_write_data_even": Out(32 * C), "acc_write_en_even": Out(1),
+            "acc_write_addr_odd": Out(16), "acc_write_data_odd": Out(32 * C), "acc_write_en_odd": Out(1),
             "start": Out(1), "busy": Out(1),
             "draining_pc": Out(PC_BITS),  # the GEMM whose drain pushes tokens
         })
@@ -51,7 +55,9 @@ class ComputeUnit(wiring.Component):
         m = Module()
         cfg = self.cfg
         R, C = cfg.rows, cfg.cols
-        assert SRAM_READ_LATENCY == 1 and DRAIN_PIPELINE == 2, "the pipeline below is built for these latencies"
+        assert SRAM_READ_LATENCY == 1 and DRAIN_PIPELINE == 2 and DRAIN_ROWS == 2, \
+            "the pipeline below is built for these latencies"
+        steps = -(-R // DRAIN_ROWS)  # drain steps: two rows each
         banks = cfg.b_banks
         bank_bits = (banks - 1).bit_length()
         head = self.queue.payload
@@ -59,7 +65,7 @@ class ComputeUnit(wiring.Component):
         head_sparse = head.inst.opcode == Opcode.SPARSE_GEMM
         head_slots = Signal(21)
         m.d.comb += head_slots.eq(sparse_args.groups * sparse_args.n)
-        steps = Mux(head_sparse, head_slots, args.k)  # reads: k words, or the slots of a SPARSE_GEMM
+        mac_steps = Mux(head_sparse, head_slots, args.k)  # reads: k words, or the slots of a SPARSE_GEMM
         reading = Signal()
         k_left = Signal(21)
         rd_a, rd_b = Signal(16), Signal(16)  # next A word; next B word (dense) or the current group's first word
@@ -73,7 +79,7 @@ class ComputeUnit(wiring.Component):
         pending = Signal()  # last MAC done, waiting for the transfer
         cur_info = Entry(Signal(Entry.as_shape().size))  # the GEMM between start and transfer
         drain_active = Signal()
-        drain_count = Signal(range(R + 2))
+        drain_count = Signal(range(R + 3))
         drain_info = Entry(Signal(Entry.as_shape().size))
         transfer = Signal()
         m.d.comb += transfer.eq(pending & ~drain_active)
@@ -92,7 +98,7 @@ class ComputeUnit(wiring.Component):
         with m.If(start):
             m.d.comb += [self.a_addr.eq(args.a_addr), b_word.eq(args.b_addr), self.idx_addr.eq(sparse_args.idx_addr),
                          cur_nibble.eq(0)]
-            m.d.sync += [reading.eq(steps != 1), k_left.eq(steps - 1), rd_a.eq(args.a_addr + 1),
+            m.d.sync += [reading.eq(mac_steps != 1), k_left.eq(mac_steps - 1), rd_a.eq(args.a_addr + 1),
                          cur_info.eq(self.queue.payload), sparse_mode.eq(head_sparse), sp_n.eq(sparse_args.n),
                          sp_mask.eq(head_m_mask), rd_idx.eq(sparse_args.idx_addr), nibble.eq(1)]
             with m.If(head_sparse):
@@ -119,7 +125,7 @@ class ComputeUnit(wiring.Component):
         issued = start | reading
         mac_bank, mac_nibble, mac_sparse, mac_mask = Signal(max(1, bank_bits)), Signal(2), Signal(), Signal(8)
         m.d.sync += [mac_valid.eq(self.alive & issued), mac_first.eq(start),
-                     mac_last.eq(Mux(start, steps == 1, reading & (k_left == 1))),
+                     mac_last.eq(Mux(start, mac_steps == 1, reading & (k_left == 1))),
                      mac_bank.eq(b_word[:max(1, bank_bits)] if banks > 1 else 0), mac_nibble.eq(cur_nibble),
                      mac_sparse.eq(Mux(start, head_sparse, sparse_mode)), mac_mask.eq(Mux(start, head_m_mask, sp_mask))]
         with m.If(mac_valid & mac_last):
@@ -145,7 +151,7 @@ class ComputeUnit(wiring.Component):
                              mac.b.eq(row_b[16 * c:16 * c + 16])]
                 with m.If(mac_valid):
                     m.d.sync += acc[r][c].eq(mac.acc_out)
-        # transfer and drain: reads in t+1 .. t+R, writes in t+2 .. t+R+1
+        # transfer and drain, two rows a step: reads in t+1 .. t+steps, writes in t+2 .. t+steps+1
         with m.If(transfer):
             m.d.sync += [drain_active.eq(1), drain_count.eq(0), drain_info.eq(cur_info)]
             for r in range(R):
@@ -153,24 +159,45 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += shadow[r][c].eq(acc[r][c])
         drain_args = drain_info.inst.args.gemm
         drain_write = drain_active & (drain_count >= 1)
-        drain_end = drain_active & (drain_count == R)
+        drain_end = drain_active & (drain_count == steps)
         with m.If(drain_active):
             m.d.sync += drain_count.eq(drain_count + 1)
-            with m.If(drain_write):  # shift the next row up
-                for r in range(R - 1):
+            with m.If(drain_write):  # shift the next two rows up
+                for r in range(R):
                     for c in range(C):
-                        m.d.sync += shadow[r][c].eq(shadow[r + 1][c])
+                        if r + 2 < R:
+                            m.d.sync += shadow[r][c].eq(shadow[r + 2][c])
             with m.If(drain_end):
                 m.d.sync += drain_active.eq(0)
-        m.d.comb += self.acc_read_addr.eq(drain_args.acc_addr + drain_count)
-        drain_row = Signal(32 * C)
-        for c in range(C):
-            adder = Fp32Adder()
-            m.submodules[f"drain_add_{c}"] = adder
-            m.d.comb += [adder.a.eq(self.acc_read_data[32 * c:32 * c + 32]), adder.b.eq(shadow[0][c]),
-                         drain_row[32 * c:32 * c + 32].eq(Mux(drain_args.accumulate, adder.sum, shadow[0][c]))]
-        m.d.comb += [self.acc_write_addr.eq(drain_args.acc_addr + drain_count - 1), self.acc_write_data.eq(drain_row),
-                     self.acc_write_en.eq(self.alive & drain_write),
+        # rows p and p + 1 of a step: p in the bank of the GEMM's first row's parity, p + 1 in the other
+        odd = drain_args.acc_addr[0]
+        read_first = Signal(17)
+        m.d.comb += read_first.eq(drain_args.acc_addr + 2 * drain_count)
+        read_second = read_first + 1
+        m.d.comb += [self.acc_read_addr_even.eq(Mux(odd, read_second, read_first) >> 1),
+                     self.acc_read_addr_odd.eq(Mux(odd, read_first, read_second) >> 1)]
+        old_first = Mux(odd, self.acc_read_data_odd, self.acc_read_data_even)  # the rows read a cycle ago
+        old_second = Mux(odd, self.acc_read_data_even, self.acc_read_data_odd)
+        rows_out = []
+        for j, old in enumerate((old_first, old_second)):
+            row = Signal(32 * C, name=f"drain_row_{j}")
+            for c in range(C):
+                adder = Fp32Adder()
+                m.submodules[f"drain_add_{j}_{c}"] = adder
+                m.d.comb += [adder.a.eq(old[32 * c:32 * c + 32]), adder.b.eq(shadow[j][c] if j < R else 0),
+                             row[32 * c:32 * c + 32].eq(Mux(drain_args.accumulate, adder.sum,
+                                                             shadow[j][c] if j < R else 0))]
+            rows_out.append(row)
+        write_first = Signal(17)
+        m.d.comb += write_first.eq(drain_args.acc_addr + 2 * (drain_count - 1))
+        write_second = write_first + 1
+        second_valid = (2 * (drain_count - 1) + 1) < R  # an odd row count: the last step writes one row
+        m.d.comb += [self.acc_write_addr_even.eq(Mux(odd, write_second, write_first) >> 1),
+                     self.acc_write_addr_odd.eq(Mux(odd, write_first, write_second) >> 1),
+                     self.acc_write_data_even.eq(Mux(odd, rows_out[1], rows_out[0])),
+                     self.acc_write_data_odd.eq(Mux(odd, rows_out[0], rows_out[1])),
+                     self.acc_write_en_even.eq(self.alive & drain_write & Mux(odd, second_valid, 1)),
+                     self.acc_write_en_odd.eq(self.alive & drain_write & Mux(odd, 1, second_valid)),
                      self.c2l_push.eq(drain_end & drain_info.inst.deps.push_prev),
                      self.c2s_push.eq(drain_end & drain_info.inst.deps.push_next),
                      self.draining_pc.eq(drain_info.pc),

@@ -112,16 +112,22 @@ class Core(wiring.Component):
         for j, bank in enumerate(b_banks):
             m.submodules[f"buf_b{j}"] = bank
         m.submodules.buf_idx = buf_idx = Memory(shape=unsigned(16 * R), depth=cfg.idx_depth, init=[])
-        m.submodules.acc_drain = acc_d = Memory(shape=unsigned(32 * C), depth=cfg.acc_depth, init=[])
-        m.submodules.acc_store = acc_s = Memory(shape=unsigned(32 * C), depth=cfg.acc_depth, init=[])
+        # ACC: row p is word p // 2 of bank p % 2 (the drain writes two rows a cycle), kept twice
+        acc_words = (cfg.acc_depth + 1) // 2
+        acc_d = [Memory(shape=unsigned(32 * C), depth=acc_words, init=[]) for _ in range(2)]
+        acc_s = [Memory(shape=unsigned(32 * C), depth=acc_words, init=[]) for _ in range(2)]
+        for parity in range(2):
+            m.submodules[f"acc_drain{parity}"], m.submodules[f"acc_store{parity}"] = acc_d[parity], acc_s[parity]
         imem_w = imem.write_port(domain="core")
         imem_r = imem.read_port(domain="core", transparent_for=(imem_w,))
         a_w, a_r = buf_a.write_port(domain="core"), buf_a.read_port(domain="core")
         b_ws = [bank.write_port(domain="core") for bank in b_banks]
         b_rs = [bank.read_port(domain="core") for bank in b_banks]
         idx_w, idx_r = buf_idx.write_port(domain="core"), buf_idx.read_port(domain="core")
-        accd_w, accs_w = acc_d.write_port(domain="core"), acc_s.write_port(domain="core")
-        accd_r, accs_r = acc_d.read_port(domain="core"), acc_s.read_port(domain="core")
+        accd_w = [bank.write_port(domain="core") for bank in acc_d]
+        accs_w = [bank.write_port(domain="core") for bank in acc_s]
+        accd_r = [bank.read_port(domain="core") for bank in acc_d]
+        accs_r = [bank.read_port(domain="core") for bank in acc_s]
 
         # fetch and dispatch
         m.d.comb += [fetch.fetching.eq(ctl.fetching), fetch.program_addr.eq(regs.program_addr),
@@ -163,14 +169,20 @@ class Core(wiring.Component):
         m.d.comb += [a_r.addr.eq(compute.a_addr), compute.a_data.eq(a_r.data),
                      idx_r.addr.eq(compute.idx_addr), compute.idx_data.eq(idx_r.data),
                      compute.b_data.eq(Cat(*(port.data for port in b_rs))),
-                     accd_r.addr.eq(compute.acc_read_addr), compute.acc_read_data.eq(accd_r.data)]
+                     accd_r[0].addr.eq(compute.acc_read_addr_even), compute.acc_read_data_even.eq(accd_r[0].data),
+                     accd_r[1].addr.eq(compute.acc_read_addr_odd), compute.acc_read_data_odd.eq(accd_r[1].data)]
         for port in b_rs:
             m.d.comb += port.addr.eq(compute.b_row)
-        for port in (accd_w, accs_w):
-            m.d.comb += [port.addr.eq(compute.acc_write_addr), port.data.eq(compute.acc_write_data),
-                         port.en.eq(compute.acc_write_en)]
+        for parity, name in enumerate(("even", "odd")):
+            for port in (accd_w[parity], accs_w[parity]):
+                m.d.comb += [port.addr.eq(getattr(compute, f"acc_write_addr_{name}")),
+                             port.data.eq(getattr(compute, f"acc_write_data_{name}")),
+                             port.en.eq(getattr(compute, f"acc_write_en_{name}"))]
         # STORE: the STORE's ACC port and the write channels
-        m.d.comb += [accs_r.addr.eq(store.acc_addr), store.acc_data.eq(accs_r.data),
+        store_odd = Signal()  # the parity of the row the STORE read a cycle ago: which bank's data it gets
+        m.d.core += store_odd.eq(store.acc_addr[0])
+        m.d.comb += [accs_r[0].addr.eq(store.acc_addr >> 1), accs_r[1].addr.eq(store.acc_addr >> 1),
+                     store.acc_data.eq(Mux(store_odd, accs_r[1].data, accs_r[0].data)),
                      mem.awvalid.eq(store.aw_valid), mem.awaddr.eq(store.aw_addr), mem.awlen.eq(store.aw_len),
                      store.aw_ready.eq(mem.awready),
                      mem.wvalid.eq(store.w_valid), mem.wdata.eq(store.w_data), mem.wlast.eq(store.w_last),

@@ -284,6 +284,9 @@ OTHER_CONFIGS = [
               queue_depth=3, imem_depth=512, mem_read_latency=1, mem_write_latency=5),
     SATConfig(name="short-bursts", rows=4, cols=4, a_depth=64, b_depth=64, acc_depth=32, bus_bytes=8,
               max_burst_beats=2, queue_depth=1, imem_depth=256, mem_read_latency=6, mem_write_latency=3),
+    # an odd accumulator depth: the two row-parity banks of ACC differ in size by nothing, one row unused
+    SATConfig(name="odd-acc", rows=2, cols=4, a_depth=64, b_depth=64, acc_depth=13, bus_bytes=4, max_burst_beats=4,
+              queue_depth=2, imem_depth=512, mem_read_latency=2, mem_write_latency=2),
 ]
 
 

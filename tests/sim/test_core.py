@@ -42,13 +42,14 @@ def test_hand_computed_cycle_count():
 
     fetch: 5 instructions = 10 beats, first at cycle 4 → dispatch from cycle 14 (d = 14, 15, 16, 17; FINISH 18).
     LOAD A starts 15, data 19..22.  LOAD B starts 16 (one AR after A), data 23..26, pushes at 26.
-    GEMM starts 27: reads 27..30, last MAC 31, transfer 32, drain of 4 rows + 2 stages ends 37.
-    STORE starts 38, 4 words × 2 beats, last response 38 + 8 + 2 = 48.  FINISH retires in 49 → 50 cycles.
+    GEMM starts 27: reads 27..30, last MAC 31, transfer 32, drain of 4 rows two a cycle (reads 33, 34;
+    writes 34, 35) ends 35.  STORE starts 36, 4 words × 2 beats, last response 36 + 8 + 2 = 46.
+    FINISH retires in 47 → 48 cycles.
     """
     result, _ = run_words(small_program())
-    assert result.status is Status.DONE and result.cycles == 50
-    assert result.token_stall == {"load": 0, "compute": 10, "store": 20}
-    assert result.busy["compute"] == 11
+    assert result.status is Status.DONE and result.cycles == 48
+    assert result.token_stall == {"load": 0, "compute": 10, "store": 18}
+    assert result.busy["compute"] == 9
 
 
 def test_small_program_numerics():
@@ -170,10 +171,10 @@ def test_queue_depth_changes_timing_as_the_rules_say():
     """A STORE waiting for its token holds the only store-queue entry, so the dispatcher stops in front of
     the next STORE and the LOAD behind it waits.  5 instructions = 10 beats: dispatch from 14.
 
-    depth 4: d = 14, 15, 16, 17; GEMM starts 15, transfer 24, drain ends 29 (push); STORE0 30..34,
-    STORE1 32..36; LOAD starts 18, data 22; FINISH retires 37: 38 cycles.
-    depth 1: STORE1 is dispatched when STORE0 has started (30) in 31, the LOAD in 32; it starts 33,
-    its data arrives in 37; FINISH retires 38: 39 cycles.
+    depth 4: d = 14, 15, 16, 17; GEMM starts 15, transfer 24, drain ends 27 (push); STORE0 28..32,
+    STORE1 30..34; LOAD starts 18, data 22; FINISH retires 35: 36 cycles.
+    depth 1: STORE1 is dispatched when STORE0 has started (28) in 29, the LOAD in 30; it starts 31,
+    its data arrives in 35; FINISH retires 36: 37 cycles.
     """
     words = [encode(Opcode.GEMM, push_next=1, k=8),
              encode(Opcode.STORE, pop_prev=1, buffer=Buffer.ACC, rows=1, dram_addr=0x3000, dram_stride=16),
@@ -182,7 +183,7 @@ def test_queue_depth_changes_timing_as_the_rules_say():
              encode(Opcode.FINISH)]
     deep, _ = run_words(words)
     shallow, _ = run_words(words, cfg=dataclasses.replace(TINY, queue_depth=1))
-    assert (deep.cycles, shallow.cycles) == (38, 39)
+    assert (deep.cycles, shallow.cycles) == (36, 37)
 
 
 def test_time_program_matches_run_and_is_memoised_safely():
