@@ -9,8 +9,9 @@ index names (an ``banks``:1 mux per row), so a group of m reduction steps
 takes n cycles.  One
 cycle after its last MAC the accumulators move to the shadow registers (the
 transfer, once the previous drain has ended) and the next GEMM may start
-while the drain writes one accumulator row per cycle through a
-read-add-write pipeline of ``DRAIN_PIPELINE`` stages.  Pops ``l2c``/``s2c``
+while the drain writes ``DRAIN_ROWS`` (two) accumulator rows per cycle,
+one to each row-parity bank of ACC, through a read-add-write pipeline of
+``DRAIN_PIPELINE`` stages.  Pops ``l2c``/``s2c``
 when it starts, pushes ``c2l``/``c2s`` when its drain ends.
 
 Not here: the buffers (the top level's memories) or the fp units (:mod:`nmsat.hw.fp`).
