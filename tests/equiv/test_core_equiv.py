@@ -166,6 +166,41 @@ def conv_shapes():
     return shapes
 
 
+def _sparse(**args):
+    base = dict(groups=2, n=2, m_log2=3, a_addr=0, b_addr=0, acc_addr=0, idx_addr=0)
+    base.update(args)
+    return encode(Opcode.SPARSE_GEMM, **base)
+
+
+#: every static check of SPARSE_GEMM and LOAD/STORE of IDX, each once, deterministically (random programs
+#: reach each only by chance)
+STATIC_CASES = [
+    (_sparse(groups=0), ErrorCode.BAD_ARGS), (_sparse(n=0), ErrorCode.BAD_ARGS), (_sparse(n=9), ErrorCode.BAD_ARGS),
+    (_sparse(m_log2=4), ErrorCode.BAD_ARGS), (_sparse(m_log2=1), ErrorCode.BAD_ARGS),
+    (_sparse(b_addr=4), ErrorCode.BAD_ARGS), (_sparse(m_log2=2, b_addr=2), ErrorCode.BAD_ARGS),
+    (_sparse(a_addr=TINY.a_depth - 3), ErrorCode.SRAM_RANGE), (_sparse(b_addr=TINY.b_depth - 8), ErrorCode.SRAM_RANGE),
+    (_sparse(idx_addr=TINY.idx_depth - 0), ErrorCode.SRAM_RANGE),
+    (_sparse(acc_addr=TINY.acc_depth - TINY.rows + 1), ErrorCode.SRAM_RANGE),
+    (_sparse(groups=2, n=2, idx_addr=TINY.idx_depth - 1), ErrorCode.NONE),
+    (encode(Opcode.STORE, buffer=Buffer.IDX, rows=1, dram_addr=0, dram_stride=8), ErrorCode.BAD_ARGS),
+    (encode(Opcode.LOAD, buffer=Buffer.IDX, sram_addr=TINY.idx_depth - 1, rows=2, dram_addr=0x1000, dram_stride=8),
+     ErrorCode.SRAM_RANGE),
+    (encode(Opcode.LOAD, buffer=Buffer.IDX, sram_addr=TINY.idx_depth - 1, rows=1, dram_addr=0x1000, dram_stride=8),
+     ErrorCode.NONE),
+]
+
+
+def static_case_memory(word):
+    """A LOAD (into A words no case reads), the instruction under test, FINISH: an error comes after some work."""
+    return words_memory([encode(Opcode.LOAD, buffer=Buffer.A, sram_addr=200, rows=2, dram_addr=0x1000, dram_stride=8), word,
+                         encode(Opcode.FINISH)], data={0x1000: ONES * 2})
+
+
+def test_static_cases_raise_what_they_say_in_the_simulator():
+    for word, code in STATIC_CASES:
+        assert CoreModel(TINY).run(static_case_memory(word), 0, 3).error is code
+
+
 def needs_cxx():
     if not (shutil.which("make") and (shutil.which("c++") or shutil.which("g++"))):
         pytest.skip("Verilator needs make and a C++ compiler, and this machine has none")
@@ -213,6 +248,9 @@ def verilator_results():
     for name, (image, length, _) in ERROR_RUNS.items():
         jobs.append(RtlJob(image, 0, length))
         names.append(name)
+    for i, (word, code) in enumerate(STATIC_CASES):
+        jobs.append(RtlJob(static_case_memory(word), 0, 3))
+        names.append(f"static case {i} ({code.name})")
     return jobs, names, run_programs(TINY, jobs)
 
 
