@@ -55,7 +55,7 @@ MUTATIONS = {
     "sim-executes-all": ("sim/core.py", "executed = [i for i in range(stop_pc) if s[i] is not None and s[i] <= cycle]",
                          "executed = [i for i in range(stop_pc) if s[i] is not None]",
                          "the simulator also executes instructions that start after an error"),
-    "sim-decerr-late": ("sim/core.py", "cycle = e[i] - beats_of[i] + 1 + beat", "cycle = e[i]",
+    "sim-decerr-late": ("sim/core.py", "cycle = e[i] - beats_of[i] + 1 + beat if", "cycle = e[i] if",
                         "the simulator raises a LOAD's bus error at its last beat"),
     "sim-no-hazards": ("sim/core.py", "if ends[other][lo:hi].max(initial=-1) >= begin:", "if False:",
                        "the simulator's race check"),

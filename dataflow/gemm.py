@@ -58,7 +58,11 @@ class GemmPlan:
     @property
     def units(self) -> int:
         """Reduction units: K (dense) or groups of m (sparse)."""
-        return self.k if self.pattern is None else -(-self.k // self.pattern[1])
+        return _units(self.k, self.pattern)
+
+
+def _units(k: int, pattern: tuple[int, int] | None) -> int:
+    return k if pattern is None else -(-k // pattern[1])
 
 
 def _per_unit(pattern: tuple[int, int] | None) -> tuple[int, int]:
@@ -127,7 +131,7 @@ def plan_gemm(cfg: SATConfig, m: int, n: int, k: int, *, pattern: tuple[int, int
     if acc_half < cfg.rows:
         raise ValueError(f"config {cfg.name}: the accumulator buffer cannot hold two output tiles")
     a_per, b_per = _per_unit(pattern)
-    units = k if pattern is None else -(-k // pattern[1])
+    units = _units(k, pattern)
     if min(a_half // a_per, b_half // b_per) < 1 or (sparse and idx_half < 1):
         raise ValueError(f"config {cfg.name}: the buffers need two halves of at least one reduction unit")
     best = None
@@ -352,13 +356,18 @@ def compile_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, *, plan: GemmPlan
     m, k = a_bits.shape
     n = b_bits.shape[1]
     lay = layout_gemm(cfg, m, n, k, plan=plan, base_addr=base_addr)
+    return _program(cfg, lay, {"a": pack_a(cfg, a_bits), "b": pack_b(cfg, b_bits)})
+
+
+def _program(cfg: SATConfig, lay: GemmLayout, packed: dict[str, np.ndarray]) -> Program:
+    """The memory image of a layout: its programs, and each packed operand in its region."""
     memory = np.zeros(lay.memory_bytes, dtype=np.uint8)
     for addr, words in lay.programs:
         blob = np.frombuffer(to_bytes(list(words)), dtype=np.uint8)
         memory[addr:addr + blob.size] = blob
-    for name, packed in (("a", pack_a(cfg, a_bits)), ("b", pack_b(cfg, b_bits))):
+    for name, data in packed.items():
         addr, nbytes = lay.regions[name]
-        memory[addr:addr + nbytes] = packed.view(np.uint8).ravel()
+        memory[addr:addr + nbytes] = data.view(np.uint8).ravel()
     return Program(cfg, [list(w) for _, w in lay.programs], memory, lay.runs, dict(lay.regions), lay.plan)
 
 
@@ -396,14 +405,7 @@ def compile_sparse_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, n: int, m:
     groups = lay.plan.units
     b_bits = np.zeros((groups * m, b.shape[1]), dtype=np.uint16)
     b_bits[:k] = numerics.f32_to_bf16_bits(b)
-    memory = np.zeros(lay.memory_bytes, dtype=np.uint8)
-    for addr, words in lay.programs:
-        blob = np.frombuffer(to_bytes(list(words)), dtype=np.uint8)
-        memory[addr:addr + blob.size] = blob
-    for name, packed in (("a", pack_a(cfg, values)), ("idx", pack_indices(cfg, idx)), ("b", pack_b(cfg, b_bits))):
-        addr, nbytes = lay.regions[name]
-        memory[addr:addr + nbytes] = packed.view(np.uint8).ravel()
-    return Program(cfg, [list(w) for _, w in lay.programs], memory, lay.runs, dict(lay.regions), lay.plan)
+    return _program(cfg, lay, {"a": pack_a(cfg, values), "idx": pack_indices(cfg, idx), "b": pack_b(cfg, b_bits)})
 
 
 def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:

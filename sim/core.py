@@ -54,7 +54,7 @@ class Hazard:
     """Two instructions of different units touch the same buffer words or memory bytes, one of them
     writing, and the timing does not put the later one (in program order) after the earlier one."""
 
-    storage: str  # "A", "B", "ACC" or "DRAM"
+    storage: str  # "A", "B", "IDX", "ACC" or "DRAM"
     kind: str  # "read after write" or "write after read"
     first_pc: int  # earlier in program order
     second_pc: int
@@ -164,15 +164,16 @@ class _Schedule:
 
 
 def _first_bad_beat(cfg: SATConfig, limit: int, dram_addr: int, rows: int, word: int, stride: int) -> tuple[int, int] | None:
-    """(beat index, burst index) of the first beat of a transfer that reaches past ``limit`` bytes, or None.
+    """(beat index, beats up to the end of its burst) of the first beat of a transfer that reaches past ``limit``
+    bytes, or None.
 
     ``limit`` is a multiple of the bus width and addresses are bus aligned, so a beat is wholly in or out.
     """
     bus = cfg.bus_bytes
     beat = 0
-    for index, (addr, beats) in enumerate(timing.bursts(cfg, dram_addr, rows, word, stride)):
+    for addr, beats in timing.bursts(cfg, dram_addr, rows, word, stride):
         if addr + beats * bus > limit:
-            return beat + max(0, (limit - addr) // bus), index
+            return beat + max(0, (limit - addr) // bus), beat + beats
         beat += beats
     return None
 
@@ -426,12 +427,9 @@ class CoreModel:
                 wb = word[bufs[i]]
                 if addrs[i] + (rows_l[i] - 1) * strides[i] + wb <= memory_bytes:
                     continue
-                beat, burst = _first_bad_beat(cfg, memory_bytes, addrs[i], rows_l[i], wb, strides[i])
-                if unit[i] == LOAD:
-                    cycle = e[i] - beats_of[i] + 1 + beat
-                else:
-                    through = sum(b for _, b in timing.bursts(cfg, addrs[i], rows_l[i], wb, strides[i])[:burst + 1])
-                    cycle = s[i] + through + Lw
+                beat, through = _first_bad_beat(cfg, memory_bytes, addrs[i], rows_l[i], wb, strides[i])
+                # LOAD: the cycle that beat arrives; STORE: the write response of its burst
+                cycle = e[i] - beats_of[i] + 1 + beat if unit[i] == LOAD else s[i] + through + Lw
                 events.append((cycle, ErrorCode.AXI_ERROR.value, 0 if unit[i] == LOAD else 1, ErrorCode.AXI_ERROR, i))
         all_started = all(x is not None for x in s)
         dispatched = [x for x in d if x is not None]
