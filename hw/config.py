@@ -169,6 +169,13 @@ class SATConfig:
         """Words of the index buffer: one per four A words (four slot indices of 4 bits per row lane)."""
         return self.a_depth // IDX_SLOTS_PER_WORD
 
+    @property
+    def sparsify_chunk(self) -> int:
+        """Elements along the reduction the sparsifier holds per lane at a time (its tile is ``rows`` lanes ×
+        this many fp32): the power of two at least ``rows``, the largest m and one bus beat of fp32."""
+        need = max(self.rows, max(self.sparse_m, default=1), self.bus_bytes // 4)
+        return 1 << (need - 1).bit_length()
+
     def word_bytes(self, buffer: "object") -> int:
         """Bytes of one word of a buffer (an :class:`nmsat.hw.isa.Buffer`); an IDX word is as wide as an A word."""
         from .isa import Buffer

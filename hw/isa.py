@@ -21,7 +21,7 @@ from amaranth.lib import data, enum
 
 __all__ = [
     "INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Buffer", "Unit", "ErrorCode", "Csr", "Status",
-    "Deps", "MemArgs", "GemmArgs", "SparseGemmArgs", "Instruction", "encode", "decode", "decode_program", "unit_of",
+    "Deps", "MemArgs", "GemmArgs", "SparseGemmArgs", "SparsifyArgs", "Instruction", "encode", "decode", "decode_program", "unit_of",
 ]
 
 INSTRUCTION_BITS = 128
@@ -36,7 +36,8 @@ class Opcode(enum.Enum, shape=4):
     GEMM = 3  # acc[acc_addr + r] (+)= sum_k A[a_addr + k][r] * B[b_addr + k][:]
     FINISH = 4  # wait for every unit to drain, then raise done
     SPARSE_GEMM = 5  # acc[acc_addr + r] (+)= sum_j A[a_addr + j][r] * B[b_addr + (j//n)*m + idx_j[r]][:]
-    # 6..15 reserved: SPARSIFY, WEIGHT_UPDATE (later issues)
+    SPARSIFY = 6  # fp32 weights in memory -> N:M compressed slot values + IDX words in memory (the sparsifier)
+    # 7..15 reserved: WEIGHT_UPDATE (a later issue)
 
 
 class Buffer(enum.Enum, shape=2):
@@ -50,6 +51,7 @@ class Unit(enum.Enum, shape=2):
     LOAD = 0
     COMPUTE = 1
     STORE = 2
+    SPARSIFY = 3
 
 
 class ErrorCode(enum.Enum, shape=4):
@@ -127,17 +129,34 @@ class SparseGemmArgs(data.Struct):
     m_log2: 3  # m = 2 ** m_log2, one of the config's sparse_m
 
 
+class SparsifyArgs(data.Struct):
+    """SPARSIFY: read fp32 weights ``[rows lanes, length]`` from memory, keep n of every m along ``length`` per
+    lane, write ``G = ceil(length/m)`` groups of n slot words (bf16) then ``ceil(G·n/4)`` IDX words at
+    ``src_addr + dst_offset``.  ``transpose`` 1: lane r reads row r (``src_addr + r·src_stride``, elements
+    contiguous: the FF form of ``W[Cout, K]``); 0: element l is the row ``src_addr + l·src_stride``, lanes
+    contiguous (the BP form).  ``n`` and ``m_log2`` share SPARSE_GEMM's offsets."""
+
+    src_addr: 40  # byte address of lane 0, element 0 (bus aligned)
+    transpose: 1
+    _pad0: 7
+    length: 16  # elements along the reduction (1..65535); elements past it are pads
+    src_stride: 17  # bytes between source rows (bus aligned)
+    n: 5
+    m_log2: 3
+    dst_offset: 31  # the output's byte address minus src_addr (bus aligned)
+
+
 class Args(data.Union):
     mem: MemArgs
     gemm: GemmArgs
     sparse: SparseGemmArgs
+    sparsify: SparsifyArgs
 
 
 class Instruction(data.Struct):
     opcode: Opcode
     deps: Deps
-    args: Args
-    reserved: 14  # zero; room for wider fields later
+    args: Args  # 120 bits; bits past an opcode's own fields are zero
 
 
 assert Instruction.as_shape().size == INSTRUCTION_BITS, Instruction.as_shape().size
@@ -146,7 +165,7 @@ assert Instruction.as_shape().size == INSTRUCTION_BITS, Instruction.as_shape().s
 def unit_of(opcode: Opcode) -> Unit | None:
     """Which queue an opcode goes to (FINISH goes to none)."""
     return {Opcode.LOAD: Unit.LOAD, Opcode.GEMM: Unit.COMPUTE, Opcode.SPARSE_GEMM: Unit.COMPUTE,
-            Opcode.STORE: Unit.STORE}.get(opcode)
+            Opcode.STORE: Unit.STORE, Opcode.SPARSIFY: Unit.SPARSIFY}.get(opcode)
 
 
 @dataclass(frozen=True)
@@ -172,6 +191,11 @@ class Decoded:
     idx_addr: int = 0
     n: int = 0
     m_log2: int = 0
+    src_addr: int = 0
+    transpose: int = 0
+    length: int = 0
+    src_stride: int = 0
+    dst_offset: int = 0
 
 
 def _field_offsets() -> dict[str, tuple[int, int]]:
@@ -183,9 +207,12 @@ def _field_offsets() -> dict[str, tuple[int, int]]:
     for name, f in Deps.as_shape():
         out[name] = (deps_off + f.offset, f.width)
     args_off = inst["args"].offset
-    for group, layout in (("mem", MemArgs), ("gemm", GemmArgs), ("sparse", SparseGemmArgs)):
+    for group, layout in (("mem", MemArgs), ("gemm", GemmArgs), ("sparse", SparseGemmArgs),
+                          ("sparsify", SparsifyArgs)):
         base = args_off + Args.as_shape()[group].offset
         for name, f in layout.as_shape():
+            if name.startswith("_"):  # padding
+                continue
             place = (base + f.offset, f.width)
             assert out.setdefault(name, place) == place, f"field {name} has two places"
             assert group != "sparse" or name not in ("k",)

@@ -14,10 +14,14 @@ Not here: the event bookkeeping that strings instructions together
 
 from __future__ import annotations
 
-from .config import SATConfig
+from dataclasses import dataclass
+
+from .config import IDX_SLOTS_PER_WORD as IDX_SLOTS, SATConfig
 
 __all__ = ["bursts", "burst_count", "transfer_beats", "gemm_mac_cycles", "drain_cycles", "LOADS_IN_FLIGHT",
-           "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES"]
+           "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES", "SparsifyShape",
+           "sparsify_shape", "sparsify_chunk_groups", "sparsify_emit_cycles", "sparsify_read_beats", "SparsifyTimes", "sparsify_cycles",
+           "sparsify_events"]
 
 #: A LOAD may issue its addresses while at most this many earlier LOADs still receive data.
 LOADS_IN_FLIGHT = 1
@@ -92,3 +96,126 @@ def drain_cycles(cfg: SATConfig) -> int:
     shadow registers).
     """
     return -(-cfg.rows // DRAIN_ROWS) + DRAIN_PIPELINE - 1
+
+
+# ---------------------------------------------------------------------- the sparsifier
+
+
+@dataclass(frozen=True)
+class SparsifyShape:
+    """The sizes of one SPARSIFY: groups, slots, IDX words, chunks, and its source and output extents."""
+
+    groups: int
+    slots: int
+    idx_words: int
+    chunks: int
+    word_bytes: int  # bytes of a source row read per chunk (FF: chunk·4 per lane; BP: rows·4 per element)
+    rows: int  # source rows read per chunk (FF: rows lanes; BP: chunk elements)
+    src_end: int  # one past the last source byte read
+    dst_addr: int
+    dst_end: int  # one past the last output byte written
+
+    def chunk_read(self, src_addr: int, src_stride: int, transpose: bool, chunk: int, cfg: SATConfig) -> int:
+        """Byte address of chunk ``chunk``'s 2-D read (``rows`` words of ``word_bytes``, ``src_stride`` apart)."""
+        return src_addr + chunk * (cfg.sparsify_chunk * 4 if transpose else cfg.sparsify_chunk * src_stride)
+
+
+def sparsify_shape(cfg: SATConfig, src_addr: int, src_stride: int, transpose: bool, length: int, n: int, m: int,
+                   dst_offset: int) -> SparsifyShape:
+    """Sizes of a SPARSIFY (arguments as decoded; ``length``, ``n``, ``m`` valid)."""
+    e = cfg.sparsify_chunk
+    groups = -(-length // m)
+    slots = groups * n
+    idx_words = -(-slots // IDX_SLOTS)
+    chunks = -(-length // e)
+    if transpose:
+        word, rows = 4 * e, cfg.rows
+        src_end = src_addr + (rows - 1) * src_stride + chunks * word
+    else:
+        word, rows = 4 * cfg.rows, e
+        src_end = src_addr + (chunks * e - 1) * src_stride + word
+    dst = src_addr + dst_offset
+    return SparsifyShape(groups, slots, idx_words, chunks, word, rows, src_end, dst,
+                         dst + (slots + idx_words) * cfg.a_word_bytes)
+
+
+def sparsify_chunk_groups(cfg: SATConfig, shape: SparsifyShape, m: int, chunk: int) -> int:
+    """Groups of m whose elements lie in chunk ``chunk`` (chunks hold whole groups: m divides the chunk)."""
+    per = cfg.sparsify_chunk // m
+    return min(per, shape.groups - chunk * per)
+
+
+def sparsify_emit_cycles(cfg: SATConfig, shape: SparsifyShape, n: int, m: int, chunk: int) -> int:
+    """Cycles of a chunk's emit phase: per group one rank cycle, then its n slot words, each IDX word right
+    after the slot that completes it (or the last slot), every word ``a_word_bytes / bus_bytes`` beats."""
+    per = cfg.sparsify_chunk // m
+    g0, groups = chunk * per, sparsify_chunk_groups(cfg, shape, m, chunk)
+    first, last = g0 * n, (g0 + groups) * n  # slots of this chunk: first .. last-1
+    idx = last // IDX_SLOTS - first // IDX_SLOTS
+    if last == shape.slots and shape.slots % IDX_SLOTS:
+        idx += 1
+    return groups + (groups * n + idx) * (cfg.a_word_bytes // cfg.bus_bytes)
+
+
+def sparsify_read_beats(cfg: SATConfig, shape: SparsifyShape) -> int:
+    """Data beats of one chunk's read."""
+    return shape.rows * shape.word_bytes // cfg.bus_bytes
+
+
+@dataclass(frozen=True)
+class SparsifyTimes:
+    """Cycles of a SPARSIFY that starts in cycle 0."""
+
+    last_read: int  # the last source beat arrives
+    first_write: int  # the first output beat goes out
+    last_write: int
+    end: int  # the last write response: the instruction's last busy cycle (pushes happen here)
+
+
+def sparsify_cycles(cfg: SATConfig, shape: SparsifyShape, n: int, m: int) -> SparsifyTimes:
+    """The cycles of a SPARSIFY that starts in cycle 0.
+
+    Chunk by chunk: the read's burst addresses one per cycle from the chunk's
+    first cycle, its beats from ``mem_read_latency`` later (continuous: the
+    sparsifier has the memory port of its own), then the emit phase, then the
+    next chunk's first cycle.  The last write response, ``mem_write_latency``
+    after the last beat, ends it; the next SPARSIFY may start one cycle later.
+    """
+    beats = sparsify_read_beats(cfg, shape)
+    t = 0  # first cycle of the chunk
+    last_read = 0
+    for c in range(shape.chunks):
+        last_read = t + cfg.mem_read_latency + beats - 1
+        t = last_read + 1 + sparsify_emit_cycles(cfg, shape, n, m, c)
+    first_write = cfg.mem_read_latency + beats + 1
+    return SparsifyTimes(last_read, first_write, t - 1, t - 1 + cfg.mem_write_latency)
+
+
+def sparsify_events(cfg: SATConfig, shape: SparsifyShape, src_addr: int, src_stride: int, transpose: bool,
+                    n: int, m: int):
+    """Every bus beat of a SPARSIFY that starts in cycle 0, in order: ``("r", cycle, address)`` for a read
+    beat arriving, ``("w", cycle, address)`` for a write beat sent (its response ``mem_write_latency``
+    later).  Beat by beat, for bus errors; the cycles agree with :func:`sparsify_cycles`."""
+    bus, wb = cfg.bus_bytes, cfg.a_word_bytes
+    wpb = wb // bus
+    beats = sparsify_read_beats(cfg, shape)
+    per = cfg.sparsify_chunk // m
+    t = 0
+    for c in range(shape.chunks):
+        cycle = t + cfg.mem_read_latency
+        for addr, nb in bursts(cfg, shape.chunk_read(src_addr, src_stride, transpose, c, cfg), shape.rows,
+                               shape.word_bytes, src_stride):
+            for b in range(nb):
+                yield "r", cycle, addr + b * bus
+                cycle += 1
+        t += cfg.mem_read_latency + beats
+        for g in range(c * per, c * per + sparsify_chunk_groups(cfg, shape, m, c)):
+            t += 1  # rank
+            for j in range(g * n, g * n + n):
+                words = [shape.dst_addr + j * wb]
+                if j % IDX_SLOTS == IDX_SLOTS - 1 or j == shape.slots - 1:
+                    words.append(shape.dst_addr + (shape.slots + j // IDX_SLOTS) * wb)
+                for base in words:
+                    for b in range(wpb):
+                        yield "w", t, base + b * bus
+                        t += 1

@@ -32,21 +32,23 @@ import numpy as np
 from ..hw.config import IDX_SLOTS_PER_WORD, SATConfig
 from ..hw.isa import INSTRUCTION_BYTES, Buffer, ErrorCode, Opcode, Status, decode_program, to_bytes
 from ..hw import timing
+from ..hw.sparsity import compress
 from . import numerics
 
 __all__ = ["CoreModel", "RunResult", "Hazard", "check_program"]
 
-LOAD, COMPUTE, STORE = 0, 1, 2
-UNIT_NAMES = ("load", "compute", "store")
+LOAD, COMPUTE, STORE, SPARSIFY = 0, 1, 2, 3
+UNITS = (LOAD, COMPUTE, STORE, SPARSIFY)
+UNIT_NAMES = ("load", "compute", "store", "sparsify")
 _UNIT_OF_OPCODE = {Opcode.LOAD.value: LOAD, Opcode.GEMM.value: COMPUTE, Opcode.SPARSE_GEMM.value: COMPUTE,
-                   Opcode.STORE.value: STORE}
-#: token channels: load→compute, compute→load, compute→store, store→compute
-CHANNELS = ("l2c", "c2l", "c2s", "s2c")
-L2C, C2L, C2S, S2C = range(4)
-_POP_PREV = {COMPUTE: L2C, STORE: C2S}
-_POP_NEXT = {LOAD: C2L, COMPUTE: S2C}
-_PUSH_PREV = {COMPUTE: C2L, STORE: S2C}
-_PUSH_NEXT = {LOAD: L2C, COMPUTE: C2S}
+                   Opcode.STORE.value: STORE, Opcode.SPARSIFY.value: SPARSIFY}
+#: token channels of the ring load → compute → store → sparsify → load, each way (the core's order of them)
+CHANNELS = ("l2c", "c2l", "c2s", "s2c", "s2p", "p2s", "p2l", "l2p")
+L2C, C2L, C2S, S2C, S2P, P2S, P2L, L2P = range(8)
+_POP_PREV = {COMPUTE: L2C, STORE: C2S, SPARSIFY: S2P, LOAD: P2L}
+_POP_NEXT = {LOAD: C2L, COMPUTE: S2C, STORE: P2S, SPARSIFY: L2P}
+_PUSH_PREV = {COMPUTE: C2L, STORE: S2C, SPARSIFY: P2S, LOAD: L2P}
+_PUSH_NEXT = {LOAD: L2C, COMPUTE: C2S, STORE: S2P, SPARSIFY: P2L}
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,8 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     buf = f["buffer"]
     word = _word_bytes(cfg, buf)
     depth = np.select([buf == b.value for b in _BUFFERS], [cfg.depth(b) for b in _BUFFERS], 0)
-    # token flags that have no neighbour: LOAD has no prev, STORE no next, FINISH none
-    no_neighbour = (is_load & ((f["pop_prev"] | f["push_prev"]) != 0)) | \
-                   (is_store & ((f["pop_next"] | f["push_next"]) != 0)) | \
-                   (is_finish & ((f["pop_prev"] | f["pop_next"] | f["push_prev"] | f["push_next"]) != 0))
+    # token flags that have no neighbour: the units form a ring, only FINISH has none
+    no_neighbour = is_finish & ((f["pop_prev"] | f["pop_next"] | f["push_prev"] | f["push_next"]) != 0)
     flag(no_neighbour, ErrorCode.BAD_ARGS)
     # LOAD fills A, B or IDX; STORE drains ACC (the ACC buffer's ports belong to the drain and the STORE unit)
     flag(is_mem & ((is_store & (buf != Buffer.ACC.value)) | (is_load & (buf == Buffer.ACC.value))
@@ -144,10 +144,40 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     flag(is_sparse & ((f["a_addr"] + slots > cfg.a_depth) | (f["b_addr"] + f["groups"] * m > cfg.b_depth)
                       | (f["idx_addr"] + idx_words > cfg.idx_depth) | (f["acc_addr"] + cfg.rows > cfg.acc_depth)),
          ErrorCode.SRAM_RANGE)
+    # SPARSIFY: a pattern of the config and a length; source and output aligned, inside the address space
+    is_sp = op == Opcode.SPARSIFY.value
+    sp_m = np.left_shift(1, f["m_log2"])
+    flag(is_sp & ((f["length"] == 0) | (f["n"] == 0) | (f["n"] > sp_m) | ~np.isin(sp_m, list(cfg.sparse_m))),
+         ErrorCode.BAD_ARGS)
+    src_end, dst_end = sparsify_extents(cfg, f)
+    bus = cfg.bus_bytes
+    flag(is_sp & ((f["src_addr"] % bus != 0) | (f["src_stride"] % bus != 0) | (f["dst_offset"] % bus != 0)
+                  | (src_end > (1 << cfg.addr_bits)) | (dst_end > (1 << cfg.addr_bits))), ErrorCode.DRAM_RANGE)
     bad = np.flatnonzero(code)
     if len(bad):
         return int(bad[0]), ErrorCode(int(code[bad[0]]))
     return -1, ErrorCode.NONE
+
+
+def sparsify_extents(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(one past the last source byte, one past the last output byte) of every instruction read as a SPARSIFY
+    (vectorised; the formulas of :func:`nmsat.hw.timing.sparsify_shape`)."""
+    e = cfg.sparsify_chunk
+    m = np.left_shift(1, f["m_log2"])
+    span = -(-f["length"] // e) * e
+    slots = -(-f["length"] // m) * f["n"]
+    src_end = np.where(f["transpose"] != 0, f["src_addr"] + (cfg.rows - 1) * f["src_stride"] + 4 * span,
+                       f["src_addr"] + (span - 1) * f["src_stride"] + 4 * cfg.rows)
+    dst_end = f["src_addr"] + f["dst_offset"] + (slots + -(-slots // IDX_SLOTS_PER_WORD)) * cfg.a_word_bytes
+    return src_end, dst_end
+
+
+def _sparsify_shape(cfg: SATConfig, f: dict[str, np.ndarray], i: int) -> tuple[timing.SparsifyShape, int, int]:
+    """(shape, n, m) of SPARSIFY ``i``."""
+    n, m = int(f["n"][i]), 1 << int(f["m_log2"][i])
+    shape = timing.sparsify_shape(cfg, int(f["src_addr"][i]), int(f["src_stride"][i]), bool(f["transpose"][i]),
+                                  int(f["length"][i]), n, m, int(f["dst_offset"][i]))
+    return shape, n, m
 
 
 @dataclass
@@ -161,6 +191,7 @@ class _Schedule:
     end: list[int | None]  # last busy cycle (pushes happen here)
     transfer: list[int | None]  # GEMM: the cycle the accumulators move to the shadow registers
     executed: list[int]  # program indices that started by the stop cycle, in program order
+    sparsify: dict[int, timing.SparsifyTimes] = field(default_factory=dict)  # SPARSIFY: its cycles from its start
 
 
 def _first_bad_beat(cfg: SATConfig, limit: int, dram_addr: int, rows: int, word: int, stride: int) -> tuple[int, int] | None:
@@ -292,8 +323,14 @@ class CoreModel:
                       f["k"][:stop_pc]).tolist()
         bufs, rows_l, addrs, strides = (f[x][:stop_pc].tolist() for x in ("buffer", "rows", "dram_addr", "dram_stride"))
         beats_of, bursts_of = [], []
+        sparsify_times: dict[int, timing.SparsifyTimes] = {}
         for i in range(stop_pc):
-            if unit[i] == COMPUTE:
+            if unit[i] == SPARSIFY:
+                shape, n_i, m_i = _sparsify_shape(cfg, f, i)
+                sparsify_times[i] = timing.sparsify_cycles(cfg, shape, n_i, m_i)
+                beats_of.append(0)
+                bursts_of.append(0)
+            elif unit[i] == COMPUTE:
                 beats_of.append(timing.gemm_mac_cycles(ks[i]))
                 bursts_of.append(0)
             else:
@@ -317,7 +354,7 @@ class CoreModel:
             pop_ch.append(pops_i)
             push_ch.append(pushes_i)
 
-        queues: list[list[int]] = [[], [], []]
+        queues: list[list[int]] = [[] for _ in UNITS]
         qpos = []
         for i in range(stop_pc):
             qpos.append(len(queues[unit[i]]))
@@ -330,7 +367,7 @@ class CoreModel:
         # per channel (index into CHANNELS): the cycles of its pushes and of its pops, in order
         pushes: list[list[int]] = [[] for _ in CHANNELS]
         pops: list[list[int]] = [[] for _ in CHANNELS]
-        ptr = [0, 0, 0]
+        ptr = [0] * len(UNITS)
         next_d = 0
         last_end = -1  # max e over started instructions (serial mode and FINISH)
         waited = [0] * stop_pc  # cycles each instruction, at the head of its queue, waited for tokens
@@ -359,7 +396,7 @@ class CoreModel:
                 next_d += 1
                 progress = True
             # units
-            for u in (LOAD, COMPUTE, STORE):
+            for u in UNITS:
                 while ptr[u] < len(queues[u]):
                     i = queues[u][ptr[u]]
                     if d[i] is None:
@@ -369,13 +406,15 @@ class CoreModel:
                         prev = queues[u][ptr[u] - 1]
                         if u == COMPUTE:
                             ready = max(ready, transfer[prev])
+                        elif u == SPARSIFY:
+                            ready = max(ready, e[prev] + 1)
                         elif u == LOAD:
                             ready = max(ready, s[prev] + bursts_of[prev])
                         else:
                             ready = max(ready, s[prev] + beats_of[prev])
                     # transfers in flight: the one IN_FLIGHT + 1 places back must have finished
                     back = in_flight.get(u, 0) + 1
-                    if u != COMPUTE and ptr[u] >= back:
+                    if u in in_flight and ptr[u] >= back:
                         ready = max(ready, e[queues[u][ptr[u] - back]] + 1)
                     token_ready = ready
                     blocked = False
@@ -395,6 +434,8 @@ class CoreModel:
                         prev_drain = e[queues[u][ptr[u] - 1]] if ptr[u] > 0 else -1
                         transfer[i] = max(start + beats_of[i], prev_drain + 1)
                         end = transfer[i] + drain
+                    elif u == SPARSIFY:
+                        end = start + sparsify_times[i].end
                     elif u == LOAD:
                         prev_end = e[queues[u][ptr[u] - 1]] if ptr[u] > 0 else -1
                         end = max(start + Lr, prev_end + 1) + beats_of[i] - 1
@@ -422,6 +463,11 @@ class CoreModel:
         # arrives; STORE: in the cycle of that burst's write response)
         if memory_bytes is not None:
             for i in range(stop_pc):
+                if unit[i] == SPARSIFY and s[i] is not None:
+                    cycle = self._sparsify_bus_error(f, i, memory_bytes)
+                    if cycle is not None:
+                        events.append((s[i] + cycle, ErrorCode.AXI_ERROR.value, 2, ErrorCode.AXI_ERROR, i))
+                    continue
                 if unit[i] == COMPUTE or s[i] is None:
                     continue
                 wb = word[bufs[i]]
@@ -447,8 +493,8 @@ class CoreModel:
         cycle, _, _, code, pc = min(events)
         status = Status.DONE if code is ErrorCode.NONE else Status.ERROR
 
-        busy = [0, 0, 0]
-        for u in (LOAD, COMPUTE, STORE):
+        busy = [0] * len(UNITS)
+        for u in UNITS:
             covered = -1
             for i in queues[u]:
                 if s[i] is None or s[i] > cycle:
@@ -459,7 +505,7 @@ class CoreModel:
                 covered = max(covered, e[i])
         # an error stops every start after its cycle; what started runs to its end
         executed = [i for i in range(stop_pc) if s[i] is not None and s[i] <= cycle]
-        stall = [0, 0, 0]
+        stall = [0] * len(UNITS)
         for i in executed:
             stall[unit[i]] += waited[i]
         macs = sum(ks[i] for i in range(stop_pc) if unit[i] == COMPUTE) * cfg.rows * cfg.cols
@@ -467,7 +513,45 @@ class CoreModel:
                            busy=dict(zip(UNIT_NAMES, busy)), token_stall=dict(zip(UNIT_NAMES, stall)),
                            instructions=sum(x <= cycle for x in dispatched), executed=len(executed),
                            gemm_macs=macs if status is Status.DONE else 0)
-        return result, _Schedule(unit, beats_of, bursts_of, s, e, transfer, executed)
+        return result, _Schedule(unit, beats_of, bursts_of, s, e, transfer, executed, sparsify_times)
+
+    def _sparsify_bus_error(self, f: dict[str, np.ndarray], i: int, memory_bytes: int) -> int | None:
+        """Cycle (from its start) SPARSIFY ``i`` raises AXI_ERROR against a memory of ``memory_bytes``: its first
+        source beat past the end arrives, or the response of its first output beat past the end; else None."""
+        src_end, dst_end = (int(x[i]) for x in sparsify_extents(self.cfg, f))
+        if src_end <= memory_bytes and dst_end <= memory_bytes:
+            return None
+        shape, n, m = _sparsify_shape(self.cfg, f, i)
+        bus = self.cfg.bus_bytes
+        cycles = [cycle if kind == "r" else cycle + self.cfg.mem_write_latency
+                  for kind, cycle, addr in timing.sparsify_events(self.cfg, shape, int(f["src_addr"][i]),
+                                                                  int(f["src_stride"][i]), bool(f["transpose"][i]), n, m)
+                  if addr + bus > memory_bytes]
+        return min(cycles, default=None)
+
+    def _sparsify(self, memory: np.ndarray, f: dict[str, np.ndarray], i: int) -> None:
+        """Data effect of SPARSIFY ``i``: :func:`nmsat.hw.sparsity.compress` of the lanes' source rows, written as
+        slot words then IDX words (source bytes past the memory read as zero, output bytes past it are dropped)."""
+        cfg = self.cfg
+        R = cfg.rows
+        shape, n, m = _sparsify_shape(cfg, f, i)
+        src, stride, length = int(f["src_addr"][i]), int(f["src_stride"][i]), int(f["length"][i])
+        span = shape.chunks * cfg.sparsify_chunk
+        if f["transpose"][i]:
+            raw = self._read_rows(memory, src, R, 4 * span, stride)
+            values = np.ascontiguousarray(raw).view(np.float32).reshape(R, span)
+        else:
+            raw = self._read_rows(memory, src, span, 4 * R, stride)
+            values = np.ascontiguousarray(raw).view(np.float32).reshape(span, R).T
+        bits, idx = compress(values[:, :length], n, m)  # [R, slots]
+        out = np.zeros((shape.slots + shape.idx_words, R), dtype=np.uint16)
+        out[:shape.slots] = bits.T
+        padded = np.zeros((R, shape.idx_words * IDX_SLOTS_PER_WORD), dtype=np.uint16)
+        padded[:, :shape.slots] = idx
+        nibbles = padded.reshape(R, shape.idx_words, IDX_SLOTS_PER_WORD) << \
+            (4 * np.arange(IDX_SLOTS_PER_WORD, dtype=np.uint16))
+        out[shape.slots:] = nibbles.sum(axis=-1, dtype=np.uint16).T
+        self._write_rows(memory, shape.dst_addr, out.view(np.uint8).reshape(1, -1), out.nbytes)
 
     # ------------------------------------------------------------------ data
 
@@ -562,6 +646,9 @@ class CoreModel:
                 if pending_bytes > self.BATCH_BYTES:
                     flush()
                 continue
+            if op == Opcode.SPARSIFY.value:  # memory to memory: the pending GEMMs do not touch it
+                self._sparsify(memory, f, i)
+                continue
             buf, sram, rows, addr, stride = (int(f[x][i]) for x in ("buffer", "sram_addr", "rows", "dram_addr", "dram_stride"))
             target = {Buffer.A.value: self.a, Buffer.B.value: self.b, Buffer.ACC.value: self.acc,
                       Buffer.IDX.value: self.idx}[buf]
@@ -629,6 +716,7 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
     names = {A: "A", B: "B", IDX: "IDX", "ACC": "ACC"}
     hazards: list[Hazard] = []
     loads, stores = [], []  # memory windows: (lo, hi, first cycle, last cycle, pc)
+    sparsify: list[tuple] = []  # (lo, hi, first cycle, last cycle, pc, "r" or "w")
     word = _word_bytes(cfg, buf).tolist()
     ops, bufs = op.tolist(), buf.tolist()
     sram, rows_of, addr_of, stride_of = (f[x].tolist() for x in ("sram_addr", "rows", "dram_addr", "dram_stride"))
@@ -663,12 +751,40 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
             access(B, "r", b_of[i], b_of[i] + groups_of[i] * m_of[i], s[i], s[i] + j - 1, i)
             access(IDX, "r", idx_of[i], idx_of[i] + idx_words_of[i], s[i], s[i] + j - 1, i)
             access("ACC", "w", acc_of[i], acc_of[i] + R, t[i] + 1, e[i], i)
+        elif o == Opcode.SPARSIFY.value:
+            times = sched.sparsify[i]
+            src_end, dst_end = (int(x[i]) for x in sparsify_extents(cfg, f))
+            dst = int(f["src_addr"][i]) + int(f["dst_offset"][i])
+            sparsify.append((int(f["src_addr"][i]), src_end, s[i], s[i] + times.last_read, i, "r"))
+            sparsify.append((dst, dst_end, s[i] + times.first_write, e[i], i, "w"))
         else:  # STORE
             lo, rows = sram[i], rows_of[i]
             access("ACC", "r", lo, lo + rows, s[i], s[i] + beats[i] - 1, i)
             stores.append((addr_of[i], addr_of[i] + (rows - 1) * stride_of[i] + word[i], s[i] + 1, e[i], i))
     hazards += _memory_hazards(loads, stores)
+    hazards += _sparsify_hazards(sparsify, loads, stores)
     return hazards
+
+
+def _sparsify_hazards(sparsify: list[tuple], loads: list[tuple], stores: list[tuple]) -> list[Hazard]:
+    """SPARSIFY reads and writes of memory against LOADs (reads) and STOREs (writes), by bounding ranges: the
+    access later in program order must begin after the earlier one has ended (one SPARSIFY runs at a time)."""
+    out = set()
+    others = [(np.array(x, dtype=np.int64).reshape(-1, 5), kind) for x, kind in ((loads, "r"), (stores, "w"))]
+    for lo, hi, first, last, pc, kind in sparsify:
+        for arr, other_kind in others:
+            if kind == "r" and other_kind == "r" or not len(arr):
+                continue
+            overlap = (arr[:, 0] < hi) & (arr[:, 1] > lo)
+            earlier = overlap & (arr[:, 4] < pc) & (arr[:, 3] >= first)
+            later = overlap & (arr[:, 4] > pc) & (arr[:, 2] <= last)
+            for rows, first_kind, second_kind in ((earlier, other_kind, kind), (later, kind, other_kind)):
+                for j in np.flatnonzero(rows):
+                    a, b = sorted((int(arr[j, 4]), pc))
+                    name = {("w", "r"): "read after write", ("r", "w"): "write after read"}.get(
+                        (first_kind, second_kind), "write after write")
+                    out.add(Hazard("DRAM", name, a, b))
+    return sorted(out, key=lambda h: (h.second_pc, h.first_pc))
 
 
 def _memory_hazards(loads: list[tuple], stores: list[tuple]) -> list[Hazard]:

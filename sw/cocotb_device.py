@@ -1,7 +1,8 @@
 """cocotb test module that runs programs on the Verilated core (loaded by :mod:`nmsat.sw.rtl`, not imported directly).
 
 A bench in the cocotbext-axi manner: one clock, one reset, an ``AxiLiteMaster``
-on the ``csr`` port, and on the ``mem`` port either
+on the ``csr`` port, and on the ``mem`` port and the sparsifier's ``spmem`` port
+(one memory behind both) either
 
 * ``fixed`` — :class:`FixedLatencyRam`, the memory model of the config
   (``docs/architecture.md`` §6: every address accepted, first read beat
@@ -36,19 +37,40 @@ from nmsat.hw.isa import Csr, Status
 POLL_CYCLES = 64
 
 
-class FixedLatencyRam:
-    """AXI4 slave memory with the config's fixed latencies (single ID, INCR bursts, responses in order).
+class SharedMemory:
+    """The bytes behind one or more :class:`FixedLatencyRam` ports, and the memory's size."""
 
-    The memory has a size (:meth:`load`); a beat that reaches past it is answered with DECERR: a read
-    beat carries zeros, a write beat is dropped and its burst's response is DECERR.
+    def __init__(self, cfg: SATConfig):
+        self.cfg = cfg
+        self.mem = bytearray()
+        self.limit = 0
+        self.ports: list["FixedLatencyRam"] = []
+
+    def load(self, data: bytes) -> None:
+        """Replace the memory by ``data``; its length is the memory's size.  Drops transfers still pending
+        (there are none after a run, only after a core that was reset while hanging)."""
+        for port in self.ports:
+            port.clear()
+        self.mem[:] = data
+        self.limit = len(data) // self.cfg.bus_bytes * self.cfg.bus_bytes
+
+    def read(self, addr: int, length: int) -> bytes:
+        return bytes(self.mem[addr:addr + length])
+
+
+class FixedLatencyRam:
+    """An AXI4 slave port onto a :class:`SharedMemory` with the config's fixed latencies (single ID, INCR bursts,
+    responses in order).
+
+    The memory has a size; a beat that reaches past it is answered with DECERR: a read beat carries
+    zeros, a write beat is dropped and its burst's response is DECERR.
     """
 
     DECERR = 3
 
-    def __init__(self, bus: AxiBus, clock, cfg: SATConfig):
-        self.bus, self.clock, self.cfg = bus, clock, cfg
-        self.mem = bytearray()
-        self.limit = 0
+    def __init__(self, bus: AxiBus, clock, cfg: SATConfig, store: SharedMemory):
+        self.bus, self.clock, self.cfg, self.store = bus, clock, cfg, store
+        store.ports.append(self)
         self._beats = deque()  # (cycle, data, last, resp)
         self._bursts = deque()  # [address, beats left, any beat past the end]
         self._responses = deque()  # (cycle, resp)
@@ -60,19 +82,15 @@ class FixedLatencyRam:
             sig.value = 0
         cocotb.start_soon(self._run())
 
-    def load(self, data: bytes) -> None:
-        """Replace the memory by ``data``; its length is the memory's size.  Drops transfers still pending
-        (there are none after a run, only after a core that was reset while hanging)."""
+    def clear(self) -> None:
         for queue in (self._beats, self._bursts, self._responses):
             queue.clear()
         self._r_free = 0
-        self.mem = bytearray(data)
-        self.limit = len(data) // self.cfg.bus_bytes * self.cfg.bus_bytes
 
     async def _run(self):
         ar, aw, w, r, b = self.bus.read.ar, self.bus.write.aw, self.bus.write.w, self.bus.read.r, self.bus.write.b
         bus_bytes = self.cfg.bus_bytes
-        beats, bursts, responses = self._beats, self._bursts, self._responses
+        beats, bursts, responses, store = self._beats, self._bursts, self._responses, self.store
         cycle = -1
         while True:
             await RisingEdge(self.clock)
@@ -82,8 +100,8 @@ class FixedLatencyRam:
                 first = max(cycle + self.cfg.mem_read_latency, self._r_free)
                 for i in range(n):
                     a = addr + i * bus_bytes
-                    if a + bus_bytes <= self.limit:
-                        beats.append((first + i, int.from_bytes(self.mem[a:a + bus_bytes], "little"), i == n - 1, 0))
+                    if a + bus_bytes <= store.limit:
+                        beats.append((first + i, int.from_bytes(store.mem[a:a + bus_bytes], "little"), i == n - 1, 0))
                     else:
                         beats.append((first + i, 0, i == n - 1, self.DECERR))
                 self._r_free = first + n
@@ -91,8 +109,8 @@ class FixedLatencyRam:
                 bursts.append([int(aw.awaddr.value), int(aw.awlen.value) + 1, False])
             if w.wvalid.value:
                 burst = bursts[0]
-                if burst[0] + bus_bytes <= self.limit:
-                    self.mem[burst[0]:burst[0] + bus_bytes] = int(w.wdata.value).to_bytes(bus_bytes, "little")
+                if burst[0] + bus_bytes <= store.limit:
+                    store.mem[burst[0]:burst[0] + bus_bytes] = int(w.wdata.value).to_bytes(bus_bytes, "little")
                 else:
                     burst[2] = True
                 burst[0] += bus_bytes
@@ -113,9 +131,6 @@ class FixedLatencyRam:
             else:
                 b.bvalid.value = 0
 
-    def read(self, addr: int, length: int) -> bytes:
-        return bytes(self.mem[addr:addr + length])
-
 
 @cocotb.test()
 async def run_jobs(dut):
@@ -131,20 +146,24 @@ async def run_jobs(dut):
 
     await reset()
     csr = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "csr", bus_separator="__"), dut.clk, dut.rst)
-    bus = AxiBus.from_prefix(dut, "mem", bus_separator="__")
+    buses = [AxiBus.from_prefix(dut, name, bus_separator="__") for name in ("mem", "spmem")]
     memories = [np.load(job["memory"]) for job in manifest["jobs"]]
     if manifest["memory_model"] == "fixed":
-        ram = FixedLatencyRam(bus, dut.clk, cfg)
+        ram = SharedMemory(cfg)
+        for bus in buses:
+            FixedLatencyRam(bus, dut.clk, cfg, ram)
         size = None
     else:
         size = max(len(m) for m in memories)
-        ram = AxiRam(bus, dut.clk, dut.rst, size=size)
+        ram = AxiRam(buses[0], dut.clk, dut.rst, size=size)
+        rams = [ram, AxiRam(buses[1], dut.clk, dut.rst, size=size, mem=ram.mem)]  # one memory, two ports
         if manifest["memory_model"] == "axiram-backpressure":
             # every channel paused at random, as cocotbext-axi's own benches do
             rng = random.Random(1)
-            for channel in (ram.read_if.ar_channel, ram.read_if.r_channel, ram.write_if.aw_channel,
-                            ram.write_if.w_channel, ram.write_if.b_channel):
-                channel.set_pause_generator(itertools.cycle([rng.random() < 0.4 for _ in range(97)]))
+            for port in rams:
+                for channel in (port.read_if.ar_channel, port.read_if.r_channel, port.write_if.aw_channel,
+                                port.write_if.w_channel, port.write_if.b_channel):
+                    channel.set_pause_generator(itertools.cycle([rng.random() < 0.4 for _ in range(97)]))
     for job, memory in zip(manifest["jobs"], memories):
         if size is None:
             ram.load(memory.tobytes())

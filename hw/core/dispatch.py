@@ -29,8 +29,8 @@ class Dispatcher(wiring.Component):
             "all_idle": In(1),  # no unit busy, every queue empty
             "imem_addr": Out(range(words)), "imem_data": In(width),
             "entry": Out(Entry),  # the instruction being dispatched and its PC
-            "load_ready": In(1), "compute_ready": In(1), "store_ready": In(1),  # room in each queue
-            "to_load": Out(1), "to_compute": Out(1), "to_store": Out(1),
+            "load_ready": In(1), "compute_ready": In(1), "store_ready": In(1), "sparsify_ready": In(1),  # room
+            "to_load": Out(1), "to_compute": Out(1), "to_store": Out(1), "to_sparsify": Out(1),
             "dispatch": Out(1),
             "finish": Out(1),  # FINISH retires this cycle
             "static_error": Out(1), "static_code": Out(ErrorCode),
@@ -55,10 +55,11 @@ class Dispatcher(wiring.Component):
         is_load, is_store, is_finish = op == Opcode.LOAD, op == Opcode.STORE, op == Opcode.FINISH
         is_dense, is_sparse = op == Opcode.GEMM, op == Opcode.SPARSE_GEMM
         is_gemm = is_dense | is_sparse
-        known = is_load | is_store | is_gemm | is_finish
+        is_sparsify = op == Opcode.SPARSIFY
+        known = is_load | is_store | is_gemm | is_finish | is_sparsify
         at_end = pc == self.program_len
-        no_neighbour = (is_load & (deps.pop_prev | deps.push_prev)) | (is_store & (deps.pop_next | deps.push_next)) | \
-                       (is_finish & (deps.pop_prev | deps.pop_next | deps.push_prev | deps.push_next))
+        # the units form a ring (load → compute → store → sparsify → load): only FINISH has no neighbours
+        no_neighbour = is_finish & (deps.pop_prev | deps.pop_next | deps.push_prev | deps.push_next)
         buf = memargs.buffer
         mem_bad_args = (is_load | is_store) & ((is_store & (buf != Buffer.ACC)) | (is_load & (buf == Buffer.ACC)) |
                                                (memargs.rows == 0))
@@ -91,24 +92,47 @@ class Dispatcher(wiring.Component):
                                     (sparse.b_addr + sparse.groups * m_value > cfg.b_depth) |
                                     (sparse.idx_addr + ((slots + IDX_SLOTS_PER_WORD - 1) >> 2) > cfg.idx_depth) |
                                     (sparse.acc_addr + cfg.rows > cfg.acc_depth))
+        # SPARSIFY: an N:M pattern of the config, a length; source and output aligned and inside the address space
+        sp = cur.args.sparsify
+        sp_m = Signal(8)
+        sp_supported = Const(0, 1)
+        m.d.comb += sp_m.eq(Const(1, 8) << sp.m_log2)
+        for value in cfg.sparse_m:
+            sp_supported = sp_supported | (sp.m_log2 == value.bit_length() - 1)
+        sparsify_bad = is_sparsify & ((sp.length == 0) | (sp.n == 0) | (sp.n > sp_m) | ~sp_supported)
+        E = cfg.sparsify_chunk
+        sp_span = Signal(17)  # elements read per lane: length rounded up to whole chunks
+        m.d.comb += sp_span.eq((sp.length + E - 1) & ~(E - 1))
+        sp_slots = Signal(22)
+        m.d.comb += sp_slots.eq(((sp.length + sp_m - 1) >> sp.m_log2) * sp.n)
+        sp_src_end, sp_dst, sp_dst_end = Signal(64), Signal(64), Signal(64)
+        m.d.comb += [sp_src_end.eq(Mux(sp.transpose, sp.src_addr + (cfg.rows - 1) * sp.src_stride + sp_span * 4,
+                                       sp.src_addr + (sp_span - 1) * sp.src_stride + 4 * cfg.rows)),
+                     sp_dst.eq(sp.src_addr + sp.dst_offset),
+                     sp_dst_end.eq(sp_dst + (sp_slots + ((sp_slots + IDX_SLOTS_PER_WORD - 1) >> 2)) * cfg.a_word_bytes)]
+        sparsify_dram = is_sparsify & ((sp.src_addr[:align] != 0) | (sp.src_stride[:align] != 0) |
+                                       (sp.dst_offset[:align] != 0) | (sp_src_end > (1 << cfg.addr_bits)) |
+                                       (sp_dst_end > (1 << cfg.addr_bits)))
         code = self.static_code
         with m.If(at_end):
             m.d.comb += code.eq(ErrorCode.NO_FINISH)
         with m.Elif(~known):
             m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
-        with m.Elif(no_neighbour | mem_bad_args | gemm_zero | sparse_bad):
+        with m.Elif(no_neighbour | mem_bad_args | gemm_zero | sparse_bad | sparsify_bad):
             m.d.comb += code.eq(ErrorCode.BAD_ARGS)
         with m.Elif(sram_bad | gemm_range | sparse_range):
             m.d.comb += code.eq(ErrorCode.SRAM_RANGE)
-        with m.Elif(dram_bad):
+        with m.Elif(dram_bad | sparsify_dram):
             m.d.comb += code.eq(ErrorCode.DRAM_RANGE)
         m.d.comb += self.static_error.eq(self.running & (code != ErrorCode.NONE))
 
-        target_ready = Mux(is_load, self.load_ready, Mux(is_gemm, self.compute_ready, self.store_ready))
-        m.d.comb += [dispatch.eq(self.running & ~self.static_error & (is_load | is_gemm | is_store) & target_ready &
+        target_ready = Mux(is_load, self.load_ready, Mux(is_gemm, self.compute_ready,
+                                                         Mux(is_store, self.store_ready, self.sparsify_ready)))
+        m.d.comb += [dispatch.eq(self.running & ~self.static_error & (is_load | is_gemm | is_store | is_sparsify) &
+                                 target_ready &
                                  (~self.serial | self.all_idle)),
                      self.entry.inst.eq(cur), self.entry.pc.eq(pc),
                      self.to_load.eq(dispatch & is_load), self.to_compute.eq(dispatch & is_gemm),
-                     self.to_store.eq(dispatch & is_store),
+                     self.to_store.eq(dispatch & is_store), self.to_sparsify.eq(dispatch & is_sparsify),
                      self.finish.eq(self.running & ~self.static_error & is_finish & self.all_idle)]
         return m

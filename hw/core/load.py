@@ -4,7 +4,8 @@ Issue side: one burst address per cycle from the cycle a LOAD starts (the
 burst walker); receive side: beats assembled into buffer words, written as
 each word completes.  ``LOADS_IN_FLIGHT`` earlier LOADs may still receive
 data while the next one issues (a FIFO of that many + 1 entries).  Pops
-``c2l`` when it starts, pushes ``l2c`` when its last beat arrives.
+``c2l`` (and ``p2l``, from the sparsifier) when it starts, pushes ``l2c``
+(and ``l2p``) when its last beat arrives.
 
 Not here: the buffers (the top level's memories) or the read channel's mux with the fetch unit.
 """
@@ -29,6 +30,7 @@ class LoadUnit(wiring.Component):
             "running": In(1), "alive": In(1),
             "queue": In(queue_signature()),
             "c2l_available": In(1), "c2l_pop": Out(1), "l2c_push": Out(1),
+            "p2l_available": In(1), "p2l_pop": Out(1), "l2p_push": Out(1),  # the sparsifier (the previous unit)
             "ar_valid": Out(1), "ar_addr": Out(cfg.addr_bits), "ar_len": Out(8), "ar_ready": In(1),
             "r_valid": In(1), "r_data": In(cfg.bus_bytes * 8), "r_resp": In(2),
             "a_addr": Out(16), "a_data": Out(16 * cfg.rows), "a_en": Out(1),
@@ -47,7 +49,7 @@ class LoadUnit(wiring.Component):
         args = head.inst.args.mem
         m.submodules.walker = walker = BurstWalker(cfg, "load")
         m.submodules.inflight = inflight = SyncFIFO(width=Entry.as_shape().size, depth=LOADS_IN_FLIGHT + 1)
-        tokens_ok = ~head.inst.deps.pop_next | self.c2l_available
+        tokens_ok = (~head.inst.deps.pop_next | self.c2l_available) & (~head.inst.deps.pop_prev | self.p2l_available)
         start = self.start
         m.d.comb += [start.eq(self.running & self.queue.valid & ~walker.active & inflight.w_rdy & tokens_ok),
                      walker.load.eq(start), walker.addr.eq(args.dram_addr), walker.rows.eq(args.rows),
@@ -56,7 +58,7 @@ class LoadUnit(wiring.Component):
                      self.ar_valid.eq(self.alive & (start | walker.active)), walker.step.eq(self.ar_valid & self.ar_ready),
                      self.ar_addr.eq(walker.burst_addr), self.ar_len.eq(walker.burst_beats - 1),
                      self.queue.ready.eq(start), inflight.w_data.eq(self.queue.payload), inflight.w_en.eq(start),
-                     self.c2l_pop.eq(start & head.inst.deps.pop_next)]
+                     self.c2l_pop.eq(start & head.inst.deps.pop_next), self.p2l_pop.eq(start & head.inst.deps.pop_prev)]
         # receive side
         rx = Entry(inflight.r_data)
         rx_args = rx.inst.args.mem
@@ -87,6 +89,7 @@ class LoadUnit(wiring.Component):
                      self.idx_en.eq(rx_beat & word_done & (rx_args.buffer == Buffer.IDX)),
                      inflight.r_en.eq(load_done),
                      self.l2c_push.eq(load_done & rx.inst.deps.push_next),
+                     self.l2p_push.eq(load_done & rx.inst.deps.push_prev),
                      self.bus_error.eq(rx_beat & (self.r_resp != 0)), self.receiving_pc.eq(rx.pc),
                      self.busy.eq(walker.active | inflight.r_rdy)]
         return m

@@ -7,7 +7,8 @@ burst walker when their first beat is presented; their addresses go out on
 AW at once or from a one-entry slot, and W never waits for its own burst's
 AWREADY.  A STORE completes when its last burst's write response arrives;
 ``STORES_IN_FLIGHT`` earlier STOREs may still wait for responses while the
-next one starts.  Pops ``c2s`` when it starts, pushes ``s2c`` when complete.
+next one starts.  Pops ``c2s`` (and ``p2s``, from the sparsifier) when it
+starts, pushes ``s2c`` (and ``s2p``) when complete.
 
 Not here: the accumulator buffer (the top level's memory).
 """
@@ -31,6 +32,7 @@ class StoreUnit(wiring.Component):
             "running": In(1), "alive": In(1),
             "queue": In(queue_signature()),
             "c2s_available": In(1), "c2s_pop": Out(1), "s2c_push": Out(1),
+            "p2s_available": In(1), "p2s_pop": Out(1), "s2p_push": Out(1),  # the sparsifier (the next unit)
             "acc_addr": Out(16), "acc_data": In(32 * cfg.cols),  # the STORE's copy of ACC
             "aw_valid": Out(1), "aw_addr": Out(cfg.addr_bits), "aw_len": Out(8), "aw_ready": In(1),
             "w_valid": Out(1), "w_data": Out(cfg.bus_bytes * 8), "w_last": Out(1), "w_ready": In(1),
@@ -51,12 +53,13 @@ class StoreUnit(wiring.Component):
         word = Signal(16)
         in_word = Signal(8)
         incomplete = Signal(range(STORES_IN_FLIGHT + 2))
-        tokens_ok = ~head.inst.deps.pop_prev | self.c2s_available
+        tokens_ok = (~head.inst.deps.pop_prev | self.c2s_available) & (~head.inst.deps.pop_next | self.p2s_available)
         start = self.start
         w_stall = Signal()  # the W beat on the bus is not taken this cycle: both stages hold
         m.d.comb += [start.eq(self.running & self.queue.valid & ~reading & (incomplete <= STORES_IN_FLIGHT) &
                               tokens_ok & ~w_stall),
-                     self.queue.ready.eq(start), self.c2s_pop.eq(start & head.inst.deps.pop_prev)]
+                     self.queue.ready.eq(start), self.c2s_pop.eq(start & head.inst.deps.pop_prev),
+                     self.p2s_pop.eq(start & head.inst.deps.pop_next)]
         info_now = Entry(Signal(Entry.as_shape().size))
         m.d.comb += info_now.eq(Mux(start, self.queue.payload, info))
         word_now = Mux(start, 0, word)
@@ -139,6 +142,7 @@ class StoreUnit(wiring.Component):
         done = Signal()
         m.d.comb += [done.eq(self.alive & awaiting.r_rdy & (b_now == head_bursts)), awaiting.r_en.eq(done),
                      self.s2c_push.eq(done & aw_entry.inst.deps.push_prev),
+                     self.s2p_push.eq(done & aw_entry.inst.deps.push_next),
                      # the response is the head's if a STORE waits for its responses, else that of the STORE still sending
                      self.bus_error.eq(response & (self.b_resp != 0)),
                      self.error_pc.eq(Mux(awaiting.r_rdy, aw_entry.pc, w_info.pc)),

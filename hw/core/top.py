@@ -28,6 +28,7 @@ from .dispatch import Dispatcher
 from .fetch import Fetch, imem_geometry
 from .load import LoadUnit
 from .regs import Registers, RunControl
+from .sparsify import SparsifyUnit
 from .store import StoreUnit
 
 __all__ = ["Core"]
@@ -59,13 +60,15 @@ def first_error(m: Module, candidates) -> tuple[Signal, Signal, Signal]:
 class Core(wiring.Component):
     """The accelerator core for one :class:`SATConfig`.
 
-    Ports: ``csr`` (AXI4-Lite slave, 8-bit addresses) and ``mem`` (AXI4 master,
-    ``cfg.bus_bytes`` wide, ``cfg.addr_bits`` addresses).
+    Ports: ``csr`` (AXI4-Lite slave, 8-bit addresses), ``mem`` (AXI4 master,
+    ``cfg.bus_bytes`` wide, ``cfg.addr_bits`` addresses: fetch, LOAD, STORE) and
+    ``spmem`` (the same, the sparsifier's own master onto the same memory).
     """
 
     def __init__(self, cfg: SATConfig):
         self.cfg = cfg
-        super().__init__({"csr": In(axi4_lite_signature(8)), "mem": Out(axi4_signature(cfg.addr_bits, cfg.bus_bytes))})
+        super().__init__({"csr": In(axi4_lite_signature(8)), "mem": Out(axi4_signature(cfg.addr_bits, cfg.bus_bytes)),
+                          "spmem": Out(axi4_signature(cfg.addr_bits, cfg.bus_bytes))})
         #: the STATUS register (benches may watch it without a bus read)
         self.status = Signal(Status, name="status")
 
@@ -95,11 +98,14 @@ class Core(wiring.Component):
 
         fetch, dispatch = unit("fetch", Fetch(cfg)), unit("dispatch", Dispatcher(cfg))
         load, compute, store = unit("load", LoadUnit(cfg)), unit("compute", ComputeUnit(cfg)), unit("store", StoreUnit(cfg))
+        sparsify = unit("sparsify", SparsifyUnit(cfg))
         queues = {name: unit(f"queue_{name}", SyncFIFO(width=Entry.as_shape().size, depth=cfg.queue_depth))
-                  for name in ("load", "compute", "store")}
-        tokens = {name: unit(f"token_{name}", TokenCounter(cfg.token_limit)) for name in ("l2c", "c2l", "c2s", "s2c")}
+                  for name in ("load", "compute", "store", "sparsify")}
+        tokens = {name: unit(f"token_{name}", TokenCounter(cfg.token_limit))
+                  for name in ("l2c", "c2l", "c2s", "s2c", "s2p", "p2s", "p2l", "l2p")}
         running, alive = ctl.running, ctl.alive
-        for u in (load, compute, store):
+        wiring.connect(m, wiring.flipped(self.spmem), sparsify.mem)
+        for u in (load, compute, store, sparsify):
             m.d.comb += [u.running.eq(running), u.alive.eq(alive)]
 
         # buffers: synchronous RAMs; B in banks; ACC twice (the drain's copy and the STORE's copy, written together)
@@ -141,7 +147,7 @@ class Core(wiring.Component):
         for name, q in queues.items():
             m.d.comb += [q.w_data.eq(dispatch.entry.as_value()), q.w_en.eq(getattr(dispatch, f"to_{name}")),
                          getattr(dispatch, f"{name}_ready").eq(q.w_rdy)]
-        for name, u in (("load", load), ("compute", compute), ("store", store)):
+        for name, u in (("load", load), ("compute", compute), ("store", store), ("sparsify", sparsify)):
             q = queues[name]
             m.d.comb += [u.queue.payload.eq(q.r_data), u.queue.valid.eq(q.r_rdy), q.r_en.eq(u.queue.ready)]
 
@@ -152,7 +158,16 @@ class Core(wiring.Component):
                      compute.s2c_available.eq(t["s2c"].available), t["s2c"].pop.eq(compute.s2c_pop),
                      t["c2l"].push.eq(compute.c2l_push), t["c2s"].push.eq(compute.c2s_push),
                      store.c2s_available.eq(t["c2s"].available), t["c2s"].pop.eq(store.c2s_pop),
-                     t["s2c"].push.eq(store.s2c_push)]
+                     t["s2c"].push.eq(store.s2c_push),
+                     # store → sparsify → load and back (the ring's other half)
+                     sparsify.s2p_available.eq(t["s2p"].available), t["s2p"].pop.eq(sparsify.s2p_pop),
+                     t["s2p"].push.eq(store.s2p_push),
+                     store.p2s_available.eq(t["p2s"].available), t["p2s"].pop.eq(store.p2s_pop),
+                     t["p2s"].push.eq(sparsify.p2s_push),
+                     load.p2l_available.eq(t["p2l"].available), t["p2l"].pop.eq(load.p2l_pop),
+                     t["p2l"].push.eq(sparsify.p2l_push),
+                     sparsify.l2p_available.eq(t["l2p"].available), t["l2p"].pop.eq(sparsify.l2p_pop),
+                     t["l2p"].push.eq(load.l2p_push)]
 
         # LOAD: the read channel (shared with the fetch, which runs alone before anything starts) and A/B writes
         m.d.comb += [load.ar_ready.eq(mem.arready), load.r_valid.eq(mem.rvalid), load.r_data.eq(mem.rdata),
@@ -190,10 +205,10 @@ class Core(wiring.Component):
 
         # idle, deadlock, errors, done
         any_busy = Signal()
-        m.d.comb += [any_busy.eq(load.busy | compute.busy | store.busy),
+        m.d.comb += [any_busy.eq(load.busy | compute.busy | store.busy | sparsify.busy),
                      dispatch.all_idle.eq(~any_busy & ~_any_waiting(queues)), ctl.busy.eq(any_busy),
                      ctl.finish.eq(dispatch.finish)]
-        any_start = load.start | compute.start | store.start
+        any_start = load.start | compute.start | store.start | sparsify.start
         stuck = ~dispatch.dispatch & ~dispatch.finish & ~dispatch.static_error
         deadlock = running & ~any_busy & ~any_start & stuck
         waiting = Signal(PC_BITS)  # the oldest instruction still waiting: a queue head, else the dispatcher's
@@ -204,10 +219,12 @@ class Core(wiring.Component):
             m.d.comb += candidate.eq(Mux(q.r_rdy & (head_pc < waiting), head_pc, waiting))
             waiting = candidate
         overflow_pc = {"l2c": load.receiving_pc, "c2l": compute.draining_pc, "c2s": compute.draining_pc,
-                       "s2c": store.completing_pc}
+                       "s2c": store.completing_pc, "s2p": store.completing_pc, "p2s": sparsify.error_pc,
+                       "p2l": sparsify.error_pc, "l2p": load.receiving_pc}
         candidates = [(ErrorCode.PROGRAM_TOO_LONG, fetch.bad_length, 0), (ErrorCode.DRAM_RANGE, fetch.bad_address, 0),
                       (ErrorCode.AXI_ERROR, fetch.bus_error, 0), (ErrorCode.AXI_ERROR, load.bus_error, load.receiving_pc),
                       (ErrorCode.AXI_ERROR, store.bus_error, store.error_pc),
+                      (ErrorCode.AXI_ERROR, sparsify.bus_error, sparsify.error_pc),
                       (dispatch.static_code, dispatch.static_error, dispatch.pc)]
         candidates += [(ErrorCode.TOKEN_OVERFLOW, running & tok.overflow, overflow_pc[name]) for name, tok in tokens.items()]
         candidates.append((ErrorCode.DEADLOCK, deadlock, waiting))

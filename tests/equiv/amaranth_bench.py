@@ -29,20 +29,79 @@ class GatewareRun:
     timed_out: bool = False
 
 
+class _Port:
+    """The memory model on one AXI4 master port of the core (the memory bytes are shared between ports)."""
+
+    DECERR = 3
+
+    def __init__(self, ctx, cfg: SATConfig, axi, mem: np.ndarray, limit: int):
+        self.ctx, self.cfg, self.axi, self.mem, self.limit = ctx, cfg, axi, mem, limit
+        self.r_beats = deque()  # (cycle, data, last, resp)
+        self.r_free = 0
+        self.aw_bursts = deque()  # [addr, beats left, resp]
+        self.b_times = deque()
+        for sig in (axi.arready, axi.awready, axi.wready):
+            ctx.set(sig, 1)
+
+    def drive(self, cycle: int) -> None:
+        """This cycle's responses."""
+        ctx, axi = self.ctx, self.axi
+        if self.r_beats and self.r_beats[0][0] == cycle:
+            _, data, last, resp = self.r_beats.popleft()
+            ctx.set(axi.rvalid, 1)
+            ctx.set(axi.rdata, data)
+            ctx.set(axi.rlast, last)
+            ctx.set(axi.rresp, resp)
+        else:
+            ctx.set(axi.rvalid, 0)
+        ctx.set(axi.bvalid, 1 if self.b_times and self.b_times[0][0] == cycle else 0)
+        if self.b_times and self.b_times[0][0] == cycle:
+            ctx.set(axi.bresp, self.b_times.popleft()[1])
+
+    def sample(self, cycle: int) -> None:
+        """This cycle's requests (settled)."""
+        ctx, axi, cfg, mem, limit = self.ctx, self.axi, self.cfg, self.mem, self.limit
+        bus = cfg.bus_bytes
+        if ctx.get(axi.arvalid):
+            addr, beats = ctx.get(axi.araddr), ctx.get(axi.arlen) + 1
+            first = max(cycle + cfg.mem_read_latency, self.r_free)
+            for i in range(beats):
+                a = addr + i * bus
+                if a + bus <= limit:
+                    self.r_beats.append((first + i, int.from_bytes(mem[a:a + bus].tobytes(), "little"), i == beats - 1, 0))
+                else:
+                    self.r_beats.append((first + i, 0, i == beats - 1, self.DECERR))
+            self.r_free = first + beats
+        if ctx.get(axi.awvalid):
+            self.aw_bursts.append([ctx.get(axi.awaddr), ctx.get(axi.awlen) + 1, 0])
+        if ctx.get(axi.wvalid):
+            burst = self.aw_bursts[0]
+            if burst[0] + bus <= limit:
+                mem[burst[0]:burst[0] + bus] = np.frombuffer(ctx.get(axi.wdata).to_bytes(bus, "little"), dtype=np.uint8)
+            else:
+                burst[2] = self.DECERR
+            burst[0] += bus
+            burst[1] -= 1
+            assert bool(ctx.get(axi.wlast)) == (burst[1] == 0), "wlast does not match awlen"
+            if burst[1] == 0:
+                self.aw_bursts.popleft()
+                self.b_times.append((cycle + cfg.mem_write_latency, burst[2]))
+
+    def idle(self) -> None:
+        self.ctx.set(self.axi.rvalid, 0)
+        self.ctx.set(self.axi.bvalid, 0)
+
+
 def run_core_amaranth(cfg: SATConfig, memory: np.ndarray, program_addr: int, program_len: int, *,
                       serial: bool = False, max_cycles: int = 200_000, core: Core | None = None) -> GatewareRun:
     core = core or Core(cfg)
     mem = memory.copy()
     bus = cfg.bus_bytes
     limit = mem.size // bus * bus  # a beat reaching past this gets DECERR
-    decerr = 3
     out = {"timed_out": True}
 
     async def testbench(ctx):
-        csr, axi = core.csr, core.mem
-        ctx.set(axi.arready, 1)
-        ctx.set(axi.awready, 1)
-        ctx.set(axi.wready, 1)
+        csr = core.csr
 
         async def csr_write(reg, value):
             ctx.set(csr.awaddr, int(reg))
@@ -91,56 +150,20 @@ def run_core_amaranth(cfg: SATConfig, memory: np.ndarray, program_addr: int, pro
         ctx.set(csr.awvalid, 0)
         ctx.set(csr.wvalid, 0)
 
-        r_beats = deque()  # (cycle, data, last)
-        r_free = 0
-        aw_bursts = deque()  # [addr, beats left]
-        b_times = deque()
+        ports = [_Port(ctx, cfg, port, mem, limit) for port in (core.mem, core.spmem)]  # one memory, two ports
         cycle = 0
         while cycle < max_cycles:
-            # drive this cycle's responses
-            if r_beats and r_beats[0][0] == cycle:
-                _, data, last, resp = r_beats.popleft()
-                ctx.set(axi.rvalid, 1)
-                ctx.set(axi.rdata, data)
-                ctx.set(axi.rlast, last)
-                ctx.set(axi.rresp, resp)
-            else:
-                ctx.set(axi.rvalid, 0)
-            ctx.set(axi.bvalid, 1 if b_times and b_times[0][0] == cycle else 0)
-            if b_times and b_times[0][0] == cycle:
-                ctx.set(axi.bresp, b_times.popleft()[1])
-            # sample requests (settled)
-            if ctx.get(axi.arvalid):
-                addr, beats = ctx.get(axi.araddr), ctx.get(axi.arlen) + 1
-                first = max(cycle + cfg.mem_read_latency, r_free)
-                for i in range(beats):
-                    a = addr + i * bus
-                    if a + bus <= limit:
-                        r_beats.append((first + i, int.from_bytes(mem[a:a + bus].tobytes(), "little"), i == beats - 1, 0))
-                    else:
-                        r_beats.append((first + i, 0, i == beats - 1, decerr))
-                r_free = first + beats
-            if ctx.get(axi.awvalid):
-                aw_bursts.append([ctx.get(axi.awaddr), ctx.get(axi.awlen) + 1, 0])
-            if ctx.get(axi.wvalid):
-                burst = aw_bursts[0]
-                if burst[0] + bus <= limit:
-                    mem[burst[0]:burst[0] + bus] = np.frombuffer(ctx.get(axi.wdata).to_bytes(bus, "little"), dtype=np.uint8)
-                else:
-                    burst[2] = decerr
-                burst[0] += bus
-                burst[1] -= 1
-                assert bool(ctx.get(axi.wlast)) == (burst[1] == 0), "wlast does not match awlen"
-                if burst[1] == 0:
-                    aw_bursts.popleft()
-                    b_times.append((cycle + cfg.mem_write_latency, burst[2]))
+            for port in ports:
+                port.drive(cycle)
+            for port in ports:
+                port.sample(cycle)
             await ctx.tick()
             cycle += 1
             if ctx.get(core.status) in (Status.DONE, Status.ERROR):
                 out["timed_out"] = False
                 break
-        ctx.set(axi.rvalid, 0)
-        ctx.set(axi.bvalid, 0)
+        for port in ports:
+            port.idle()
         out["status"] = Status(await csr_read(Csr.STATUS))
         out["error"] = ErrorCode(await csr_read(Csr.ERROR))
         out["cycles"] = await csr_read(Csr.CYCLES)

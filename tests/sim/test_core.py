@@ -48,7 +48,7 @@ def test_hand_computed_cycle_count():
     """
     result, _ = run_words(small_program())
     assert result.status is Status.DONE and result.cycles == 48
-    assert result.token_stall == {"load": 0, "compute": 10, "store": 18}
+    assert result.token_stall == {"load": 0, "compute": 10, "store": 18, "sparsify": 0}
     assert result.busy["compute"] == 9
 
 
