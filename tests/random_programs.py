@@ -15,14 +15,21 @@ variant                   what it does (and the error it aims at)
 ``sram_range``            one instruction's buffer range past the buffer
 ``dram_range``            misaligned address or stride, past the address
                           space, or a misaligned program address
-``bad_args``              zero length, wrong buffer, flag with no neighbour
+``bad_args``              zero length, wrong buffer, a FINISH with a token
+                          flag, a pattern SPARSE_GEMM or SPARSIFY lacks
 ``token_overflow``        a tail of pushes on one channel that nobody pops
 ``deadlock``              one push dropped on a channel consumed one-to-one
 ``axi_load``/``axi_store``  a transfer that reaches past the memory's end
+``axi_sparsify``          a SPARSIFY whose source or output reaches past it
 ``axi_fetch``             a memory that ends inside the program
 ``program_too_long``      length 0 or past the instruction memory
 ``no_finish``             the FINISH left out
 ========================  ===================================================
+
+Most programs also run SPARSIFYs (the fourth unit) beside the GEMMs: on
+fp32 weights with ties, zeros, NaN and infinities, each into its own output
+slice, one of them after a STORE that writes its source (``s2p``) and one
+before a LOAD that reads its output (``p2l``).
 
 The injected instruction sits anywhere in the program, so the instructions
 before it run (and their STOREs leave bytes) before the error.  Scratch
@@ -38,16 +45,18 @@ import numpy as np
 
 from nmsat.dataflow.gemm import software_pipelined
 from nmsat.hw.config import SATConfig
+from nmsat.hw.timing import sparsify_shape
 from nmsat.hw.isa import Buffer, ErrorCode, Opcode, encode, to_bytes
 
 VARIANTS = ("done", "bad_opcode", "sram_range", "dram_range", "bad_args", "token_overflow", "deadlock",
-            "axi_load", "axi_store", "axi_fetch", "program_too_long", "no_finish")
+            "axi_load", "axi_store", "axi_sparsify", "axi_fetch", "program_too_long", "no_finish")
 
 #: the error each variant is built to raise (program_too_long and dram_range may come from the fetch)
 AIMED = {"done": ErrorCode.NONE, "bad_opcode": ErrorCode.BAD_OPCODE, "sram_range": ErrorCode.SRAM_RANGE,
          "dram_range": ErrorCode.DRAM_RANGE, "bad_args": ErrorCode.BAD_ARGS,
          "token_overflow": ErrorCode.TOKEN_OVERFLOW, "deadlock": ErrorCode.DEADLOCK,
-         "axi_load": ErrorCode.AXI_ERROR, "axi_store": ErrorCode.AXI_ERROR, "axi_fetch": ErrorCode.AXI_ERROR,
+         "axi_load": ErrorCode.AXI_ERROR, "axi_store": ErrorCode.AXI_ERROR, "axi_sparsify": ErrorCode.AXI_ERROR,
+         "axi_fetch": ErrorCode.AXI_ERROR,
          "program_too_long": ErrorCode.PROGRAM_TOO_LONG, "no_finish": ErrorCode.NO_FINISH}
 
 PAGE = 4096
@@ -123,6 +132,30 @@ class _Builder:
                     idx_addr=half * ci + self.integer(0, ci - words), acc_addr=acc_addr, groups=groups, n=n,
                     m_log2=m.bit_length() - 1, accumulate=accumulate, **flags)
 
+    def sparsify(self, src_base: int, src_bytes: int, dst: int, dst_room: int, **flags) -> dict | None:
+        """A SPARSIFY reading within ``src_bytes`` from ``src_base`` and writing at ``dst`` (None if it does not fit)."""
+        cfg, rng = self.cfg, self.rng
+        if not cfg.sparse_m:
+            return None
+        bus, e, R = cfg.bus_bytes, cfg.sparsify_chunk, cfg.rows
+        m = int(rng.choice(cfg.sparse_m))
+        n = self.integer(1, m)
+        transpose = int(rng.random() < 0.5)
+        for _ in range(8):
+            length = self.integer(1, 2 * e + 3)
+            span = -(-length // e) * e
+            word = 4 * span if transpose else 4 * R
+            rows = R if transpose else span
+            stride = word + bus * self.integer(0, 2) if rng.random() < 0.8 else bus * self.integer(1, max(1, word // bus))
+            extent = (rows - 1) * stride + word
+            slots = -(-length // m) * n
+            out = (slots + -(-slots // 4)) * cfg.a_word_bytes
+            if extent <= src_bytes and out <= dst_room:
+                src = self.dram(src_base, src_bytes, rows, word, stride)
+                return dict(opcode=Opcode.SPARSIFY, src_addr=src, transpose=transpose, length=length, src_stride=stride,
+                            n=n, m_log2=m.bit_length() - 1, dst_offset=dst - src, _out=out, **flags)
+        return None
+
     def store(self, acc_half: int, out_base: int, **flags) -> dict:
         rows = self.integer(1, min(self.acc_half, 8))
         word = self.cfg.acc_word_bytes
@@ -167,6 +200,57 @@ def _base_program(b: _Builder, in_base: int, out_base: int) -> list[dict]:
     return out
 
 
+def _add_sparsify(b: _Builder, instrs: list[dict], regions: dict[str, tuple[int, int]]) -> list[dict]:
+    """SPARSIFYs placed among the program's instructions (see the module's docstring); each writes its own slice
+    of the ``sp_out`` region.  A STORE redirected into ``sp_chain`` feeds one of them (``s2p``), and one feeds a
+    later LOAD (``p2l``) that reads its output."""
+    rng = b.rng
+    if not b.cfg.sparse_m or rng.random() < 0.3:
+        return instrs
+    src_base, src_bytes = regions["sp_src"]
+    out_base, out_bytes = regions["sp_out"]
+    cursor = out_base
+    instrs = list(instrs)
+    for _ in range(b.integer(1, 3)):
+        sp = b.sparsify(src_base, src_bytes, cursor, out_base + out_bytes - cursor)
+        if sp is None:
+            break
+        sp["_out"] = -(-sp["_out"] // b.cfg.bus_bytes) * b.cfg.bus_bytes
+        cursor += sp["_out"]
+        instrs.insert(b.integer(0, len(instrs)), sp)
+    # p2l: a later LOAD waits for a SPARSIFY and reads what it wrote; the n-th pop takes the n-th push, so the
+    # pairs keep program order on both sides
+    after = -1
+    for at in [i for i, x in enumerate(instrs) if x["opcode"] is Opcode.SPARSIFY]:
+        sp = instrs[at]
+        out = sp.pop("_out")
+        later_loads = [i for i in range(max(at, after) + 1, len(instrs)) if instrs[i]["opcode"] is Opcode.LOAD
+                       and b.cfg.word_bytes(instrs[i]["buffer"]) <= out]  # it reads within the output
+        if later_loads and rng.random() < 0.5:
+            sp["push_next"] = 1
+            after = int(rng.choice(later_loads))
+            x = instrs[after]
+            x["pop_prev"] = 1
+            word = b.cfg.word_bytes(x["buffer"])
+            x["rows"] = min(x["rows"], out // word)
+            x["dram_addr"], x["dram_stride"] = sp["src_addr"] + sp["dst_offset"], word
+    stores = [i for i, x in enumerate(instrs) if x["opcode"] is Opcode.STORE]
+    chain_base, chain_bytes = regions["sp_chain"]
+    if stores and rng.random() < 0.5:  # s2p: a STORE writes the weights a SPARSIFY after it reads
+        i = int(rng.choice(stores))
+        x = instrs[i]
+        word = b.cfg.acc_word_bytes
+        x["dram_addr"], x["dram_stride"], x["push_next"] = chain_base, word, 1
+        x["rows"] = min(x["rows"], chain_bytes // word)
+        sp = b.sparsify(chain_base, (x["rows"] - 1) * word + word, cursor, out_base + out_bytes - cursor, pop_prev=1)
+        if sp is None:
+            x["push_next"] = 0
+        else:
+            sp.pop("_out")
+            instrs.insert(b.integer(i + 1, len(instrs)), sp)
+    return instrs
+
+
 def _overflow_tail(b: _Builder, in_base: int, out_base: int) -> list[dict]:
     """token_limit + 1 pushes on one channel, from instructions that touch only scratch words."""
     cfg, rng = b.cfg, b.rng
@@ -199,7 +283,7 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
     cfg, rng = b.cfg, b.rng
     bus = cfg.bus_bytes
     if variant == "bad_opcode":
-        return int(rng.choice([0, *range(6, 16)])) | int(rng.integers(0, 1 << 60)) << 8
+        return int(rng.choice([0, *range(7, 16)])) | int(rng.integers(0, 1 << 60)) << 8
     if variant == "sram_range":
         kind = rng.choice(["load", "store", "gemm_a", "gemm_b", "gemm_acc", "sparse_a", "sparse_b", "sparse_idx"])
         if kind.startswith("sparse"):
@@ -231,6 +315,23 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
         else:
             args["acc_addr"] = cfg.acc_depth - cfg.rows + b.integer(1, cfg.rows)
         return encode(Opcode.GEMM, **args)
+    if variant == "dram_range" and cfg.sparse_m and rng.random() < 0.3:
+        m = int(rng.choice(cfg.sparse_m))
+        args = dict(src_addr=0, transpose=int(rng.random() < 0.5), length=b.integer(1, 40), n=1,
+                    m_log2=m.bit_length() - 1, src_stride=bus * 8, dst_offset=PAGE)
+        kind = rng.choice(["src", "stride", "dst", "src_space", "dst_space"])
+        if kind == "src":
+            args["src_addr"] = bus * b.integer(0, 64) + b.integer(1, bus - 1)
+        elif kind == "stride":
+            args["src_stride"] += b.integer(1, bus - 1)
+        elif kind == "dst":
+            args["dst_offset"] += b.integer(1, bus - 1)
+        elif kind == "src_space":
+            args["src_addr"] = (1 << cfg.addr_bits) - bus  # its rows reach past the top
+        else:  # the source inside the space, the output reaching past its top
+            args["src_addr"] = (1 << cfg.addr_bits) - (1 << 30)
+            args["dst_offset"] = (1 << 30) - bus
+        return encode(Opcode.SPARSIFY, **args)
     if variant == "dram_range":
         buf = Buffer.A if rng.random() < 0.5 else Buffer.B
         word = cfg.word_bytes(buf)
@@ -246,7 +347,7 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
         return encode(op, buffer=buf, rows=rows, dram_addr=(1 << cfg.addr_bits) - bus * b.integer(0, rows * word // bus - 1),
                       dram_stride=word)
     if variant == "bad_args":
-        kind = rng.choice(["rows0", "store_a", "load_acc", "k0", "flag", "finish_flag", "store_idx", "sparse"])
+        kind = rng.choice(["rows0", "store_a", "load_acc", "k0", "sparsify", "finish_flag", "store_idx", "sparse"])
         if kind == "rows0":
             return encode(Opcode.LOAD, buffer=Buffer.A, rows=0, dram_addr=0, dram_stride=cfg.a_word_bytes)
         if kind == "store_a":
@@ -255,12 +356,20 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
             return encode(Opcode.LOAD, buffer=Buffer.ACC, rows=1, dram_addr=0, dram_stride=cfg.acc_word_bytes)
         if kind == "k0":
             return encode(Opcode.GEMM, k=0)
-        if kind == "flag":
-            if rng.random() < 0.5:
-                return encode(Opcode.LOAD, **{rng.choice(["pop_prev", "push_prev"]): 1}, buffer=Buffer.B, rows=1,
-                              dram_addr=0, dram_stride=cfg.b_word_bytes)
-            return encode(Opcode.STORE, **{rng.choice(["pop_next", "push_next"]): 1}, buffer=Buffer.ACC, rows=1,
-                          dram_addr=0, dram_stride=cfg.acc_word_bytes)
+        if kind == "sparsify":
+            m = int(rng.choice(cfg.sparse_m)) if cfg.sparse_m else 4
+            args = dict(src_addr=0, length=b.integer(1, 40), n=1, m_log2=m.bit_length() - 1, src_stride=bus * 8,
+                        dst_offset=PAGE)
+            bad = rng.choice(["length0", "n0", "n_over_m", "m_unsupported"])
+            if bad == "length0":
+                args["length"] = 0
+            elif bad == "n0":
+                args["n"] = 0
+            elif bad == "n_over_m":
+                args["n"] = b.integer(m + 1, 31)
+            else:
+                args["m_log2"] = int(rng.choice([x for x in range(8) if (1 << x) not in cfg.sparse_m]))
+            return encode(Opcode.SPARSIFY, **args)
         if kind == "finish_flag":
             return encode(Opcode.FINISH, **{rng.choice(["pop_prev", "pop_next", "push_prev", "push_next"]): 1})
         if kind == "store_idx":
@@ -291,9 +400,11 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
     prog_region = 16 * PAGE
     in_base = prog_region
     out_base = in_base + b.in_bytes
+    regions = {"sp_src": (out_base + b.out_bytes, 2 * PAGE), "sp_chain": (out_base + b.out_bytes + 2 * PAGE, PAGE),
+               "sp_out": (out_base + b.out_bytes + 3 * PAGE, 4 * PAGE)}
     gap = PAGE  # bytes no STORE writes and no LOAD reads, where a straddling transfer of the axi variants begins
-    size = out_base + b.out_bytes + gap
-    instrs = _base_program(b, in_base, out_base)
+    size = out_base + b.out_bytes + 7 * PAGE + gap
+    instrs = _add_sparsify(b, _base_program(b, in_base, out_base), regions)
     fault_pc = None
     if variant == "token_overflow":
         instrs += _overflow_tail(b, in_base, out_base)
@@ -302,6 +413,27 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
                    (x["opcode"] in (Opcode.GEMM, Opcode.SPARSE_GEMM) and x.get("push_next"))]  # l2c, c2s: one for one
         fault_pc = int(rng.choice(pushers))
         instrs[fault_pc]["push_next"] = 0
+    elif variant == "axi_sparsify" and cfg.sparse_m:
+        sps = [i for i, x in enumerate(instrs) if x["opcode"] is Opcode.SPARSIFY]
+        if not sps:
+            instrs.insert(b.integer(0, len(instrs)), b.sparsify(*regions["sp_src"], regions["sp_out"][0], 4 * PAGE))
+            instrs[-1].pop("_out", None)
+            sps = [i for i, x in enumerate(instrs) if x["opcode"] is Opcode.SPARSIFY]
+        for x in instrs:
+            x.pop("_out", None)
+        fault_pc = int(rng.choice(sps))
+        x = instrs[fault_pc]
+        shape = sparsify_shape(cfg, x["src_addr"], x["src_stride"], bool(x["transpose"]), x["length"], x["n"],
+                               1 << x["m_log2"], x["dst_offset"])
+        src_span, out_span = shape.src_end - x["src_addr"], shape.dst_end - shape.dst_addr
+        if rng.random() < 0.5:  # the source straddles the end or lies past it (the output after it, past it too)
+            x["src_addr"] = (size - bus * b.integer(1, max(1, min(gap, src_span - 1) // bus)) if rng.random() < 0.6
+                             else size + bus * b.integer(0, 64))
+            x["dst_offset"] = bus * b.integer(1, 64)
+        else:  # the output straddles the end or lies past it
+            dst = (size - bus * b.integer(1, max(1, min(gap, out_span - 1) // bus)) if rng.random() < 0.6
+                   else size + bus * b.integer(0, 64))
+            x["dst_offset"] = dst - x["src_addr"]
     elif variant in ("axi_load", "axi_store"):
         op = Opcode.LOAD if variant == "axi_load" else Opcode.STORE
         fault_pc = int(rng.choice([i for i, x in enumerate(instrs) if x["opcode"] is op]))
@@ -327,6 +459,12 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
     # operands: bf16 patterns of moderate magnitude (random bytes would be mostly huge, NaN or tiny)
     operands = (rng.standard_normal(b.in_bytes // 2) * 4.0).astype(np.float32).view(np.uint32) >> 16
     memory[in_base:out_base] = operands.astype(np.uint16).view(np.uint8)
+    # SPARSIFY sources: fp32 weights with few distinct magnitudes (ties), signed zeros, NaN and infinities
+    src, src_bytes = regions["sp_src"]
+    weights = rng.choice(np.float32([0.0, -0.0, 0.5, -0.5, 1.0, -2.0, np.nan, np.inf]), src_bytes // 4,
+                         p=[0.2, 0.1, 0.2, 0.15, 0.15, 0.1, 0.05, 0.05])
+    weights = np.where(rng.random(weights.size) < 0.4, rng.standard_normal(weights.size).astype(np.float32), weights)
+    memory[src:src + src_bytes] = weights.astype(np.float32).view(np.uint8)
     memory[program_addr:program_addr + blob.size] = blob
     if variant == "program_too_long":
         program_len = int(rng.choice([0, cfg.imem_depth + 1, cfg.imem_depth + b.integer(2, 100)]))

@@ -20,6 +20,7 @@ from random_programs import VARIANTS, random_cases
 
 from nmsat.dataflow.gemm import compile_gemm, compile_sparse_gemm
 from nmsat.dataflow.layers import conv2d_gemms
+from nmsat.dataflow.sparsify import compile_sparsify
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Buffer, ErrorCode, Opcode, Status, encode, to_bytes
 from nmsat.sim.core import CoreModel
@@ -42,6 +43,17 @@ def sparse_program(cfg, m, n, k, pattern, seed):
     a = rng.standard_normal((m, k)).astype(np.float32) * np.float32(4.0) ** rng.integers(-3, 4, (m, k))
     return compile_sparse_gemm(cfg, a, rng.standard_normal((k, n)).astype(np.float32), *pattern)
 
+
+def sparsify_program(cfg, cout, k, pattern, groups, seed):
+    """Both compressed forms of awkward fp32 weights: ties, signed zeros, NaN, infinities, ragged lengths."""
+    rng = np.random.default_rng(seed)
+    w = rng.choice(np.float32([0.0, -0.0, 0.5, -0.5, 1.0, -2.0, np.nan, np.inf]), size=(cout, k))
+    w = np.where(rng.random((cout, k)) < 0.5, rng.standard_normal((cout, k)).astype(np.float32), w)
+    return compile_sparsify(cfg, w.astype(np.float32), *pattern, groups=groups)
+
+
+#: (cout, K per group, groups): whole and ragged tiles and groups, a grouped conv
+SPARSIFY_SHAPES = [(8, 16, 1), (11, 21, 1), (12, 27, 3), (5, 70, 1)]
 
 #: the N:M patterns the tiny preset runs (its sparse_m is (4, 8))
 SPARSE_PATTERNS = [(1, 4), (2, 4), (3, 4), (1, 8), (2, 8), (4, 8), (7, 8)]
@@ -79,6 +91,16 @@ ERROR_RUNS = {
     # a LOAD past the end of a 4 KiB memory: DECERR, AXI_ERROR
     "load-past-memory": (words_memory([encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=4096, dram_stride=8),
                                        encode(Opcode.FINISH)], size=4096), 2, ErrorCode.AXI_ERROR),
+    # a SPARSIFY whose source runs past the end of the memory (its first beats come back, then DECERR)
+    "sparsify-source-past-memory": (words_memory([
+        encode(Opcode.SPARSIFY, src_addr=0x1F80, transpose=1, length=16, src_stride=0x40, n=2, m_log2=3,
+               dst_offset=0x40),
+        encode(Opcode.FINISH)], size=0x2000, data={0x1000: ONES}), 2, ErrorCode.AXI_ERROR),
+    # a SPARSIFY whose output runs past the end: the words before it are written
+    "sparsify-output-past-memory": (words_memory([
+        encode(Opcode.SPARSIFY, src_addr=0x1000, transpose=0, length=24, src_stride=0x10, n=2, m_log2=2,
+               dst_offset=0x2000 - 0x1000 - 40),
+        encode(Opcode.FINISH)], size=0x2000, data={0x1000: ONES * 48}), 2, ErrorCode.AXI_ERROR),
     # a strided STORE whose last row is past the end: the rows before it are written
     "store-past-memory": (words_memory([
         encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000, dram_stride=8),
@@ -133,12 +155,24 @@ def test_amaranth_core_matches_simulator_after_work_then_an_error(name):
     expected = CoreModel(TINY).run(memory, 0, length)
     assert expected.error is code and expected.executed > 0
     assert_same(expected, memory, run_core_amaranth(TINY, image, 0, length), name)
-    if name != "load-past-memory":
+    if name.startswith("sparsify-output"):
+        assert memory[0x2000 - 40:0x2000 - 32].view(np.uint16).tolist() == [0x3F80] * 4  # a slot word was written
+    elif name not in ("load-past-memory", "sparsify-source-past-memory"):
         first_row = 0x2000 - 48 if name == "store-past-memory" else 0x2000
         assert memory[first_row:first_row + 16].view(np.float32).tolist() == [1.0] * 4  # a STORE did write
 
 
-@pytest.mark.parametrize("variant", ["axi_store", "token_overflow", "sram_range", "axi_load"])
+@pytest.mark.parametrize("pattern,serial", [((2, 8), False), ((3, 4), True)])
+def test_amaranth_core_matches_simulator_on_sparsify(pattern, serial):
+    prog = sparsify_program(TINY, 11, 21, pattern, 1, seed=sum(pattern))
+    memory = prog.memory.copy()
+    expected = CoreModel(TINY).run(memory, prog.program_addr, prog.length, serial=serial)
+    assert expected.ok and expected.race_free
+    rtl = run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length, serial=serial)
+    assert_same(expected, memory, rtl)
+
+
+@pytest.mark.parametrize("variant", ["axi_store", "token_overflow", "sram_range", "axi_load", "axi_sparsify"])
 def test_amaranth_core_matches_simulator_on_random_programs(variant):
     case = random_cases(TINY, seed=VARIANTS.index(variant), count=len(VARIANTS))[VARIANTS.index(variant)]
     memory = case.memory.copy()
@@ -172,6 +206,12 @@ def _sparse(**args):
     return encode(Opcode.SPARSE_GEMM, **base)
 
 
+def _sparsify(**args):
+    base = dict(src_addr=0x1000, transpose=1, length=13, src_stride=0x40, n=2, m_log2=3, dst_offset=0x800)
+    base.update(args)
+    return encode(Opcode.SPARSIFY, **base)
+
+
 #: every static check of SPARSE_GEMM and LOAD/STORE of IDX, each once, deterministically (random programs
 #: reach each only by chance)
 STATIC_CASES = [
@@ -187,6 +227,15 @@ STATIC_CASES = [
      ErrorCode.SRAM_RANGE),
     (encode(Opcode.LOAD, buffer=Buffer.IDX, sram_addr=TINY.idx_depth - 1, rows=1, dram_addr=0x1000, dram_stride=8),
      ErrorCode.NONE),
+    # SPARSIFY: every static check once, and one that passes them
+    (_sparsify(length=0), ErrorCode.BAD_ARGS), (_sparsify(n=0), ErrorCode.BAD_ARGS),
+    (_sparsify(n=5, m_log2=2), ErrorCode.BAD_ARGS), (_sparsify(m_log2=1), ErrorCode.BAD_ARGS),
+    (_sparsify(m_log2=4), ErrorCode.BAD_ARGS), (_sparsify(src_addr=0x1004), ErrorCode.DRAM_RANGE),
+    (_sparsify(src_stride=0x44), ErrorCode.DRAM_RANGE), (_sparsify(dst_offset=0x804), ErrorCode.DRAM_RANGE),
+    (_sparsify(src_addr=(1 << 32) - 0x40, dst_offset=0), ErrorCode.DRAM_RANGE),
+    (_sparsify(src_addr=(1 << 32) - (1 << 30), dst_offset=(1 << 30) - 8), ErrorCode.DRAM_RANGE),
+    (_sparsify(transpose=0, src_addr=(1 << 32) - 0x200, dst_offset=0), ErrorCode.DRAM_RANGE),
+    (_sparsify(), ErrorCode.NONE), (_sparsify(transpose=0), ErrorCode.NONE),
 ]
 
 
@@ -238,6 +287,12 @@ def verilator_results():
         prog = sparse_program(TINY, m, n, k, pattern, seed=200 + i)
         jobs.append(RtlJob(prog.memory, *prog.runs[0], more_runs=tuple(prog.runs[1:])))
         names.append(f"sparse conv {pattern[0]}:{pattern[1]} {m}x{n}x{k}")
+    for i, (cout, k, groups) in enumerate(SPARSIFY_SHAPES):  # the sparsifier on every pattern, FF and BP forms
+        for j, pattern in enumerate(SPARSE_PATTERNS[i::len(SPARSIFY_SHAPES)]):
+            prog = sparsify_program(TINY, cout, k, pattern, groups, seed=300 + 10 * i + j)
+            for serial in (False, True):
+                jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
+                names.append(f"sparsify {pattern[0]}:{pattern[1]} {cout}x{k}/{groups}{' serial' if serial else ''}")
     long = gemm_program(TINY, 64, 200, 40, seed=99)  # longer than the instruction memory: several programs
     assert len(long.runs) > 1
     jobs.append(RtlJob(long.memory, *long.runs[0], more_runs=tuple(long.runs[1:])))
@@ -276,7 +331,7 @@ def test_verilator_core_matches_simulator(verilator_results):
 
 def test_verilator_serial_equals_pipelined(verilator_results):
     jobs, names, results = verilator_results
-    gemm = [(job, r) for job, name, r in zip(jobs, names, results) if name.startswith("gemm")]
+    gemm = [(job, r) for job, name, r in zip(jobs, names, results) if name.startswith(("gemm", "sparsify"))]
     for (job_p, rtl_p), (job_s, rtl_s) in zip(gemm[0::2], gemm[1::2]):
         assert not job_p.serial and job_s.serial
         assert rtl_p.ok and rtl_s.ok and np.array_equal(rtl_p.memory, rtl_s.memory)

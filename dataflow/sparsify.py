@@ -1,0 +1,202 @@
+"""Sparsify programs: a layer's fp32 master weights → the FF and BP compressed forms BDWP's sparse GEMMs read.
+
+The master weights of a layer with ``g`` groups (conv groups; 1 for a
+Linear) live in memory as ``[g, Cg_pad, Kg_pad]`` fp32, row-major, zero
+padded: row ``o`` of group ``gi`` is output channel ``gi·Cg + o``, its K
+elements in the order of :mod:`nmsat.sw.bdwp` (kernel tap major, channels
+innermost).  Both pads are multiples of ``lcm(rows, sparsify_chunk)``, so
+the sparsifier reads whole chunks and the lanes of a last tile read zero rows.
+
+One SPARSIFY per output tile and direction:
+
+* **FF** (groups along K): for group ``gi`` and M-tile ``mt``, lanes are the
+  ``rows`` output channels of the tile (``transpose``), ``length = Kg``; the
+  record ``[G·n slot words | IDX words]`` is the A operand of that tile of the
+  FF SPARSE_GEMM (``nmsat.dataflow.gemm.emit_gemm`` with ``a_tile_stride``).
+* **BP** (groups along Cout): for group ``gi`` and K-tile ``kt``, lanes are the
+  ``rows`` K positions of the tile, the elements the output channels,
+  ``length = Cg``: the A operand (``Wᵀ``) of the BP SPARSE_GEMM.
+
+Records follow each other tile by tile, FF then BP, after the master weights.
+
+Not here: the selection rule (:mod:`nmsat.hw.sparsity`), the GEMMs' own tiling (:mod:`nmsat.dataflow.gemm`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..hw.config import IDX_SLOTS_PER_WORD, SATConfig
+from ..hw.isa import Opcode, encode, to_bytes
+from ..hw.sparsity import check_pattern
+
+__all__ = ["SparsifyLayout", "layout_sparsify", "pack_master", "SparsifyProgram", "compile_sparsify", "read_form"]
+
+#: the widest source stride a SPARSIFY encodes (17 bits of bytes)
+MAX_SRC_STRIDE = (1 << 17) - 1
+PAGE = 4096
+
+
+def _align(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+@dataclass(frozen=True)
+class SparsifyLayout:
+    """Where a layer's master weights and compressed forms live, and the SPARSIFY words that make the forms."""
+
+    cfg: SATConfig
+    groups: int
+    cout_g: int  # output channels per group
+    k_g: int  # reduction length per group (FF)
+    n: int
+    m: int
+    base: int  # master weights
+    rows_pad: int  # Cg_pad
+    k_pad: int  # Kg_pad (the row stride is 4·k_pad bytes)
+    ff_base: int
+    bp_base: int
+    end: int
+
+    @property
+    def stride(self) -> int:
+        return 4 * self.k_pad
+
+    @property
+    def m_tiles(self) -> int:
+        return -(-self.cout_g // self.cfg.rows)
+
+    @property
+    def k_tiles(self) -> int:
+        return -(-self.k_g // self.cfg.rows)
+
+    def slots(self, length: int) -> int:
+        return -(-length // self.m) * self.n
+
+    def record_bytes(self, length: int) -> int:
+        """Bytes of one tile's compressed form: its slot words, then its IDX words (A-word sized)."""
+        slots = self.slots(length)
+        return (slots + -(-slots // IDX_SLOTS_PER_WORD)) * self.cfg.a_word_bytes
+
+    def ff_record(self, gi: int, mt: int) -> int:
+        return self.ff_base + (gi * self.m_tiles + mt) * self.record_bytes(self.k_g)
+
+    def bp_record(self, gi: int, kt: int) -> int:
+        return self.bp_base + (gi * self.k_tiles + kt) * self.record_bytes(self.cout_g)
+
+    def instructions(self, *, push_last: bool = False) -> list[int]:
+        """The SPARSIFYs, FF tiles then BP tiles (no FINISH); ``push_last`` lets the last one push ``p2l``
+        (the LOADs of the next GEMMs wait for it)."""
+        cfg, R = self.cfg, self.cfg.rows
+        common = dict(n=self.n, m_log2=self.m.bit_length() - 1, src_stride=self.stride)
+        out = []
+        for gi in range(self.groups):
+            block = self.base + gi * self.rows_pad * self.stride
+            for mt in range(self.m_tiles):
+                src = block + mt * R * self.stride
+                out.append(dict(src_addr=src, transpose=1, length=self.k_g, dst_offset=self.ff_record(gi, mt) - src))
+            for kt in range(self.k_tiles):
+                src = block + kt * 4 * R
+                out.append(dict(src_addr=src, transpose=0, length=self.cout_g, dst_offset=self.bp_record(gi, kt) - src))
+        words = [encode(Opcode.SPARSIFY, **common, **args) for args in out]
+        if push_last and words:
+            words[-1] = encode(Opcode.SPARSIFY, push_next=1, **common, **out[-1])
+        return words
+
+
+def layout_sparsify(cfg: SATConfig, cout: int, k_g: int, n: int, m: int, *, groups: int = 1,
+                    base_addr: int = 0) -> SparsifyLayout:
+    """The layout of a layer's weights ``[cout, k_g]`` in ``groups`` groups, pattern n:m."""
+    check_pattern(n, m)
+    if m not in cfg.sparse_m:
+        raise ValueError(f"sparsify: m={m} is not one of the config's group sizes {cfg.sparse_m}")
+    if groups < 1 or cout % groups:
+        raise ValueError(f"sparsify: groups={groups} must divide cout={cout}")
+    if k_g < 1 or cout < 1:
+        raise ValueError(f"sparsify: need cout >= 1 and K >= 1, got {cout} and {k_g}")
+    if base_addr % PAGE:
+        raise ValueError(f"sparsify: base_addr must be 4 KiB aligned, got {base_addr:#x}")
+    cout_g = cout // groups
+    unit = math.lcm(cfg.rows, cfg.sparsify_chunk)
+    rows_pad, k_pad = _align(cout_g, unit), _align(k_g, unit)
+    if 4 * k_pad > MAX_SRC_STRIDE:
+        raise ValueError(f"sparsify: K={k_g} per group is too long for one SPARSIFY row stride "
+                         f"(at most {MAX_SRC_STRIDE // 4} fp32 per row)")
+    master = groups * rows_pad * 4 * k_pad
+    lay = SparsifyLayout(cfg, groups, cout_g, k_g, n, m, base_addr, rows_pad, k_pad, 0, 0, 0)
+    ff_base = _align(base_addr + master, PAGE)
+    bp_base = _align(ff_base + groups * lay.m_tiles * lay.record_bytes(k_g), PAGE)
+    end = _align(bp_base + groups * lay.k_tiles * lay.record_bytes(cout_g), PAGE)
+    lay = SparsifyLayout(cfg, groups, cout_g, k_g, n, m, base_addr, rows_pad, k_pad, ff_base, bp_base, end)
+    if end - base_addr >= 1 << 31:
+        raise ValueError("sparsify: a layer's weights and forms must span less than 2 GiB (dst_offset is 31 bits)")
+    return lay
+
+
+def pack_master(lay: SparsifyLayout, weight: np.ndarray) -> np.ndarray:
+    """fp32 weights ``[cout, k_g]`` (rows of group gi are ``gi·Cg …``) → the master image ``[g, Cg_pad, Kg_pad]``."""
+    w = np.asarray(weight, dtype=np.float32)
+    if w.shape != (lay.groups * lay.cout_g, lay.k_g):
+        raise ValueError(f"sparsify: weights must be [{lay.groups * lay.cout_g}, {lay.k_g}], got {list(w.shape)}")
+    out = np.zeros((lay.groups, lay.rows_pad, lay.k_pad), dtype=np.float32)
+    out[:, :lay.cout_g, :lay.k_g] = w.reshape(lay.groups, lay.cout_g, lay.k_g)
+    return out
+
+
+@dataclass
+class SparsifyProgram:
+    """A sparsify program (one run) and the memory image it runs against."""
+
+    layout: SparsifyLayout
+    words: list[int]
+    memory: np.ndarray
+    program_addr: int
+
+    @property
+    def length(self) -> int:
+        return len(self.words)
+
+
+def compile_sparsify(cfg: SATConfig, weight: np.ndarray, n: int, m: int, *, groups: int = 1) -> SparsifyProgram:
+    """A program that writes both compressed forms of ``weight[cout, K_g]`` (fp32, K in BDWP's order)."""
+    w = np.asarray(weight)
+    if w.ndim != 2 or w.dtype.kind != "f":
+        raise TypeError(f"compile_sparsify: weight must be a 2-D floating-point array [cout, K], got "
+                        f"{w.dtype} {list(w.shape)}")
+    lay = layout_sparsify(cfg, w.shape[0], w.shape[1], n, m, groups=groups)
+    words = lay.instructions() + [encode(Opcode.FINISH)]
+    if len(words) > cfg.imem_depth:
+        raise ValueError(f"compile_sparsify: {len(words)} instructions do not fit the instruction memory "
+                         f"({cfg.imem_depth})")
+    blob = np.frombuffer(to_bytes(words), dtype=np.uint8)
+    memory = np.zeros(lay.end + _align(blob.size, PAGE), dtype=np.uint8)
+    memory[lay.base:lay.ff_base][:lay.groups * lay.rows_pad * lay.stride] = pack_master(lay, w).view(np.uint8).ravel()
+    memory[lay.end:lay.end + blob.size] = blob
+    return SparsifyProgram(lay, words, memory, lay.end)
+
+
+def read_form(lay: SparsifyLayout, memory: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarray]:
+    """The compressed form a run left, as ``hw.sparsity.compress`` gives it: bf16 bits and indices
+    ``[g, lanes, slots]`` — FF: lanes = Cg rows (groups along K); BP: lanes = Kg (groups along Cout)."""
+    cfg, R = lay.cfg, lay.cfg.rows
+    if direction == "FF":
+        tiles, lanes, length, record = lay.m_tiles, lay.cout_g, lay.k_g, lay.ff_record
+    elif direction == "BP":
+        tiles, lanes, length, record = lay.k_tiles, lay.k_g, lay.cout_g, lay.bp_record
+    else:
+        raise ValueError(f"direction must be 'FF' or 'BP', got {direction!r}")
+    slots = lay.slots(length)
+    words = -(-slots // IDX_SLOTS_PER_WORD)
+    bits = np.zeros((lay.groups, tiles * R, slots), dtype=np.uint16)
+    idx = np.zeros((lay.groups, tiles * R, slots), dtype=np.uint8)
+    for gi in range(lay.groups):
+        for t in range(tiles):
+            addr = record(gi, t)
+            rec = memory[addr:addr + lay.record_bytes(length)].view(np.uint16).reshape(slots + words, R)
+            bits[gi, t * R:(t + 1) * R] = rec[:slots].T
+            nib = (rec[slots:].T[:, :, None] >> (4 * np.arange(IDX_SLOTS_PER_WORD, dtype=np.uint16))) & 0xF
+            idx[gi, t * R:(t + 1) * R] = nib.reshape(R, -1)[:, :slots]
+    return bits[:, :lanes], idx[:, :lanes]
