@@ -25,6 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: name -> (file, text, replacement, what it breaks)
 MUTATIONS = {
+    "sparsify-ties-to-higher": ("hw/core/sparsify.py", "m.d.comb += g.eq(values[i][:31] >= values[j][:31])",
+                                "m.d.comb += g.eq(values[i][:31] > values[j][:31])",
+                                "the sparsifier breaks ties to the higher index"),
+    "sparsify-pads-read": ("hw/core/sparsify.py", "m.d.comb += v.eq(Mux(elem_base + i < args.length, tile[r][i], 0))",
+                           "m.d.comb += v.eq(tile[r][i])", "the sparsifier ranks the elements past `length`"),
+    "sparsify-no-round": ("hw/core/sparsify.py", "rounded = (value + 0x7FFF + value[16])[16:32]",
+                          "rounded = value[16:32]", "the sparsifier truncates to bf16 instead of rounding"),
+    "sim-sparsify-no-transpose": ("sim/core.py", "values = np.ascontiguousarray(raw).view(np.float32).reshape(span, R).T",
+                                  "values = np.ascontiguousarray(raw).view(np.float32).reshape(R, span)",
+                                  "the simulator reads the BP form's source as the FF form's"),
     "no-sram-range": ("hw/core/dispatch.py", "sram_bad = (is_load | is_store) & (memargs.sram_addr + memargs.rows > depth)",
                       "sram_bad = (is_load | is_store) & 0", "the RTL's SRAM range check on LOAD/STORE"),
     "no-dram-end": ("hw/core/dispatch.py", "(last_byte > (1 << cfg.addr_bits)))", "0)",
