@@ -418,11 +418,13 @@ def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:
 
 
 def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_addr: int, idx_addr: int = 0,
-              blocks: range | None = None) -> list[int]:
+              blocks: range | None = None, a_tile_stride: int | None = None) -> list[int]:
     """The instructions of one GEMM (no FINISH), double-buffered, with tokens placed.
 
     ``blocks`` (indices in block order, row of blocks by row) limits the program to those output blocks:
     each run of the core starts with empty token counters, so the tokens are placed from its first block.
+    ``a_tile_stride`` (sparse): bytes from one M-tile's A slots (and IDX words) to the next's, when A
+    comes as the sparsifier's records (``nmsat.dataflow.sparsify``) instead of two packed arrays.
 
     Tokens: the last LOAD of a step pushes to compute and the step's first GEMM
     pops it (data ready); the step's last GEMM pushes back to load and the
@@ -438,6 +440,8 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
     kc, steps, units = plan.kc, plan.steps, plan.units
     a_tile_bytes = units * a_per * cfg.a_word_bytes  # one M-tile: K words (dense) or G·n slots (sparse)
     idx_tile_bytes = _idx_words(units * a_per) * cfg.a_word_bytes
+    if a_tile_stride is not None:
+        a_tile_bytes = idx_tile_bytes = a_tile_stride
     idx_chunk = _idx_words(kc * a_per)  # IDX words of a full chunk (a whole number of them but for the last)
     b_tile_bytes = units * b_per * cfg.b_word_bytes
     c_tile_bytes = R * cfg.acc_word_bytes

@@ -31,9 +31,12 @@ import numpy as np
 
 from ..hw.config import IDX_SLOTS_PER_WORD, SATConfig
 from ..hw.isa import Opcode, encode, to_bytes
+from ..hw.numerics import f32_to_bf16_bits
 from ..hw.sparsity import check_pattern
+from .gemm import emit_gemm, pack_b, plan_gemm
 
-__all__ = ["SparsifyLayout", "layout_sparsify", "pack_master", "SparsifyProgram", "compile_sparsify", "read_form"]
+__all__ = ["SparsifyLayout", "layout_sparsify", "pack_master", "SparsifyProgram", "compile_sparsify", "read_form",
+           "compile_sparsified_gemm"]
 
 #: the widest source stride a SPARSIFY encodes (17 bits of bytes)
 MAX_SRC_STRIDE = (1 << 17) - 1
@@ -200,3 +203,79 @@ def read_form(lay: SparsifyLayout, memory: np.ndarray, direction: str) -> tuple[
             nib = (rec[slots:].T[:, :, None] >> (4 * np.arange(IDX_SLOTS_PER_WORD, dtype=np.uint16))) & 0xF
             idx[gi, t * R:(t + 1) * R] = nib.reshape(R, -1)[:, :slots]
     return bits[:, :lanes], idx[:, :lanes]
+
+
+@dataclass
+class SparsifiedGemm:
+    """One program: the sparsifier writes a weight's form, then a SPARSE_GEMM reads it (pre-generated weights)."""
+
+    layout: SparsifyLayout
+    direction: str
+    words: list[int]
+    memory: np.ndarray
+    program_addr: int
+    c_region: tuple[int, int]
+    m: int
+    n: int
+
+    @property
+    def length(self) -> int:
+        return len(self.words)
+
+    def read_c(self, memory: np.ndarray) -> np.ndarray:
+        """The GEMM result ``[m, n]`` fp32 from a memory image after the run."""
+        cfg = self.layout.cfg
+        addr, nbytes = self.c_region
+        mt, nt = -(-self.m // cfg.rows), -(-self.n // cfg.cols)
+        packed = memory[addr:addr + nbytes].view(np.float32).reshape(mt, nt, cfg.rows, cfg.cols)
+        return packed.transpose(0, 2, 1, 3).reshape(mt * cfg.rows, nt * cfg.cols)[:self.m, :self.n]
+
+
+def compile_sparsified_gemm(cfg: SATConfig, weight: np.ndarray, operand: np.ndarray, n: int, m: int, *,
+                            direction: str = "FF") -> SparsifiedGemm:
+    """SPARSIFY ``weight[cout, K]`` (one group), then its FF GEMM ``(W ⊙ ff_mask) · operand[K, N]`` or its BP GEMM
+    ``(W ⊙ bp_mask)ᵀ · operand[cout, N]``, the GEMM's A operand being the form the sparsifier wrote: its
+    first LOAD waits for the last SPARSIFY (``p2l``)."""
+    w = np.asarray(weight, dtype=np.float32)
+    x = np.asarray(operand, dtype=np.float32)
+    lay = layout_sparsify(cfg, w.shape[0], w.shape[1], n, m)
+    if direction == "FF":
+        rows, k, first_record, length = lay.cout_g, lay.k_g, lay.ff_record(0, 0), lay.k_g
+    elif direction == "BP":
+        rows, k, first_record, length = lay.k_g, lay.cout_g, lay.bp_record(0, 0), lay.cout_g
+    else:
+        raise ValueError(f"direction must be 'FF' or 'BP', got {direction!r}")
+    if x.ndim != 2 or x.shape[0] != k:
+        raise ValueError(f"compile_sparsified_gemm: the {direction} operand must be [{k}, N], got {list(x.shape)}")
+    plan = plan_gemm(cfg, rows, x.shape[1], k, pattern=(n, m))
+    groups = plan.units
+    b_bits = np.zeros((groups * m, x.shape[1]), dtype=np.uint16)
+    b_bits[:k] = f32_to_bf16_bits(x)
+    b_packed = pack_b(cfg, b_bits)
+    b_addr = lay.end
+    c_addr = _align(b_addr + b_packed.nbytes, PAGE)
+    c_bytes = plan.mt * plan.nt * cfg.rows * cfg.acc_word_bytes
+    program_addr = _align(c_addr + c_bytes, PAGE)
+    sparsify = lay.instructions(push_last=True)
+    sparsify = [word for word, args in zip(sparsify, _directions(lay)) if args == direction]
+    sparsify[-1] |= 1 << 7  # push_next (p2l) on the last one of this direction
+    gemm = emit_gemm(cfg, plan, a_addr=first_record, b_addr=b_addr, c_addr=c_addr,
+                     idx_addr=first_record + lay.slots(length) * cfg.a_word_bytes,
+                     a_tile_stride=lay.record_bytes(length))
+    first_load = next(i for i, word in enumerate(gemm) if word & 0xF == Opcode.LOAD.value)
+    gemm[first_load] |= 1 << 4  # pop_prev: wait for the sparsifier
+    words = sparsify + gemm + [encode(Opcode.FINISH)]
+    if len(words) > cfg.imem_depth:
+        raise ValueError(f"compile_sparsified_gemm: {len(words)} instructions do not fit the instruction memory")
+    blob = np.frombuffer(to_bytes(words), dtype=np.uint8)
+    memory = np.zeros(program_addr + _align(blob.size, PAGE), dtype=np.uint8)
+    master = pack_master(lay, w).view(np.uint8).ravel()
+    memory[lay.base:lay.base + master.size] = master
+    memory[b_addr:b_addr + b_packed.nbytes] = b_packed.view(np.uint8).ravel()
+    memory[program_addr:program_addr + blob.size] = blob
+    return SparsifiedGemm(lay, direction, words, memory, program_addr, (c_addr, c_bytes), rows, x.shape[1])
+
+
+def _directions(lay: SparsifyLayout) -> list[str]:
+    """The direction of each of ``lay.instructions()``."""
+    return (["FF"] * lay.m_tiles + ["BP"] * lay.k_tiles) * lay.groups

@@ -20,7 +20,7 @@ from random_programs import VARIANTS, random_cases
 
 from nmsat.dataflow.gemm import compile_gemm, compile_sparse_gemm
 from nmsat.dataflow.layers import conv2d_gemms
-from nmsat.dataflow.sparsify import compile_sparsify
+from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Buffer, ErrorCode, Opcode, Status, encode, to_bytes
 from nmsat.sim.core import CoreModel
@@ -50,6 +50,14 @@ def sparsify_program(cfg, cout, k, pattern, groups, seed):
     w = rng.choice(np.float32([0.0, -0.0, 0.5, -0.5, 1.0, -2.0, np.nan, np.inf]), size=(cout, k))
     w = np.where(rng.random((cout, k)) < 0.5, rng.standard_normal((cout, k)).astype(np.float32), w)
     return compile_sparsify(cfg, w.astype(np.float32), *pattern, groups=groups)
+
+
+def sparsified_gemm_program(cfg, cout, k, n_cols, pattern, direction, seed):
+    """SPARSIFY, then the sparse GEMM reading the form it wrote (waiting on the p2l token)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((cout, k)).astype(np.float32)
+    x = rng.standard_normal((k if direction == "FF" else cout, n_cols)).astype(np.float32)
+    return compile_sparsified_gemm(cfg, w, x, *pattern, direction=direction)
 
 
 #: (cout, K per group, groups): whole and ragged tiles and groups, a grouped conv
@@ -170,6 +178,14 @@ def test_amaranth_core_matches_simulator_on_sparsify(pattern, serial):
     assert expected.ok and expected.race_free
     rtl = run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length, serial=serial)
     assert_same(expected, memory, rtl)
+
+
+def test_amaranth_core_matches_simulator_on_a_gemm_of_the_sparsifiers_form():
+    prog = sparsified_gemm_program(TINY, 10, 21, 6, (2, 8), "BP", seed=4)
+    memory = prog.memory.copy()
+    expected = CoreModel(TINY).run(memory, prog.program_addr, prog.length)
+    assert expected.ok and expected.race_free
+    assert_same(expected, memory, run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length))
 
 
 @pytest.mark.parametrize("variant", ["axi_store", "token_overflow", "sram_range", "axi_load", "axi_sparsify"])
@@ -293,6 +309,11 @@ def verilator_results():
             for serial in (False, True):
                 jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
                 names.append(f"sparsify {pattern[0]}:{pattern[1]} {cout}x{k}/{groups}{' serial' if serial else ''}")
+    for i, (direction, pattern) in enumerate([("FF", (2, 8)), ("BP", (2, 8)), ("FF", (1, 4)), ("BP", (4, 8))]):
+        prog = sparsified_gemm_program(TINY, 9 + i, 20 + 3 * i, 5 + i, pattern, direction, seed=400 + i)
+        for serial in (False, True):
+            jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
+            names.append(f"sparsify then {direction} gemm {pattern[0]}:{pattern[1]}{' serial' if serial else ''}")
     long = gemm_program(TINY, 64, 200, 40, seed=99)  # longer than the instruction memory: several programs
     assert len(long.runs) > 1
     jobs.append(RtlJob(long.memory, *long.runs[0], more_runs=tuple(long.runs[1:])))

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nmsat.dataflow.sparsify import compile_sparsify, read_form
+from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify, read_form
 from nmsat.hw.config import SATConfig
+from nmsat.hw.isa import to_bytes
 from nmsat.hw.numerics import f32_to_bf16_bits
 from nmsat.sim.core import CoreModel
 from nmsat.sw.bdwp import bp_mask, conv_weight_as_gemm, ff_mask
@@ -75,3 +76,40 @@ def test_forms_on_the_vcu1525_preset():
     cfg = SATConfig.vcu1525()
     w = awkward_weight(np.random.default_rng(5), (40, 3 * 3 * 9))
     check_forms(cfg, w.unsqueeze(0), ff_mask(w, 2, 8).unsqueeze(0), bp_mask(w, 2, 8).unsqueeze(0), 2, 8)
+
+
+@pytest.mark.parametrize("direction", ["FF", "BP"])
+@pytest.mark.parametrize("n,m", [(2, 8), (1, 4)])
+def test_gemm_on_the_sparsifiers_form_is_torch_on_the_masked_weight(direction, n, m):
+    """Pre-generated weights: SPARSIFY writes the form, the SPARSE_GEMM after it (waiting on ``p2l``) reads it."""
+    cfg = SATConfig.tiny()
+    rng = np.random.default_rng(n + m)
+    w = rng.standard_normal((10, 21)).astype(np.float32)
+    x = rng.standard_normal((21 if direction == "FF" else 10, 7)).astype(np.float32)
+    program = compile_sparsified_gemm(cfg, w, x, n, m, direction=direction)
+    memory = program.memory.copy()
+    result = CoreModel(cfg).run(memory, program.program_addr, program.length)
+    assert result.ok and result.race_free and result.busy["sparsify"] > 0
+    wt = torch.from_numpy(w)
+    masked = wt * (ff_mask if direction == "FF" else bp_mask)(wt, n, m)
+    a = masked if direction == "FF" else masked.T
+    # the reference on the operands as the core sees them (bf16), summed in float64
+    bf16 = lambda t: t.to(torch.bfloat16).to(torch.float64)  # noqa: E731
+    ref = (bf16(a) @ bf16(torch.from_numpy(x))).numpy()
+    assert np.allclose(program.read_c(memory), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_dropping_the_sparsifier_token_is_a_hazard():
+    """Without its ``p2l`` pop the GEMM's first LOAD may read the form while the sparsifier still writes it."""
+    cfg = SATConfig.tiny()
+    rng = np.random.default_rng(3)
+    program = compile_sparsified_gemm(cfg, rng.standard_normal((8, 16)).astype(np.float32),
+                                      rng.standard_normal((16, 4)).astype(np.float32), 2, 8)
+    words = list(program.words)
+    first_load = next(i for i, w in enumerate(words) if w & 0xF == 1)
+    words[first_load] &= ~(1 << 4)
+    memory = program.memory.copy()
+    blob = np.frombuffer(to_bytes(words), dtype=np.uint8)
+    memory[program.program_addr:program.program_addr + blob.size] = blob
+    result = CoreModel(cfg).run(memory, program.program_addr, len(words))
+    assert any(h.storage == "DRAM" and h.kind == "read after write" for h in result.hazards), result.hazards
