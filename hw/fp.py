@@ -7,7 +7,9 @@ products in fp32, fp32 sums rounded to nearest even, canonical NaN
 
 * :class:`Bf16Multiplier` — bf16 × bf16 → fp32 (exact, or ±inf / ±0 out of range);
 * :class:`Fp32Adder` — fp32 + fp32 → fp32 (round to nearest even);
-* :class:`Bf16Mac` — ``acc + a × b``, the two above in series.
+* :class:`Bf16Mac` — ``acc + a × b``, the two above in series;
+* :class:`Fp32Multiplier` — fp32 × fp32 → fp32 (round to nearest even; the
+  weight-update engine's products).
 
 Not here: pipelining or registers (a PE adds those around these units),
 rounding modes other than nearest-even, subnormal support, exception flags,
@@ -18,7 +20,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["CANONICAL_NAN_F32", "Bf16Multiplier", "Fp32Adder", "Bf16Mac"]
+__all__ = ["CANONICAL_NAN_F32", "Bf16Multiplier", "Fp32Adder", "Bf16Mac", "Fp32Multiplier"]
 
 #: The only NaN any unit produces (quiet, positive, zero payload beyond the quiet bit).
 CANONICAL_NAN_F32 = 0x7FC00000
@@ -265,4 +267,67 @@ class Bf16Mac(wiring.Component):
             add.b.eq(mul.product),
             self.acc_out.eq(add.sum),
         ]
+        return m
+
+
+class Fp32Multiplier(wiring.Component):
+    """fp32 × fp32 rounded to nearest, ties to even (``nmsat.sim.numerics.mul_f32``).
+
+    Combinational: latency 0.
+
+    Subnormal operands are read as zeros of the same sign.  The 24 × 24-bit
+    significand product is exact; a product whose exact value is below fp32's
+    normal range is ±0 (rule 1, decided before rounding), otherwise it is
+    rounded to 24 bits, nearest even, and a rounded exponent above the range
+    gives ±inf.  A NaN operand or 0 × inf gives the canonical NaN.
+
+    Attributes
+    ----------
+    a, b : In(32)
+        Operands, fp32 bit patterns.
+    product : Out(32)
+        ``a × b``, fp32 bit pattern.
+    """
+
+    a: In(32)
+    b: In(32)
+    product: Out(32)
+
+    def elaborate(self, platform):
+        m = Module()
+        sign = self.a[31] ^ self.b[31]
+        exp_a, exp_b = self.a[23:31], self.b[23:31]
+        frac_a, frac_b = self.a[0:23], self.b[0:23]
+        zero_a, zero_b = exp_a == 0, exp_b == 0
+        max_a, max_b = exp_a == 0xFF, exp_b == 0xFF
+        nan_a, nan_b = max_a & (frac_a != 0), max_b & (frac_b != 0)
+        inf_a, inf_b = max_a & (frac_a == 0), max_b & (frac_b == 0)
+
+        # 24 x 24 -> 48-bit significand product, value in [1, 4)
+        sig = _net(m, "sig", Cat(frac_a, Const(1, 1)) * Cat(frac_b, Const(1, 1)))
+        top = sig[47]
+        # normalised: the leading one at bit 47, then 23 kept bits, the guard bit and the sticky bits
+        norm = _net(m, "norm", Mux(top, sig, sig << 1)[:48])
+        kept = norm[24:47]
+        guard = norm[23]
+        sticky = norm[0:23] != 0
+        round_up = guard & (sticky | kept[0])
+        rounded = _net(m, "rounded", kept + round_up)  # 24 bits: a carry out means 2.0
+        carry = rounded[23]
+        exp = _net(m, "exp", (exp_a + exp_b + top - 127).as_signed())  # biased exponent before rounding
+        exp_rounded = _net(m, "exp_rounded", exp + carry)
+        underflow = exp <= 0  # the exact product is below 2^-126
+        overflow = exp_rounded >= 0xFF
+
+        is_nan = nan_a | nan_b | (zero_a & inf_b) | (inf_a & zero_b)
+        is_inf = inf_a | inf_b | (overflow & ~underflow)
+        is_zero = zero_a | zero_b | underflow
+        with m.If(is_nan):
+            m.d.comb += self.product.eq(CANONICAL_NAN_F32)
+        with m.Elif(is_inf):
+            m.d.comb += self.product.eq(Cat(Const(_INF_F32, 31), sign))
+        with m.Elif(is_zero):
+            m.d.comb += self.product.eq(Cat(Const(0, 31), sign))
+        with m.Else():
+            m.d.comb += self.product.eq(Cat(rounded[0:23], exp_rounded[0:8], sign))
         return m

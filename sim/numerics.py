@@ -15,7 +15,7 @@ from ..hw.numerics import CANONICAL_NAN_BF16, CANONICAL_NAN_F32, bf16_bits_to_f3
 
 __all__ = [
     "CANONICAL_NAN_F32", "CANONICAL_NAN_BF16", "f32_to_bf16_bits", "bf16_bits_to_f32", "flush_f32",
-    "mul_bf16", "add_f32", "mac_sequence", "mac_sequence_per_row",
+    "mul_bf16", "add_f32", "mul_f32", "mac_sequence", "mac_sequence_per_row",
 ]
 
 
@@ -31,6 +31,19 @@ def add_f32(x, y) -> np.ndarray:
     """fp32 + fp32 under the rule (RNE, flush to zero, canonical NaN)."""
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         return flush_f32(flush_f32(x) + flush_f32(y))
+
+
+def mul_f32(x, y) -> np.ndarray:
+    """fp32 × fp32 under the rule: subnormal operands read as zeros; a product whose exact value is below
+    2^-126 in magnitude is a zero of its sign (decided before rounding); otherwise round to nearest even
+    (overflow to ±inf); NaN canonical (``nmsat.hw.fp.Fp32Multiplier``)."""
+    a = flush_f32(np.asarray(x, dtype=np.float32)).astype(np.float64)
+    b = flush_f32(np.asarray(y, dtype=np.float32)).astype(np.float64)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        exact = a * b  # 24 x 24 significant bits: exact in float64
+        tiny = np.abs(exact) < 2.0 ** -126
+        out = np.where(tiny, np.copysign(0.0, exact), exact).astype(np.float32)
+    return flush_f32(out)
 
 
 _SAFE_PRODUCT = np.float32(2.0 ** -102)

@@ -10,7 +10,7 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 from hypothesis import Phase, given, settings, strategies as st
 
-from nmsat.hw.fp import CANONICAL_NAN_F32, Bf16Mac, Bf16Multiplier, Fp32Adder
+from nmsat.hw.fp import CANONICAL_NAN_F32, Bf16Mac, Bf16Multiplier, Fp32Adder, Fp32Multiplier
 from nmsat.sim import numerics
 
 U32 = st.integers(0, 2**32 - 1)
@@ -297,3 +297,56 @@ def test_units_convert_to_verilog():
         assert f"module {unit.__name__}" in text
         for port in ports:
             assert port in text
+
+
+# ---------------------------------------------------------------- fp32 multiplier (the weight-update engine's)
+
+
+def check_fp32_multiplier(a, b):
+    a = np.asarray(a, dtype=np.uint64).astype(np.uint32)
+    b = np.asarray(b, dtype=np.uint64).astype(np.uint32)
+    got = simulate(Fp32Multiplier(), {"a": a, "b": b}, "product")
+    ref = numerics.mul_f32(a.view(np.float32), b.view(np.float32))
+    assert_same(got, ref, {"a": a, "b": b})
+
+
+def test_fp32_multiplier_edge_values_pairwise():
+    """Every pair of the adder's edge values: NaN, inf, 0 × inf, flushes, the largest and smallest normals."""
+    values = np.array(ADDER_EDGE_VALUES, dtype=np.uint64)
+    a, b = np.meshgrid(values, values)
+    check_fp32_multiplier(a.ravel(), b.ravel())
+
+
+def test_fp32_multiplier_rounding_and_range_corners():
+    """Ties to even, sticky bits, a carry into the next binade, products just either side of 2^-126 and of the
+    largest normal — the places a 48-bit product's rounding goes wrong."""
+    cases = [
+        (0x3F800001, 0x3F800001),  # (1 + 2^-23)^2 = 1 + 2^-22 + 2^-46: sticky only
+        (0x3FFFFFFF, 0x3FFFFFFF),  # (2 - 2^-23)^2: carry into the next binade after rounding
+        (0x3FC00001, 0x3FAAAAAB),  # long tails
+        (0x00800000, 0x3F800000), (0x00800000, 0x3F7FFFFF),  # 2^-126 · 1 and · (1 - 2^-24): exact just below
+        (0x00800001, 0x3F7FFFFF),  # (2^-126)(1 + 2^-23)(1 - 2^-24): exactly above, rounds to 2^-126
+        (0x00FFFFFF, 0x3F000001),  # just above 2^-126 after the product
+        (0x00FFFFFF, 0x3F000000),  # just below: flushed although it would round up to 2^-126
+        (0x7F7FFFFF, 0x3F800001),  # max · (1 + 2^-23): overflows after rounding
+        (0x7F7FFFFF, 0x3F7FFFFF),  # max · (1 - 2^-24): rounds back to max
+        (0x5F800000, 0x5F800000), (0x5F7FFFFF, 0x60000000),  # 2^64 · 2^64 = 2^128 -> inf; just under
+        (0x1F800000, 0x20000000), (0x1F800000, 0x1F800000),  # 2^-64 · 2^-63, 2^-64 · 2^-64 = 2^-128 -> 0
+    ]
+    a = [x for x, _ in cases] + [y for _, y in cases]
+    b = [y for _, y in cases] + [x for x, y in cases]
+    check_fp32_multiplier(a + [x | 0x80000000 for x in a], b + b)
+
+
+@settings(max_examples=10, deadline=None, phases=NO_SHRINK)
+@given(st.lists(st.tuples(U32, U32), min_size=200, max_size=200))
+def test_fp32_multiplier_random_bit_patterns(pairs):
+    check_fp32_multiplier([a for a, _ in pairs], [b for _, b in pairs])
+
+
+def test_fp32_multiplier_random_values_near_one_and_small_weights():
+    """The weight update's regime: learning rates and momenta times weights and gradients."""
+    rng = np.random.default_rng(5)
+    a = (rng.standard_normal(3000) * 10.0 ** rng.integers(-4, 2, 3000)).astype(np.float32)
+    b = (rng.standard_normal(3000) * 10.0 ** rng.integers(-40, 1, 3000)).astype(np.float32)
+    check_fp32_multiplier(a.view(np.uint32), b.view(np.uint32))
