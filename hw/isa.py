@@ -21,7 +21,7 @@ from amaranth.lib import data, enum
 
 __all__ = [
     "INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Buffer", "Unit", "ErrorCode", "Csr", "Status",
-    "Deps", "MemArgs", "GemmArgs", "SparseGemmArgs", "SparsifyArgs", "Instruction", "encode", "decode", "decode_program", "unit_of",
+    "Deps", "MemArgs", "GemmArgs", "SparseGemmArgs", "SparsifyArgs", "WeightUpdateArgs", "Instruction", "encode", "decode", "decode_program", "unit_of",
 ]
 
 INSTRUCTION_BITS = 128
@@ -37,7 +37,8 @@ class Opcode(enum.Enum, shape=4):
     FINISH = 4  # wait for every unit to drain, then raise done
     SPARSE_GEMM = 5  # acc[acc_addr + r] (+)= sum_j A[a_addr + j][r] * B[b_addr + (j//n)*m + idx_j[r]][:]
     SPARSIFY = 6  # fp32 weights in memory -> N:M compressed slot values + IDX words in memory (the sparsifier)
-    # 7..15 reserved: WEIGHT_UPDATE (a later issue)
+    WEIGHT_UPDATE = 7  # SGD with momentum and weight decay on fp32 master weights in memory
+    # 8..15 reserved
 
 
 class Buffer(enum.Enum, shape=2):
@@ -89,6 +90,9 @@ class Csr(enum.IntEnum):
     CYCLES = 0x1C  # RO: cycles from start to done/error (low 32 bits)
     CYCLES_HI = 0x20
     ERROR_PC = 0x24  # RO: index of the instruction that raised the error
+    LR = 0x28  # RW: WEIGHT_UPDATE's learning rate (fp32 bits)
+    MOMENTUM = 0x2C  # RW: its momentum (fp32 bits)
+    WEIGHT_DECAY = 0x30  # RW: its weight decay (fp32 bits)
 
 
 class Deps(data.Struct):
@@ -146,11 +150,24 @@ class SparsifyArgs(data.Struct):
     dst_offset: 31  # the output's byte address minus src_addr (bus aligned)
 
 
+class WeightUpdateArgs(data.Struct):
+    """WEIGHT_UPDATE: for ``words · rows`` fp32 elements, master weights w at ``w_addr``, momenta v at
+    ``w_addr + v_offset``, gradients g at ``w_addr + g_offset`` (all contiguous): ``v ← μ·v + (g + λ·w)``,
+    ``w ← w − η·v`` with η, μ, λ from the LR, MOMENTUM and WEIGHT_DECAY registers (the op order of
+    ``nmsat.sim.numerics.sgd_update``)."""
+
+    w_addr: 40  # aligned to a burst of max_burst_beats beats, as are v and g
+    words: 18  # update words of rows fp32
+    v_offset: 31
+    g_offset: 31
+
+
 class Args(data.Union):
     mem: MemArgs
     gemm: GemmArgs
     sparse: SparseGemmArgs
     sparsify: SparsifyArgs
+    update: WeightUpdateArgs
 
 
 class Instruction(data.Struct):
@@ -165,7 +182,7 @@ assert Instruction.as_shape().size == INSTRUCTION_BITS, Instruction.as_shape().s
 def unit_of(opcode: Opcode) -> Unit | None:
     """Which queue an opcode goes to (FINISH goes to none)."""
     return {Opcode.LOAD: Unit.LOAD, Opcode.GEMM: Unit.COMPUTE, Opcode.SPARSE_GEMM: Unit.COMPUTE,
-            Opcode.STORE: Unit.STORE, Opcode.SPARSIFY: Unit.SPARSIFY}.get(opcode)
+            Opcode.STORE: Unit.STORE, Opcode.SPARSIFY: Unit.SPARSIFY, Opcode.WEIGHT_UPDATE: Unit.SPARSIFY}.get(opcode)
 
 
 @dataclass(frozen=True)
@@ -196,6 +213,10 @@ class Decoded:
     length: int = 0
     src_stride: int = 0
     dst_offset: int = 0
+    w_addr: int = 0
+    words: int = 0
+    v_offset: int = 0
+    g_offset: int = 0
 
 
 def _field_offsets() -> dict[str, tuple[int, int]]:
@@ -208,7 +229,7 @@ def _field_offsets() -> dict[str, tuple[int, int]]:
         out[name] = (deps_off + f.offset, f.width)
     args_off = inst["args"].offset
     for group, layout in (("mem", MemArgs), ("gemm", GemmArgs), ("sparse", SparseGemmArgs),
-                          ("sparsify", SparsifyArgs)):
+                          ("sparsify", SparsifyArgs), ("update", WeightUpdateArgs)):
         base = args_off + Args.as_shape()[group].offset
         for name, f in layout.as_shape():
             if name.startswith("_"):  # padding

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..hw.config import IDX_SLOTS_PER_WORD, SATConfig
-from ..hw.isa import INSTRUCTION_BYTES, Buffer, ErrorCode, Opcode, Status, decode_program, to_bytes
+from ..hw.isa import INSTRUCTION_BYTES, Buffer, Csr, ErrorCode, Opcode, Status, decode_program, to_bytes
 from ..hw import timing
 from ..hw.sparsity import compress
 from . import numerics
@@ -41,7 +41,7 @@ LOAD, COMPUTE, STORE, SPARSIFY = 0, 1, 2, 3
 UNITS = (LOAD, COMPUTE, STORE, SPARSIFY)
 UNIT_NAMES = ("load", "compute", "store", "sparsify")
 _UNIT_OF_OPCODE = {Opcode.LOAD.value: LOAD, Opcode.GEMM.value: COMPUTE, Opcode.SPARSE_GEMM.value: COMPUTE,
-                   Opcode.STORE.value: STORE, Opcode.SPARSIFY.value: SPARSIFY}
+                   Opcode.STORE.value: STORE, Opcode.SPARSIFY.value: SPARSIFY, Opcode.WEIGHT_UPDATE.value: SPARSIFY}
 #: token channels of the ring load → compute → store → sparsify → load, each way (the core's order of them)
 CHANNELS = ("l2c", "c2l", "c2s", "s2c", "s2p", "p2s", "p2l", "l2p")
 L2C, C2L, C2S, S2C, S2P, P2S, P2L, L2P = range(8)
@@ -153,6 +153,15 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     bus = cfg.bus_bytes
     flag(is_sp & ((f["src_addr"] % bus != 0) | (f["src_stride"] % bus != 0) | (f["dst_offset"] % bus != 0)
                   | (src_end > (1 << cfg.addr_bits)) | (dst_end > (1 << cfg.addr_bits))), ErrorCode.DRAM_RANGE)
+    # WEIGHT_UPDATE: some words; w, v, g aligned to a whole burst and inside the address space
+    is_up = op == Opcode.WEIGHT_UPDATE.value
+    flag(is_up & (f["words"] == 0), ErrorCode.BAD_ARGS)
+    align = cfg.max_burst_beats * cfg.bus_bytes
+    up_bytes = f["words"] * 4 * cfg.rows
+    top = 1 << cfg.addr_bits
+    flag(is_up & ((f["w_addr"] % align != 0) | (f["v_offset"] % align != 0) | (f["g_offset"] % align != 0)
+                  | (f["w_addr"] + up_bytes > top) | (f["w_addr"] + f["v_offset"] + up_bytes > top)
+                  | (f["w_addr"] + f["g_offset"] + up_bytes > top)), ErrorCode.DRAM_RANGE)
     bad = np.flatnonzero(code)
     if len(bad):
         return int(bad[0]), ErrorCode(int(code[bad[0]]))
@@ -170,6 +179,12 @@ def sparsify_extents(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[np.ndarr
                        f["src_addr"] + (span - 1) * f["src_stride"] + 4 * cfg.rows)
     dst_end = f["src_addr"] + f["dst_offset"] + (slots + -(-slots // IDX_SLOTS_PER_WORD)) * cfg.a_word_bytes
     return src_end, dst_end
+
+
+def _update_regions(cfg: SATConfig, f: dict[str, np.ndarray], i: int) -> tuple[int, int, int, int]:
+    """(w, v, g byte addresses, words) of WEIGHT_UPDATE ``i``."""
+    w = int(f["w_addr"][i])
+    return w, w + int(f["v_offset"][i]), w + int(f["g_offset"][i]), int(f["words"][i])
 
 
 def _sparsify_shape(cfg: SATConfig, f: dict[str, np.ndarray], i: int) -> tuple[timing.SparsifyShape, int, int]:
@@ -218,6 +233,8 @@ class CoreModel:
         self.b = np.zeros((cfg.b_depth, cfg.cols), dtype=np.uint16)
         self.acc = np.zeros((cfg.acc_depth, cfg.cols), dtype=np.float32)
         self.idx = np.zeros((cfg.idx_depth, cfg.rows), dtype=np.uint16)  # four 4-bit slot indices per lane
+        #: host-written registers instructions read (fp32 bits), persistent like the buffers
+        self.csr = {Csr.LR: 0, Csr.MOMENTUM: 0, Csr.WEIGHT_DECAY: 0}
         self._timing_cache: dict[tuple[bytes, bool], RunResult] = {}
 
     # ------------------------------------------------------------------ run
@@ -325,7 +342,12 @@ class CoreModel:
         beats_of, bursts_of = [], []
         sparsify_times: dict[int, timing.SparsifyTimes] = {}
         for i in range(stop_pc):
-            if unit[i] == SPARSIFY:
+            if op[i] == Opcode.WEIGHT_UPDATE.value:
+                last_read, first_write, end = timing.update_cycles(cfg, int(f["words"][i]))
+                sparsify_times[i] = timing.SparsifyTimes(last_read, first_write, end - cfg.mem_write_latency, end)
+                beats_of.append(0)
+                bursts_of.append(0)
+            elif unit[i] == SPARSIFY:
                 shape, n_i, m_i = _sparsify_shape(cfg, f, i)
                 sparsify_times[i] = timing.sparsify_cycles(cfg, shape, n_i, m_i)
                 beats_of.append(0)
@@ -464,7 +486,8 @@ class CoreModel:
         if memory_bytes is not None:
             for i in range(stop_pc):
                 if unit[i] == SPARSIFY and s[i] is not None:
-                    cycle = self._sparsify_bus_error(f, i, memory_bytes)
+                    cycle = (self._update_bus_error(f, i, memory_bytes) if op[i] == Opcode.WEIGHT_UPDATE.value
+                             else self._sparsify_bus_error(f, i, memory_bytes))
                     if cycle is not None:
                         events.append((s[i] + cycle, ErrorCode.AXI_ERROR.value, 2, ErrorCode.AXI_ERROR, i))
                     continue
@@ -528,6 +551,49 @@ class CoreModel:
                                                                   int(f["src_stride"][i]), bool(f["transpose"][i]), n, m)
                   if addr + bus > memory_bytes]
         return min(cycles, default=None)
+
+    def _update_bus_error(self, f: dict[str, np.ndarray], i: int, memory_bytes: int) -> int | None:
+        """Like :meth:`_sparsify_bus_error` for WEIGHT_UPDATE ``i`` (each write burst's response after its last beat)."""
+        cfg = self.cfg
+        w, v, g, words = _update_regions(cfg, f, i)
+        nbytes = words * 4 * cfg.rows
+        if max(w, v, g) + nbytes <= memory_bytes:
+            return None
+        bus, lr, cycles = cfg.bus_bytes, cfg.mem_read_latency, []
+        t, done = timing.UPDATE_FIRST_CHUNK, 0
+        for nb in timing.update_chunks(cfg, words):  # the schedule of timing.update_cycles, burst by burst
+            for k, base in enumerate((w, v, g)):
+                lo = base + done * bus
+                if lo + nb * bus > memory_bytes:  # its first beat past the end arrives then
+                    cycles.append(t + lr + k * nb + max(0, (memory_bytes - lo) // bus))
+            r = t + lr + 3 * nb - 1
+            for k, base in enumerate((w, v)):
+                if base + (done + nb) * bus > memory_bytes:  # the burst's response, after its last beat
+                    cycles.append(r + 1 + (k + 1) * nb + cfg.mem_write_latency)
+            t, done = r + 2 + 2 * nb, done + nb
+        return min(cycles, default=None)
+
+    def _update(self, memory: np.ndarray, f: dict[str, np.ndarray], i: int) -> None:
+        """Data effect of WEIGHT_UPDATE ``i``: :func:`nmsat.sim.numerics.sgd_update` on its three arrays."""
+        cfg = self.cfg
+        w_addr, v_addr, g_addr, words = _update_regions(cfg, f, i)
+        nbytes = words * 4 * cfg.rows
+        w, v, g = (np.ascontiguousarray(self._read_rows(memory, a, 1, nbytes, nbytes)).view(np.float32).ravel()
+                   for a in (w_addr, v_addr, g_addr))
+        lr, mu, wd = (np.uint32(self.csr[reg]).view(np.float32) for reg in (Csr.LR, Csr.MOMENTUM, Csr.WEIGHT_DECAY))
+        w_new, v_new = numerics.sgd_update(w, v, g, lr, mu, wd)
+        self._write_rows(memory, w_addr, w_new.view(np.uint8).reshape(1, -1), nbytes)
+        self._write_rows(memory, v_addr, v_new.view(np.uint8).reshape(1, -1), nbytes)
+
+    def write_csr(self, register: Csr, value: int) -> None:
+        """A host write of a read-write register that instructions read (LR, MOMENTUM, WEIGHT_DECAY); they
+        persist across runs, as on the device."""
+        if register not in self.csr:
+            raise ValueError(f"write_csr: {register!r} is not a register instructions read; "
+                             f"program address and length are run()'s arguments")
+        if not 0 <= int(value) < 1 << 32:
+            raise ValueError(f"write_csr: {value!r} is not a 32-bit value")
+        self.csr[register] = int(value)
 
     def _sparsify(self, memory: np.ndarray, f: dict[str, np.ndarray], i: int) -> None:
         """Data effect of SPARSIFY ``i``: :func:`nmsat.hw.sparsity.compress` of the lanes' source rows, written as
@@ -649,6 +715,9 @@ class CoreModel:
             if op == Opcode.SPARSIFY.value:  # memory to memory: the pending GEMMs do not touch it
                 self._sparsify(memory, f, i)
                 continue
+            if op == Opcode.WEIGHT_UPDATE.value:
+                self._update(memory, f, i)
+                continue
             buf, sram, rows, addr, stride = (int(f[x][i]) for x in ("buffer", "sram_addr", "rows", "dram_addr", "dram_stride"))
             target = {Buffer.A.value: self.a, Buffer.B.value: self.b, Buffer.ACC.value: self.acc,
                       Buffer.IDX.value: self.idx}[buf]
@@ -751,6 +820,14 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
             access(B, "r", b_of[i], b_of[i] + groups_of[i] * m_of[i], s[i], s[i] + j - 1, i)
             access(IDX, "r", idx_of[i], idx_of[i] + idx_words_of[i], s[i], s[i] + j - 1, i)
             access("ACC", "w", acc_of[i], acc_of[i] + R, t[i] + 1, e[i], i)
+        elif o == Opcode.WEIGHT_UPDATE.value:
+            times = sched.sparsify[i]
+            w, v, g, words = _update_regions(cfg, f, i)
+            nbytes = words * 4 * cfg.rows
+            for lo in (w, v, g):
+                sparsify.append((lo, lo + nbytes, s[i], s[i] + times.last_read, i, "r"))
+            for lo in (w, v):
+                sparsify.append((lo, lo + nbytes, s[i] + times.first_write, e[i], i, "w"))
         elif o == Opcode.SPARSIFY.value:
             times = sched.sparsify[i]
             src_end, dst_end = (int(x[i]) for x in sparsify_extents(cfg, f))

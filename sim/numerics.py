@@ -15,7 +15,7 @@ from ..hw.numerics import CANONICAL_NAN_BF16, CANONICAL_NAN_F32, bf16_bits_to_f3
 
 __all__ = [
     "CANONICAL_NAN_F32", "CANONICAL_NAN_BF16", "f32_to_bf16_bits", "bf16_bits_to_f32", "flush_f32",
-    "mul_bf16", "add_f32", "mul_f32", "mac_sequence", "mac_sequence_per_row",
+    "mul_bf16", "add_f32", "mul_f32", "sgd_update", "mac_sequence", "mac_sequence_per_row",
 ]
 
 
@@ -44,6 +44,19 @@ def mul_f32(x, y) -> np.ndarray:
         tiny = np.abs(exact) < 2.0 ** -126
         out = np.where(tiny, np.copysign(0.0, exact), exact).astype(np.float32)
     return flush_f32(out)
+
+
+def sgd_update(w, v, g, lr, momentum, decay) -> tuple[np.ndarray, np.ndarray]:
+    """WEIGHT_UPDATE's arithmetic, one fp32 operation at a time in this order (each under the rule):
+    ``d = g + λ·w``, ``v' = μ·v + d``, ``w' = w − η·v'`` (the subtraction adds η·v' with its sign flipped).
+    Returns ``(w', v')``; torch's SGD with momentum, weight decay, no dampening, no Nesterov."""
+    f32 = lambda x: np.asarray(x, dtype=np.float32)  # noqa: E731
+    w, v, g = f32(w), f32(v), f32(g)
+    d = add_f32(g, mul_f32(f32(decay), w))
+    v_new = add_f32(mul_f32(f32(momentum), v), d)
+    step = mul_f32(f32(lr), v_new)
+    w_new = add_f32(w, (step.view(np.uint32) ^ np.uint32(0x80000000)).view(np.float32))
+    return w_new, v_new
 
 
 _SAFE_PRODUCT = np.float32(2.0 ** -102)

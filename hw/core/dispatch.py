@@ -56,7 +56,8 @@ class Dispatcher(wiring.Component):
         is_dense, is_sparse = op == Opcode.GEMM, op == Opcode.SPARSE_GEMM
         is_gemm = is_dense | is_sparse
         is_sparsify = op == Opcode.SPARSIFY
-        known = is_load | is_store | is_gemm | is_finish | is_sparsify
+        is_update = op == Opcode.WEIGHT_UPDATE
+        known = is_load | is_store | is_gemm | is_finish | is_sparsify | is_update
         at_end = pc == self.program_len
         # the units form a ring (load → compute → store → sparsify → load): only FINISH has no neighbours
         no_neighbour = is_finish & (deps.pop_prev | deps.pop_next | deps.push_prev | deps.push_next)
@@ -113,26 +114,38 @@ class Dispatcher(wiring.Component):
         sparsify_dram = is_sparsify & ((sp.src_addr[:align] != 0) | (sp.src_stride[:align] != 0) |
                                        (sp.dst_offset[:align] != 0) | (sp_src_end > (1 << cfg.addr_bits)) |
                                        (sp_dst_end > (1 << cfg.addr_bits)))
+        # WEIGHT_UPDATE: some words; w, v and g aligned to a whole burst and inside the address space
+        up = cur.args.update
+        up_bytes = Signal(32)
+        m.d.comb += up_bytes.eq(up.words * (4 * cfg.rows))
+        burst_align = clog2(cfg.max_burst_beats * cfg.bus_bytes) if cfg.max_burst_beats * cfg.bus_bytes > 1 else 0
+        up_ends = [up.w_addr + up_bytes, up.w_addr + up.v_offset + up_bytes, up.w_addr + up.g_offset + up_bytes]
+        update_bad = is_update & (up.words == 0)
+        update_dram = is_update & ((up.w_addr[:burst_align] != 0) | (up.v_offset[:burst_align] != 0) |
+                                   (up.g_offset[:burst_align] != 0) |
+                                   (up_ends[0] > (1 << cfg.addr_bits)) | (up_ends[1] > (1 << cfg.addr_bits)) |
+                                   (up_ends[2] > (1 << cfg.addr_bits)))
         code = self.static_code
         with m.If(at_end):
             m.d.comb += code.eq(ErrorCode.NO_FINISH)
         with m.Elif(~known):
             m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
-        with m.Elif(no_neighbour | mem_bad_args | gemm_zero | sparse_bad | sparsify_bad):
+        with m.Elif(no_neighbour | mem_bad_args | gemm_zero | sparse_bad | sparsify_bad | update_bad):
             m.d.comb += code.eq(ErrorCode.BAD_ARGS)
         with m.Elif(sram_bad | gemm_range | sparse_range):
             m.d.comb += code.eq(ErrorCode.SRAM_RANGE)
-        with m.Elif(dram_bad | sparsify_dram):
+        with m.Elif(dram_bad | sparsify_dram | update_dram):
             m.d.comb += code.eq(ErrorCode.DRAM_RANGE)
         m.d.comb += self.static_error.eq(self.running & (code != ErrorCode.NONE))
 
         target_ready = Mux(is_load, self.load_ready, Mux(is_gemm, self.compute_ready,
                                                          Mux(is_store, self.store_ready, self.sparsify_ready)))
-        m.d.comb += [dispatch.eq(self.running & ~self.static_error & (is_load | is_gemm | is_store | is_sparsify) &
+        to_vector = is_sparsify | is_update  # the sparsifier's queue, shared with the weight-update engine
+        m.d.comb += [dispatch.eq(self.running & ~self.static_error & (is_load | is_gemm | is_store | to_vector) &
                                  target_ready &
                                  (~self.serial | self.all_idle)),
                      self.entry.inst.eq(cur), self.entry.pc.eq(pc),
                      self.to_load.eq(dispatch & is_load), self.to_compute.eq(dispatch & is_gemm),
-                     self.to_store.eq(dispatch & is_store), self.to_sparsify.eq(dispatch & is_sparsify),
+                     self.to_store.eq(dispatch & is_store), self.to_sparsify.eq(dispatch & to_vector),
                      self.finish.eq(self.running & ~self.static_error & is_finish & self.all_idle)]
         return m

@@ -21,7 +21,8 @@ __all__ = ["Registers", "RunControl"]
 
 
 class Registers(wiring.Component):
-    """AXI4-Lite slave: CONTROL (start pulse, serial switch), program address and length; read-only
+    """AXI4-Lite slave: CONTROL (start pulse, serial switch), program address and length, the weight
+    update's LR, MOMENTUM and WEIGHT_DECAY; read-only
     ID (the config's hash), STATUS, ERROR, CYCLES and ERROR_PC from :class:`RunControl`."""
 
     def __init__(self, cfg: SATConfig):
@@ -36,6 +37,7 @@ class Registers(wiring.Component):
             "error": In(ErrorCode),
             "cycles": In(64),
             "error_pc": In(PC_BITS),
+            "lr": Out(32), "momentum": Out(32), "decay": Out(32),  # WEIGHT_UPDATE's hyperparameters (fp32 bits)
         })
 
     def elaborate(self, platform):
@@ -60,6 +62,9 @@ class Registers(wiring.Component):
                     m.d.sync += self.program_addr[32:].eq(bus.wdata)
                 with m.Case(Csr.PROGRAM_LEN >> 2):
                     m.d.sync += self.program_len.eq(bus.wdata)
+                for reg, sig in ((Csr.LR, self.lr), (Csr.MOMENTUM, self.momentum), (Csr.WEIGHT_DECAY, self.decay)):
+                    with m.Case(reg >> 2):
+                        m.d.sync += sig.eq(bus.wdata)
         # reads
         take_read = bus.arvalid & ~bus.rvalid
         m.d.comb += bus.arready.eq(take_read)
@@ -73,7 +78,8 @@ class Registers(wiring.Component):
                                   (Csr.ERROR, self.error.as_value()), (Csr.PROGRAM_ADDR_LO, self.program_addr[:32]),
                                   (Csr.PROGRAM_ADDR_HI, self.program_addr[32:]), (Csr.PROGRAM_LEN, self.program_len),
                                   (Csr.CYCLES, self.cycles[:32]), (Csr.CYCLES_HI, self.cycles[32:]),
-                                  (Csr.ERROR_PC, self.error_pc)):
+                                  (Csr.ERROR_PC, self.error_pc), (Csr.LR, self.lr), (Csr.MOMENTUM, self.momentum),
+                                  (Csr.WEIGHT_DECAY, self.decay)):
                     with m.Case(reg >> 2):
                         m.d.comb += value.eq(expr)
             m.d.sync += bus.rdata.eq(value)

@@ -26,6 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..axi import axi4_signature
 from ..config import IDX_SLOTS_PER_WORD, SATConfig
+from ..isa import Opcode
 from .common import PC_BITS, BurstWalker, Entry, clog2, queue_signature
 
 __all__ = ["SparsifyUnit"]
@@ -49,6 +50,7 @@ class SparsifyUnit(wiring.Component):
             "s2p_available": In(1), "s2p_pop": Out(1), "l2p_available": In(1), "l2p_pop": Out(1),
             "p2s_push": Out(1), "p2l_push": Out(1),
             "mem": Out(axi4_signature(cfg.addr_bits, cfg.bus_bytes)),
+            "other_busy": In(1),  # the weight-update engine, which shares the queue and the port
             "start": Out(1), "busy": Out(1),
             "bus_error": Out(1), "error_pc": Out(PC_BITS),
         })
@@ -76,8 +78,9 @@ class SparsifyUnit(wiring.Component):
         outstanding = Signal(32)  # write bursts without a response
         tokens_ok = (~head.inst.deps.pop_prev | self.s2p_available) & (~head.inst.deps.pop_next | self.l2p_available)
         start = self.start
-        m.d.comb += [start.eq(self.running & self.queue.valid & (phase == IDLE) & (outstanding == 0) & tokens_ok),
-                     self.queue.ready.eq(start), self.s2p_pop.eq(start & head.inst.deps.pop_prev),
+        m.d.comb += [start.eq(self.running & self.queue.valid & (head.inst.opcode == Opcode.SPARSIFY) & (phase == IDLE) &
+                              (outstanding == 0) & ~self.other_busy & tokens_ok),
+                     self.s2p_pop.eq(start & head.inst.deps.pop_prev),
                      self.l2p_pop.eq(start & head.inst.deps.pop_next)]
         cur = Entry(Signal(Entry.as_shape().size))  # the instruction: the head in its start cycle, else `info`
         m.d.comb += cur.eq(Mux(start, head, info))

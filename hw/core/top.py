@@ -30,6 +30,7 @@ from .load import LoadUnit
 from .regs import Registers, RunControl
 from .sparsify import SparsifyUnit
 from .store import StoreUnit
+from .update import UpdateEngine
 
 __all__ = ["Core"]
 
@@ -62,7 +63,7 @@ class Core(wiring.Component):
 
     Ports: ``csr`` (AXI4-Lite slave, 8-bit addresses), ``mem`` (AXI4 master,
     ``cfg.bus_bytes`` wide, ``cfg.addr_bits`` addresses: fetch, LOAD, STORE) and
-    ``spmem`` (the same, the sparsifier's own master onto the same memory).
+    ``spmem`` (the same, the sparsifier's and the weight-update engine's own master onto the same memory).
     """
 
     def __init__(self, cfg: SATConfig):
@@ -98,14 +99,26 @@ class Core(wiring.Component):
 
         fetch, dispatch = unit("fetch", Fetch(cfg)), unit("dispatch", Dispatcher(cfg))
         load, compute, store = unit("load", LoadUnit(cfg)), unit("compute", ComputeUnit(cfg)), unit("store", StoreUnit(cfg))
-        sparsify = unit("sparsify", SparsifyUnit(cfg))
+        sparsify, update = unit("sparsify", SparsifyUnit(cfg)), unit("update", UpdateEngine(cfg))
         queues = {name: unit(f"queue_{name}", SyncFIFO(width=Entry.as_shape().size, depth=cfg.queue_depth))
                   for name in ("load", "compute", "store", "sparsify")}
         tokens = {name: unit(f"token_{name}", TokenCounter(cfg.token_limit))
                   for name in ("l2c", "c2l", "c2s", "s2c", "s2p", "p2s", "p2l", "l2p")}
         running, alive = ctl.running, ctl.alive
-        wiring.connect(m, wiring.flipped(self.spmem), sparsify.mem)
-        for u in (load, compute, store, sparsify):
+        # the sparsifier and the weight-update engine share one queue and the `spmem` port, one at a time
+        update_active = Signal()
+        m.d.comb += [update_active.eq(update.busy | update.start), sparsify.other_busy.eq(update.busy),
+                     update.other_busy.eq(sparsify.busy), update.lr.eq(regs.lr), update.momentum.eq(regs.momentum),
+                     update.decay.eq(regs.decay)]
+        for name, flow in self.spmem.signature.members.items():
+            port, a, b = getattr(self.spmem, name), getattr(sparsify.mem, name), getattr(update.mem, name)
+            if flow.flow is wiring.Out:  # driven by the units
+                m.d.comb += port.eq(Mux(update_active, b, a))
+            elif name in ("rvalid", "bvalid"):  # handshakes reach only the unit that is working
+                m.d.comb += [a.eq(port & ~update_active), b.eq(port & update_active)]
+            else:
+                m.d.comb += [a.eq(port), b.eq(port)]
+        for u in (load, compute, store, sparsify, update):
             m.d.comb += [u.running.eq(running), u.alive.eq(alive)]
 
         # buffers: synchronous RAMs; B in banks; ACC twice (the drain's copy and the STORE's copy, written together)
@@ -147,9 +160,13 @@ class Core(wiring.Component):
         for name, q in queues.items():
             m.d.comb += [q.w_data.eq(dispatch.entry.as_value()), q.w_en.eq(getattr(dispatch, f"to_{name}")),
                          getattr(dispatch, f"{name}_ready").eq(q.w_rdy)]
-        for name, u in (("load", load), ("compute", compute), ("store", store), ("sparsify", sparsify)):
+        for name, u in (("load", load), ("compute", compute), ("store", store)):
             q = queues[name]
             m.d.comb += [u.queue.payload.eq(q.r_data), u.queue.valid.eq(q.r_rdy), q.r_en.eq(u.queue.ready)]
+        q = queues["sparsify"]
+        m.d.comb += [sparsify.queue.payload.eq(q.r_data), sparsify.queue.valid.eq(q.r_rdy),
+                     update.queue.payload.eq(q.r_data), update.queue.valid.eq(q.r_rdy),
+                     q.r_en.eq(sparsify.start | update.start)]
 
         # tokens: load → compute → store and back
         t = tokens
@@ -160,14 +177,14 @@ class Core(wiring.Component):
                      store.c2s_available.eq(t["c2s"].available), t["c2s"].pop.eq(store.c2s_pop),
                      t["s2c"].push.eq(store.s2c_push),
                      # store → sparsify → load and back (the ring's other half)
-                     sparsify.s2p_available.eq(t["s2p"].available), t["s2p"].pop.eq(sparsify.s2p_pop),
-                     t["s2p"].push.eq(store.s2p_push),
+                     sparsify.s2p_available.eq(t["s2p"].available), update.s2p_available.eq(t["s2p"].available),
+                     t["s2p"].pop.eq(sparsify.s2p_pop | update.s2p_pop), t["s2p"].push.eq(store.s2p_push),
                      store.p2s_available.eq(t["p2s"].available), t["p2s"].pop.eq(store.p2s_pop),
-                     t["p2s"].push.eq(sparsify.p2s_push),
+                     t["p2s"].push.eq(sparsify.p2s_push | update.p2s_push),
                      load.p2l_available.eq(t["p2l"].available), t["p2l"].pop.eq(load.p2l_pop),
-                     t["p2l"].push.eq(sparsify.p2l_push),
-                     sparsify.l2p_available.eq(t["l2p"].available), t["l2p"].pop.eq(sparsify.l2p_pop),
-                     t["l2p"].push.eq(load.l2p_push)]
+                     t["p2l"].push.eq(sparsify.p2l_push | update.p2l_push),
+                     sparsify.l2p_available.eq(t["l2p"].available), update.l2p_available.eq(t["l2p"].available),
+                     t["l2p"].pop.eq(sparsify.l2p_pop | update.l2p_pop), t["l2p"].push.eq(load.l2p_push)]
 
         # LOAD: the read channel (shared with the fetch, which runs alone before anything starts) and A/B writes
         m.d.comb += [load.ar_ready.eq(mem.arready), load.r_valid.eq(mem.rvalid), load.r_data.eq(mem.rdata),
@@ -205,10 +222,10 @@ class Core(wiring.Component):
 
         # idle, deadlock, errors, done
         any_busy = Signal()
-        m.d.comb += [any_busy.eq(load.busy | compute.busy | store.busy | sparsify.busy),
+        m.d.comb += [any_busy.eq(load.busy | compute.busy | store.busy | sparsify.busy | update.busy),
                      dispatch.all_idle.eq(~any_busy & ~_any_waiting(queues)), ctl.busy.eq(any_busy),
                      ctl.finish.eq(dispatch.finish)]
-        any_start = load.start | compute.start | store.start | sparsify.start
+        any_start = load.start | compute.start | store.start | sparsify.start | update.start
         stuck = ~dispatch.dispatch & ~dispatch.finish & ~dispatch.static_error
         deadlock = running & ~any_busy & ~any_start & stuck
         waiting = Signal(PC_BITS)  # the oldest instruction still waiting: a queue head, else the dispatcher's
@@ -219,12 +236,14 @@ class Core(wiring.Component):
             m.d.comb += candidate.eq(Mux(q.r_rdy & (head_pc < waiting), head_pc, waiting))
             waiting = candidate
         overflow_pc = {"l2c": load.receiving_pc, "c2l": compute.draining_pc, "c2s": compute.draining_pc,
-                       "s2c": store.completing_pc, "s2p": store.completing_pc, "p2s": sparsify.error_pc,
-                       "p2l": sparsify.error_pc, "l2p": load.receiving_pc}
+                       "s2c": store.completing_pc, "s2p": store.completing_pc,
+                       "p2s": Mux(update.busy, update.error_pc, sparsify.error_pc),
+                       "p2l": Mux(update.busy, update.error_pc, sparsify.error_pc), "l2p": load.receiving_pc}
         candidates = [(ErrorCode.PROGRAM_TOO_LONG, fetch.bad_length, 0), (ErrorCode.DRAM_RANGE, fetch.bad_address, 0),
                       (ErrorCode.AXI_ERROR, fetch.bus_error, 0), (ErrorCode.AXI_ERROR, load.bus_error, load.receiving_pc),
                       (ErrorCode.AXI_ERROR, store.bus_error, store.error_pc),
                       (ErrorCode.AXI_ERROR, sparsify.bus_error, sparsify.error_pc),
+                      (ErrorCode.AXI_ERROR, update.bus_error, update.error_pc),
                       (dispatch.static_code, dispatch.static_error, dispatch.pc)]
         candidates += [(ErrorCode.TOKEN_OVERFLOW, running & tok.overflow, overflow_pc[name]) for name, tok in tokens.items()]
         candidates.append((ErrorCode.DEADLOCK, deadlock, waiting))

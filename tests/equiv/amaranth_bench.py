@@ -93,7 +93,9 @@ class _Port:
 
 
 def run_core_amaranth(cfg: SATConfig, memory: np.ndarray, program_addr: int, program_len: int, *,
-                      serial: bool = False, max_cycles: int = 200_000, core: Core | None = None) -> GatewareRun:
+                      serial: bool = False, max_cycles: int = 200_000, core: Core | None = None,
+                      registers: dict | None = None) -> GatewareRun:
+    """``registers``: written before START (``Csr`` → value), as a host does for WEIGHT_UPDATE."""
     core = core or Core(cfg)
     mem = memory.copy()
     bus = cfg.bus_bytes
@@ -139,6 +141,8 @@ def run_core_amaranth(cfg: SATConfig, memory: np.ndarray, program_addr: int, pro
         await csr_write(Csr.PROGRAM_ADDR_LO, program_addr & 0xFFFFFFFF)
         await csr_write(Csr.PROGRAM_ADDR_HI, program_addr >> 32)
         await csr_write(Csr.PROGRAM_LEN, program_len)
+        for reg, value in (registers or {}).items():
+            await csr_write(reg, value)
         # START: the handshake cycle is cycle -1 of the run
         ctx.set(csr.awaddr, int(Csr.CONTROL))
         ctx.set(csr.wdata, 1 | (2 if serial else 0))
