@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..hw.config import IDX_SLOTS_PER_WORD, SATConfig
-from ..hw.isa import Opcode, encode, to_bytes
+from ..hw.isa import Csr, Opcode, encode, to_bytes
 from ..hw.numerics import f32_to_bf16_bits
 from ..hw.sparsity import check_pattern
 from .gemm import emit_gemm, pack_b, plan_gemm
 
 __all__ = ["SparsifyLayout", "layout_sparsify", "pack_master", "SparsifyProgram", "compile_sparsify", "read_form",
-           "compile_sparsified_gemm"]
+           "compile_sparsified_gemm", "UpdateProgram", "compile_weight_update", "read_master"]
 
 #: the widest source stride a SPARSIFY encodes (17 bits of bytes)
 MAX_SRC_STRIDE = (1 << 17) - 1
@@ -67,6 +67,11 @@ class SparsifyLayout:
     @property
     def stride(self) -> int:
         return 4 * self.k_pad
+
+    @property
+    def master_bytes(self) -> int:
+        """Bytes of the master weights (and of their momenta and gradients, laid out alike)."""
+        return self.groups * self.rows_pad * self.stride
 
     @property
     def m_tiles(self) -> int:
@@ -279,3 +284,61 @@ def compile_sparsified_gemm(cfg: SATConfig, weight: np.ndarray, operand: np.ndar
 def _directions(lay: SparsifyLayout) -> list[str]:
     """The direction of each of ``lay.instructions()``."""
     return (["FF"] * lay.m_tiles + ["BP"] * lay.k_tiles) * lay.groups
+
+
+@dataclass
+class UpdateProgram:
+    """The pre-generation step of one layer: WEIGHT_UPDATE of its master weights, then the SPARSIFYs that write
+    the next step's FF and BP forms, in one program.  ``registers`` are the hyperparameters to write first."""
+
+    layout: SparsifyLayout
+    words: list[int]
+    memory: np.ndarray
+    program_addr: int
+    v_addr: int
+    g_addr: int
+    registers: dict
+
+    @property
+    def length(self) -> int:
+        return len(self.words)
+
+
+def _bits(x: float) -> int:
+    return int(np.float32(x).view(np.uint32))
+
+
+def compile_weight_update(cfg: SATConfig, weight: np.ndarray, momentum_buffer: np.ndarray, grad: np.ndarray,
+                          n: int, m: int, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                          groups: int = 1) -> UpdateProgram:
+    """``weight``, ``momentum_buffer`` and ``grad`` ``[cout, K_g]`` fp32 in BDWP's K order; the program updates
+    the master weights and momenta in place (the rule of ``nmsat.sim.numerics.sgd_update``) and then writes
+    both compressed forms of the new weights."""
+    w = np.asarray(weight, dtype=np.float32)
+    lay = layout_sparsify(cfg, w.shape[0], w.shape[1], n, m, groups=groups)
+    v_addr = lay.end
+    g_addr = _align(v_addr + lay.master_bytes, PAGE)
+    program_addr = _align(g_addr + lay.master_bytes, PAGE)
+    if program_addr - lay.base >= 1 << 31:
+        raise ValueError("compile_weight_update: a layer's arrays must span less than 2 GiB")
+    words = lay.master_bytes // (4 * cfg.rows)
+    update = encode(Opcode.WEIGHT_UPDATE, w_addr=lay.base, words=words, v_offset=v_addr - lay.base,
+                    g_offset=g_addr - lay.base)
+    program = [update] + lay.instructions() + [encode(Opcode.FINISH)]
+    if len(program) > cfg.imem_depth:
+        raise ValueError(f"compile_weight_update: {len(program)} instructions do not fit the instruction memory")
+    blob = np.frombuffer(to_bytes(program), dtype=np.uint8)
+    memory = np.zeros(program_addr + _align(blob.size, PAGE), dtype=np.uint8)
+    for addr, array in ((lay.base, w), (v_addr, momentum_buffer), (g_addr, grad)):
+        data = pack_master(lay, np.asarray(array, dtype=np.float32)).view(np.uint8).ravel()
+        memory[addr:addr + data.size] = data
+    memory[program_addr:program_addr + blob.size] = blob
+    registers = {Csr.LR: _bits(lr), Csr.MOMENTUM: _bits(momentum), Csr.WEIGHT_DECAY: _bits(weight_decay)}
+    return UpdateProgram(lay, program, memory, program_addr, v_addr, g_addr, registers)
+
+
+def read_master(lay: SparsifyLayout, memory: np.ndarray, addr: int | None = None) -> np.ndarray:
+    """The fp32 ``[cout, K_g]`` array laid out like the master weights at ``addr`` (default: the master's)."""
+    addr = lay.base if addr is None else addr
+    full = memory[addr:addr + lay.master_bytes].view(np.float32).reshape(lay.groups, lay.rows_pad, lay.k_pad)
+    return full[:, :lay.cout_g, :lay.k_g].reshape(lay.groups * lay.cout_g, lay.k_g).copy()

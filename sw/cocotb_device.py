@@ -175,6 +175,8 @@ async def run_jobs(dut):
             await csr.write_dword(int(Csr.PROGRAM_ADDR_LO), program_addr & 0xFFFFFFFF)
             await csr.write_dword(int(Csr.PROGRAM_ADDR_HI), program_addr >> 32)
             await csr.write_dword(int(Csr.PROGRAM_LEN), program_len)
+            for reg, value in job.get("registers", []):
+                await csr.write_dword(reg, value)
             await csr.write_dword(int(Csr.CONTROL), 1 | (2 if job["serial"] else 0))
             waited = 0
             while True:  # poll, with a cycle limit: a hanging core ends the job, not the bench

@@ -74,6 +74,8 @@ class RtlJob:
     serial: bool = False
     max_cycles: int = DEFAULT_MAX_CYCLES
     more_runs: tuple[tuple[int, int], ...] = ()
+    #: ``(Csr offset, value)`` written before each run (WEIGHT_UPDATE's hyperparameters)
+    registers: tuple[tuple[int, int], ...] = ()
 
     @property
     def runs(self) -> list[tuple[int, int]]:
@@ -185,6 +187,7 @@ def run_programs(cfg: SATConfig, jobs: list[RtlJob], *, memory_model: str = "fix
             mem_file = workdir / f"job{i}.mem.npy"
             np.save(mem_file, job.memory)
             manifest["jobs"].append({"memory": str(mem_file), "runs": job.runs, "serial": bool(job.serial),
+                                     "registers": [[int(r), int(v)] for r, v in job.registers],
                                      "max_cycles": int(job.max_cycles),
                                      "result": str(workdir / f"job{i}.result.json"),
                                      "memory_out": str(workdir / f"job{i}.out.npy")})

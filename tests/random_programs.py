@@ -46,7 +46,7 @@ import numpy as np
 from nmsat.dataflow.gemm import software_pipelined
 from nmsat.hw.config import SATConfig
 from nmsat.hw.timing import sparsify_shape
-from nmsat.hw.isa import Buffer, ErrorCode, Opcode, encode, to_bytes
+from nmsat.hw.isa import Buffer, Csr, ErrorCode, Opcode, encode, to_bytes
 
 VARIANTS = ("done", "bad_opcode", "sram_range", "dram_range", "bad_args", "token_overflow", "deadlock",
             "axi_load", "axi_store", "axi_sparsify", "axi_fetch", "program_too_long", "no_finish")
@@ -72,6 +72,7 @@ class Case:
     program_len: int
     serial: bool
     fault_pc: int | None = None  # the instruction the variant changed, if it is one
+    registers: tuple = ()  # (Csr, value) to write before the run: WEIGHT_UPDATE's hyperparameters
 
 
 class _Builder:
@@ -234,6 +235,19 @@ def _add_sparsify(b: _Builder, instrs: list[dict], regions: dict[str, tuple[int,
             word = b.cfg.word_bytes(x["buffer"])
             x["rows"] = min(x["rows"], out // word)
             x["dram_addr"], x["dram_stride"] = sp["src_addr"] + sp["dst_offset"], word
+    # a WEIGHT_UPDATE on arrays only the vector unit touches, sometimes followed by a SPARSIFY of its weights
+    if rng.random() < 0.4:
+        w_base, _ = regions["sp_upd"]
+        words = b.integer(1, min(48, PAGE // (4 * b.cfg.rows)))
+        at = b.integer(0, len(instrs))
+        instrs.insert(at, dict(opcode=Opcode.WEIGHT_UPDATE, w_addr=w_base, words=words, v_offset=PAGE,
+                               g_offset=2 * PAGE))
+        if rng.random() < 0.5:
+            sp = b.sparsify(w_base, words * 4 * b.cfg.rows, cursor, out_base + out_bytes - cursor)
+            if sp is not None:
+                sp.pop("_out")
+                cursor = out_base + out_bytes  # nothing after it in the output region
+                instrs.insert(b.integer(at + 1, len(instrs)), sp)
     stores = [i for i, x in enumerate(instrs) if x["opcode"] is Opcode.STORE]
     chain_base, chain_bytes = regions["sp_chain"]
     if stores and rng.random() < 0.5:  # s2p: a STORE writes the weights a SPARSIFY after it reads
@@ -283,7 +297,7 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
     cfg, rng = b.cfg, b.rng
     bus = cfg.bus_bytes
     if variant == "bad_opcode":
-        return int(rng.choice([0, *range(7, 16)])) | int(rng.integers(0, 1 << 60)) << 8
+        return int(rng.choice([0, *range(8, 16)])) | int(rng.integers(0, 1 << 60)) << 8
     if variant == "sram_range":
         kind = rng.choice(["load", "store", "gemm_a", "gemm_b", "gemm_acc", "sparse_a", "sparse_b", "sparse_idx"])
         if kind.startswith("sparse"):
@@ -315,6 +329,17 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
         else:
             args["acc_addr"] = cfg.acc_depth - cfg.rows + b.integer(1, cfg.rows)
         return encode(Opcode.GEMM, **args)
+    if variant == "dram_range" and rng.random() < 0.15:  # a WEIGHT_UPDATE's arrays misaligned or past the space
+        align = cfg.max_burst_beats * bus
+        args = dict(w_addr=0, words=b.integer(1, 8), v_offset=PAGE, g_offset=2 * PAGE)
+        kind = rng.choice(["w", "v", "g", "space"])
+        if kind == "space":
+            args["w_addr"] = (1 << cfg.addr_bits) - align
+            args["words"] = align // (4 * cfg.rows) + 1
+        else:
+            key = {"w": "w_addr", "v": "v_offset", "g": "g_offset"}[kind]
+            args[key] += bus * b.integer(1, max(1, align // bus - 1)) if align > bus else 1
+        return encode(Opcode.WEIGHT_UPDATE, **args)
     if variant == "dram_range" and cfg.sparse_m and rng.random() < 0.3:
         m = int(rng.choice(cfg.sparse_m))
         args = dict(src_addr=0, transpose=int(rng.random() < 0.5), length=b.integer(1, 40), n=1,
@@ -347,7 +372,10 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
         return encode(op, buffer=buf, rows=rows, dram_addr=(1 << cfg.addr_bits) - bus * b.integer(0, rows * word // bus - 1),
                       dram_stride=word)
     if variant == "bad_args":
-        kind = rng.choice(["rows0", "store_a", "load_acc", "k0", "sparsify", "finish_flag", "store_idx", "sparse"])
+        kind = rng.choice(["rows0", "store_a", "load_acc", "k0", "sparsify", "finish_flag", "store_idx", "sparse",
+                           "update"])
+        if kind == "update":
+            return encode(Opcode.WEIGHT_UPDATE, w_addr=0, words=0, v_offset=PAGE, g_offset=2 * PAGE)
         if kind == "rows0":
             return encode(Opcode.LOAD, buffer=Buffer.A, rows=0, dram_addr=0, dram_stride=cfg.a_word_bytes)
         if kind == "store_a":
@@ -401,9 +429,10 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
     in_base = prog_region
     out_base = in_base + b.in_bytes
     regions = {"sp_src": (out_base + b.out_bytes, 2 * PAGE), "sp_chain": (out_base + b.out_bytes + 2 * PAGE, PAGE),
-               "sp_out": (out_base + b.out_bytes + 3 * PAGE, 4 * PAGE)}
+               "sp_upd": (out_base + b.out_bytes + 3 * PAGE, 3 * PAGE),  # w, v, g of a WEIGHT_UPDATE, a page each
+               "sp_out": (out_base + b.out_bytes + 6 * PAGE, 4 * PAGE)}  # after every SPARSIFY source
     gap = PAGE  # bytes no STORE writes and no LOAD reads, where a straddling transfer of the axi variants begins
-    size = out_base + b.out_bytes + 7 * PAGE + gap
+    size = out_base + b.out_bytes + 10 * PAGE + gap
     instrs = _add_sparsify(b, _base_program(b, in_base, out_base), regions)
     fault_pc = None
     if variant == "token_overflow":
@@ -465,6 +494,8 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
                          p=[0.2, 0.1, 0.2, 0.15, 0.15, 0.1, 0.05, 0.05])
     weights = np.where(rng.random(weights.size) < 0.4, rng.standard_normal(weights.size).astype(np.float32), weights)
     memory[src:src + src_bytes] = weights.astype(np.float32).view(np.uint8)
+    upd, upd_bytes = regions["sp_upd"]
+    memory[upd:upd + upd_bytes] = rng.standard_normal(upd_bytes // 4).astype(np.float32).view(np.uint8)
     memory[program_addr:program_addr + blob.size] = blob
     if variant == "program_too_long":
         program_len = int(rng.choice([0, cfg.imem_depth + 1, cfg.imem_depth + b.integer(2, 100)]))
@@ -475,7 +506,10 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
         end = program_addr + blob.size
         memory = memory[:end - bus * b.integer(1, blob.size // bus)].copy()  # the memory ends inside the program
     serial = bool(rng.random() < 0.15)
-    return Case(variant, memory, program_addr, program_len, serial, fault_pc)
+    hyper = (rng.uniform(0, 0.5), rng.uniform(0, 0.99), rng.uniform(0, 1e-3))
+    registers = tuple((reg, int(np.float32(x).view(np.uint32))) for reg, x in
+                      zip((Csr.LR, Csr.MOMENTUM, Csr.WEIGHT_DECAY), hyper))
+    return Case(variant, memory, program_addr, program_len, serial, fault_pc, registers)
 
 
 def random_cases(cfg: SATConfig, seed: int, count: int) -> list[Case]:

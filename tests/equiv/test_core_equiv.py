@@ -20,7 +20,7 @@ from random_programs import VARIANTS, random_cases
 
 from nmsat.dataflow.gemm import compile_gemm, compile_sparse_gemm
 from nmsat.dataflow.layers import conv2d_gemms
-from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify
+from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify, compile_weight_update
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Buffer, ErrorCode, Opcode, Status, encode, to_bytes
 from nmsat.sim.core import CoreModel
@@ -58,6 +58,16 @@ def sparsified_gemm_program(cfg, cout, k, n_cols, pattern, direction, seed):
     w = rng.standard_normal((cout, k)).astype(np.float32)
     x = rng.standard_normal((k if direction == "FF" else cout, n_cols)).astype(np.float32)
     return compile_sparsified_gemm(cfg, w, x, *pattern, direction=direction)
+
+
+def update_program(cfg, cout, k, pattern, groups, seed):
+    """WEIGHT_UPDATE of a layer's master weights, then the SPARSIFYs of the new weights (pre-generation)."""
+    rng = np.random.default_rng(seed)
+    w, v, g = (rng.standard_normal((cout, k)).astype(np.float32) * s for s in (1.0, 0.1, 1.0))
+    g[rng.random(g.shape) < 0.05] = 0.0
+    return compile_weight_update(cfg, w, v, g, *pattern, lr=float(rng.uniform(0.01, 0.5)),
+                                 momentum=float(rng.uniform(0, 0.95)), weight_decay=float(rng.uniform(0, 1e-3)),
+                                 groups=groups)
 
 
 #: (cout, K per group, groups): whole and ragged tiles and groups, a grouped conv
@@ -109,6 +119,10 @@ ERROR_RUNS = {
         encode(Opcode.SPARSIFY, src_addr=0x1000, transpose=0, length=24, src_stride=0x10, n=2, m_log2=2,
                dst_offset=0x2000 - 0x1000 - 40),
         encode(Opcode.FINISH)], size=0x2000, data={0x1000: ONES * 48}), 2, ErrorCode.AXI_ERROR),
+    # a WEIGHT_UPDATE whose gradients run past the end of the memory: DECERR on the first g beat past it
+    "update-past-memory": (words_memory([
+        encode(Opcode.WEIGHT_UPDATE, w_addr=0x1000, words=24, v_offset=0x400, g_offset=0xF80),
+        encode(Opcode.FINISH)], size=0x2000, data={0x1000: ONES * 96}), 2, ErrorCode.AXI_ERROR),
     # a strided STORE whose last row is past the end: the rows before it are written
     "store-past-memory": (words_memory([
         encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000, dram_stride=8),
@@ -165,7 +179,7 @@ def test_amaranth_core_matches_simulator_after_work_then_an_error(name):
     assert_same(expected, memory, run_core_amaranth(TINY, image, 0, length), name)
     if name.startswith("sparsify-output"):
         assert memory[0x2000 - 40:0x2000 - 32].view(np.uint16).tolist() == [0x3F80] * 4  # a slot word was written
-    elif name not in ("load-past-memory", "sparsify-source-past-memory"):
+    elif name not in ("load-past-memory", "sparsify-source-past-memory", "update-past-memory"):
         first_row = 0x2000 - 48 if name == "store-past-memory" else 0x2000
         assert memory[first_row:first_row + 16].view(np.float32).tolist() == [1.0] * 4  # a STORE did write
 
@@ -177,6 +191,18 @@ def test_amaranth_core_matches_simulator_on_sparsify(pattern, serial):
     expected = CoreModel(TINY).run(memory, prog.program_addr, prog.length, serial=serial)
     assert expected.ok and expected.race_free
     rtl = run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length, serial=serial)
+    assert_same(expected, memory, rtl)
+
+
+def test_amaranth_core_matches_simulator_on_a_weight_update_then_sparsify():
+    prog = update_program(TINY, 10, 21, (2, 8), 1, seed=8)
+    memory = prog.memory.copy()
+    core = CoreModel(TINY)
+    for reg, value in prog.registers.items():
+        core.write_csr(reg, value)
+    expected = core.run(memory, prog.program_addr, prog.length)
+    assert expected.ok and expected.race_free and not np.array_equal(memory, prog.memory)
+    rtl = run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length, registers=prog.registers)
     assert_same(expected, memory, rtl)
 
 
@@ -192,9 +218,13 @@ def test_amaranth_core_matches_simulator_on_a_gemm_of_the_sparsifiers_form():
 def test_amaranth_core_matches_simulator_on_random_programs(variant):
     case = random_cases(TINY, seed=VARIANTS.index(variant), count=len(VARIANTS))[VARIANTS.index(variant)]
     memory = case.memory.copy()
-    expected = CoreModel(TINY).run(memory, case.program_addr, case.program_len, serial=case.serial)
+    core = CoreModel(TINY)
+    for reg, value in case.registers:
+        core.write_csr(reg, value)
+    expected = core.run(memory, case.program_addr, case.program_len, serial=case.serial)
     assert expected.race_free
-    rtl = run_core_amaranth(TINY, case.memory, case.program_addr, case.program_len, serial=case.serial)
+    rtl = run_core_amaranth(TINY, case.memory, case.program_addr, case.program_len, serial=case.serial,
+                            registers=dict(case.registers))
     assert_same(expected, memory, rtl, variant)
 
 
@@ -220,6 +250,12 @@ def _sparse(**args):
     base = dict(groups=2, n=2, m_log2=3, a_addr=0, b_addr=0, acc_addr=0, idx_addr=0)
     base.update(args)
     return encode(Opcode.SPARSE_GEMM, **base)
+
+
+def _update(**args):
+    base = dict(w_addr=0x1000, words=8, v_offset=0x400, g_offset=0x800)
+    base.update(args)
+    return encode(Opcode.WEIGHT_UPDATE, **base)
 
 
 def _sparsify(**args):
@@ -252,6 +288,10 @@ STATIC_CASES = [
     (_sparsify(src_addr=(1 << 32) - (1 << 30), dst_offset=(1 << 30) - 8), ErrorCode.DRAM_RANGE),
     (_sparsify(transpose=0, src_addr=(1 << 32) - 0x200, dst_offset=0), ErrorCode.DRAM_RANGE),
     (_sparsify(), ErrorCode.NONE), (_sparsify(transpose=0), ErrorCode.NONE),
+    # WEIGHT_UPDATE: no words; w, v or g off a burst boundary; past the address space; one that passes
+    (_update(words=0), ErrorCode.BAD_ARGS), (_update(w_addr=0x1040), ErrorCode.DRAM_RANGE),
+    (_update(v_offset=0x408), ErrorCode.DRAM_RANGE), (_update(g_offset=0x810), ErrorCode.DRAM_RANGE),
+    (_update(w_addr=(1 << 32) - 0x80, words=9), ErrorCode.DRAM_RANGE), (_update(), ErrorCode.NONE),
 ]
 
 
@@ -314,12 +354,19 @@ def verilator_results():
         for serial in (False, True):
             jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
             names.append(f"sparsify then {direction} gemm {pattern[0]}:{pattern[1]}{' serial' if serial else ''}")
+    for i, (cout, k, groups) in enumerate(SPARSIFY_SHAPES[:3]):  # weight update, then the new weights' forms
+        prog = update_program(TINY, cout, k, SPARSE_PATTERNS[i], groups, seed=500 + i)
+        for serial in (False, True):
+            jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial,
+                               registers=tuple((int(r), v) for r, v in prog.registers.items())))
+            names.append(f"sparsify after update {cout}x{k}/{groups}{' serial' if serial else ''}")
     long = gemm_program(TINY, 64, 200, 40, seed=99)  # longer than the instruction memory: several programs
     assert len(long.runs) > 1
     jobs.append(RtlJob(long.memory, *long.runs[0], more_runs=tuple(long.runs[1:])))
     names.append(f"gemm 64x200x40 in {len(long.runs)} programs")
     for case in random_cases(TINY, seed=7, count=RANDOM_PER_VARIANT * len(VARIANTS)):
-        jobs.append(RtlJob(case.memory, case.program_addr, case.program_len, case.serial))
+        jobs.append(RtlJob(case.memory, case.program_addr, case.program_len, case.serial,
+                           registers=tuple((int(r), v) for r, v in case.registers)))
         names.append(f"random {case.variant} #{len(names)}")
     for name, (image, length, _) in ERROR_RUNS.items():
         jobs.append(RtlJob(image, 0, length))
@@ -342,6 +389,8 @@ def test_verilator_core_matches_simulator(verilator_results):
     seen = set()
     for job, name, rtl in zip(jobs, names, results):
         memory = job.memory.copy()
+        for reg, value in job.registers:  # written before the run, as the bench does
+            core.write_csr(reg, value)
         expected = core.run_sequence(memory, job.runs, serial=job.serial)
         assert expected.race_free, (name, expected.hazards[:3])
         assert_same(expected, memory, rtl, name)

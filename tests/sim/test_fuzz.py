@@ -29,6 +29,8 @@ def test_fuzz_reaches_every_error_code_quickly_and_as_aimed(cfg):
     reached = set()
     for i, case in enumerate(random_cases(cfg, seed=11, count=400)):
         memory = case.memory.copy()
+        for reg, value in case.registers:
+            core.write_csr(reg, value)
         t0 = time.perf_counter()
         result = core.run(memory, case.program_addr, case.program_len, serial=case.serial)
         assert time.perf_counter() - t0 < SECONDS_PER_RUN, f"case {i} ({case.variant}) ran too long"
