@@ -1,16 +1,18 @@
-"""The sparsifier on ResNet-18/CIFAR: cycles per layer to write both compressed forms, and how much hides behind GEMMs.
+"""Pre-generation on ResNet-18/CIFAR: per layer, the weight update and the sparsifier's two forms, and how much hides.
 
     python benchmarks/sparsify_resnet18.py [--preset vcu1525] [--batch 32] [--patterns 2:8 1:8 4:8 2:4]
 
-For every layer BDWP makes sparse (all but the first and last), the
-SPARSIFY program of its weights (FF and BP forms, ``nmsat.dataflow.sparsify``)
-is timed alone.  Then an offline schedule places every SPARSIFY in a GEMM
-that runs after its layer's weight update and before its layer's next FF —
+For every layer BDWP makes sparse (all but the first and last), its
+WEIGHT_UPDATE and the SPARSIFY program of its weights (FF and BP forms,
+``nmsat.dataflow.sparsify``) are timed alone.  Then an offline schedule
+places them, update first, in GEMMs
+that run after its layer's WU GEMM and before its layer's next FF —
 the backward pass's BP and WU GEMMs of the layers below, then the next
 step's forward GEMMs — filling each host up to ``--fill`` of its cycles,
-the SPARSIFYs spread evenly through the host's program (the sparsifier
-works on its own memory port); each host is timed with them against
-alone: ``hidden = 1 − (cycles the hosts grew) / (the SPARSIFYs' cycles)``.
+each placed in the host's program where the host has run as long as the
+placed instructions before it take (the vector unit works on its own
+memory port); each host is timed with them against alone:
+``hidden = 1 − (cycles the hosts grew) / (the placed instructions' cycles)``.
 Timing-only simulation.  Writes benchmarks/results/sparsify_resnet18_<preset>_b<batch>.md.
 """
 
@@ -27,16 +29,18 @@ from nmsat.hw.isa import Opcode, encode
 from nmsat.sim.core import CoreModel
 
 
-def interleave(gemm_words: list[int], extra: list[int]) -> list[int]:
-    """``extra`` spread evenly through ``gemm_words`` (before its FINISH)."""
+def interleave(gemm_words: list[int], extra: list[tuple[int, int]], host_cycles: int) -> list[int]:
+    """``extra`` ``(word, cycles)`` placed through ``gemm_words`` (before its FINISH) at the point the host has
+    run as long as the extra instructions before it take: the vector unit is kept busy from the start and
+    its instructions never wait long in their queue."""
     body, finish = list(gemm_words[:-1]), gemm_words[-1]
-    out, step = [], max(1, len(body) // (len(extra) + 1))
-    pending = list(extra)
-    for i, w in enumerate(body):
-        if pending and i % step == 0 and i:
-            out.append(pending.pop(0))
-        out.append(w)
-    return out + pending + [finish]
+    out, at, elapsed = [], 0, 0
+    for word, cycles in extra:
+        place = min(len(body), int(len(body) * elapsed / host_cycles))
+        out += body[at:place]
+        out.append(word)
+        at, elapsed = place, elapsed + cycles
+    return out + body[at:] + [finish]
 
 
 def main():
@@ -58,18 +62,22 @@ def main():
     sparse_layers = order[1:-1]  # BDWP keeps the first and last layers dense
     lines = [f"# Sparsifier, ResNet-18/CIFAR, batch {args.batch}, preset `{cfg.name}` ({cfg.rows} lanes, "
              f"{cfg.sparsify_chunk}-element chunks, own {cfg.bus_bytes}-byte port)", "",
-             "Per layer, the SPARSIFY program writing both forms, alone:", "",
-             "| layer | Cout × K (groups) | SPARSIFYs | " + " | ".join(f"{n}:{m} cycles" for n, m in patterns) + " |",
-             "|---|---|---|" + "---|" * len(patterns)]
+             "Per layer, its WEIGHT_UPDATE and the SPARSIFY program writing both forms, alone:", "",
+             "| layer | Cout × K (groups) | SPARSIFYs | " + " | ".join(f"{n}:{m} update | sparsify cycles" for n, m in patterns)
+             + " |", "|---|---|---|" + "---|---|" * len(patterns)]
     work = {p: {} for p in patterns}  # pattern -> layer -> [(words, alone cycles)]
     for layer in sparse_layers:
         g = by_stage[(layer, "FF")]
         cells = []
         for p in patterns:
-            sp = layout_sparsify(cfg, g.m * g.count, g.k, *p, groups=g.count).instructions()
-            items = [(w, core.time_program([w, encode(Opcode.FINISH)]).cycles) for w in sp]
+            lay = layout_sparsify(cfg, g.m * g.count, g.k, *p, groups=g.count)
+            sp = lay.instructions()
+            # the weight update first (a layer's gradients are ready after its WU GEMM), then its SPARSIFYs
+            update = encode(Opcode.WEIGHT_UPDATE, w_addr=lay.base, words=lay.master_bytes // (4 * cfg.rows),
+                            v_offset=lay.end - lay.base, g_offset=lay.end + lay.master_bytes - lay.base)
+            items = [(w, core.time_program([w, encode(Opcode.FINISH)]).cycles) for w in [update] + sp]
             work[p][layer] = items
-            cells.append(str(core.time_program(sp + [encode(Opcode.FINISH)]).cycles))
+            cells.append(f"{items[0][1]} | {core.time_program(sp + [encode(Opcode.FINISH)]).cycles}")
         lines.append(f"| {layer} | {g.m * g.count} × {g.k} ({g.count}) | {len(work[patterns[0]][layer])} | "
                      + " | ".join(cells) + " |")
     summary = []
@@ -98,17 +106,18 @@ def main():
                     budget -= pending[0][2]
                     take.append(pending.pop(0))
                 if take:
-                    combined = core.time_program(interleave(words, [w for _, w, _ in take]))
+                    combined = core.time_program(interleave(words, [(w, c) for _, w, c in take], alone_gemm))
                     assert combined.ok, combined.error
                     total_alone += sum(c for _, _, c in take)
                     total_extra += combined.cycles - alone_gemm
             if ready in work[p]:
                 pending += [(ready, w, c) for w, c in work[p][ready]]
         summary.append((p, total_alone, total_extra, placed_all and not pending))
-    lines += ["", f"Scheduled offline: each SPARSIFY interleaved into a GEMM of the backward pass (or the next "
-              f"step's forward pass before its own layer's FF), filling at most {args.fill:.0%} of a host's cycles; "
-              "hidden = 1 − (cycles the hosts grew) / (the SPARSIFYs' own cycles):", "",
-              "| pattern | SPARSIFY cycles | host GEMMs grew by | hidden | every SPARSIFY placed in time |",
+    lines += ["", f"Scheduled offline: each layer's WEIGHT_UPDATE and SPARSIFYs, in that order, interleaved into "
+              f"GEMMs of the backward pass after its WU (or of the next step's forward pass before its own FF), "
+              f"filling at most {args.fill:.0%} of a host's cycles; hidden = 1 − (cycles the hosts grew) / "
+              "(the instructions' own cycles):", "",
+              "| pattern | update + sparsify cycles | host GEMMs grew by | hidden | every one placed in time |",
               "|---|---|---|---|---|"]
     for p, alone, extra, placed in summary:
         lines.append(f"| {p[0]}:{p[1]} | {alone} | {extra} | {1 - extra / alone:.1%} | {'yes' if placed else 'no'} |")
