@@ -25,6 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: name -> (file, text, replacement, what it breaks)
 MUTATIONS = {
+    "update-no-sign-flip": ("hw/core/update.py",
+                            'units["w"].b.eq(units["lr_v"].product ^ 0x80000000)', 'units["w"].b.eq(units["lr_v"].product)',
+                            "the weight update adds the step instead of subtracting it"),
+    "update-decay-for-momentum": ("hw/core/update.py", 'units["mom_v"].a.eq(self.momentum)', 'units["mom_v"].a.eq(self.decay)',
+                                  "the weight update multiplies the momenta by the weight decay"),
+    "sim-update-half": ("sim/numerics.py", "d = add_f32(g, mul_f32(f32(decay), w))",
+                        "d = add_f32(g, mul_f32(f32(decay), w).astype(np.float16).astype(np.float32))",
+                        "the simulator's weight update rounds λ·w to half precision"),
     "sparsify-ties-to-higher": ("hw/core/sparsify.py", "m.d.comb += g.eq(values[i][:31] >= values[j][:31])",
                                 "m.d.comb += g.eq(values[i][:31] > values[j][:31])",
                                 "the sparsifier breaks ties to the higher index"),
