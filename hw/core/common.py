@@ -5,12 +5,14 @@ Not here: any unit (``load``, ``compute``, ``store`` ...) or the top level (``to
 
 from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.lib import data, stream
+from amaranth.lib.wiring import In, Out
 
-from ..axi import next_burst
+from ..axi import axi4_signature, next_burst
 from ..config import SATConfig
 from ..isa import Instruction
 
-__all__ = ["PC_BITS", "Entry", "clog2", "TokenCounter", "BurstWalker", "queue_signature"]
+__all__ = ["PC_BITS", "Entry", "clog2", "TokenCounter", "BurstWalker", "queue_signature", "vector_engine_ports",
+           "axi_master_constants", "vector_tokens_ok", "vector_engine_end"]
 
 PC_BITS = 21  # instruction index, up to 2^20 instructions (imem_depth <= 2^20)
 
@@ -119,3 +121,55 @@ class BurstWalker(Elaboratable):
             with m.Else():
                 m.d.sync += [self._addr.eq(cur_addr + beats * cfg.bus_bytes), self._run_left.eq(cur_run_left - beats)]
         return m
+
+
+# ---------------------------------------------------------------------- the vector unit's two engines
+
+
+def vector_engine_ports(cfg: SATConfig) -> dict:
+    """The ports the sparsifier and the weight-update engine share the shape of: the run, their common queue,
+    the ring's tokens towards STORE (``s2p``/``p2s``) and LOAD (``l2p``/``p2l``), the ``spmem`` port (one
+    engine owns it at a time), and status."""
+    return {
+        "running": In(1), "alive": In(1),
+        "queue": In(queue_signature()),
+        "s2p_available": In(1), "s2p_pop": Out(1), "l2p_available": In(1), "l2p_pop": Out(1),
+        "p2s_push": Out(1), "p2l_push": Out(1),
+        "mem": Out(axi4_signature(cfg.addr_bits, cfg.bus_bytes)),
+        "other_busy": In(1),  # the other engine, which shares the queue and the port
+        "start": Out(1), "busy": Out(1),
+        "bus_error": Out(1), "error_pc": Out(PC_BITS),
+    }
+
+
+def axi_master_constants(m: Module, axi, bus_bytes: int) -> None:
+    """INCR bursts of whole bus beats, every byte written, responses always taken."""
+    size = clog2(bus_bytes) if bus_bytes > 1 else 0
+    m.d.comb += [axi.arburst.eq(1), axi.awburst.eq(1), axi.arsize.eq(size), axi.awsize.eq(size), axi.rready.eq(1),
+                 axi.bready.eq(1), axi.wstrb.eq((1 << bus_bytes) - 1)]
+
+
+def vector_tokens_ok(engine, head) -> object:
+    """The head instruction's pops can be served."""
+    deps = head.inst.deps
+    return (~deps.pop_prev | engine.s2p_available) & (~deps.pop_next | engine.l2p_available)
+
+
+def vector_engine_end(m: Module, engine, *, info, phase, draining: int, idle: int, beat_in, issued) -> Signal:
+    """The end of an engine's instruction: its write bursts counted until their responses are in; in its
+    ``draining`` phase the last response ends it (back to ``idle``, pushes).  Drives ``busy``, the pops'
+    counterparts, the bus error and its PC; returns the count of bursts without a response."""
+    axi = engine.mem
+    outstanding = Signal(32, name="outstanding")
+    response = engine.alive & axi.bvalid
+    m.d.sync += outstanding.eq(outstanding + issued - response)
+    done = Signal(name="done")
+    m.d.comb += done.eq((phase == draining) & response & (outstanding == 1))
+    with m.If(done):
+        m.d.sync += phase.eq(idle)
+    m.d.comb += [engine.p2s_push.eq(done & info.inst.deps.push_prev),
+                 engine.p2l_push.eq(done & info.inst.deps.push_next),
+                 engine.bus_error.eq((beat_in & (axi.rresp != 0)) | (response & (axi.bresp != 0))),
+                 engine.error_pc.eq(info.pc),
+                 engine.busy.eq((phase != idle) | (outstanding != 0))]
+    return outstanding

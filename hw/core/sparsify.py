@@ -24,10 +24,9 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from ..axi import axi4_signature
 from ..config import IDX_SLOTS_PER_WORD, SATConfig
 from ..isa import Opcode
-from .common import PC_BITS, BurstWalker, Entry, clog2, queue_signature
+from .common import BurstWalker, Entry, axi_master_constants, vector_engine_end, vector_engine_ports, vector_tokens_ok
 
 __all__ = ["SparsifyUnit"]
 
@@ -44,16 +43,7 @@ def _bf16_rne(m: Module, name: str, value) -> Signal:
 class SparsifyUnit(wiring.Component):
     def __init__(self, cfg: SATConfig):
         self.cfg = cfg
-        super().__init__({
-            "running": In(1), "alive": In(1),
-            "queue": In(queue_signature()),
-            "s2p_available": In(1), "s2p_pop": Out(1), "l2p_available": In(1), "l2p_pop": Out(1),
-            "p2s_push": Out(1), "p2l_push": Out(1),
-            "mem": Out(axi4_signature(cfg.addr_bits, cfg.bus_bytes)),
-            "other_busy": In(1),  # the weight-update engine, which shares the queue and the port
-            "start": Out(1), "busy": Out(1),
-            "bus_error": Out(1), "error_pc": Out(PC_BITS),
-        })
+        super().__init__(vector_engine_ports(cfg))
 
     def elaborate(self, platform):
         m = Module()
@@ -65,9 +55,8 @@ class SparsifyUnit(wiring.Component):
         bus_bits = 8 * bus
         e_bits = E.bit_length() - 1
         axi = self.mem
-        m.d.comb += [axi.arburst.eq(1), axi.awburst.eq(1), axi.arsize.eq(clog2(bus) if bus > 1 else 0),
-                     axi.awsize.eq(clog2(bus) if bus > 1 else 0), axi.rready.eq(1), axi.bready.eq(1),
-                     axi.wstrb.eq((1 << bus) - 1), axi.awlen.eq(0), axi.wlast.eq(1)]
+        axi_master_constants(m, axi, bus)
+        m.d.comb += [axi.awlen.eq(0), axi.wlast.eq(1)]
 
         head = self.queue.payload
         info = Entry(Signal(Entry.as_shape().size))
@@ -75,8 +64,8 @@ class SparsifyUnit(wiring.Component):
         # phases: idle, read a chunk, emit its groups, wait for the last write responses
         phase = Signal(range(4))
         IDLE, READ, EMIT, DRAIN = range(4)
-        outstanding = Signal(32)  # write bursts without a response
-        tokens_ok = (~head.inst.deps.pop_prev | self.s2p_available) & (~head.inst.deps.pop_next | self.l2p_available)
+        outstanding = Signal(32)  # write bursts without a response (driven by vector_engine_end below)
+        tokens_ok = vector_tokens_ok(self, head)
         start = self.start
         m.d.comb += [start.eq(self.running & self.queue.valid & (head.inst.opcode == Opcode.SPARSIFY) & (phase == IDLE) &
                               (outstanding == 0) & ~self.other_busy & tokens_ok),
@@ -272,16 +261,7 @@ class SparsifyUnit(wiring.Component):
             m.d.sync += launch_pending.eq(0)
         m.d.comb += launch_next.eq(launch_pending)
 
-        # --- write responses; the end
-        response = self.alive & axi.bvalid
-        issued = advance  # one single-beat burst per beat
-        m.d.sync += outstanding.eq(outstanding + issued - response)
-        done = Signal()
-        m.d.comb += done.eq((phase == DRAIN) & response & (outstanding == 1))
-        with m.If(done):
-            m.d.sync += phase.eq(IDLE)
-        m.d.comb += [self.p2s_push.eq(done & info.inst.deps.push_prev), self.p2l_push.eq(done & info.inst.deps.push_next),
-                     self.bus_error.eq((beat_in & (axi.rresp != 0)) | (response & (axi.bresp != 0))),
-                     self.error_pc.eq(info.pc),
-                     self.busy.eq((phase != IDLE) | (outstanding != 0))]
+        # --- write responses (one single-beat burst per beat); the end
+        m.d.comb += outstanding.eq(vector_engine_end(m, self, info=info, phase=phase, draining=DRAIN, idle=IDLE,
+                                                     beat_in=beat_in, issued=advance))
         return m

@@ -18,11 +18,10 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..axi import axi4_signature
 from ..config import SATConfig
 from ..fp import Fp32Adder, Fp32Multiplier
 from ..isa import Opcode
-from .common import PC_BITS, Entry, clog2, queue_signature
+from .common import Entry, axi_master_constants, vector_engine_end, vector_engine_ports, vector_tokens_ok
 
 __all__ = ["UpdateEngine"]
 
@@ -30,17 +29,7 @@ __all__ = ["UpdateEngine"]
 class UpdateEngine(wiring.Component):
     def __init__(self, cfg: SATConfig):
         self.cfg = cfg
-        super().__init__({
-            "running": In(1), "alive": In(1),
-            "queue": In(queue_signature()),
-            "s2p_available": In(1), "s2p_pop": Out(1), "l2p_available": In(1), "l2p_pop": Out(1),
-            "p2s_push": Out(1), "p2l_push": Out(1),
-            "mem": Out(axi4_signature(cfg.addr_bits, cfg.bus_bytes)),
-            "lr": In(32), "momentum": In(32), "decay": In(32),
-            "other_busy": In(1),  # the sparsifier, which shares the queue and the port
-            "start": Out(1), "busy": Out(1),
-            "bus_error": Out(1), "error_pc": Out(PC_BITS),
-        })
+        super().__init__({**vector_engine_ports(cfg), "lr": In(32), "momentum": In(32), "decay": In(32)})
 
     def elaborate(self, platform):
         m = Module()
@@ -49,16 +38,14 @@ class UpdateEngine(wiring.Component):
         B = cfg.max_burst_beats
         P = bus // 4
         axi = self.mem
-        m.d.comb += [axi.arburst.eq(1), axi.awburst.eq(1), axi.arsize.eq(clog2(bus) if bus > 1 else 0),
-                     axi.awsize.eq(clog2(bus) if bus > 1 else 0), axi.rready.eq(1), axi.bready.eq(1),
-                     axi.wstrb.eq((1 << bus) - 1)]
+        axi_master_constants(m, axi, bus)
         head = self.queue.payload
         info = Entry(Signal(Entry.as_shape().size))
         args = info.inst.args.update
         IDLE, LAUNCH, RECEIVE, PREWRITE, WRITE, DRAIN = range(6)
         phase = Signal(range(6))
-        outstanding = Signal(32)
-        tokens_ok = (~head.inst.deps.pop_prev | self.s2p_available) & (~head.inst.deps.pop_next | self.l2p_available)
+        outstanding = Signal(32)  # write bursts without a response (driven by vector_engine_end below)
+        tokens_ok = vector_tokens_ok(self, head)
         start = self.start
         m.d.comb += [start.eq(self.running & self.queue.valid & (head.inst.opcode == Opcode.WEIGHT_UPDATE) &
                               (phase == IDLE) & (outstanding == 0) & ~self.other_busy & tokens_ok),
@@ -160,15 +147,6 @@ class UpdateEngine(wiring.Component):
             m.d.sync += [done_beats.eq(0), ar_step.eq(0), rx_beat.eq(0), rx_stream.eq(0), g_count.eq(0)]
 
         # --- responses, the end
-        issued = axi.awvalid & axi.awready
-        response = self.alive & axi.bvalid
-        m.d.sync += outstanding.eq(outstanding + issued - response)
-        done = Signal()
-        m.d.comb += done.eq((phase == DRAIN) & response & (outstanding == 1))
-        with m.If(done):
-            m.d.sync += phase.eq(IDLE)
-        m.d.comb += [self.p2s_push.eq(done & info.inst.deps.push_prev), self.p2l_push.eq(done & info.inst.deps.push_next),
-                     self.bus_error.eq((beat_in & (axi.rresp != 0)) | (response & (axi.bresp != 0))),
-                     self.error_pc.eq(info.pc),
-                     self.busy.eq((phase != IDLE) | (outstanding != 0))]
+        m.d.comb += outstanding.eq(vector_engine_end(m, self, info=info, phase=phase, draining=DRAIN, idle=IDLE,
+                                                     beat_in=beat_in, issued=aw_fire))
         return m
