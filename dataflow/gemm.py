@@ -418,13 +418,17 @@ def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:
 
 
 def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_addr: int, idx_addr: int = 0,
-              blocks: range | None = None, a_tile_stride: int | None = None) -> list[int]:
+              blocks: range | None = None, a_tile_stride: int | None = None,
+              c_row_stride: int | None = None) -> list[int]:
     """The instructions of one GEMM (no FINISH), double-buffered, with tokens placed.
 
     ``blocks`` (indices in block order, row of blocks by row) limits the program to those output blocks:
     each run of the core starts with empty token counters, so the tokens are placed from its first block.
     ``a_tile_stride`` (sparse): bytes from one M-tile's A slots (and IDX words) to the next's, when A
     comes as the sparsifier's records (``nmsat.dataflow.sparsify``) instead of two packed arrays.
+    ``c_row_stride``: store C row-major, row ``i`` at ``c_addr + i · c_row_stride`` bytes (its ``Nt · cols``
+    columns contiguous, the last tiles' pad rows and columns included) instead of tile by tile — how a WU
+    GEMM leaves ``dW`` in the master weights' layout for WEIGHT_UPDATE.
 
     Tokens: the last LOAD of a step pushes to compute and the step's first GEMM
     pops it (data ready); the step's last GEMM pushes back to load and the
@@ -496,10 +500,13 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
             step_index += 1
         tiles = [(x, y, mi, nj) for x, mi in enumerate(mis) for y, nj in enumerate(njs)]
         for idx, (x, y, mi, nj) in enumerate(tiles):
+            if c_row_stride is None:
+                where = dict(dram_addr=c_addr + (mi * plan.nt + nj) * c_tile_bytes, dram_stride=cfg.acc_word_bytes)
+            else:
+                where = dict(dram_addr=c_addr + mi * R * c_row_stride + nj * cfg.acc_word_bytes,
+                             dram_stride=c_row_stride)
             step_stores[-1].append(encode(Opcode.STORE, pop_prev=int(idx == 0), push_prev=int(idx == len(tiles) - 1),
-                              buffer=Buffer.ACC, sram_addr=acc_base + (x * len(njs) + y) * R, rows=R,
-                              dram_addr=c_addr + (mi * plan.nt + nj) * c_tile_bytes,
-                              dram_stride=cfg.acc_word_bytes))
+                              buffer=Buffer.ACC, sram_addr=acc_base + (x * len(njs) + y) * R, rows=R, **where))
         block_index += 1
     return software_pipelined(step_loads, step_gemms, step_stores)
 

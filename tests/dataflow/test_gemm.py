@@ -126,3 +126,35 @@ def test_sparse_plans_are_refused_for_patterns_the_core_lacks():
         plan_gemm(TINY, 4, 4, 64, pattern=(2, 16))
     with pytest.raises(ValueError, match="1 <= n <= m"):
         plan_gemm(TINY, 4, 4, 64, pattern=(5, 4))
+
+
+def test_c_stored_row_major_lands_in_a_row_major_array():
+    """``c_row_stride``: the WU GEMM's dW in the master weights' layout (rows of C contiguous, padded)."""
+    from nmsat.dataflow.gemm import emit_gemm, pack_a, pack_b, plan_gemm
+    from nmsat.hw.isa import Opcode, encode, to_bytes
+    from nmsat.hw.numerics import f32_to_bf16_bits
+    from nmsat.sim.core import CoreModel
+
+    cfg = SATConfig.tiny()
+    rng = np.random.default_rng(0)
+    m, n, k = 7, 10, 9
+    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    plan = plan_gemm(cfg, m, n, k)
+    stride = 4 * 16  # 16 fp32 per row: more than Nt·cols = 12
+    a_packed, b_packed = pack_a(cfg, f32_to_bf16_bits(a)), pack_b(cfg, f32_to_bf16_bits(b))
+    a_addr, b_addr, c_addr, prog_addr = 0x1000, 0x2000, 0x3000, 0x4000
+    words = emit_gemm(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr, c_row_stride=stride) + \
+        [encode(Opcode.FINISH)]
+    memory = np.zeros(0x6000, dtype=np.uint8)
+    memory[a_addr:a_addr + a_packed.nbytes] = a_packed.view(np.uint8).ravel()
+    memory[b_addr:b_addr + b_packed.nbytes] = b_packed.view(np.uint8).ravel()
+    memory[c_addr:c_addr + 8 * stride] = np.full(8 * stride, 0xFF, np.uint8)  # NaN where nothing is stored
+    blob = np.frombuffer(to_bytes(words), dtype=np.uint8)
+    memory[prog_addr:prog_addr + blob.size] = blob
+    result = CoreModel(cfg).run(memory, prog_addr, len(words))
+    assert result.ok and result.race_free
+    c = memory[c_addr:c_addr + 8 * stride].view(np.float32).reshape(8, 16)
+    ref = (f32_to_bf16_bits(a).astype(np.uint32) << 16).view(np.float32).astype(np.float64) @ \
+        (f32_to_bf16_bits(b).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    assert np.allclose(c[:m, :n], ref, rtol=1e-5, atol=1e-5)
+    assert np.isnan(c[:, 12:]).all()  # past Nt·cols: untouched
