@@ -21,6 +21,7 @@ from random_programs import VARIANTS, random_cases
 from nmsat.dataflow.gemm import compile_gemm, compile_sparse_gemm
 from nmsat.dataflow.layers import conv2d_gemms
 from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify, compile_weight_update
+from nmsat.dataflow.step import compile_linear_step
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Buffer, ErrorCode, Opcode, Status, encode, to_bytes
 from nmsat.sim.core import CoreModel
@@ -360,6 +361,14 @@ def verilator_results():
             jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial,
                                registers=tuple((int(r), v) for r, v in prog.registers.items())))
             names.append(f"sparsify after update {cout}x{k}/{groups}{' serial' if serial else ''}")
+    rng_step = np.random.default_rng(600)  # a linear layer's whole BDWP step: five programs on one memory
+    w, v = rng_step.standard_normal((10, 21)).astype(np.float32), np.zeros((10, 21), np.float32)
+    step = compile_linear_step(TINY, w, v, rng_step.standard_normal((21, 6)).astype(np.float32),
+                               rng_step.standard_normal((10, 6)).astype(np.float32), 2, 8, lr=0.1, momentum=0.9,
+                               weight_decay=5e-4)
+    jobs.append(RtlJob(step.memory, *step.runs[0], more_runs=tuple(step.runs[1:]),
+                       registers=tuple((int(r), v) for r, v in step.registers.items())))
+    names.append("linear layer step 2:8 in 5 programs")
     long = gemm_program(TINY, 64, 200, 40, seed=99)  # longer than the instruction memory: several programs
     assert len(long.runs) > 1
     jobs.append(RtlJob(long.memory, *long.runs[0], more_runs=tuple(long.runs[1:])))
