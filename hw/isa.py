@@ -1,8 +1,8 @@
 """The instruction set: one definition that the compiler encodes and the core and simulator decode.
 
 Every instruction is 128 bits: an opcode, four dependency-token flags (VTA
-style: pop/push to the previous/next unit of the load → compute → store
-chain) and an argument union.  The layouts are Amaranth ``data`` layouts, so
+style: pop/push to the previous/next unit of the ring load → compute →
+store → vector (sparsifier and weight update) → load) and an argument union.  The layouts are Amaranth ``data`` layouts, so
 the gateware decodes the very structure the compiler encodes; Python code
 encodes with :func:`encode` and decodes with :func:`decode` /
 :func:`decode_program` (vectorised, from the same layouts' field offsets).
@@ -62,7 +62,7 @@ class ErrorCode(enum.Enum, shape=4):
     BAD_OPCODE = 1  # illegal or reserved opcode
     SRAM_RANGE = 2  # buffer address + length past the buffer's depth, or LOAD/STORE to a wrong buffer
     DRAM_RANGE = 3  # DRAM address out of the address space or not aligned to the bus
-    BAD_ARGS = 4  # zero-length transfer or GEMM, token flag with no neighbour, an N:M pattern the core lacks
+    BAD_ARGS = 4  # zero length, a token flag on FINISH, an N:M pattern the core lacks
     TOKEN_OVERFLOW = 5  # a push past the token limit of a channel
     DEADLOCK = 6  # every unit waits for a token no one can push
     AXI_ERROR = 7  # SLVERR/DECERR on the memory port

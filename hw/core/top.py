@@ -168,7 +168,7 @@ class Core(wiring.Component):
                      update.queue.payload.eq(q.r_data), update.queue.valid.eq(q.r_rdy),
                      q.r_en.eq(sparsify.start | update.start)]
 
-        # tokens: load → compute → store and back
+        # tokens: the ring load → compute → store → sparsify → load, each way
         t = tokens
         m.d.comb += [load.c2l_available.eq(t["c2l"].available), t["c2l"].pop.eq(load.c2l_pop), t["l2c"].push.eq(load.l2c_push),
                      compute.l2c_available.eq(t["l2c"].available), t["l2c"].pop.eq(compute.l2c_pop),
