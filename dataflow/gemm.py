@@ -282,8 +282,11 @@ class GemmLayout:
 
 @functools.lru_cache(maxsize=128)
 def layout_gemm(cfg: SATConfig, m: int, n: int, k: int, *, plan: GemmPlan | None = None,
-                base_addr: int = 0, pattern: tuple[int, int] | None = None) -> GemmLayout:
+                base_addr: int = 0, pattern: tuple[int, int] | None = None, out_bf16: bool = False) -> GemmLayout:
     """Plan and emit a GEMM from its shape alone (enough for timing-only simulation).
+
+    ``out_bf16``: C is stored as bf16 (each accumulator rounded to nearest even by the STORE), half the
+    bytes — how a layer's output feeds the next layer's GEMMs, whose operands are bf16 anyway.
 
     The program's length is known from the plan before anything is emitted;
     a GEMM longer than the instruction memory becomes several programs of
@@ -301,7 +304,7 @@ def layout_gemm(cfg: SATConfig, m: int, n: int, k: int, *, plan: GemmPlan | None
     a_bytes = plan.mt * plan.units * a_per * cfg.a_word_bytes
     idx_bytes = plan.mt * _idx_words(plan.units * a_per) * cfg.a_word_bytes if plan.pattern else 0
     b_bytes = plan.nt * plan.units * b_per * cfg.b_word_bytes
-    c_bytes = plan.mt * plan.nt * cfg.rows * cfg.acc_word_bytes
+    c_bytes = plan.mt * plan.nt * cfg.rows * cfg.acc_word_bytes // (2 if out_bf16 else 1)
     a_addr = _align(base_addr, page)
     idx_addr = _align(a_addr + a_bytes, page)
     b_addr = _align(idx_addr + idx_bytes, page)
@@ -316,7 +319,7 @@ def layout_gemm(cfg: SATConfig, m: int, n: int, k: int, *, plan: GemmPlan | None
     addr = prog_addr
     for blocks in segments:
         words = emit_gemm(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr, idx_addr=idx_addr,
-                          blocks=blocks) + [encode(Opcode.FINISH)]
+                          blocks=blocks, c_bf16=out_bf16) + [encode(Opcode.FINISH)]
         assert len(words) <= cfg.imem_depth
         programs.append((addr, tuple(words)))
         addr += len(words) * INSTRUCTION_BYTES
@@ -331,8 +334,8 @@ _FLOATS = (np.float16, np.float32, np.float64)
 
 
 def compile_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, *, plan: GemmPlan | None = None,
-                 base_addr: int = 0, bf16_bits: bool = False) -> Program:
-    """Compile ``C = A · B`` for ``cfg`` with its memory image.
+                 base_addr: int = 0, bf16_bits: bool = False, out_bf16: bool = False) -> Program:
+    """Compile ``C = A · B`` for ``cfg`` with its memory image (``out_bf16``: C stored as bf16).
 
     ``a`` ``[M, K]`` and ``b`` ``[K, N]`` are real floating-point arrays (float16, float32 or float64),
     rounded to bf16 (nearest even); with ``bf16_bits=True`` they are uint16 arrays of bf16 bit patterns
@@ -355,7 +358,7 @@ def compile_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, *, plan: GemmPlan
         raise ValueError(f"GEMM operands must be [M, K] and [K, N], got {a_bits.shape} and {b_bits.shape}")
     m, k = a_bits.shape
     n = b_bits.shape[1]
-    lay = layout_gemm(cfg, m, n, k, plan=plan, base_addr=base_addr)
+    lay = layout_gemm(cfg, m, n, k, plan=plan, base_addr=base_addr, out_bf16=out_bf16)
     return _program(cfg, lay, {"a": pack_a(cfg, a_bits), "b": pack_b(cfg, b_bits)})
 
 
@@ -385,7 +388,7 @@ def pack_indices(cfg: SATConfig, idx: np.ndarray) -> np.ndarray:
 
 
 def compile_sparse_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, n: int, m: int, *, plan: GemmPlan | None = None,
-                        base_addr: int = 0) -> Program:
+                        base_addr: int = 0, out_bf16: bool = False) -> Program:
     """Compile ``C = (A ⊙ mask) · B`` with A pruned N:M along K by the rule of :mod:`nmsat.hw.sparsity`.
 
     A is held compressed (slot values and IDX words); B is padded with zero rows to ``ceil(K/m)·m``.
@@ -400,7 +403,7 @@ def compile_sparse_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, n: int, m:
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"GEMM operands must be [M, K] and [K, N], got {a.shape} and {b.shape}")
     rows, k = a.shape
-    lay = layout_gemm(cfg, rows, b.shape[1], k, plan=plan, base_addr=base_addr, pattern=(n, m))
+    lay = layout_gemm(cfg, rows, b.shape[1], k, plan=plan, base_addr=base_addr, pattern=(n, m), out_bf16=out_bf16)
     values, idx = compress(a, n, m)
     groups = lay.plan.units
     b_bits = np.zeros((groups * m, b.shape[1]), dtype=np.uint16)
@@ -409,17 +412,20 @@ def compile_sparse_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, n: int, m:
 
 
 def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:
-    """The GEMM result ``C[M, N]`` (fp32) from a memory image after a run."""
+    """The GEMM result ``C[M, N]`` (fp32; a bf16 C widened exactly) from a memory image after a run."""
     cfg, plan = program.cfg, program.plan
     memory = program.memory if memory is None else memory
     addr, nbytes = program.regions["c"]
-    packed = memory[addr:addr + nbytes].view(np.float32).reshape(plan.mt, plan.nt, cfg.rows, cfg.cols)
+    raw = memory[addr:addr + nbytes]
+    values = numerics.bf16_bits_to_f32(raw.view(np.uint16)) if nbytes < plan.mt * plan.nt * cfg.rows * \
+        cfg.acc_word_bytes else raw.view(np.float32)
+    packed = values.reshape(plan.mt, plan.nt, cfg.rows, cfg.cols)
     return unpack_c(cfg, packed, plan.m, plan.n)
 
 
 def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_addr: int, idx_addr: int = 0,
               blocks: range | None = None, a_tile_stride: int | None = None,
-              c_row_stride: int | None = None) -> list[int]:
+              c_row_stride: int | None = None, c_bf16: bool = False) -> list[int]:
     """The instructions of one GEMM (no FINISH), double-buffered, with tokens placed.
 
     ``blocks`` (indices in block order, row of blocks by row) limits the program to those output blocks:
@@ -428,7 +434,8 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
     comes as the sparsifier's records (``nmsat.dataflow.sparsify``) instead of two packed arrays.
     ``c_row_stride``: store C row-major, row ``i`` at ``c_addr + i · c_row_stride`` bytes (its ``Nt · cols``
     columns contiguous, the last tiles' pad rows and columns included) instead of tile by tile — how a WU
-    GEMM leaves ``dW`` in the master weights' layout for WEIGHT_UPDATE.
+    GEMM leaves ``dW`` in the master weights' layout for WEIGHT_UPDATE.  ``c_bf16``: the STOREs round C to
+    bf16 (words of ``cols`` bf16).
 
     Tokens: the last LOAD of a step pushes to compute and the step's first GEMM
     pops it (data ready); the step's last GEMM pushes back to load and the
@@ -448,7 +455,8 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
         a_tile_bytes = idx_tile_bytes = a_tile_stride
     idx_chunk = _idx_words(kc * a_per)  # IDX words of a full chunk (a whole number of them but for the last)
     b_tile_bytes = units * b_per * cfg.b_word_bytes
-    c_tile_bytes = R * cfg.acc_word_bytes
+    c_word = cfg.acc_word_bytes // 2 if c_bf16 else cfg.acc_word_bytes
+    c_tile_bytes = R * c_word
     # per step: (loads, gemms, stores issued after the step); emitted software-pipelined below
     step_loads: list[list[int]] = []
     step_gemms: list[list[int]] = []
@@ -501,12 +509,12 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
         tiles = [(x, y, mi, nj) for x, mi in enumerate(mis) for y, nj in enumerate(njs)]
         for idx, (x, y, mi, nj) in enumerate(tiles):
             if c_row_stride is None:
-                where = dict(dram_addr=c_addr + (mi * plan.nt + nj) * c_tile_bytes, dram_stride=cfg.acc_word_bytes)
+                where = dict(dram_addr=c_addr + (mi * plan.nt + nj) * c_tile_bytes, dram_stride=c_word)
             else:
-                where = dict(dram_addr=c_addr + mi * R * c_row_stride + nj * cfg.acc_word_bytes,
-                             dram_stride=c_row_stride)
+                where = dict(dram_addr=c_addr + mi * R * c_row_stride + nj * c_word, dram_stride=c_row_stride)
             step_stores[-1].append(encode(Opcode.STORE, pop_prev=int(idx == 0), push_prev=int(idx == len(tiles) - 1),
-                              buffer=Buffer.ACC, sram_addr=acc_base + (x * len(njs) + y) * R, rows=R, **where))
+                              buffer=Buffer.ACC, sram_addr=acc_base + (x * len(njs) + y) * R, rows=R,
+                              bf16=int(c_bf16), **where))
         block_index += 1
     return software_pipelined(step_loads, step_gemms, step_stores)
 

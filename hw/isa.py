@@ -108,6 +108,7 @@ class MemArgs(data.Struct):
     rows: 16  # number of buffer words moved
     dram_addr: 40  # byte address of word 0; aligned to the bus
     dram_stride: 32  # bytes from one word to the next in DRAM
+    bf16: 1  # STORE: each fp32 accumulator rounded to bf16 (nearest even), words of cols·2 bytes; LOAD: 0
 
 
 class GemmArgs(data.Struct):
@@ -199,6 +200,7 @@ class Decoded:
     rows: int = 0
     dram_addr: int = 0
     dram_stride: int = 0
+    bf16: int = 0
     a_addr: int = 0
     b_addr: int = 0
     acc_addr: int = 0

@@ -101,6 +101,12 @@ def _word_bytes(cfg: SATConfig, buf: np.ndarray) -> np.ndarray:
     return np.select([buf == b.value for b in _BUFFERS], [cfg.word_bytes(b) for b in _BUFFERS], 0)
 
 
+def dram_word_bytes(cfg: SATConfig, f: dict[str, np.ndarray]) -> np.ndarray:
+    """Bytes of each LOAD/STORE word in memory: the buffer's word, half an ACC word for a bf16 STORE."""
+    bf16_store = (f["opcode"] == Opcode.STORE.value) & (f["bf16"] != 0)
+    return np.where(bf16_store, cfg.acc_word_bytes // 2, _word_bytes(cfg, f["buffer"]))
+
+
 def sparse_shape(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(slots, m, index words) of every instruction read as a SPARSE_GEMM (vectorised)."""
     slots = f["groups"] * f["n"]
@@ -122,14 +128,14 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     is_mem, is_gemm, is_finish = is_load | is_store, op == Opcode.GEMM.value, op == Opcode.FINISH.value
     is_sparse = op == Opcode.SPARSE_GEMM.value
     buf = f["buffer"]
-    word = _word_bytes(cfg, buf)
+    word = dram_word_bytes(cfg, f)
     depth = np.select([buf == b.value for b in _BUFFERS], [cfg.depth(b) for b in _BUFFERS], 0)
     # token flags that have no neighbour: the units form a ring, only FINISH has none
     no_neighbour = is_finish & ((f["pop_prev"] | f["pop_next"] | f["push_prev"] | f["push_next"]) != 0)
     flag(no_neighbour, ErrorCode.BAD_ARGS)
     # LOAD fills A, B or IDX; STORE drains ACC (the ACC buffer's ports belong to the drain and the STORE unit)
     flag(is_mem & ((is_store & (buf != Buffer.ACC.value)) | (is_load & (buf == Buffer.ACC.value))
-                   | (f["rows"] == 0)), ErrorCode.BAD_ARGS)
+                   | (f["rows"] == 0) | (is_load & (f["bf16"] != 0))), ErrorCode.BAD_ARGS)
     flag(is_mem & (f["sram_addr"] + f["rows"] > depth), ErrorCode.SRAM_RANGE)
     last_byte = f["dram_addr"] + (f["rows"] - 1) * f["dram_stride"] + word
     flag(is_mem & ((f["dram_addr"] % cfg.bus_bytes != 0) | (f["dram_stride"] % cfg.bus_bytes != 0)
@@ -334,7 +340,7 @@ class CoreModel:
 
         unit = [_UNIT_OF_OPCODE[o] for o in op[:stop_pc]]
         # per-instruction duration parameters: (GEMM: MAC cycles | transfers: data beats, LOAD bursts)
-        word = {b.value: cfg.word_bytes(b) for b in _BUFFERS}
+        words_of = dram_word_bytes(cfg, f)[:stop_pc].tolist()
         # reduction steps of a GEMM: k words, or the slots of a SPARSE_GEMM
         ks = np.where(f["opcode"][:stop_pc] == Opcode.SPARSE_GEMM.value, sparse_shape(f)[0][:stop_pc],
                       f["k"][:stop_pc]).tolist()
@@ -356,7 +362,7 @@ class CoreModel:
                 beats_of.append(timing.gemm_mac_cycles(ks[i]))
                 bursts_of.append(0)
             else:
-                wb = word[bufs[i]]
+                wb = words_of[i]
                 beats_of.append(timing.transfer_beats(cfg, rows_l[i], wb))
                 bursts_of.append(timing.burst_count(cfg, addrs[i], rows_l[i], wb, strides[i]) if unit[i] == LOAD else 0)
         # token channels as indices into CHANNELS, per instruction
@@ -493,7 +499,7 @@ class CoreModel:
                     continue
                 if unit[i] == COMPUTE or s[i] is None:
                     continue
-                wb = word[bufs[i]]
+                wb = words_of[i]
                 if addrs[i] + (rows_l[i] - 1) * strides[i] + wb <= memory_bytes:
                     continue
                 beat, through = _first_bad_beat(cfg, memory_bytes, addrs[i], rows_l[i], wb, strides[i])
@@ -728,7 +734,10 @@ class CoreModel:
             else:  # STORE
                 if pending_rows[sram:sram + rows].any():
                     flush()
-                self._write_rows(memory, addr, target[sram:sram + rows].view(np.uint8).reshape(rows, word), stride)
+                data = target[sram:sram + rows]
+                if f["bf16"][i]:  # each accumulator rounded to bf16
+                    data = numerics.f32_to_bf16_bits(data)
+                self._write_rows(memory, addr, np.ascontiguousarray(data).view(np.uint8).reshape(rows, -1), stride)
         flush()
 
 
@@ -786,7 +795,7 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
     hazards: list[Hazard] = []
     loads, stores = [], []  # memory windows: (lo, hi, first cycle, last cycle, pc)
     sparsify: list[tuple] = []  # (lo, hi, first cycle, last cycle, pc, "r" or "w")
-    word = _word_bytes(cfg, buf).tolist()
+    word = dram_word_bytes(cfg, f).tolist()
     ops, bufs = op.tolist(), buf.tolist()
     sram, rows_of, addr_of, stride_of = (f[x].tolist() for x in ("sram_addr", "rows", "dram_addr", "dram_stride"))
     k_of, a_of, b_of, acc_of = (f[x].tolist() for x in ("k", "a_addr", "b_addr", "acc_addr"))

@@ -188,7 +188,7 @@ def _base_program(b: _Builder, in_base: int, out_base: int) -> list[dict]:
             step_gemms.append(gemms)
             step_stores.append([])
             step += 1
-        stores = [b.store(block % 2, out_base) for _ in range(b.integer(1, 3))]
+        stores = [b.store(block % 2, out_base, bf16=int(rng.random() < 0.3)) for _ in range(b.integer(1, 3))]
         stores[0]["pop_prev"] = 1
         stores[-1]["push_prev"] = 1
         step_stores[-1] = stores
@@ -467,6 +467,7 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
         op = Opcode.LOAD if variant == "axi_load" else Opcode.STORE
         fault_pc = int(rng.choice([i for i, x in enumerate(instrs) if x["opcode"] is op]))
         x = instrs[fault_pc]
+        x["bf16"] = 0  # the span below is that of fp32 words
         word = cfg.word_bytes(x["buffer"])
         span = (x["rows"] - 1) * x["dram_stride"] + word
         # from a few beats before the end (the transfer straddles it) to well past it

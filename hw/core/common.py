@@ -3,7 +3,7 @@
 Not here: any unit (``load``, ``compute``, ``store`` ...) or the top level (``top``).
 """
 
-from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.hdl import Elaboratable, Module, Mux, Signal
 from amaranth.lib import data, stream
 from amaranth.lib.wiring import In, Out
 
@@ -12,7 +12,7 @@ from ..config import SATConfig
 from ..isa import Instruction
 
 __all__ = ["PC_BITS", "Entry", "clog2", "TokenCounter", "BurstWalker", "queue_signature", "vector_engine_ports",
-           "axi_master_constants", "vector_tokens_ok", "vector_engine_end"]
+           "axi_master_constants", "vector_tokens_ok", "vector_engine_end", "bf16_round"]
 
 PC_BITS = 21  # instruction index, up to 2^20 instructions (imem_depth <= 2^20)
 
@@ -173,3 +173,12 @@ def vector_engine_end(m: Module, engine, *, info, phase, draining: int, idle: in
                  engine.error_pc.eq(info.pc),
                  engine.busy.eq((phase != idle) | (outstanding != 0))]
     return outstanding
+
+
+def bf16_round(m: Module, name: str, value) -> Signal:
+    """fp32 bits → bf16 bits, round to nearest even, NaN → 0x7FC0 (``nmsat.hw.numerics.f32_to_bf16_bits``)."""
+    out = Signal(16, name=name)
+    nan = (value[23:31] == 0xFF) & (value[:23] != 0)
+    rounded = (value + 0x7FFF + value[16])[16:32]
+    m.d.comb += out.eq(Mux(nan, 0x7FC0, rounded))
+    return out

@@ -63,7 +63,7 @@ class Dispatcher(wiring.Component):
         no_neighbour = is_finish & (deps.pop_prev | deps.pop_next | deps.push_prev | deps.push_next)
         buf = memargs.buffer
         mem_bad_args = (is_load | is_store) & ((is_store & (buf != Buffer.ACC)) | (is_load & (buf == Buffer.ACC)) |
-                                               (memargs.rows == 0))
+                                               (memargs.rows == 0) | (is_load & memargs.bf16))
         depth = Signal(17)
         word_bytes = Signal(16)
         with m.Switch(buf):
@@ -72,7 +72,8 @@ class Dispatcher(wiring.Component):
                     m.d.comb += [depth.eq(cfg.depth(b)), word_bytes.eq(cfg.word_bytes(b))]
         sram_bad = (is_load | is_store) & (memargs.sram_addr + memargs.rows > depth)
         last_byte = Signal(64)
-        m.d.comb += last_byte.eq(memargs.dram_addr + (memargs.rows - 1) * memargs.dram_stride + word_bytes)
+        dram_word = Mux(is_store & memargs.bf16, cfg.acc_word_bytes // 2, word_bytes)  # a bf16 STORE's words
+        m.d.comb += last_byte.eq(memargs.dram_addr + (memargs.rows - 1) * memargs.dram_stride + dram_word)
         align = clog2(cfg.bus_bytes)
         dram_bad = (is_load | is_store) & ((memargs.dram_addr[:align] != 0) | (memargs.dram_stride[:align] != 0) |
                                            (last_byte > (1 << cfg.addr_bits)))

@@ -22,22 +22,13 @@ reference), the instruction's static checks (the dispatcher).
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
 
 from ..config import IDX_SLOTS_PER_WORD, SATConfig
 from ..isa import Opcode
-from .common import BurstWalker, Entry, axi_master_constants, vector_engine_end, vector_engine_ports, vector_tokens_ok
+from .common import (BurstWalker, Entry, axi_master_constants, bf16_round, vector_engine_end, vector_engine_ports,
+                     vector_tokens_ok)
 
 __all__ = ["SparsifyUnit"]
-
-
-def _bf16_rne(m: Module, name: str, value) -> Signal:
-    """fp32 bits → bf16 bits, round to nearest even, NaN → 0x7FC0 (``nmsat.hw.numerics.f32_to_bf16_bits``)."""
-    out = Signal(16, name=name)
-    nan = (value[23:31] == 0xFF) & (value[:23] != 0)
-    rounded = (value + 0x7FFF + value[16])[16:32]
-    m.d.comb += out.eq(Mux(nan, 0x7FC0, rounded))
-    return out
 
 
 class SparsifyUnit(wiring.Component):
@@ -167,7 +158,7 @@ class SparsifyUnit(wiring.Component):
                 k = Signal(name=f"kept_{r}_{j}")
                 m.d.comb += k.eq(valid[j] & (count < args.n))
                 kept.append(k)
-            rounded = [_bf16_rne(m, f"rank_bf16_{r}_{j}", values[j]) for j in range(M)]
+            rounded = [bf16_round(m, f"rank_bf16_{r}_{j}", values[j]) for j in range(M)]
             with m.If(rank):
                 for s in range(M):
                     m.d.sync += [sel_val[s][r].eq(0), sel_idx[s][r].eq(0)]

@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import SATConfig
 from ..timing import STORES_IN_FLIGHT
-from .common import PC_BITS, BurstWalker, Entry, queue_signature
+from .common import PC_BITS, BurstWalker, Entry, bf16_round, queue_signature
 
 __all__ = ["StoreUnit"]
 
@@ -47,6 +47,7 @@ class StoreUnit(wiring.Component):
         cfg = self.cfg
         bus_bits = cfg.bus_bytes * 8
         acc_word_beats = cfg.acc_word_bytes // cfg.bus_bytes
+        half_word_beats = cfg.acc_word_bytes // 2 // cfg.bus_bytes  # a bf16 STORE's words
         head = self.queue.payload
         reading = Signal()  # read stage: ACC read addresses for beats
         info = Entry(Signal(Entry.as_shape().size))
@@ -67,7 +68,7 @@ class StoreUnit(wiring.Component):
         beat_valid = start | reading
         args_now = info_now.inst.args.mem
         m.d.comb += self.acc_addr.eq(args_now.sram_addr + word_now)
-        last_in_word = in_word_now == acc_word_beats - 1
+        last_in_word = in_word_now == Mux(args_now.bf16, half_word_beats, acc_word_beats) - 1
         last_beat = last_in_word & (word_now == args_now.rows - 1)
         with m.If(beat_valid & ~w_stall):
             m.d.sync += info.eq(info_now)
@@ -98,7 +99,7 @@ class StoreUnit(wiring.Component):
         m.d.comb += [push_aw.eq(new_burst & ~aw_pushed & (~slot_valid | self.aw_ready)),
                      walker.load.eq(w_valid & w_first & ~aw_pushed), walker.addr.eq(w_args.dram_addr),
                      walker.rows.eq(w_args.rows), walker.stride.eq(w_args.dram_stride),
-                     walker.word_beats.eq(acc_word_beats), walker.step.eq(push_aw),
+                     walker.word_beats.eq(Mux(w_args.bf16, half_word_beats, acc_word_beats)), walker.step.eq(push_aw),
                      self.aw_valid.eq(slot_valid | push_aw),
                      self.aw_addr.eq(Mux(slot_valid, slot_addr, walker.burst_addr)),
                      self.aw_len.eq(Mux(slot_valid, slot_len, walker.burst_beats - 1))]
@@ -122,8 +123,12 @@ class StoreUnit(wiring.Component):
         with m.If(w_fire):
             m.d.sync += w_held.eq(0)
         w_word = Mux(w_held, w_hold, self.acc_data)
+        # bf16 STOREs: every accumulator rounded to nearest even (NaN canonical), the host's conversion
+        w_half = Cat(*(bf16_round(m, f"bf16_{c}", w_word[32 * c:32 * c + 32]) for c in range(cfg.cols)))
+        fp32_beat = w_word.word_select(w_in_word, bus_bits) if acc_word_beats > 1 else w_word
+        bf16_beat = w_half.word_select(w_in_word, bus_bits) if half_word_beats > 1 else w_half
         m.d.comb += [self.w_valid.eq(w_present), self.w_last.eq(beats_in_burst == 1),
-                     self.w_data.eq(w_word.word_select(w_in_word, bus_bits) if acc_word_beats > 1 else w_word)]
+                     self.w_data.eq(Mux(w_args.bf16, bf16_beat, fp32_beat))]
         # write responses: cumulative bursts per store, completion in order
         bursts_issued = Signal(32)
         b_count = Signal(32)

@@ -16,7 +16,7 @@ Not here: the fp units (:mod:`nmsat.hw.fp`), the static checks (the dispatcher).
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from ..config import SATConfig
 from ..fp import Fp32Adder, Fp32Multiplier

@@ -280,6 +280,12 @@ STATIC_CASES = [
      ErrorCode.SRAM_RANGE),
     (encode(Opcode.LOAD, buffer=Buffer.IDX, sram_addr=TINY.idx_depth - 1, rows=1, dram_addr=0x1000, dram_stride=8),
      ErrorCode.NONE),
+    # a LOAD does not convert; a bf16 STORE's words are half an ACC word (its end checked with them)
+    (encode(Opcode.LOAD, buffer=Buffer.B, rows=1, dram_addr=0x1000, dram_stride=8, bf16=1), ErrorCode.BAD_ARGS),
+    (encode(Opcode.STORE, buffer=Buffer.ACC, rows=2, dram_addr=0x3000 - 16, dram_stride=8, bf16=1),
+     ErrorCode.NONE),  # ends at the memory's end in bf16 words (fp32 words would reach past it)
+    (encode(Opcode.STORE, buffer=Buffer.ACC, rows=2, dram_addr=(1 << 32) - 8, dram_stride=8, bf16=1),
+     ErrorCode.DRAM_RANGE),
     # SPARSIFY: every static check once, and one that passes them
     (_sparsify(length=0), ErrorCode.BAD_ARGS), (_sparsify(n=0), ErrorCode.BAD_ARGS),
     (_sparsify(n=5, m_log2=2), ErrorCode.BAD_ARGS), (_sparsify(m_log2=1), ErrorCode.BAD_ARGS),
@@ -361,6 +367,15 @@ def verilator_results():
             jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial,
                                registers=tuple((int(r), v) for r, v in prog.registers.items())))
             names.append(f"sparsify after update {cout}x{k}/{groups}{' serial' if serial else ''}")
+    for i, pattern in enumerate([None, (2, 8), (3, 4)]):  # C stored as bf16 (a layer's output for the next)
+        m_, n_, k_ = (int(x) for x in rng.integers(1, 30, 3))
+        a_ = rng.standard_normal((m_, k_)).astype(np.float32)
+        b_ = rng.standard_normal((k_, n_)).astype(np.float32)
+        prog = compile_gemm(TINY, a_, b_, out_bf16=True) if pattern is None else \
+            compile_sparse_gemm(TINY, a_, b_, *pattern, out_bf16=True)
+        for serial in (False, True):
+            jobs.append(RtlJob(prog.memory, *prog.runs[0], serial, more_runs=tuple(prog.runs[1:])))
+            names.append(f"gemm bf16 out {pattern or 'dense'} {m_}x{n_}x{k_}{' serial' if serial else ''}")
     rng_step = np.random.default_rng(600)  # a linear layer's whole BDWP step: five programs on one memory
     w, v = rng_step.standard_normal((10, 21)).astype(np.float32), np.zeros((10, 21), np.float32)
     step = compile_linear_step(TINY, w, v, rng_step.standard_normal((21, 6)).astype(np.float32),
