@@ -1,6 +1,6 @@
 """Sparse FF and BP GEMMs of ResNet-18/CIFAR against dense, per layer, timing-only simulation.
 
-    python benchmarks/sparse_resnet18.py [--preset vcu1525] [--batch 32] [--patterns 1:8 2:8 4:8 2:4]
+    python benchmarks/sparse_resnet18.py [--preset vcu1525] [--batch 32] [--patterns 1:8 2:8 4:8 2:4] [--fp32-out]
 
 BDWP makes FF (``Y = W·X``, W pruned along K) and BP (``dX = Wᵀ·dY``, W pruned
 along Cout) N:M sparse; both are SPARSE_GEMMs with the weight as the
@@ -24,8 +24,8 @@ from nmsat.hw.config import SATConfig
 from nmsat.sim.core import CoreModel
 
 
-def cycles(core, cfg, g, pattern=None):
-    lay = layout_gemm(cfg, g.m, g.n, g.k, pattern=pattern)
+def cycles(core, cfg, g, pattern=None, out_bf16=False):
+    lay = layout_gemm(cfg, g.m, g.n, g.k, pattern=pattern, out_bf16=out_bf16)
     result = core.time_programs(words for _, words in lay.programs)
     assert result.ok, (g, pattern, result.error)
     return result.cycles * g.count
@@ -37,7 +37,11 @@ def main():
     parser.add_argument("--batch", type=int, default=32, help="training batch size (default: %(default)s)")
     parser.add_argument("--patterns", nargs="+", default=["1:8", "2:8", "4:8", "2:4"],
                         help="N:M patterns (default: %(default)s)")
+    parser.add_argument("--fp32-out", action="store_true",
+                        help="store FF and BP outputs as fp32 (default: bf16, as the next layer reads them; dW is "
+                             "always fp32, for the weight update)")
     args = parser.parse_args()
+    out16 = not args.fp32_out
     cfg = SATConfig.preset(args.preset)
     patterns = [tuple(int(x) for x in p.split(":")) for p in args.patterns]
     core = CoreModel(cfg)
@@ -47,7 +51,8 @@ def main():
     rows, share = [], {p: [] for p in patterns}
     step = {None: 0, **{p: 0 for p in patterns}}
     for g in gemms:
-        dense = cycles(core, cfg, g)
+        bf16 = out16 and g.stage != "WU"
+        dense = cycles(core, cfg, g, out_bf16=bf16)
         step[None] += dense
         sparse_stage = g.stage in ("FF", "BP") and g.layer not in (first, last)
         cells = []
@@ -57,7 +62,7 @@ def main():
             if g.stage == "WU":
                 cells.append("dense")
                 continue
-            c = cycles(core, cfg, g, p)
+            c = cycles(core, cfg, g, p, out_bf16=bf16)
             ideal = p[1] / p[0]
             ratio = dense / c
             if sparse_stage:
@@ -69,7 +74,8 @@ def main():
     wall = time.perf_counter() - t0
     head = " | ".join(f"{n}:{m} speedup (of {m / n:g}×)" for n, m in patterns)
     lines = [f"# Sparse FF/BP GEMMs, ResNet-18/CIFAR, batch {args.batch}, preset `{cfg.name}` "
-             f"({cfg.rows}x{cfg.cols}, {cfg.bus_bytes}-byte bus)", "",
+             f"({cfg.rows}x{cfg.cols}, {cfg.bus_bytes}-byte bus), FF/BP outputs stored as "
+             f"{'bf16' if out16 else 'fp32'}", "",
              f"| layer | stage | M | N | K | MMAC | dense cycles | {head} |",
              "|---|---|---|---|---|---|---|" + "---|" * len(patterns)]
     for g, dense, cells, sparse_stage in rows:
@@ -88,7 +94,8 @@ def main():
     lines += ["", f"Dense step: {step[None]} cycles. Simulator wall time (timing only, compile included): {wall:.1f} s."]
     text = "\n".join(lines)
     print(text)
-    out = Path(__file__).parent / "results" / f"sparse_resnet18_{cfg.name}_b{args.batch}.md"
+    suffix = "" if out16 else "_fp32out"
+    out = Path(__file__).parent / "results" / f"sparse_resnet18_{cfg.name}_b{args.batch}{suffix}.md"
     out.write_text(text + "\n")
 
 
