@@ -282,11 +282,13 @@ class GemmLayout:
 
 @functools.lru_cache(maxsize=128)
 def layout_gemm(cfg: SATConfig, m: int, n: int, k: int, *, plan: GemmPlan | None = None,
-                base_addr: int = 0, pattern: tuple[int, int] | None = None, out_bf16: bool = False) -> GemmLayout:
+                base_addr: int = 0, pattern: tuple[int, int] | None = None, out_bf16: bool = False,
+                relu: bool = False) -> GemmLayout:
     """Plan and emit a GEMM from its shape alone (enough for timing-only simulation).
 
     ``out_bf16``: C is stored as bf16 (each accumulator rounded to nearest even by the STORE), half the
-    bytes — how a layer's output feeds the next layer's GEMMs, whose operands are bf16 anyway.
+    bytes — how a layer's output feeds the next layer's GEMMs, whose operands are bf16 anyway.  ``relu``:
+    the STOREs apply ReLU (a fused activation).
 
     The program's length is known from the plan before anything is emitted;
     a GEMM longer than the instruction memory becomes several programs of
@@ -319,7 +321,7 @@ def layout_gemm(cfg: SATConfig, m: int, n: int, k: int, *, plan: GemmPlan | None
     addr = prog_addr
     for blocks in segments:
         words = emit_gemm(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr, idx_addr=idx_addr,
-                          blocks=blocks, c_bf16=out_bf16) + [encode(Opcode.FINISH)]
+                          blocks=blocks, c_bf16=out_bf16, c_relu=relu) + [encode(Opcode.FINISH)]
         assert len(words) <= cfg.imem_depth
         programs.append((addr, tuple(words)))
         addr += len(words) * INSTRUCTION_BYTES
@@ -334,8 +336,9 @@ _FLOATS = (np.float16, np.float32, np.float64)
 
 
 def compile_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, *, plan: GemmPlan | None = None,
-                 base_addr: int = 0, bf16_bits: bool = False, out_bf16: bool = False) -> Program:
-    """Compile ``C = A · B`` for ``cfg`` with its memory image (``out_bf16``: C stored as bf16).
+                 base_addr: int = 0, bf16_bits: bool = False, out_bf16: bool = False, relu: bool = False) -> Program:
+    """Compile ``C = A · B`` for ``cfg`` with its memory image (``out_bf16``: C stored as bf16; ``relu``:
+    ``max(C, 0)`` stored, fused into the STOREs).
 
     ``a`` ``[M, K]`` and ``b`` ``[K, N]`` are real floating-point arrays (float16, float32 or float64),
     rounded to bf16 (nearest even); with ``bf16_bits=True`` they are uint16 arrays of bf16 bit patterns
@@ -358,7 +361,7 @@ def compile_gemm(cfg: SATConfig, a: np.ndarray, b: np.ndarray, *, plan: GemmPlan
         raise ValueError(f"GEMM operands must be [M, K] and [K, N], got {a_bits.shape} and {b_bits.shape}")
     m, k = a_bits.shape
     n = b_bits.shape[1]
-    lay = layout_gemm(cfg, m, n, k, plan=plan, base_addr=base_addr, out_bf16=out_bf16)
+    lay = layout_gemm(cfg, m, n, k, plan=plan, base_addr=base_addr, out_bf16=out_bf16, relu=relu)
     return _program(cfg, lay, {"a": pack_a(cfg, a_bits), "b": pack_b(cfg, b_bits)})
 
 
@@ -425,7 +428,7 @@ def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:
 
 def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_addr: int, idx_addr: int = 0,
               blocks: range | None = None, a_tile_stride: int | None = None,
-              c_row_stride: int | None = None, c_bf16: bool = False) -> list[int]:
+              c_row_stride: int | None = None, c_bf16: bool = False, c_relu: bool = False) -> list[int]:
     """The instructions of one GEMM (no FINISH), double-buffered, with tokens placed.
 
     ``blocks`` (indices in block order, row of blocks by row) limits the program to those output blocks:
@@ -435,7 +438,7 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
     ``c_row_stride``: store C row-major, row ``i`` at ``c_addr + i · c_row_stride`` bytes (its ``Nt · cols``
     columns contiguous, the last tiles' pad rows and columns included) instead of tile by tile — how a WU
     GEMM leaves ``dW`` in the master weights' layout for WEIGHT_UPDATE.  ``c_bf16``: the STOREs round C to
-    bf16 (words of ``cols`` bf16).
+    bf16 (words of ``cols`` bf16); ``c_relu``: they apply ReLU first.
 
     Tokens: the last LOAD of a step pushes to compute and the step's first GEMM
     pops it (data ready); the step's last GEMM pushes back to load and the
@@ -514,7 +517,7 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
                 where = dict(dram_addr=c_addr + mi * R * c_row_stride + nj * c_word, dram_stride=c_row_stride)
             step_stores[-1].append(encode(Opcode.STORE, pop_prev=int(idx == 0), push_prev=int(idx == len(tiles) - 1),
                               buffer=Buffer.ACC, sram_addr=acc_base + (x * len(njs) + y) * R, rows=R,
-                              bf16=int(c_bf16), **where))
+                              bf16=int(c_bf16), relu=int(c_relu), **where))
         block_index += 1
     return software_pipelined(step_loads, step_gemms, step_stores)
 

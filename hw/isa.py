@@ -109,6 +109,7 @@ class MemArgs(data.Struct):
     dram_addr: 40  # byte address of word 0; aligned to the bus
     dram_stride: 32  # bytes from one word to the next in DRAM
     bf16: 1  # STORE: each fp32 accumulator rounded to bf16 (nearest even), words of cols·2 bytes; LOAD: 0
+    relu: 1  # STORE: each accumulator with its sign bit set stored as +0 (ReLU; NaNs are canonical, positive); LOAD: 0
 
 
 class GemmArgs(data.Struct):
@@ -201,6 +202,7 @@ class Decoded:
     dram_addr: int = 0
     dram_stride: int = 0
     bf16: int = 0
+    relu: int = 0
     a_addr: int = 0
     b_addr: int = 0
     acc_addr: int = 0

@@ -56,7 +56,7 @@ class Hazard:
     """Two instructions of different units touch the same buffer words or memory bytes, one of them
     writing, and the timing does not put the later one (in program order) after the earlier one."""
 
-    storage: str  # "A", "B", "IDX", "ACC" or "DRAM"
+    storage: str  # "A", "B", "IDX", "ACC" or "DRAM" (first_pc == second_pc: a SPARSIFY's output over its source)
     kind: str  # "read after write" or "write after read"
     first_pc: int  # earlier in program order
     second_pc: int
@@ -135,7 +135,7 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     flag(no_neighbour, ErrorCode.BAD_ARGS)
     # LOAD fills A, B or IDX; STORE drains ACC (the ACC buffer's ports belong to the drain and the STORE unit)
     flag(is_mem & ((is_store & (buf != Buffer.ACC.value)) | (is_load & (buf == Buffer.ACC.value))
-                   | (f["rows"] == 0) | (is_load & (f["bf16"] != 0))), ErrorCode.BAD_ARGS)
+                   | (f["rows"] == 0) | (is_load & ((f["bf16"] | f["relu"]) != 0))), ErrorCode.BAD_ARGS)
     flag(is_mem & (f["sram_addr"] + f["rows"] > depth), ErrorCode.SRAM_RANGE)
     last_byte = f["dram_addr"] + (f["rows"] - 1) * f["dram_stride"] + word
     flag(is_mem & ((f["dram_addr"] % cfg.bus_bytes != 0) | (f["dram_stride"] % cfg.bus_bytes != 0)
@@ -735,6 +735,8 @@ class CoreModel:
                 if pending_rows[sram:sram + rows].any():
                     flush()
                 data = target[sram:sram + rows]
+                if f["relu"][i]:  # ReLU: a set sign bit stores +0 (the accumulators' NaNs are canonical, positive)
+                    data = np.where(data.view(np.uint32) >> np.uint32(31) != 0, np.float32(0.0), data)
                 if f["bf16"][i]:  # each accumulator rounded to bf16
                     data = numerics.f32_to_bf16_bits(data)
                 self._write_rows(memory, addr, np.ascontiguousarray(data).view(np.uint8).reshape(rows, -1), stride)
@@ -843,6 +845,8 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
             dst = int(f["src_addr"][i]) + int(f["dst_offset"][i])
             sparsify.append((int(f["src_addr"][i]), src_end, s[i], s[i] + times.last_read, i, "r"))
             sparsify.append((dst, dst_end, s[i] + times.first_write, e[i], i, "w"))
+            if dst < src_end and dst_end > int(f["src_addr"][i]):  # its output over its own source: chunk order
+                hazards.append(Hazard("DRAM", "write after read", i, i))
         else:  # STORE
             lo, rows = sram[i], rows_of[i]
             access("ACC", "r", lo, lo + rows, s[i], s[i] + beats[i] - 1, i)

@@ -188,7 +188,8 @@ def _base_program(b: _Builder, in_base: int, out_base: int) -> list[dict]:
             step_gemms.append(gemms)
             step_stores.append([])
             step += 1
-        stores = [b.store(block % 2, out_base, bf16=int(rng.random() < 0.3)) for _ in range(b.integer(1, 3))]
+        stores = [b.store(block % 2, out_base, bf16=int(rng.random() < 0.3), relu=int(rng.random() < 0.3))
+                  for _ in range(b.integer(1, 3))]
         stores[0]["pop_prev"] = 1
         stores[-1]["push_prev"] = 1
         step_stores[-1] = stores
@@ -458,7 +459,7 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
         if rng.random() < 0.5:  # the source straddles the end or lies past it (the output after it, past it too)
             x["src_addr"] = (size - bus * b.integer(1, max(1, min(gap, src_span - 1) // bus)) if rng.random() < 0.6
                              else size + bus * b.integer(0, 64))
-            x["dst_offset"] = bus * b.integer(1, 64)
+            x["dst_offset"] = src_span + bus * b.integer(0, 64)  # after its source: never over it
         else:  # the output straddles the end or lies past it
             dst = (size - bus * b.integer(1, max(1, min(gap, out_span - 1) // bus)) if rng.random() < 0.6
                    else size + bus * b.integer(0, 64))

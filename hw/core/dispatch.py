@@ -63,7 +63,7 @@ class Dispatcher(wiring.Component):
         no_neighbour = is_finish & (deps.pop_prev | deps.pop_next | deps.push_prev | deps.push_next)
         buf = memargs.buffer
         mem_bad_args = (is_load | is_store) & ((is_store & (buf != Buffer.ACC)) | (is_load & (buf == Buffer.ACC)) |
-                                               (memargs.rows == 0) | (is_load & memargs.bf16))
+                                               (memargs.rows == 0) | (is_load & (memargs.bf16 | memargs.relu)))
         depth = Signal(17)
         word_bytes = Signal(16)
         with m.Switch(buf):

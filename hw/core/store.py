@@ -122,7 +122,10 @@ class StoreUnit(wiring.Component):
             m.d.sync += [w_hold.eq(self.acc_data), w_held.eq(1)]
         with m.If(w_fire):
             m.d.sync += w_held.eq(0)
-        w_word = Mux(w_held, w_hold, self.acc_data)
+        raw_word = Mux(w_held, w_hold, self.acc_data)
+        # ReLU on the way out: an accumulator with its sign bit set (negative, −0, −inf) goes out as +0
+        w_word = Cat(*(Mux(w_args.relu & raw_word[32 * c + 31], 0, raw_word[32 * c:32 * c + 32])
+                       for c in range(cfg.cols)))
         # bf16 STOREs: every accumulator rounded to nearest even (NaN canonical), the host's conversion
         w_half = Cat(*(bf16_round(m, f"bf16_{c}", w_word[32 * c:32 * c + 32]) for c in range(cfg.cols)))
         fp32_beat = w_word.word_select(w_in_word, bus_bits) if acc_word_beats > 1 else w_word

@@ -158,3 +158,29 @@ def test_c_stored_row_major_lands_in_a_row_major_array():
         (f32_to_bf16_bits(b).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
     assert np.allclose(c[:m, :n], ref, rtol=1e-5, atol=1e-5)
     assert np.isnan(c[:, 12:]).all()  # past Nt·cols: untouched
+
+
+@pytest.mark.parametrize("out_bf16", [False, True])
+def test_relu_and_bf16_on_store_are_the_rule_applied_to_the_fp32_result(out_bf16):
+    """``relu``: a set sign bit (negative, −0, −inf) stores +0; ``out_bf16``: then round to nearest even."""
+    from nmsat.hw.numerics import f32_to_bf16_bits
+    from nmsat.sim.core import CoreModel
+
+    cfg = SATConfig.tiny()
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((9, 12)).astype(np.float32), rng.standard_normal((12, 7)).astype(np.float32)
+    a[0] = 0.0  # a row of exact zeros: +0 results
+    a[1, :] = -np.float32(1e30)  # overflow to ±inf
+    plain = compile_gemm(cfg, a, b)
+    fused = compile_gemm(cfg, a, b, relu=True, out_bf16=out_bf16)
+    results = []
+    for prog in (plain, fused):
+        memory = prog.memory.copy()
+        assert CoreModel(cfg).run_sequence(memory, prog.runs).ok
+        results.append(read_c(prog, memory))
+    c = results[0]
+    expected = np.where(c.view(np.uint32) >> 31 != 0, np.float32(0), c)
+    if out_bf16:
+        expected = (f32_to_bf16_bits(expected).astype(np.uint32) << 16).view(np.float32)
+    assert np.array_equal(results[1].view(np.uint32), expected.view(np.uint32))
+    assert (results[1] >= 0).all() and (c < 0).any()

@@ -113,7 +113,7 @@ ERROR_RUNS = {
     # a SPARSIFY whose source runs past the end of the memory (its first beats come back, then DECERR)
     "sparsify-source-past-memory": (words_memory([
         encode(Opcode.SPARSIFY, src_addr=0x1F80, transpose=1, length=16, src_stride=0x40, n=2, m_log2=3,
-               dst_offset=0x40),
+               dst_offset=0x200),
         encode(Opcode.FINISH)], size=0x2000, data={0x1000: ONES}), 2, ErrorCode.AXI_ERROR),
     # a SPARSIFY whose output runs past the end: the words before it are written
     "sparsify-output-past-memory": (words_memory([
@@ -282,6 +282,7 @@ STATIC_CASES = [
      ErrorCode.NONE),
     # a LOAD does not convert; a bf16 STORE's words are half an ACC word (its end checked with them)
     (encode(Opcode.LOAD, buffer=Buffer.B, rows=1, dram_addr=0x1000, dram_stride=8, bf16=1), ErrorCode.BAD_ARGS),
+    (encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000, dram_stride=8, relu=1), ErrorCode.BAD_ARGS),
     (encode(Opcode.STORE, buffer=Buffer.ACC, rows=2, dram_addr=0x3000 - 16, dram_stride=8, bf16=1),
      ErrorCode.NONE),  # ends at the memory's end in bf16 words (fp32 words would reach past it)
     (encode(Opcode.STORE, buffer=Buffer.ACC, rows=2, dram_addr=(1 << 32) - 8, dram_stride=8, bf16=1),
@@ -371,8 +372,8 @@ def verilator_results():
         m_, n_, k_ = (int(x) for x in rng.integers(1, 30, 3))
         a_ = rng.standard_normal((m_, k_)).astype(np.float32)
         b_ = rng.standard_normal((k_, n_)).astype(np.float32)
-        prog = compile_gemm(TINY, a_, b_, out_bf16=True) if pattern is None else \
-            compile_sparse_gemm(TINY, a_, b_, *pattern, out_bf16=True)
+        prog = compile_gemm(TINY, a_, b_, out_bf16=True, relu=bool(i % 2 == 0)) if pattern is None else \
+            compile_sparse_gemm(TINY, a_, b_, *pattern, out_bf16=bool(i % 2))
         for serial in (False, True):
             jobs.append(RtlJob(prog.memory, *prog.runs[0], serial, more_runs=tuple(prog.runs[1:])))
             names.append(f"gemm bf16 out {pattern or 'dense'} {m_}x{n_}x{k_}{' serial' if serial else ''}")

@@ -289,3 +289,14 @@ def test_bad_calls_are_refused():
         core.run(np.zeros(1 << 13, dtype=np.uint8)[::2], 0, 1)
     with pytest.raises(TypeError, match="1-D numpy uint8"):
         core.run(np.zeros(64, dtype=np.float32), 0, 1)
+
+
+def test_a_sparsify_writing_over_its_own_source_is_a_hazard():
+    """Its chunks are read one after another, the earlier ones' output in between: the bytes depend on it."""
+    words = [encode(Opcode.SPARSIFY, src_addr=0x1000, transpose=1, length=16, src_stride=0x40, n=2, m_log2=3,
+                    dst_offset=0x20), encode(Opcode.FINISH)]
+    result = run_words(words)[0]
+    assert result.ok and [(h.first_pc, h.second_pc) for h in result.hazards] == [(0, 0)]
+    apart = [encode(Opcode.SPARSIFY, src_addr=0x1000, transpose=1, length=16, src_stride=0x40, n=2, m_log2=3,
+                    dst_offset=0x400), encode(Opcode.FINISH)]
+    assert run_words(apart)[0].race_free
