@@ -280,6 +280,9 @@ STATIC_CASES = [
      ErrorCode.SRAM_RANGE),
     (encode(Opcode.LOAD, buffer=Buffer.IDX, sram_addr=TINY.idx_depth - 1, rows=1, dram_addr=0x1000, dram_stride=8),
      ErrorCode.NONE),
+    # LOAD and STORE past the top of the address space (the random programs reach it only by chance)
+    (encode(Opcode.LOAD, buffer=Buffer.B, rows=2, dram_addr=(1 << 32) - 8, dram_stride=8), ErrorCode.DRAM_RANGE),
+    (encode(Opcode.STORE, buffer=Buffer.ACC, rows=1, dram_addr=(1 << 32) - 8, dram_stride=16), ErrorCode.DRAM_RANGE),
     # a LOAD does not convert; a bf16 STORE's words are half an ACC word (its end checked with them)
     (encode(Opcode.LOAD, buffer=Buffer.B, rows=1, dram_addr=0x1000, dram_stride=8, bf16=1), ErrorCode.BAD_ARGS),
     (encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000, dram_stride=8, relu=1), ErrorCode.BAD_ARGS),
