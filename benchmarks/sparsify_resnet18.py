@@ -23,7 +23,7 @@ from pathlib import Path
 from utilisation_resnet18 import resnet18_cifar
 
 from nmsat.dataflow.gemm import layout_gemm
-from nmsat.dataflow.sparsify import layout_sparsify
+from nmsat.dataflow.sparsify import layout_sparsify, update_instructions
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Opcode, encode
 from nmsat.sim.core import CoreModel
@@ -73,9 +73,8 @@ def main():
             lay = layout_sparsify(cfg, g.m * g.count, g.k, *p, groups=g.count)
             sp = lay.instructions()
             # the weight update first (a layer's gradients are ready after its WU GEMM), then its SPARSIFYs
-            update = encode(Opcode.WEIGHT_UPDATE, w_addr=lay.base, words=lay.master_bytes // (4 * cfg.rows),
-                            v_offset=lay.end - lay.base, g_offset=lay.end + lay.master_bytes - lay.base)
-            items = [(w, core.time_program([w, encode(Opcode.FINISH)]).cycles) for w in [update] + sp]
+            update = update_instructions(lay, lay.end, lay.end + lay.master_bytes)
+            items = [(w, core.time_program([w, encode(Opcode.FINISH)]).cycles) for w in update + sp]
             work[p][layer] = items
             cells.append(f"{items[0][1]} | {core.time_program(sp + [encode(Opcode.FINISH)]).cycles}")
         lines.append(f"| {layer} | {g.m * g.count} × {g.k} ({g.count}) | {len(work[patterns[0]][layer])} | "

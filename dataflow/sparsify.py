@@ -36,7 +36,7 @@ from ..hw.sparsity import check_pattern
 from .gemm import emit_gemm, pack_b, plan_gemm
 
 __all__ = ["SparsifyLayout", "layout_sparsify", "pack_master", "SparsifyProgram", "compile_sparsify", "read_form",
-           "compile_sparsified_gemm", "UpdateProgram", "compile_weight_update", "read_master"]
+           "compile_sparsified_gemm", "UpdateProgram", "update_instructions", "compile_weight_update", "read_master"]
 
 #: the widest source stride a SPARSIFY encodes (17 bits of bytes)
 MAX_SRC_STRIDE = (1 << 17) - 1
@@ -304,6 +304,22 @@ class UpdateProgram:
         return len(self.words)
 
 
+def update_instructions(lay: SparsifyLayout, v_addr: int, g_addr: int) -> list[int]:
+    """WEIGHT_UPDATEs of the master weights with momenta at ``v_addr`` and gradients at ``g_addr``: one per
+    at most 2^18 − 1 words (the field's width), each starting on a burst boundary."""
+    cfg = lay.cfg
+    word = 4 * cfg.rows
+    align = cfg.max_burst_beats * cfg.bus_bytes
+    per = ((1 << 18) - 1) * word // math.lcm(word, align) * math.lcm(word, align) // word  # words per instruction
+    total = lay.master_bytes // word
+    out = []
+    for first in range(0, total, per):
+        w = lay.base + first * word
+        out.append(encode(Opcode.WEIGHT_UPDATE, w_addr=w, words=min(per, total - first),
+                          v_offset=v_addr - lay.base, g_offset=g_addr - lay.base))
+    return out
+
+
 def _bits(x: float) -> int:
     return int(np.float32(x).view(np.uint32))
 
@@ -321,10 +337,7 @@ def compile_weight_update(cfg: SATConfig, weight: np.ndarray, momentum_buffer: n
     program_addr = _align(g_addr + lay.master_bytes, PAGE)
     if program_addr - lay.base >= 1 << 31:
         raise ValueError("compile_weight_update: a layer's arrays must span less than 2 GiB")
-    words = lay.master_bytes // (4 * cfg.rows)
-    update = encode(Opcode.WEIGHT_UPDATE, w_addr=lay.base, words=words, v_offset=v_addr - lay.base,
-                    g_offset=g_addr - lay.base)
-    program = [update] + lay.instructions() + [encode(Opcode.FINISH)]
+    program = update_instructions(lay, v_addr, g_addr) + lay.instructions() + [encode(Opcode.FINISH)]
     if len(program) > cfg.imem_depth:
         raise ValueError(f"compile_weight_update: {len(program)} instructions do not fit the instruction memory")
     blob = np.frombuffer(to_bytes(program), dtype=np.uint8)

@@ -24,7 +24,8 @@ from ..hw.config import SATConfig
 from ..hw.isa import Csr, Opcode, encode, to_bytes
 from ..hw.numerics import f32_to_bf16_bits
 from .gemm import emit_gemm, pack_a, pack_b, plan_gemm, unpack_c
-from .sparsify import PAGE, SparsifyLayout, _align, _bits, layout_sparsify, pack_master, read_master
+from .sparsify import (PAGE, SparsifyLayout, _align, _bits, layout_sparsify, pack_master, read_master,
+                       update_instructions)
 
 __all__ = ["LinearStep", "compile_linear_step"]
 
@@ -110,8 +111,7 @@ def compile_linear_step(cfg: SATConfig, weight: np.ndarray, momentum_buffer: np.
                   idx_addr=lay.bp_record(0, 0) + bp_slots * cfg.a_word_bytes, a_tile_stride=lay.record_bytes(cout)),
         emit_gemm(cfg, wu_plan, a_addr=regions["dy_a"][0], b_addr=regions["x_t"][0], c_addr=g_addr,
                   c_row_stride=lay.stride),
-        [encode(Opcode.WEIGHT_UPDATE, w_addr=lay.base, words=lay.master_bytes // (4 * cfg.rows),
-                v_offset=v_addr - lay.base, g_offset=g_addr - lay.base)] + lay.instructions(),
+        update_instructions(lay, v_addr, g_addr) + lay.instructions(),
     ]
     runs, blobs = [], []
     for words in programs:

@@ -107,6 +107,8 @@ class SATConfig:
              f"b_depth ({self.b_depth}) must be a multiple of the B buffer's {self.b_banks} banks (the largest sparse_m)")
         need(self.a_depth % IDX_SLOTS_PER_WORD == 0, f"a_depth ({self.a_depth}) must be a multiple of {IDX_SLOTS_PER_WORD} "
                                                     f"(the index buffer holds a quarter as many words)")
+        need(4 * self.sparsify_chunk // self.bus_bytes <= 255 and 4 * self.rows // self.bus_bytes <= 255,
+             f"a sparsifier row ({4 * max(self.sparsify_chunk, self.rows)} bytes of fp32) must be at most 255 bus beats")
         need(self.mem_read_latency >= 1 and self.mem_write_latency >= 1, "memory latencies must be >= 1 cycle")
         need(self.clock_mhz > 0, f"clock_mhz must be > 0, got {self.clock_mhz}")
 

@@ -62,7 +62,8 @@ class ErrorCode(enum.Enum, shape=4):
     BAD_OPCODE = 1  # illegal or reserved opcode
     SRAM_RANGE = 2  # buffer address + length past the buffer's depth, or LOAD/STORE to a wrong buffer
     DRAM_RANGE = 3  # DRAM address out of the address space or not aligned to the bus
-    BAD_ARGS = 4  # zero length, a token flag on FINISH, an N:M pattern the core lacks
+    BAD_ARGS = 4  # zero length, a token flag on FINISH, STORE not from ACC, LOAD into ACC or with bf16/relu, an N:M
+    #                pattern the core lacks
     TOKEN_OVERFLOW = 5  # a push past the token limit of a channel
     DEADLOCK = 6  # every unit waits for a token no one can push
     AXI_ERROR = 7  # SLVERR/DECERR on the memory port

@@ -56,7 +56,7 @@ class Hazard:
     """Two instructions of different units touch the same buffer words or memory bytes, one of them
     writing, and the timing does not put the later one (in program order) after the earlier one."""
 
-    storage: str  # "A", "B", "IDX", "ACC" or "DRAM" (first_pc == second_pc: a SPARSIFY's output over its source)
+    storage: str  # "A", "B", "IDX", "ACC" or "DRAM" (first_pc == second_pc: one instruction's arrays overlap)
     kind: str  # "read after write" or "write after read"
     first_pc: int  # earlier in program order
     second_pc: int
@@ -839,6 +839,9 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
                 sparsify.append((lo, lo + nbytes, s[i], s[i] + times.last_read, i, "r"))
             for lo in (w, v):
                 sparsify.append((lo, lo + nbytes, s[i] + times.first_write, e[i], i, "w"))
+            starts = sorted((w, v, g))  # overlapping arrays: later chunks read what earlier ones wrote
+            if starts[1] < starts[0] + nbytes or starts[2] < starts[1] + nbytes:
+                hazards.append(Hazard("DRAM", "read after write", i, i))
         elif o == Opcode.SPARSIFY.value:
             times = sched.sparsify[i]
             src_end, dst_end = (int(x[i]) for x in sparsify_extents(cfg, f))

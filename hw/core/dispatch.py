@@ -117,7 +117,7 @@ class Dispatcher(wiring.Component):
                                        (sp_dst_end > (1 << cfg.addr_bits)))
         # WEIGHT_UPDATE: some words; w, v and g aligned to a whole burst and inside the address space
         up = cur.args.update
-        up_bytes = Signal(32)
+        up_bytes = Signal(64)
         m.d.comb += up_bytes.eq(up.words * (4 * cfg.rows))
         burst_align = clog2(cfg.max_burst_beats * cfg.bus_bytes) if cfg.max_burst_beats * cfg.bus_bytes > 1 else 0
         up_ends = [up.w_addr + up_bytes, up.w_addr + up.v_offset + up_bytes, up.w_addr + up.g_offset + up_bytes]

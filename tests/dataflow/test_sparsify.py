@@ -45,3 +45,29 @@ def test_compile_refuses_non_float_or_non_matrix_weights():
         compile_sparsified_gemm(TINY, np.ones((4, 8), np.float32), np.ones((4, 2), np.float32), 2, 8)
     with pytest.raises(ValueError, match="direction"):
         compile_sparsified_gemm(TINY, np.ones((4, 8), np.float32), np.ones((8, 2), np.float32), 2, 8, direction="WU")
+
+
+def test_a_large_layer_is_updated_by_several_weight_updates_on_burst_boundaries():
+    """The words field holds 2^18 − 1: a 4096 × 4096 Linear at vcu1525 (524,288 words) takes three."""
+    from nmsat.dataflow.sparsify import update_instructions
+
+    cfg = SATConfig.vcu1525()
+    lay = layout_sparsify(cfg, 4096, 4096, 2, 8)
+    words = [decode(w) for w in update_instructions(lay, lay.end, lay.end + lay.master_bytes)]
+    assert len(words) == 3 and sum(w.words for w in words) == lay.master_bytes // (4 * cfg.rows)
+    align = cfg.max_burst_beats * cfg.bus_bytes
+    assert all(w.w_addr % align == 0 and w.w_addr + w.v_offset == lay.end + (w.w_addr - lay.base) for w in words)
+
+
+def test_overlapping_weight_update_arrays_are_a_hazard():
+    """Chunk by chunk, a later chunk would read what an earlier one wrote."""
+    from nmsat.hw.isa import Opcode, encode, to_bytes
+    from nmsat.sim.core import CoreModel
+
+    memory = np.zeros(0x4000, dtype=np.uint8)
+    for v_offset, g_offset, racy in ((128, 1024, True), (1024, 128, True), (1024, 2048, False)):
+        words = [encode(Opcode.WEIGHT_UPDATE, w_addr=0x1000, words=16, v_offset=v_offset, g_offset=g_offset),
+                 encode(Opcode.FINISH)]
+        memory[:32] = np.frombuffer(to_bytes(words), dtype=np.uint8)
+        result = CoreModel(TINY).run(memory.copy(), 0, 2)
+        assert result.ok and (result.hazards == []) is not racy, (v_offset, g_offset, result.hazards)
