@@ -66,6 +66,28 @@ def _leading_zeros(x: Value) -> tuple[Value, Value]:
     return tree(x)
 
 
+def _classify(x: Value, frac_bits: int):
+    """(sign, biased exponent, fraction, zero-or-subnormal, NaN, inf) of a float with an 8-bit exponent."""
+    exp, frac = x[frac_bits:frac_bits + 8], x[:frac_bits]
+    top = exp == 0xFF
+    return x[frac_bits + 8], exp, frac, exp == 0, top & (frac != 0), top & (frac == 0)
+
+
+def _product_out(m: Module, out, sign, a, b, overflow, underflow, normal) -> None:
+    """Drive a multiplier's fp32 result from the operands' classes (``_classify``): NaN (a NaN operand or
+    0 × inf), ±inf, ±0 (a zero operand or ``underflow``), else ``normal``."""
+    _, _, _, zero_a, nan_a, inf_a = a
+    _, _, _, zero_b, nan_b, inf_b = b
+    with m.If(nan_a | nan_b | (zero_a & inf_b) | (inf_a & zero_b)):
+        m.d.comb += out.eq(CANONICAL_NAN_F32)
+    with m.Elif(inf_a | inf_b | overflow):
+        m.d.comb += out.eq(Cat(Const(_INF_F32, 31), sign))
+    with m.Elif(zero_a | zero_b | underflow):
+        m.d.comb += out.eq(Cat(Const(0, 31), sign))
+    with m.Else():
+        m.d.comb += out.eq(normal)
+
+
 class Bf16Multiplier(wiring.Component):
     """Exact bf16 × bf16 product as fp32 (rule 2 of :mod:`nmsat.sim.numerics`).
 
@@ -92,14 +114,9 @@ class Bf16Multiplier(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        sign = self.a[15] ^ self.b[15]
-        exp_a, exp_b = self.a[7:15], self.b[7:15]
-        frac_a, frac_b = self.a[0:7], self.b[0:7]
-
-        zero_a, zero_b = exp_a == 0, exp_b == 0  # zero or subnormal (flushed)
-        max_a, max_b = exp_a == 0xFF, exp_b == 0xFF
-        nan_a, nan_b = max_a & (frac_a != 0), max_b & (frac_b != 0)
-        inf_a, inf_b = max_a & (frac_a == 0), max_b & (frac_b == 0)
+        a, b = _classify(self.a, 7), _classify(self.b, 7)  # zero covers subnormals (flushed)
+        sign = a[0] ^ b[0]
+        exp_a, exp_b, frac_a, frac_b = a[1], b[1], a[2], b[2]
 
         # 8 x 8 -> 16-bit significand product, value in [1, 4)
         sig = _net(m, "sig", Cat(frac_a, Const(1, 1)) * Cat(frac_b, Const(1, 1)))
@@ -109,21 +126,7 @@ class Bf16Multiplier(wiring.Component):
 
         # biased exponent of the product: ea + eb - 127 (+1 when sig >= 2), range -125 .. 382
         exp = _net(m, "exp", (exp_a + exp_b + top - 127).as_signed())
-        overflow = exp >= 0xFF
-        underflow = exp <= 0
-
-        is_nan = nan_a | nan_b | (zero_a & inf_b) | (inf_a & zero_b)
-        is_inf = inf_a | inf_b | overflow
-        is_zero = zero_a | zero_b | underflow
-
-        with m.If(is_nan):
-            m.d.comb += self.product.eq(CANONICAL_NAN_F32)
-        with m.Elif(is_inf):
-            m.d.comb += self.product.eq(Cat(Const(_INF_F32, 31), sign))
-        with m.Elif(is_zero):
-            m.d.comb += self.product.eq(Cat(Const(0, 31), sign))
-        with m.Else():
-            m.d.comb += self.product.eq(Cat(frac, exp[0:8], sign))
+        _product_out(m, self.product, sign, a, b, exp >= 0xFF, exp <= 0, Cat(frac, exp[0:8], sign))
         return m
 
 
@@ -295,13 +298,9 @@ class Fp32Multiplier(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        sign = self.a[31] ^ self.b[31]
-        exp_a, exp_b = self.a[23:31], self.b[23:31]
-        frac_a, frac_b = self.a[0:23], self.b[0:23]
-        zero_a, zero_b = exp_a == 0, exp_b == 0
-        max_a, max_b = exp_a == 0xFF, exp_b == 0xFF
-        nan_a, nan_b = max_a & (frac_a != 0), max_b & (frac_b != 0)
-        inf_a, inf_b = max_a & (frac_a == 0), max_b & (frac_b == 0)
+        a, b = _classify(self.a, 23), _classify(self.b, 23)
+        sign = a[0] ^ b[0]
+        exp_a, exp_b, frac_a, frac_b = a[1], b[1], a[2], b[2]
 
         # 24 x 24 -> 48-bit significand product, value in [1, 4)
         sig = _net(m, "sig", Cat(frac_a, Const(1, 1)) * Cat(frac_b, Const(1, 1)))
@@ -317,17 +316,6 @@ class Fp32Multiplier(wiring.Component):
         exp = _net(m, "exp", (exp_a + exp_b + top - 127).as_signed())  # biased exponent before rounding
         exp_rounded = _net(m, "exp_rounded", exp + carry)
         underflow = exp <= 0  # the exact product is below 2^-126
-        overflow = exp_rounded >= 0xFF
-
-        is_nan = nan_a | nan_b | (zero_a & inf_b) | (inf_a & zero_b)
-        is_inf = inf_a | inf_b | (overflow & ~underflow)
-        is_zero = zero_a | zero_b | underflow
-        with m.If(is_nan):
-            m.d.comb += self.product.eq(CANONICAL_NAN_F32)
-        with m.Elif(is_inf):
-            m.d.comb += self.product.eq(Cat(Const(_INF_F32, 31), sign))
-        with m.Elif(is_zero):
-            m.d.comb += self.product.eq(Cat(Const(0, 31), sign))
-        with m.Else():
-            m.d.comb += self.product.eq(Cat(rounded[0:23], exp_rounded[0:8], sign))
+        overflow = (exp_rounded >= 0xFF) & ~underflow
+        _product_out(m, self.product, sign, a, b, overflow, underflow, Cat(rounded[0:23], exp_rounded[0:8], sign))
         return m
