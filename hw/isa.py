@@ -17,11 +17,12 @@ Not here: timing (``nmsat.hw.timing``) or anything that depends on a config.
 from dataclasses import dataclass
 
 import numpy as np
+from amaranth.hdl import Shape, signed
 from amaranth.lib import data, enum
 
 __all__ = [
     "INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Buffer", "Unit", "ErrorCode", "Csr", "Status",
-    "Deps", "MemArgs", "GemmArgs", "SparseGemmArgs", "SparsifyArgs", "WeightUpdateArgs", "Instruction", "encode", "decode", "decode_program", "unit_of",
+    "Deps", "MemArgs", "GemmArgs", "SparseGemmArgs", "SparsifyArgs", "WeightUpdateArgs", "VectorArgs", "VectorFunc", "SIGNED_FIELDS", "Instruction", "encode", "decode", "decode_program", "unit_of",
 ]
 
 INSTRUCTION_BITS = 128
@@ -38,7 +39,17 @@ class Opcode(enum.Enum, shape=4):
     SPARSE_GEMM = 5  # acc[acc_addr + r] (+)= sum_j A[a_addr + j][r] * B[b_addr + (j//n)*m + idx_j[r]][:]
     SPARSIFY = 6  # fp32 weights in memory -> N:M compressed slot values + IDX words in memory (the sparsifier)
     WEIGHT_UPDATE = 7  # SGD with momentum and weight decay on fp32 master weights in memory
-    # 8..15 reserved
+    VECTOR = 8  # z = func(x, y) element by element on arrays in memory (the vector unit)
+    # 9..15 reserved
+
+
+class VectorFunc(enum.Enum, shape=4):
+    """VECTOR's element function (``nmsat.sim.numerics.vector_op`` is the rule); 4..15 are BAD_ARGS."""
+
+    ADD = 0  # x + y (residual adds, gradients meeting at a fork)
+    MUL = 1  # x · y
+    RELU_GRAD = 2  # x where y > 0, else +0 (ReLU's backward: x the output gradient, y the forward output)
+    MAX = 3  # the larger of x and y (−0 below +0); NaN if either is
 
 
 class Buffer(enum.Enum, shape=2):
@@ -165,12 +176,27 @@ class WeightUpdateArgs(data.Struct):
     g_offset: 31
 
 
+class VectorArgs(data.Struct):
+    """VECTOR: ``beats`` bus beats of elements (fp32, or bf16 if ``bf16``) from x at ``x_addr``, y and z at
+    ``x_addr`` plus ``y_offset`` / ``z_offset`` bursts (signed; a burst is ``max_burst_beats · bus_bytes`` bytes,
+    and all three arrays are aligned to one): ``z[i] = func(x[i], y[i])``.  z may be x or y (in place); it
+    must not overlap them otherwise.  ``bf16`` shares MemArgs' offset."""
+
+    x_addr: 40
+    beats: 18  # 1 .. 2^18 - 1
+    func: VectorFunc
+    y_offset: signed(22)  # in bursts
+    z_offset: signed(22)  # in bursts
+    bf16: 1  # elements are bf16 (computed in fp32, rounded to nearest even), else fp32
+
+
 class Args(data.Union):
     mem: MemArgs
     gemm: GemmArgs
     sparse: SparseGemmArgs
     sparsify: SparsifyArgs
     update: WeightUpdateArgs
+    vector: VectorArgs
 
 
 class Instruction(data.Struct):
@@ -185,7 +211,8 @@ assert Instruction.as_shape().size == INSTRUCTION_BITS, Instruction.as_shape().s
 def unit_of(opcode: Opcode) -> Unit | None:
     """Which queue an opcode goes to (FINISH goes to none)."""
     return {Opcode.LOAD: Unit.LOAD, Opcode.GEMM: Unit.COMPUTE, Opcode.SPARSE_GEMM: Unit.COMPUTE,
-            Opcode.STORE: Unit.STORE, Opcode.SPARSIFY: Unit.SPARSIFY, Opcode.WEIGHT_UPDATE: Unit.SPARSIFY}.get(opcode)
+            Opcode.STORE: Unit.STORE, Opcode.SPARSIFY: Unit.SPARSIFY, Opcode.WEIGHT_UPDATE: Unit.SPARSIFY,
+            Opcode.VECTOR: Unit.SPARSIFY}.get(opcode)
 
 
 @dataclass(frozen=True)
@@ -222,6 +249,11 @@ class Decoded:
     words: int = 0
     v_offset: int = 0
     g_offset: int = 0
+    x_addr: int = 0
+    beats: int = 0
+    func: int = 0
+    y_offset: int = 0
+    z_offset: int = 0
 
 
 def _field_offsets() -> dict[str, tuple[int, int]]:
@@ -234,7 +266,7 @@ def _field_offsets() -> dict[str, tuple[int, int]]:
         out[name] = (deps_off + f.offset, f.width)
     args_off = inst["args"].offset
     for group, layout in (("mem", MemArgs), ("gemm", GemmArgs), ("sparse", SparseGemmArgs),
-                          ("sparsify", SparsifyArgs), ("update", WeightUpdateArgs)):
+                          ("sparsify", SparsifyArgs), ("update", WeightUpdateArgs), ("vector", VectorArgs)):
         base = args_off + Args.as_shape()[group].offset
         for name, f in layout.as_shape():
             if name.startswith("_"):  # padding
@@ -246,6 +278,8 @@ def _field_offsets() -> dict[str, tuple[int, int]]:
 
 
 FIELDS = _field_offsets()
+#: fields held in two's complement: :func:`encode` takes them signed, :func:`decode_program` sign-extends them
+SIGNED_FIELDS = frozenset(name for name, f in VectorArgs.as_shape() if Shape.cast(f.shape).signed)
 
 
 def encode(opcode: Opcode, *, pop_prev=0, pop_next=0, push_prev=0, push_next=0, **args) -> int:
@@ -259,9 +293,11 @@ def encode(opcode: Opcode, *, pop_prev=0, pop_next=0, push_prev=0, push_next=0, 
         if field is None or name in _HEADER_FIELDS:
             raise ValueError(f"encode: unknown instruction field {name!r}")
         off, width = field
-        v = v.value if isinstance(v, Buffer) else int(v)
-        if not 0 <= v < 1 << width:
-            raise ValueError(f"encode: field {name}={v} does not fit in {width} bits")
+        v = v.value if isinstance(v, (Buffer, VectorFunc)) else int(v)
+        lo, hi = (-(1 << width - 1), 1 << width - 1) if name in SIGNED_FIELDS else (0, 1 << width)
+        if not lo <= v < hi:
+            raise ValueError(f"encode: field {name}={v} does not fit in {width}{' signed' if lo else ''} bits")
+        v &= (1 << width) - 1
         value |= v << off
     return value
 
@@ -290,7 +326,10 @@ def decode_program(blob: bytes) -> dict[str, np.ndarray]:
         else:
             low_bits = 64 - off
             val = (lo >> np.uint64(off)) | ((hi & np.uint64((1 << (width - low_bits)) - 1)) << np.uint64(low_bits))
-        out[name] = val.astype(np.int64)
+        val = val.astype(np.int64)
+        if name in SIGNED_FIELDS:
+            val = np.where(val >= 1 << width - 1, val - (1 << width), val)
+        out[name] = val
     return out
 
 

@@ -21,8 +21,8 @@ from .config import IDX_SLOTS_PER_WORD as IDX_SLOTS, SATConfig
 __all__ = ["bursts", "burst_count", "transfer_beats", "gemm_mac_cycles", "drain_cycles", "LOADS_IN_FLIGHT",
            "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES", "SparsifyShape",
            "sparsify_shape", "sparsify_chunk_groups", "sparsify_emit_cycles", "sparsify_read_beats", "SparsifyTimes", "sparsify_cycles",
-           "sparsify_events", "UPDATE_FIRST_CHUNK", "update_chunks", "update_cycles",
-           "update_events"]
+           "sparsify_events", "UPDATE_FIRST_CHUNK", "UPDATE_STREAMS", "VECTOR_STREAMS", "stream_chunks",
+           "stream_cycles", "stream_events", "update_beats", "update_chunks", "update_cycles", "update_events"]
 
 #: A LOAD may issue its addresses while at most this many earlier LOADs still receive data.
 LOADS_IN_FLIGHT = 1
@@ -223,52 +223,79 @@ def sparsify_events(cfg: SATConfig, shape: SparsifyShape, src_addr: int, src_str
 
 
 
-# ---------------------------------------------------------------------- the weight-update engine
+# ---------------------------------------------------------------------- the stream engine: WEIGHT_UPDATE, VECTOR
 
 
-#: the cycle (from its start) a WEIGHT_UPDATE addresses its first bursts
+#: the cycle (from its start) a stream instruction (WEIGHT_UPDATE, VECTOR) addresses its first bursts
 UPDATE_FIRST_CHUNK = 1
+#: (arrays read, arrays written) per chunk: WEIGHT_UPDATE reads w, v, g and writes w, v; VECTOR reads x, y, writes z
+UPDATE_STREAMS = (3, 2)
+VECTOR_STREAMS = (2, 1)
 
 
-def update_chunks(cfg: SATConfig, words: int) -> list[int]:
-    """Beats per chunk of a WEIGHT_UPDATE of ``words`` update words (``rows`` fp32 each): bursts of
+def stream_chunks(cfg: SATConfig, beats: int) -> list[int]:
+    """Beats per chunk of a stream instruction over ``beats`` beats of each array: bursts of
     ``max_burst_beats``, the last one shorter."""
-    beats = words * 4 * cfg.rows // cfg.bus_bytes
     full, rest = divmod(beats, cfg.max_burst_beats)
     return [cfg.max_burst_beats] * full + ([rest] if rest else [])
 
 
-def update_cycles(cfg: SATConfig, words: int) -> tuple[int, int, int]:
-    """(last read beat, first write beat, last busy cycle) of a WEIGHT_UPDATE that starts in cycle 0.
+def update_beats(cfg: SATConfig, words: int) -> int:
+    """Beats of each array of a WEIGHT_UPDATE of ``words`` update words (``rows`` fp32 each)."""
+    return words * 4 * cfg.rows // cfg.bus_bytes
+
+
+def update_chunks(cfg: SATConfig, words: int) -> list[int]:
+    """Beats per chunk of a WEIGHT_UPDATE of ``words`` update words."""
+    return stream_chunks(cfg, update_beats(cfg, words))
+
+
+def stream_cycles(cfg: SATConfig, beats: int, streams: tuple[int, int]) -> tuple[int, int, int]:
+    """(last read beat, first write beat, last busy cycle) of a stream instruction that starts in cycle 0,
+    reading ``streams[0]`` arrays and writing ``streams[1]``, ``beats`` beats each.
 
     Chunk by chunk (nb beats, first cycle t; the first chunk's is cycle 1, the
-    engine takes the instruction in cycle 0): the bursts of w, v and g are
-    addressed in t, t+1, t+2; their beats arrive continuously from t + Lr, the
-    g beats last, each g beat updating its w and v words as it arrives
-    (last in r = t + Lr + 3·nb − 1); the new w beats go out in r+2 … r+1+nb,
-    the new v beats after them; the next chunk starts the cycle after.  The
-    last write response, Lw after the last beat, ends it.
+    engine takes the instruction in cycle 0): one burst per array read is
+    addressed in t, t+1, …; their beats arrive continuously from t + Lr, the
+    last array's last (each of its beats computes its element lanes with the
+    buffered beats of the others as it arrives; last in r = t + Lr + R·nb − 1
+    for R arrays read); the results go out in r+2 …, one array's burst after
+    the other's (W·nb beats for W arrays written); the next chunk starts the
+    cycle after.  The last write response, Lw after the last beat, ends it.
     """
+    reads, writes = streams
     t, last_read = UPDATE_FIRST_CHUNK, 0
-    for nb in update_chunks(cfg, words):
-        last_read = t + cfg.mem_read_latency + 3 * nb - 1
-        t = last_read + 2 + 2 * nb
-    first_write = UPDATE_FIRST_CHUNK + cfg.mem_read_latency + 3 * update_chunks(cfg, words)[0] + 1
+    chunks = stream_chunks(cfg, beats)
+    for nb in chunks:
+        last_read = t + cfg.mem_read_latency + reads * nb - 1
+        t = last_read + 2 + writes * nb
+    first_write = UPDATE_FIRST_CHUNK + cfg.mem_read_latency + reads * chunks[0] + 1
     return last_read, first_write, t - 1 + cfg.mem_write_latency
 
 
-def update_events(cfg: SATConfig, w_addr: int, v_addr: int, g_addr: int, words: int):
-    """Every bus beat of a WEIGHT_UPDATE that starts in cycle 0: ``("r", cycle, address)`` arriving,
-    ``("w", cycle, address)`` sent (each write burst's response comes Lw after its last beat)."""
+def update_cycles(cfg: SATConfig, words: int) -> tuple[int, int, int]:
+    """:func:`stream_cycles` of a WEIGHT_UPDATE of ``words`` update words."""
+    return stream_cycles(cfg, update_beats(cfg, words), UPDATE_STREAMS)
+
+
+def stream_events(cfg: SATConfig, reads: tuple[int, ...], writes: tuple[int, ...], beats: int):
+    """Every bus beat of a stream instruction that starts in cycle 0, reading arrays at the byte addresses
+    ``reads`` and writing those at ``writes``: ``("r", cycle, address)`` arriving, ``("w", cycle, address)``
+    sent (each write burst's response comes Lw after its last beat)."""
     bus, lr = cfg.bus_bytes, cfg.mem_read_latency
     t, done = UPDATE_FIRST_CHUNK, 0
-    for nb in update_chunks(cfg, words):
-        for k, base in enumerate((w_addr, v_addr, g_addr)):
+    for nb in stream_chunks(cfg, beats):
+        for k, base in enumerate(reads):
             for b in range(nb):
                 yield "r", t + lr + k * nb + b, base + (done + b) * bus
-        r = t + lr + 3 * nb - 1
-        for k, base in enumerate((w_addr, v_addr)):
+        r = t + lr + len(reads) * nb - 1
+        for k, base in enumerate(writes):
             for b in range(nb):
                 yield "w", r + 2 + k * nb + b, base + (done + b) * bus
-        t = r + 2 + 2 * nb
+        t = r + 2 + len(writes) * nb
         done += nb
+
+
+def update_events(cfg: SATConfig, w_addr: int, v_addr: int, g_addr: int, words: int):
+    """:func:`stream_events` of a WEIGHT_UPDATE."""
+    return stream_events(cfg, (w_addr, v_addr, g_addr), (w_addr, v_addr), update_beats(cfg, words))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..hw.config import IDX_SLOTS_PER_WORD, SATConfig
-from ..hw.isa import INSTRUCTION_BYTES, Buffer, Csr, ErrorCode, Opcode, Status, decode_program, to_bytes
+from ..hw.isa import INSTRUCTION_BYTES, Buffer, Csr, ErrorCode, Opcode, Status, VectorFunc, decode_program, to_bytes
 from ..hw import timing
 from ..hw.sparsity import compress
 from . import numerics
@@ -41,7 +41,9 @@ LOAD, COMPUTE, STORE, SPARSIFY = 0, 1, 2, 3
 UNITS = (LOAD, COMPUTE, STORE, SPARSIFY)
 UNIT_NAMES = ("load", "compute", "store", "sparsify")
 _UNIT_OF_OPCODE = {Opcode.LOAD.value: LOAD, Opcode.GEMM.value: COMPUTE, Opcode.SPARSE_GEMM.value: COMPUTE,
-                   Opcode.STORE.value: STORE, Opcode.SPARSIFY.value: SPARSIFY, Opcode.WEIGHT_UPDATE.value: SPARSIFY}
+                   Opcode.STORE.value: STORE, Opcode.SPARSIFY.value: SPARSIFY, Opcode.WEIGHT_UPDATE.value: SPARSIFY,
+                   Opcode.VECTOR.value: SPARSIFY}
+_STREAM_OPS = (Opcode.WEIGHT_UPDATE.value, Opcode.VECTOR.value)  # the stream engine's (nmsat.hw.timing.stream_*)
 #: token channels of the ring load → compute → store → sparsify → load, each way (the core's order of them)
 CHANNELS = ("l2c", "c2l", "c2s", "s2c", "s2p", "p2s", "p2l", "l2p")
 L2C, C2L, C2S, S2C, S2P, P2S, P2L, L2P = range(8)
@@ -168,6 +170,15 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     flag(is_up & ((f["w_addr"] % align != 0) | (f["v_offset"] % align != 0) | (f["g_offset"] % align != 0)
                   | (f["w_addr"] + up_bytes > top) | (f["w_addr"] + f["v_offset"] + up_bytes > top)
                   | (f["w_addr"] + f["g_offset"] + up_bytes > top)), ErrorCode.DRAM_RANGE)
+    # VECTOR: some beats, a function it has; x, y and z aligned to a burst (x_addr; the offsets count bursts)
+    # and inside the address space
+    is_vec = op == Opcode.VECTOR.value
+    flag(is_vec & ((f["beats"] == 0) | (f["func"] >= len(VectorFunc))), ErrorCode.BAD_ARGS)
+    vec_bytes = f["beats"] * bus
+    vec_ends = [f["x_addr"] + vec_bytes, f["x_addr"] + f["y_offset"] * align + vec_bytes,
+                f["x_addr"] + f["z_offset"] * align + vec_bytes]
+    flag(is_vec & ((f["x_addr"] % align != 0) | (vec_ends[1] < vec_bytes) | (vec_ends[2] < vec_bytes)
+                   | (vec_ends[0] > top) | (vec_ends[1] > top) | (vec_ends[2] > top)), ErrorCode.DRAM_RANGE)
     bad = np.flatnonzero(code)
     if len(bad):
         return int(bad[0]), ErrorCode(int(code[bad[0]]))
@@ -187,10 +198,15 @@ def sparsify_extents(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[np.ndarr
     return src_end, dst_end
 
 
-def _update_regions(cfg: SATConfig, f: dict[str, np.ndarray], i: int) -> tuple[int, int, int, int]:
-    """(w, v, g byte addresses, words) of WEIGHT_UPDATE ``i``."""
-    w = int(f["w_addr"][i])
-    return w, w + int(f["v_offset"][i]), w + int(f["g_offset"][i]), int(f["words"][i])
+def _stream_regions(cfg: SATConfig, f: dict[str, np.ndarray], i: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """(byte addresses of the arrays read, of those written, beats of each) of stream instruction ``i``
+    (WEIGHT_UPDATE: w, v, g read, w and v written; VECTOR: x, y read, z written)."""
+    if int(f["opcode"][i]) == Opcode.WEIGHT_UPDATE.value:
+        w = int(f["w_addr"][i])
+        v, g = w + int(f["v_offset"][i]), w + int(f["g_offset"][i])
+        return (w, v, g), (w, v), timing.update_beats(cfg, int(f["words"][i]))
+    x, burst = int(f["x_addr"][i]), cfg.max_burst_beats * cfg.bus_bytes
+    return (x, x + int(f["y_offset"][i]) * burst), (x + int(f["z_offset"][i]) * burst,), int(f["beats"][i])
 
 
 def _sparsify_shape(cfg: SATConfig, f: dict[str, np.ndarray], i: int) -> tuple[timing.SparsifyShape, int, int]:
@@ -348,8 +364,9 @@ class CoreModel:
         beats_of, bursts_of = [], []
         sparsify_times: dict[int, timing.SparsifyTimes] = {}
         for i in range(stop_pc):
-            if op[i] == Opcode.WEIGHT_UPDATE.value:
-                last_read, first_write, end = timing.update_cycles(cfg, int(f["words"][i]))
+            if op[i] in _STREAM_OPS:
+                reads, writes, beats = _stream_regions(cfg, f, i)
+                last_read, first_write, end = timing.stream_cycles(cfg, beats, (len(reads), len(writes)))
                 sparsify_times[i] = timing.SparsifyTimes(last_read, first_write, end - cfg.mem_write_latency, end)
                 beats_of.append(0)
                 bursts_of.append(0)
@@ -492,7 +509,7 @@ class CoreModel:
         if memory_bytes is not None:
             for i in range(stop_pc):
                 if unit[i] == SPARSIFY and s[i] is not None:
-                    cycle = (self._update_bus_error(f, i, memory_bytes) if op[i] == Opcode.WEIGHT_UPDATE.value
+                    cycle = (self._stream_bus_error(f, i, memory_bytes) if op[i] in _STREAM_OPS
                              else self._sparsify_bus_error(f, i, memory_bytes))
                     if cycle is not None:
                         events.append((s[i] + cycle, ErrorCode.AXI_ERROR.value, 2, ErrorCode.AXI_ERROR, i))
@@ -558,38 +575,47 @@ class CoreModel:
                   if addr + bus > memory_bytes]
         return min(cycles, default=None)
 
-    def _update_bus_error(self, f: dict[str, np.ndarray], i: int, memory_bytes: int) -> int | None:
-        """Like :meth:`_sparsify_bus_error` for WEIGHT_UPDATE ``i`` (each write burst's response after its last beat)."""
+    def _stream_bus_error(self, f: dict[str, np.ndarray], i: int, memory_bytes: int) -> int | None:
+        """Like :meth:`_sparsify_bus_error` for stream instruction ``i`` (WEIGHT_UPDATE, VECTOR; each write
+        burst's response after its last beat)."""
         cfg = self.cfg
-        w, v, g, words = _update_regions(cfg, f, i)
-        nbytes = words * 4 * cfg.rows
-        if max(w, v, g) + nbytes <= memory_bytes:
+        reads, writes, beats = _stream_regions(cfg, f, i)
+        if max(reads + writes) + beats * cfg.bus_bytes <= memory_bytes:
             return None
         bus, lr, cycles = cfg.bus_bytes, cfg.mem_read_latency, []
         t, done = timing.UPDATE_FIRST_CHUNK, 0
-        for nb in timing.update_chunks(cfg, words):  # the schedule of timing.update_cycles, burst by burst
-            for k, base in enumerate((w, v, g)):
+        for nb in timing.stream_chunks(cfg, beats):  # the schedule of timing.stream_cycles, burst by burst
+            for k, base in enumerate(reads):
                 lo = base + done * bus
                 if lo + nb * bus > memory_bytes:  # its first beat past the end arrives then
                     cycles.append(t + lr + k * nb + max(0, (memory_bytes - lo) // bus))
-            r = t + lr + 3 * nb - 1
-            for k, base in enumerate((w, v)):
+            r = t + lr + len(reads) * nb - 1
+            for k, base in enumerate(writes):
                 if base + (done + nb) * bus > memory_bytes:  # the burst's response, after its last beat
                     cycles.append(r + 1 + (k + 1) * nb + cfg.mem_write_latency)
-            t, done = r + 2 + 2 * nb, done + nb
+            t, done = r + 2 + len(writes) * nb, done + nb
         return min(cycles, default=None)
 
     def _update(self, memory: np.ndarray, f: dict[str, np.ndarray], i: int) -> None:
         """Data effect of WEIGHT_UPDATE ``i``: :func:`nmsat.sim.numerics.sgd_update` on its three arrays."""
-        cfg = self.cfg
-        w_addr, v_addr, g_addr, words = _update_regions(cfg, f, i)
-        nbytes = words * 4 * cfg.rows
+        (w_addr, v_addr, g_addr), _, beats = _stream_regions(self.cfg, f, i)
+        nbytes = beats * self.cfg.bus_bytes
         w, v, g = (np.ascontiguousarray(self._read_rows(memory, a, 1, nbytes, nbytes)).view(np.float32).ravel()
                    for a in (w_addr, v_addr, g_addr))
         lr, mu, wd = (np.uint32(self.csr[reg]).view(np.float32) for reg in (Csr.LR, Csr.MOMENTUM, Csr.WEIGHT_DECAY))
         w_new, v_new = numerics.sgd_update(w, v, g, lr, mu, wd)
         self._write_rows(memory, w_addr, w_new.view(np.uint8).reshape(1, -1), nbytes)
         self._write_rows(memory, v_addr, v_new.view(np.uint8).reshape(1, -1), nbytes)
+
+    def _vector(self, memory: np.ndarray, f: dict[str, np.ndarray], i: int) -> None:
+        """Data effect of VECTOR ``i``: :func:`nmsat.sim.numerics.vector_op` element by element."""
+        (x_addr, y_addr), (z_addr,), beats = _stream_regions(self.cfg, f, i)
+        nbytes = beats * self.cfg.bus_bytes
+        dtype = np.uint16 if f["bf16"][i] else np.uint32
+        x, y = (np.ascontiguousarray(self._read_rows(memory, a, 1, nbytes, nbytes)).view(dtype).ravel()
+                for a in (x_addr, y_addr))
+        z = numerics.vector_op(VectorFunc(int(f["func"][i])), x, y)
+        self._write_rows(memory, z_addr, z.view(np.uint8).reshape(1, -1), nbytes)
 
     def write_csr(self, register: Csr, value: int) -> None:
         """A host write of a read-write register that instructions read (LR, MOMENTUM, WEIGHT_DECAY); they
@@ -724,6 +750,9 @@ class CoreModel:
             if op == Opcode.WEIGHT_UPDATE.value:
                 self._update(memory, f, i)
                 continue
+            if op == Opcode.VECTOR.value:
+                self._vector(memory, f, i)
+                continue
             buf, sram, rows, addr, stride = (int(f[x][i]) for x in ("buffer", "sram_addr", "rows", "dram_addr", "dram_stride"))
             target = {Buffer.A.value: self.a, Buffer.B.value: self.b, Buffer.ACC.value: self.acc,
                       Buffer.IDX.value: self.idx}[buf]
@@ -831,16 +860,22 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
             access(B, "r", b_of[i], b_of[i] + groups_of[i] * m_of[i], s[i], s[i] + j - 1, i)
             access(IDX, "r", idx_of[i], idx_of[i] + idx_words_of[i], s[i], s[i] + j - 1, i)
             access("ACC", "w", acc_of[i], acc_of[i] + R, t[i] + 1, e[i], i)
-        elif o == Opcode.WEIGHT_UPDATE.value:
+        elif o in _STREAM_OPS:
             times = sched.sparsify[i]
-            w, v, g, words = _update_regions(cfg, f, i)
-            nbytes = words * 4 * cfg.rows
-            for lo in (w, v, g):
+            reads, writes, beats = _stream_regions(cfg, f, i)
+            nbytes = beats * cfg.bus_bytes
+            for lo in reads:
                 sparsify.append((lo, lo + nbytes, s[i], s[i] + times.last_read, i, "r"))
-            for lo in (w, v):
+            for lo in writes:
                 sparsify.append((lo, lo + nbytes, s[i] + times.first_write, e[i], i, "w"))
-            starts = sorted((w, v, g))  # overlapping arrays: later chunks read what earlier ones wrote
-            if starts[1] < starts[0] + nbytes or starts[2] < starts[1] + nbytes:
+            # overlapping arrays: later chunks read what earlier ones wrote (WEIGHT_UPDATE: any two of w, v, g;
+            # VECTOR: z over x or y but exactly in place)
+            overlaps = lambda a, b: a < b + nbytes and b < a + nbytes  # noqa: E731
+            if o == Opcode.WEIGHT_UPDATE.value:
+                bad = any(overlaps(a, b) for j, a in enumerate(reads) for b in reads[j + 1:])
+            else:
+                bad = any(overlaps(writes[0], a) and writes[0] != a for a in reads)
+            if bad:
                 hazards.append(Hazard("DRAM", "read after write", i, i))
         elif o == Opcode.SPARSIFY.value:
             times = sched.sparsify[i]

@@ -15,7 +15,7 @@ from ..hw.numerics import CANONICAL_NAN_BF16, CANONICAL_NAN_F32, bf16_bits_to_f3
 
 __all__ = [
     "CANONICAL_NAN_F32", "CANONICAL_NAN_BF16", "f32_to_bf16_bits", "bf16_bits_to_f32", "flush_f32",
-    "mul_bf16", "add_f32", "mul_f32", "sgd_update", "mac_sequence", "mac_sequence_per_row",
+    "mul_bf16", "add_f32", "mul_f32", "sgd_update", "vector_op", "mac_sequence", "mac_sequence_per_row",
 ]
 
 
@@ -57,6 +57,36 @@ def sgd_update(w, v, g, lr, momentum, decay) -> tuple[np.ndarray, np.ndarray]:
     step = mul_f32(f32(lr), v_new)
     w_new = add_f32(w, (step.view(np.uint32) ^ np.uint32(0x80000000)).view(np.float32))
     return w_new, v_new
+
+
+def _order_key(bits: np.ndarray) -> np.ndarray:
+    """fp32 bits → unsigned keys in the order of their values, −0 just below +0 (not for NaNs)."""
+    return np.where(bits >> np.uint32(31) != 0, ~bits, bits | np.uint32(0x80000000)).astype(np.uint32)
+
+
+def vector_op(func, x_bits, y_bits) -> np.ndarray:
+    """VECTOR's element function on bit patterns: uint32 (fp32 elements) or uint16 (bf16, widened exactly,
+    the result rounded to nearest even).  Operands are read under the rule (subnormals as zeros of their
+    sign); every result is one of the rule: ADD :func:`add_f32`, MUL :func:`mul_f32`, RELU_GRAD ``x`` where
+    ``y > 0`` else +0, MAX the larger (−0 below +0; NaN if either is NaN); NaNs canonical."""
+    from ..hw.isa import VectorFunc
+    bf16 = np.asarray(x_bits).dtype == np.uint16
+    widen = bf16_bits_to_f32 if bf16 else (lambda b: np.asarray(b, dtype=np.uint32).view(np.float32))
+    x, y = flush_f32(widen(x_bits)), flush_f32(widen(y_bits))
+    func = VectorFunc(func)
+    if func is VectorFunc.ADD:
+        z = add_f32(x, y)
+    elif func is VectorFunc.MUL:
+        z = mul_f32(x, y)
+    elif func is VectorFunc.RELU_GRAD:
+        z = np.where(y > 0, x, np.float32(0.0)).astype(np.float32)
+    else:  # MAX
+        xb, yb = x.view(np.uint32), y.view(np.uint32)
+        nan = np.isnan(x) | np.isnan(y)
+        z = np.where(nan, CANONICAL_NAN_F32, np.where(_order_key(xb) >= _order_key(yb), xb, yb))
+        z = z.astype(np.uint32).view(np.float32)
+    z = flush_f32(z)
+    return f32_to_bf16_bits(z) if bf16 else z.view(np.uint32)
 
 
 _SAFE_PRODUCT = np.float32(2.0 ** -102)

@@ -8,12 +8,12 @@ is idle; serial mode waits for everything before each dispatch.
 Not here: the queues (the top level's FIFOs) or the units behind them.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import IDX_SLOTS_PER_WORD, SATConfig
-from ..isa import INSTRUCTION_BITS, Buffer, ErrorCode, Instruction, Opcode
+from ..isa import INSTRUCTION_BITS, Buffer, ErrorCode, Instruction, Opcode, VectorFunc
 from .common import PC_BITS, Entry, clog2
 from .fetch import imem_geometry
 
@@ -57,7 +57,8 @@ class Dispatcher(wiring.Component):
         is_gemm = is_dense | is_sparse
         is_sparsify = op == Opcode.SPARSIFY
         is_update = op == Opcode.WEIGHT_UPDATE
-        known = is_load | is_store | is_gemm | is_finish | is_sparsify | is_update
+        is_vector = op == Opcode.VECTOR
+        known = is_load | is_store | is_gemm | is_finish | is_sparsify | is_update | is_vector
         at_end = pc == self.program_len
         # the units form a ring (load → compute → store → sparsify → load): only FINISH has no neighbours
         no_neighbour = is_finish & (deps.pop_prev | deps.pop_next | deps.push_prev | deps.push_next)
@@ -126,22 +127,35 @@ class Dispatcher(wiring.Component):
                                    (up.g_offset[:burst_align] != 0) |
                                    (up_ends[0] > (1 << cfg.addr_bits)) | (up_ends[1] > (1 << cfg.addr_bits)) |
                                    (up_ends[2] > (1 << cfg.addr_bits)))
+        # VECTOR: some beats, a function it has; x, y and z burst-aligned (the offsets count bursts) and inside
+        # the address space
+        vec = cur.args.vector
+        burst = cfg.max_burst_beats * cfg.bus_bytes
+        vec_bytes = Signal(64)
+        m.d.comb += vec_bytes.eq(vec.beats * cfg.bus_bytes)
+        vec_ends = [Signal(signed(66), name=f"vec_end_{k}") for k in range(3)]
+        m.d.comb += [vec_ends[0].eq(vec.x_addr + vec_bytes), vec_ends[1].eq(vec.x_addr + vec.y_offset * burst + vec_bytes),
+                     vec_ends[2].eq(vec.x_addr + vec.z_offset * burst + vec_bytes)]
+        vector_bad = is_vector & ((vec.beats == 0) | (vec.func.as_value() >= len(VectorFunc)))
+        vector_dram = is_vector & ((vec.x_addr[:burst_align] != 0) | (vec_ends[1] < vec_bytes) | (vec_ends[2] < vec_bytes) |
+                                   (vec_ends[0] > (1 << cfg.addr_bits)) | (vec_ends[1] > (1 << cfg.addr_bits)) |
+                                   (vec_ends[2] > (1 << cfg.addr_bits)))
         code = self.static_code
         with m.If(at_end):
             m.d.comb += code.eq(ErrorCode.NO_FINISH)
         with m.Elif(~known):
             m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
-        with m.Elif(no_neighbour | mem_bad_args | gemm_zero | sparse_bad | sparsify_bad | update_bad):
+        with m.Elif(no_neighbour | mem_bad_args | gemm_zero | sparse_bad | sparsify_bad | update_bad | vector_bad):
             m.d.comb += code.eq(ErrorCode.BAD_ARGS)
         with m.Elif(sram_bad | gemm_range | sparse_range):
             m.d.comb += code.eq(ErrorCode.SRAM_RANGE)
-        with m.Elif(dram_bad | sparsify_dram | update_dram):
+        with m.Elif(dram_bad | sparsify_dram | update_dram | vector_dram):
             m.d.comb += code.eq(ErrorCode.DRAM_RANGE)
         m.d.comb += self.static_error.eq(self.running & (code != ErrorCode.NONE))
 
         target_ready = Mux(is_load, self.load_ready, Mux(is_gemm, self.compute_ready,
                                                          Mux(is_store, self.store_ready, self.sparsify_ready)))
-        to_vector = is_sparsify | is_update  # the sparsifier's queue, shared with the weight-update engine
+        to_vector = is_sparsify | is_update | is_vector  # the sparsifier's queue, shared with the stream engine
         m.d.comb += [dispatch.eq(self.running & ~self.static_error & (is_load | is_gemm | is_store | to_vector) &
                                  target_ready &
                                  (~self.serial | self.all_idle)),
