@@ -48,7 +48,7 @@ class VectorFunc(enum.Enum, shape=4):
 
     ADD = 0  # x + y (residual adds, gradients meeting at a fork)
     MUL = 1  # x · y
-    RELU_GRAD = 2  # x where y > 0, else +0 (ReLU's backward: x the output gradient, y the forward output)
+    RELU_GRAD = 2  # +0 where y <= 0, else x (ReLU's backward: x the output gradient, y the forward output)
     MAX = 3  # the larger of x and y (−0 below +0); NaN if either is
 
 

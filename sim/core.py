@@ -862,8 +862,8 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
             access("ACC", "w", acc_of[i], acc_of[i] + R, t[i] + 1, e[i], i)
         elif o in _STREAM_OPS:
             times = sched.sparsify[i]
-            reads, writes, beats = _stream_regions(cfg, f, i)
-            nbytes = beats * cfg.bus_bytes
+            reads, writes, stream_beats = _stream_regions(cfg, f, i)
+            nbytes = stream_beats * cfg.bus_bytes
             for lo in reads:
                 sparsify.append((lo, lo + nbytes, s[i], s[i] + times.last_read, i, "r"))
             for lo in writes:

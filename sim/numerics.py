@@ -67,8 +67,8 @@ def _order_key(bits: np.ndarray) -> np.ndarray:
 def vector_op(func, x_bits, y_bits) -> np.ndarray:
     """VECTOR's element function on bit patterns: uint32 (fp32 elements) or uint16 (bf16, widened exactly,
     the result rounded to nearest even).  Operands are read under the rule (subnormals as zeros of their
-    sign); every result is one of the rule: ADD :func:`add_f32`, MUL :func:`mul_f32`, RELU_GRAD ``x`` where
-    ``y > 0`` else +0, MAX the larger (−0 below +0; NaN if either is NaN); NaNs canonical."""
+    sign); every result is one of the rule: ADD :func:`add_f32`, MUL :func:`mul_f32`, RELU_GRAD +0 where
+    ``y ≤ 0`` else ``x`` (a NaN y passes x: torch's ``threshold_backward``), MAX the larger (−0 below +0; NaN if either is NaN); NaNs canonical."""
     from ..hw.isa import VectorFunc
     bf16 = np.asarray(x_bits).dtype == np.uint16
     widen = bf16_bits_to_f32 if bf16 else (lambda b: np.asarray(b, dtype=np.uint32).view(np.float32))
@@ -79,7 +79,7 @@ def vector_op(func, x_bits, y_bits) -> np.ndarray:
     elif func is VectorFunc.MUL:
         z = mul_f32(x, y)
     elif func is VectorFunc.RELU_GRAD:
-        z = np.where(y > 0, x, np.float32(0.0)).astype(np.float32)
+        z = np.where(y <= 0, np.float32(0.0), x).astype(np.float32)  # a NaN y passes x, as in torch
     else:  # MAX
         xb, yb = x.view(np.uint32), y.view(np.uint32)
         nan = np.isnan(x) | np.isnan(y)

@@ -46,7 +46,7 @@ import numpy as np
 from nmsat.dataflow.gemm import software_pipelined
 from nmsat.hw.config import SATConfig
 from nmsat.hw.timing import sparsify_shape
-from nmsat.hw.isa import Buffer, Csr, ErrorCode, Opcode, encode, to_bytes
+from nmsat.hw.isa import Buffer, Csr, ErrorCode, Opcode, VectorFunc, encode, to_bytes
 
 VARIANTS = ("done", "bad_opcode", "sram_range", "dram_range", "bad_args", "token_overflow", "deadlock",
             "axi_load", "axi_store", "axi_sparsify", "axi_fetch", "program_too_long", "no_finish")
@@ -249,6 +249,15 @@ def _add_sparsify(b: _Builder, instrs: list[dict], regions: dict[str, tuple[int,
                 sp.pop("_out")
                 cursor = out_base + out_bytes  # nothing after it in the output region
                 instrs.insert(b.integer(at + 1, len(instrs)), sp)
+    # a VECTOR on arrays only the vector unit touches (x, y, z a page each; z sometimes in place of x or y)
+    if rng.random() < 0.4:
+        x_base, _ = regions["vec"]
+        bf16 = int(rng.random() < 0.5)
+        burst = b.cfg.max_burst_beats * b.cfg.bus_bytes
+        z = int(rng.choice([2, 2, 0, 1])) * PAGE // burst
+        instrs.insert(b.integer(0, len(instrs)), dict(
+            opcode=Opcode.VECTOR, x_addr=x_base, beats=b.integer(1, min(80, PAGE // b.cfg.bus_bytes)),
+            func=VectorFunc(int(rng.integers(0, len(VectorFunc)))), bf16=bf16, y_offset=PAGE // burst, z_offset=z))
     stores = [i for i, x in enumerate(instrs) if x["opcode"] is Opcode.STORE]
     chain_base, chain_bytes = regions["sp_chain"]
     if stores and rng.random() < 0.5:  # s2p: a STORE writes the weights a SPARSIFY after it reads
@@ -298,7 +307,7 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
     cfg, rng = b.cfg, b.rng
     bus = cfg.bus_bytes
     if variant == "bad_opcode":
-        return int(rng.choice([0, *range(8, 16)])) | int(rng.integers(0, 1 << 60)) << 8
+        return int(rng.choice([0, *range(9, 16)])) | int(rng.integers(0, 1 << 60)) << 8
     if variant == "sram_range":
         kind = rng.choice(["load", "store", "gemm_a", "gemm_b", "gemm_acc", "sparse_a", "sparse_b", "sparse_idx"])
         if kind.startswith("sparse"):
@@ -341,6 +350,19 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
             key = {"w": "w_addr", "v": "v_offset", "g": "g_offset"}[kind]
             args[key] += bus * b.integer(1, max(1, align // bus - 1)) if align > bus else 1
         return encode(Opcode.WEIGHT_UPDATE, **args)
+    if variant == "dram_range" and rng.random() < 0.15:  # a VECTOR's arrays misaligned, below 0 or past the space
+        align = cfg.max_burst_beats * bus
+        args = dict(x_addr=PAGE, beats=b.integer(1, 8), func=VectorFunc.ADD, y_offset=PAGE // align,
+                    z_offset=2 * PAGE // align)
+        kind = rng.choice(["x", "below", "space"])
+        if kind == "x":
+            args["x_addr"] += bus * b.integer(1, max(1, align // bus - 1)) if align > bus else 1
+        elif kind == "below":
+            args[str(rng.choice(["y_offset", "z_offset"]))] = -(PAGE // align) - b.integer(1, 4)
+        else:
+            args["x_addr"] = (1 << cfg.addr_bits) - align
+            args["beats"] = cfg.max_burst_beats + b.integer(1, 8)
+        return encode(Opcode.VECTOR, **args)
     if variant == "dram_range" and cfg.sparse_m and rng.random() < 0.3:
         m = int(rng.choice(cfg.sparse_m))
         args = dict(src_addr=0, transpose=int(rng.random() < 0.5), length=b.integer(1, 40), n=1,
@@ -374,9 +396,12 @@ def _bad_instruction(b: _Builder, variant: str) -> int:
                       dram_stride=word)
     if variant == "bad_args":
         kind = rng.choice(["rows0", "store_a", "load_acc", "k0", "sparsify", "finish_flag", "store_idx", "sparse",
-                           "update"])
+                           "update", "vector"])
         if kind == "update":
             return encode(Opcode.WEIGHT_UPDATE, w_addr=0, words=0, v_offset=PAGE, g_offset=2 * PAGE)
+        if kind == "vector":  # no beats, or a function it lacks
+            beats, func = (0, 0) if rng.random() < 0.5 else (1, b.integer(len(VectorFunc), 15))
+            return encode(Opcode.VECTOR, x_addr=0, beats=beats, func=func, y_offset=1, z_offset=2)
         if kind == "rows0":
             return encode(Opcode.LOAD, buffer=Buffer.A, rows=0, dram_addr=0, dram_stride=cfg.a_word_bytes)
         if kind == "store_a":
@@ -431,9 +456,10 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
     out_base = in_base + b.in_bytes
     regions = {"sp_src": (out_base + b.out_bytes, 2 * PAGE), "sp_chain": (out_base + b.out_bytes + 2 * PAGE, PAGE),
                "sp_upd": (out_base + b.out_bytes + 3 * PAGE, 3 * PAGE),  # w, v, g of a WEIGHT_UPDATE, a page each
-               "sp_out": (out_base + b.out_bytes + 6 * PAGE, 4 * PAGE)}  # after every SPARSIFY source
+               "sp_out": (out_base + b.out_bytes + 6 * PAGE, 4 * PAGE),  # after every SPARSIFY source
+               "vec": (out_base + b.out_bytes + 10 * PAGE, 3 * PAGE)}  # x, y, z of a VECTOR, a page each
     gap = PAGE  # bytes no STORE writes and no LOAD reads, where a straddling transfer of the axi variants begins
-    size = out_base + b.out_bytes + 10 * PAGE + gap
+    size = out_base + b.out_bytes + 13 * PAGE + gap
     instrs = _add_sparsify(b, _base_program(b, in_base, out_base), regions)
     fault_pc = None
     if variant == "token_overflow":
@@ -498,6 +524,12 @@ def random_case(cfg: SATConfig, rng: np.random.Generator, variant: str | None = 
     memory[src:src + src_bytes] = weights.astype(np.float32).view(np.uint8)
     upd, upd_bytes = regions["sp_upd"]
     memory[upd:upd + upd_bytes] = rng.standard_normal(upd_bytes // 4).astype(np.float32).view(np.uint8)
+    # VECTOR operands: fp32 values with signed zeros, NaN, infinities, subnormals and ties among them (read as
+    # bf16, each word is two elements)
+    vec, vec_bytes = regions["vec"]
+    values = rng.standard_normal(vec_bytes // 4).astype(np.float32)
+    special = rng.choice(np.float32([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40, -1e-40, 1.0]), values.size)
+    memory[vec:vec + vec_bytes] = np.where(rng.random(values.size) < 0.2, special, values).view(np.uint8)
     memory[program_addr:program_addr + blob.size] = blob
     if variant == "program_too_long":
         program_len = int(rng.choice([0, cfg.imem_depth + 1, cfg.imem_depth + b.integer(2, 100)]))

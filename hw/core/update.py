@@ -144,7 +144,7 @@ class UpdateEngine(wiring.Component):
             results = []
             for x, y, mul, add in ((x0, y0, units["decay_w"], units["d"]), (x1, y1, units["mom_v"], units["v"])):
                 fx, fy = _flush(x), _flush(y)
-                positive = ~fy[31] & (fy[:31] != 0) & ~_is_nan(fy)
+                passes = ~((fy[:31] == 0) | (fy[31] & ~_is_nan(fy)))  # y ≤ 0 stops x; a NaN y passes it
                 larger = Mux(_is_nan(x) | _is_nan(y), 0x7FC00000,
                              Mux(_order_key(fx) >= _order_key(fy), fx, fy))
                 r = Signal(32, name=f"vec_{q}_{len(results)}")
@@ -154,7 +154,7 @@ class UpdateEngine(wiring.Component):
                     with m.Case(VectorFunc.MUL):
                         m.d.comb += r.eq(mul.product)
                     with m.Case(VectorFunc.RELU_GRAD):
-                        m.d.comb += r.eq(Mux(positive, fx, 0))
+                        m.d.comb += r.eq(Mux(passes, fx, 0))
                     with m.Default():
                         m.d.comb += r.eq(larger)
                 results.append(r)

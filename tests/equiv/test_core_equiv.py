@@ -22,8 +22,10 @@ from nmsat.dataflow.gemm import compile_gemm, compile_sparse_gemm
 from nmsat.dataflow.layers import conv2d_gemms
 from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify, compile_weight_update
 from nmsat.dataflow.step import compile_linear_step
+from nmsat.dataflow.vector import compile_vector
+from nmsat.hw.numerics import f32_to_bf16_bits
 from nmsat.hw.config import SATConfig
-from nmsat.hw.isa import Buffer, ErrorCode, Opcode, Status, encode, to_bytes
+from nmsat.hw.isa import Buffer, ErrorCode, Opcode, Status, VectorFunc, encode, to_bytes
 from nmsat.sim.core import CoreModel
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -59,6 +61,21 @@ def sparsified_gemm_program(cfg, cout, k, n_cols, pattern, direction, seed):
     w = rng.standard_normal((cout, k)).astype(np.float32)
     x = rng.standard_normal((k if direction == "FF" else cout, n_cols)).astype(np.float32)
     return compile_sparsified_gemm(cfg, w, x, *pattern, direction=direction)
+
+
+def vector_program(cfg, func, bf16, elements, seed, in_place=None):
+    """One VECTOR operation on awkward elements: signed zeros, NaN, infinities, subnormals, ties, normals."""
+    rng = np.random.default_rng(seed)
+    special = np.float32([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40, -1e-40, 1.0, -1.0])
+    x, y = (np.where(rng.random(elements) < 0.3, rng.choice(special, elements),
+                     rng.standard_normal(elements)).astype(np.float32) for _ in range(2))
+    y[::7] = x[::7]  # ties
+    if bf16:
+        x_bits, y_bits = f32_to_bf16_bits(x), f32_to_bf16_bits(y)
+        x_bits[:2], y_bits[2:4] = (0x0001, 0x8001), (0x0003, 0x807F)  # bf16 subnormals
+    else:
+        x_bits, y_bits = x.view(np.uint32), y.view(np.uint32)
+    return compile_vector(cfg, func, x_bits, y_bits, in_place=in_place)
 
 
 def update_program(cfg, cout, k, pattern, groups, seed):
@@ -124,6 +141,14 @@ ERROR_RUNS = {
     "update-past-memory": (words_memory([
         encode(Opcode.WEIGHT_UPDATE, w_addr=0x1000, words=24, v_offset=0x400, g_offset=0xF80),
         encode(Opcode.FINISH)], size=0x2000, data={0x1000: ONES * 96}), 2, ErrorCode.AXI_ERROR),
+    # a VECTOR whose y runs past the end of the memory (DECERR on its first beat past it), and one whose z does
+    # (the bursts before it are written)
+    "vector-y-past-memory": (words_memory([
+        encode(Opcode.VECTOR, x_addr=0x1000, beats=40, func=VectorFunc.ADD, y_offset=30, z_offset=4),
+        encode(Opcode.FINISH)], size=0x2000, data={0x1000: ONES * 96}), 2, ErrorCode.AXI_ERROR),
+    "vector-z-past-memory": (words_memory([
+        encode(Opcode.VECTOR, x_addr=0x1000, beats=40, func=VectorFunc.MUL, y_offset=0, z_offset=30, bf16=1),
+        encode(Opcode.FINISH)], size=0x2000, data={0x1000: ONES * 96}), 2, ErrorCode.AXI_ERROR),
     # a strided STORE whose last row is past the end: the rows before it are written
     "store-past-memory": (words_memory([
         encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000, dram_stride=8),
@@ -180,7 +205,9 @@ def test_amaranth_core_matches_simulator_after_work_then_an_error(name):
     assert_same(expected, memory, run_core_amaranth(TINY, image, 0, length), name)
     if name.startswith("sparsify-output"):
         assert memory[0x2000 - 40:0x2000 - 32].view(np.uint16).tolist() == [0x3F80] * 4  # a slot word was written
-    elif name not in ("load-past-memory", "sparsify-source-past-memory", "update-past-memory"):
+    elif name.startswith("vector-z"):
+        assert memory[0x1F00:0x2000].view(np.uint16).tolist() == [0x3F80] * 128  # the bursts before the end
+    elif name not in ("load-past-memory", "sparsify-source-past-memory", "update-past-memory", "vector-y-past-memory"):
         first_row = 0x2000 - 48 if name == "store-past-memory" else 0x2000
         assert memory[first_row:first_row + 16].view(np.float32).tolist() == [1.0] * 4  # a STORE did write
 
@@ -205,6 +232,15 @@ def test_amaranth_core_matches_simulator_on_a_weight_update_then_sparsify():
     assert expected.ok and expected.race_free and not np.array_equal(memory, prog.memory)
     rtl = run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length, registers=prog.registers)
     assert_same(expected, memory, rtl)
+
+
+@pytest.mark.parametrize("func,bf16,in_place", [(VectorFunc.RELU_GRAD, False, None), (VectorFunc.ADD, True, "y")])
+def test_amaranth_core_matches_simulator_on_vector(func, bf16, in_place):
+    prog = vector_program(TINY, func, bf16, 300, seed=func.value, in_place=in_place)  # several bursts, a short last
+    memory = prog.memory.copy()
+    expected = CoreModel(TINY).run(memory, prog.program_addr, prog.length)
+    assert expected.ok and expected.race_free and not np.array_equal(memory, prog.memory)
+    assert_same(expected, memory, run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length))
 
 
 def test_amaranth_core_matches_simulator_on_a_gemm_of_the_sparsifiers_form():
@@ -259,6 +295,12 @@ def _update(**args):
     return encode(Opcode.WEIGHT_UPDATE, **base)
 
 
+def _vector(**args):
+    base = dict(x_addr=0x1000, beats=8, func=VectorFunc.ADD, y_offset=2, z_offset=4)  # offsets in 128-byte bursts
+    base.update(args)
+    return encode(Opcode.VECTOR, **base)
+
+
 def _sparsify(**args):
     base = dict(src_addr=0x1000, transpose=1, length=13, src_stride=0x40, n=2, m_log2=3, dst_offset=0x800)
     base.update(args)
@@ -303,6 +345,14 @@ STATIC_CASES = [
     (_update(words=0), ErrorCode.BAD_ARGS), (_update(w_addr=0x1040), ErrorCode.DRAM_RANGE),
     (_update(v_offset=0x408), ErrorCode.DRAM_RANGE), (_update(g_offset=0x810), ErrorCode.DRAM_RANGE),
     (_update(w_addr=(1 << 32) - 0x80, words=9), ErrorCode.DRAM_RANGE), (_update(), ErrorCode.NONE),
+    # VECTOR: no beats; a function it lacks; x off a burst boundary; y or z below address 0; past the top of the
+    # address space (x, or z only); ones that pass (in place, bf16, a negative offset)
+    (_vector(beats=0), ErrorCode.BAD_ARGS), (_vector(func=4), ErrorCode.BAD_ARGS), (_vector(func=15), ErrorCode.BAD_ARGS),
+    (_vector(x_addr=0x1040), ErrorCode.DRAM_RANGE), (_vector(y_offset=-33), ErrorCode.DRAM_RANGE),
+    (_vector(z_offset=-33), ErrorCode.DRAM_RANGE), (_vector(x_addr=(1 << 32) - 0x80, beats=17), ErrorCode.DRAM_RANGE),
+    (_vector(x_addr=(1 << 32) - 0x200, z_offset=4), ErrorCode.DRAM_RANGE),
+    (_vector(z_offset=0, func=VectorFunc.MAX), ErrorCode.NONE),
+    (_vector(y_offset=-32, z_offset=-16, bf16=1, func=VectorFunc.RELU_GRAD), ErrorCode.NONE),
 ]
 
 
@@ -371,6 +421,13 @@ def verilator_results():
             jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial,
                                registers=tuple((int(r), v) for r, v in prog.registers.items())))
             names.append(f"sparsify after update {cout}x{k}/{groups}{' serial' if serial else ''}")
+    for func in VectorFunc:  # the vector unit: every function on fp32 and bf16 elements, in place and apart
+        for bf16 in (False, True):
+            prog = vector_program(TINY, func, bf16, 77 + 150 * bf16 + 31 * func.value, seed=700 + func.value,
+                                  in_place=[None, "x", "y"][(func.value + bf16) % 3])
+            for serial in (False, True):
+                jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
+                names.append(f"vector {func.name} {'bf16' if bf16 else 'fp32'}{' serial' if serial else ''}")
     for i, pattern in enumerate([None, (2, 8), (3, 4)]):  # C stored as bf16 (a layer's output for the next)
         m_, n_, k_ = (int(x) for x in rng.integers(1, 30, 3))
         a_ = rng.standard_normal((m_, k_)).astype(np.float32)

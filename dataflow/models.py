@@ -1,0 +1,250 @@
+"""The work of one training iteration of a model, layer by layer: GEMMs, vector-unit passes, weights.
+
+Shapes only (no torch, no numpy): each builder returns the model's layers in
+forward order as :class:`LayerWork` — its FF, BP and WU GEMMs
+(:mod:`nmsat.dataflow.layers`), the passes over memory the vector unit makes
+for it forward and backward (:class:`VectorPass`), and its weights if it has
+any (what the weight update and the sparsifier work on).  Built-in models
+(:data:`MODELS`): ResNet-18 and VGG-16 on CIFAR-10 shapes (32 × 32), ResNet-50
+on ImageNet shapes (224 × 224), ViT-S/16 (224 × 224, 197 tokens of 384).
+
+Which layers BDWP prunes follows ``nmsat.sw.bdwp`` and SAT: every conv and
+linear layer but the first and the last (``LayerWork.sparse``).
+
+Not here: cycles (``nmsat.sw.iteration`` times this work on the simulator),
+tiling, or the programs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .layers import GemmShape, conv2d_gemms, conv_output_size, linear_gemms
+
+__all__ = ["VectorPass", "LayerWork", "MODELS", "build_model", "resnet18_cifar", "vgg16_cifar", "resnet50_imagenet",
+           "vit_s16"]
+
+
+@dataclass(frozen=True)
+class VectorPass:
+    """One pass of the vector unit over memory: ``elements`` elements, ``reads`` arrays read and ``writes``
+    written (a stream instruction's shape, ``nmsat.hw.timing.stream_cycles``).  ``op`` names it; ``built``:
+    a VECTOR function does it today (else its cost is charged by the same stream rule, see
+    ``nmsat.sw.iteration``)."""
+
+    op: str
+    stage: str  # "FF" or "BP"
+    elements: int
+    reads: int
+    writes: int
+    bf16: bool = True
+    built: bool = False
+
+
+@dataclass(frozen=True)
+class LayerWork:
+    """One layer of the iteration: GEMMs, vector passes, and weights ``(cout, K per group, groups)`` if any."""
+
+    name: str
+    kind: str
+    gemms: tuple[GemmShape, ...] = ()
+    passes: tuple[VectorPass, ...] = ()
+    weights: tuple[int, int, int] | None = None
+    sparse: bool = False  # BDWP prunes its FF and BP
+
+    @property
+    def macs(self) -> int:
+        return sum(g.macs for g in self.gemms)
+
+
+@dataclass
+class _Builder:
+    batch: int
+    layers: list[LayerWork] = field(default_factory=list)
+
+    def conv(self, name, cin, cout, size, kernel, stride=1, padding=0, groups=1, first=False) -> int:
+        gemms = conv2d_gemms(name, self.batch, cin, cout, size, size, kernel, stride, padding, groups=groups)
+        if first:  # the data needs no gradient: no BP GEMM
+            gemms = [g for g in gemms if g.stage != "BP"]
+        self.layers.append(LayerWork(name, "conv2d", tuple(gemms), weights=(cout, cin // groups * kernel * kernel,
+                                                                             groups)))
+        return conv_output_size(size, kernel, stride, padding, 1)
+
+    def linear(self, name, tokens, fin, fout, first=False):
+        gemms = [g for g in linear_gemms(name, tokens, fin, fout) if not (first and g.stage == "BP")]
+        self.layers.append(LayerWork(name, "linear", tuple(gemms), weights=(fout, fin, 1)))
+
+    def norm(self, name, elements, kind="batchnorm"):
+        """Batch (or layer) norm: statistics then scale and shift forward; two reductions then the input
+        gradient backward (ReLU after it fused into its apply pass, and its gradient into the backward)."""
+        self.layers.append(LayerWork(name, kind, passes=(
+            VectorPass(f"{kind} statistics", "FF", elements, 1, 0), VectorPass(f"{kind} apply", "FF", elements, 1, 1),
+            VectorPass(f"{kind} grad reductions", "BP", elements, 2, 0),
+            VectorPass(f"{kind} input grad", "BP", elements, 2, 1))))
+
+    def relu_grad(self, name, elements):
+        """A ReLU not fused into a norm: forward fused into the STORE, backward one RELU_GRAD."""
+        self.layers.append(LayerWork(name, "relu", passes=(VectorPass("relu grad", "BP", elements, 2, 1, built=True),)))
+
+    def add(self, name, elements):
+        """A residual add forward, and the gradients of its two branches summed at the fork backward."""
+        self.layers.append(LayerWork(name, "add", passes=(VectorPass("add", "FF", elements, 2, 1, built=True),
+                                                          VectorPass("fork grad add", "BP", elements, 2, 1, built=True))))
+
+    def pool(self, name, in_elements, out_elements, kind):
+        """Max pooling (window, argmax kept) or global average pooling, and their gradients."""
+        if kind == "max":
+            passes = (VectorPass("maxpool", "FF", in_elements, 1, 1), VectorPass("maxpool grad", "BP", in_elements, 2, 1))
+        else:
+            passes = (VectorPass("avgpool", "FF", in_elements, 1, 0), VectorPass("avgpool grad", "BP", in_elements, 0, 1))
+        del out_elements  # the small side's traffic is inside the pass over the large one
+        self.layers.append(LayerWork(name, f"{kind}pool", passes=passes))
+
+    def elementwise(self, name, elements, kind, forward=(1, 1), backward=(2, 1)):
+        self.layers.append(LayerWork(name, kind, passes=(VectorPass(kind, "FF", elements, *forward),
+                                                         VectorPass(f"{kind} grad", "BP", elements, *backward))))
+
+    def loss(self, classes):
+        """Softmax cross-entropy: the gradient ``softmax(logits) − onehot`` from the logits (fp32)."""
+        e = self.batch * classes
+        self.layers.append(LayerWork("loss", "loss", passes=(VectorPass("softmax statistics", "FF", e, 1, 0, bf16=False),
+                                                             VectorPass("loss grad", "BP", e, 1, 1, bf16=False))))
+
+    def dense_gemm(self, name, gemms):
+        """Activation × activation GEMMs (attention): no weights, dense in BDWP too."""
+        self.layers.append(LayerWork(name, "matmul", tuple(gemms)))
+
+    def done(self) -> list[LayerWork]:
+        convs = [i for i, x in enumerate(self.layers) if x.weights is not None]
+        first, last = convs[0], convs[-1]
+        return [LayerWork(x.name, x.kind, x.gemms, x.passes, x.weights, sparse=x.weights is not None and
+                          i not in (first, last)) for i, x in enumerate(self.layers)]
+
+
+def resnet18_cifar(batch: int = 32) -> list[LayerWork]:
+    """ResNet-18 for CIFAR-10: 3×3 stem, four stages of two basic blocks, global average pool, fc 512 → 10."""
+    b = _Builder(batch)
+    size = b.conv("conv1", 3, 64, 32, 3, padding=1, first=True)
+    b.norm("bn1", batch * 64 * size * size)
+    cin = 64
+    for stage, cout in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            stride = 2 if (stage > 1 and block == 0) else 1
+            name = f"layer{stage}.{block}"
+            out = b.conv(f"{name}.conv1", cin, cout, size, 3, stride, 1)
+            e = batch * cout * out * out
+            b.norm(f"{name}.bn1", e)
+            b.conv(f"{name}.conv2", cout, cout, out, 3, 1, 1)
+            b.norm(f"{name}.bn2", e)
+            if stride != 1 or cin != cout:
+                b.conv(f"{name}.downsample", cin, cout, size, 1, stride)
+                b.norm(f"{name}.downsample.bn", e)
+            b.add(f"{name}.add", e)
+            b.relu_grad(f"{name}.relu", e)
+            cin, size = cout, out
+    b.pool("avgpool", batch * 512 * size * size, batch * 512, "avg")
+    b.linear("fc", batch, 512, 10)
+    b.loss(10)
+    return b.done()
+
+
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16_cifar(batch: int = 32) -> list[LayerWork]:
+    """VGG-16 with batch norm for CIFAR-10: 13 3×3 convs, five 2×2 max pools, one fc 512 → 10."""
+    b = _Builder(batch)
+    cin, size, n = 3, 32, 0
+    for item in VGG16:
+        if item == "M":
+            b.pool(f"pool{n}", batch * cin * size * size, batch * cin * (size // 2) ** 2, "max")
+            size //= 2
+            continue
+        n += 1
+        b.conv(f"conv{n}", cin, item, size, 3, padding=1, first=n == 1)
+        b.norm(f"bn{n}", batch * item * size * size)
+        cin = item
+    b.linear("fc", batch, 512, 10)
+    b.loss(10)
+    return b.done()
+
+
+def resnet50_imagenet(batch: int = 32) -> list[LayerWork]:
+    """ResNet-50 (torchvision's v1.5: stride on the 3×3) on 224 × 224: 7×7 stem, max pool, 3-4-6-3 bottlenecks,
+    global average pool, fc 2048 → 1000."""
+    b = _Builder(batch)
+    size = b.conv("conv1", 3, 64, 224, 7, 2, 3, first=True)
+    b.norm("bn1", batch * 64 * size * size)
+    b.pool("maxpool", batch * 64 * size * size, batch * 64 * (size // 2) ** 2, "max")
+    size //= 2
+    cin = 64
+    for stage, (blocks, width) in enumerate(((3, 64), (4, 128), (6, 256), (3, 512)), start=1):
+        for block in range(blocks):
+            stride = 2 if (stage > 1 and block == 0) else 1
+            name = f"layer{stage}.{block}"
+            cout = 4 * width
+            b.conv(f"{name}.conv1", cin, width, size, 1)
+            b.norm(f"{name}.bn1", batch * width * size * size)
+            out = b.conv(f"{name}.conv2", width, width, size, 3, stride, 1)
+            b.norm(f"{name}.bn2", batch * width * out * out)
+            b.conv(f"{name}.conv3", width, cout, out, 1)
+            e = batch * cout * out * out
+            b.norm(f"{name}.bn3", e)
+            if block == 0:
+                b.conv(f"{name}.downsample", cin, cout, size, 1, stride)
+                b.norm(f"{name}.downsample.bn", e)
+            b.add(f"{name}.add", e)
+            b.relu_grad(f"{name}.relu", e)
+            cin, size = cout, out
+    b.pool("avgpool", batch * 2048 * size * size, batch * 2048, "avg")
+    b.linear("fc", batch, 2048, 1000)
+    b.loss(1000)
+    return b.done()
+
+
+def vit_s16(batch: int = 32) -> list[LayerWork]:
+    """ViT-S/16 on 224 × 224: 16 × 16 patches (196 + the class token = 197 tokens of 384), 12 blocks of
+    6-head attention and a 1536-wide MLP, pre-norm, head 384 → 1000."""
+    b = _Builder(batch)
+    tokens, dim, heads, hidden = 197, 384, 6, 1536
+    head_dim = dim // heads
+    t = batch * tokens
+    b.conv("patch_embed", 3, dim, 224, 16, 16, first=True)
+    e = t * dim
+    pairs = batch * heads
+    for i in range(12):
+        name = f"blocks.{i}"
+        b.norm(f"{name}.norm1", e, "layernorm")
+        b.linear(f"{name}.attn.qkv", t, dim, 3 * dim)
+        # S = Q·Kᵀ and O = P·V per image and head; BP: dQ = dS·K, dK = dSᵀ·Q, dP = dO·Vᵀ, dV = Pᵀ·dO
+        b.dense_gemm(f"{name}.attn.scores", [
+            GemmShape(f"{name}.attn.scores", "FF", tokens, tokens, head_dim, pairs),
+            GemmShape(f"{name}.attn.scores", "BP", tokens, head_dim, tokens, 2 * pairs)])
+        b.elementwise(f"{name}.attn.softmax", pairs * tokens * tokens, "softmax", forward=(1, 1), backward=(2, 1))
+        b.dense_gemm(f"{name}.attn.values", [
+            GemmShape(f"{name}.attn.values", "FF", tokens, head_dim, tokens, pairs),
+            GemmShape(f"{name}.attn.values", "BP", tokens, tokens, head_dim, pairs),
+            GemmShape(f"{name}.attn.values", "BP", tokens, head_dim, tokens, pairs)])
+        b.linear(f"{name}.attn.proj", t, dim, dim)
+        b.add(f"{name}.add1", e)
+        b.norm(f"{name}.norm2", e, "layernorm")
+        b.linear(f"{name}.mlp.fc1", t, dim, hidden)
+        b.elementwise(f"{name}.mlp.gelu", t * hidden, "gelu")
+        b.linear(f"{name}.mlp.fc2", t, hidden, dim)
+        b.add(f"{name}.add2", e)
+    b.norm("norm", e, "layernorm")
+    b.linear("head", batch, dim, 1000)  # the class token only
+    b.loss(1000)
+    return b.done()
+
+
+MODELS = {"resnet18": resnet18_cifar, "vgg16": vgg16_cifar, "resnet50": resnet50_imagenet, "vit": vit_s16}
+
+
+def build_model(name: str, batch: int = 32) -> list[LayerWork]:
+    """The layers of a built-in model (:data:`MODELS`) at ``batch``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    return MODELS[name](batch)
