@@ -73,8 +73,10 @@ def vector_program(cfg, func, bf16, elements, seed, in_place=None):
     if bf16:
         x_bits, y_bits = f32_to_bf16_bits(x), f32_to_bf16_bits(y)
         x_bits[:2], y_bits[2:4] = (0x0001, 0x8001), (0x0003, 0x807F)  # bf16 subnormals
+        x_bits[4:6], y_bits[6:8] = (0x7F81, 0xFFC1), (0xFF85, 0x7FFF)  # NaNs with payloads
     else:
-        x_bits, y_bits = x.view(np.uint32), y.view(np.uint32)
+        x_bits, y_bits = x.view(np.uint32).copy(), y.view(np.uint32).copy()
+        x_bits[4:6], y_bits[6:8] = (0x7F800001, 0xFFC12345), (0xFF800100, 0x7FFFFFFF)  # NaNs with payloads
     return compile_vector(cfg, func, x_bits, y_bits, in_place=in_place)
 
 

@@ -1,0 +1,137 @@
+"""A model's iteration work (``nmsat.dataflow.models``) and its cycles (``nmsat.sw.iteration``).
+
+The built-in models' GEMM shapes are checked against torch definitions of the
+same networks written here (MACs of every conv and linear layer, FF/BP/WU, by
+``nmsat.sw.cost``); the vector passes a VECTOR function runs are charged what
+the simulator says those VECTORs take; BDWP at 2:8 makes the GEMMs faster and
+leaves the vector work alone.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from nmsat.dataflow.models import VGG16, VectorPass, build_model
+from nmsat.dataflow.vector import array_bytes, vector_instructions
+from nmsat.hw.config import SATConfig
+from nmsat.hw.isa import Opcode, VectorFunc, encode
+from nmsat.sim.core import CoreModel
+from nmsat.sw.cost import count_training_macs
+from nmsat.sw.iteration import pass_cycles, time_iteration
+
+
+class Basic(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.down = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x):
+        y = self.conv2(torch.relu(self.conv1(x)))
+        return torch.relu(y + (self.down(x) if self.down is not None else x))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin, width, stride, first):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.conv3 = nn.Conv2d(width, 4 * width, 1, bias=False)
+        self.down = nn.Conv2d(cin, 4 * width, 1, stride, bias=False) if first else None
+
+    def forward(self, x):
+        y = self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+        return torch.relu(y + (self.down(x) if self.down is not None else x))
+
+
+def torch_resnet18():
+    blocks, cin = [nn.Conv2d(3, 64, 3, 1, 1, bias=False)], 64
+    for stage, cout in enumerate((64, 128, 256, 512)):
+        for block in range(2):
+            blocks.append(Basic(cin, cout, 2 if stage and not block else 1))
+            cin = cout
+    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10))
+
+
+def torch_vgg16():
+    layers, cin = [], 3
+    for item in VGG16:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(cin, item, 3, padding=1), nn.ReLU()]
+            cin = item
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, 10))
+
+
+def torch_resnet50():
+    layers, cin = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1)], 64
+    for stage, (blocks, width) in enumerate(((3, 64), (4, 128), (6, 256), (3, 512))):
+        for block in range(blocks):
+            layers.append(Bottleneck(cin, width, 2 if stage and not block else 1, block == 0))
+            cin = 4 * width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
+
+
+@pytest.mark.parametrize("name,model,size", [("resnet18", torch_resnet18, 32), ("vgg16", torch_vgg16, 32),
+                                             ("resnet50", torch_resnet50, 224)])
+def test_model_gemms_have_the_macs_of_the_torch_network(name, model, size):
+    batch = 2
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size, requires_grad=False)
+    cost = count_training_macs(model(), x)
+    ours = [layer for layer in build_model(name, batch) if layer.weights is not None]
+    assert len(ours) == len(cost.layers)
+    for mine, theirs in zip(ours, cost.layers):
+        by_stage = {s: sum(g.macs for g in mine.gemms if g.stage == s) for s in ("FF", "BP", "WU")}
+        assert (by_stage["FF"], by_stage["BP"], by_stage["WU"]) == (theirs.dense_ff, theirs.dense_bp, theirs.dense_wu), \
+            mine.name
+    sparse = [layer.sparse for layer in ours]
+    assert sparse == [False] + [True] * (len(ours) - 2) + [False]  # BDWP: all but the first and the last
+
+
+def test_vit_has_the_shapes_of_vit_s16():
+    layers = build_model("vit", 1)
+    linear = [layer for layer in layers if layer.kind == "linear"]
+    assert len(linear) == 12 * 4 + 1
+    per_image = sum(layer.macs for layer in layers) / 3  # FF + BP + WU are each about one forward's MACs
+    assert 4.0e9 < per_image < 5.0e9  # ViT-S/16 at 224: 4.6 GMAC forward (timm), BP of the patch embedding aside
+
+
+@pytest.mark.parametrize("elements,bf16", [(1000, True), (4096 * 33 + 5, False)])
+def test_built_vector_passes_cost_what_the_simulator_says_their_vectors_take(elements, bf16):
+    """A residual add / ReLU gradient is charged the cycles of the VECTOR that does it."""
+    cfg = SATConfig.vcu1525()
+    size = array_bytes(cfg, elements, bf16)
+    words = vector_instructions(cfg, VectorFunc.ADD, 0, size, 2 * size, elements, bf16=bf16)
+    core = CoreModel(cfg)
+    busy = core.time_program(words + [encode(Opcode.FINISH)]).busy["sparsify"]
+    assert pass_cycles(cfg, VectorPass("add", "FF", elements, 2, 1, bf16=bf16, built=True)) == busy
+
+
+def test_bdwp_speeds_up_the_gemms_and_leaves_the_vector_work():
+    cfg = SATConfig.vcu1525()
+    layers = build_model("resnet18", 4)
+    core = CoreModel(cfg)
+    dense = time_iteration(cfg, layers, None, core=core)
+    sparse = time_iteration(cfg, layers, (2, 8), core=core)
+    assert sparse.vector == dense.vector > 0
+    assert 1.3 < dense.gemm / sparse.gemm < 2.0
+    assert dense.total > sparse.total
+    no_pregen = time_iteration(cfg, layers, (2, 8), pregeneration=False, core=core)
+    assert no_pregen.total == sparse.total - sparse.pregen_charged + sparse.pregen > sparse.total
+    first, last = sparse.layers[0], [x for x in sparse.layers if x.kind == "linear"][-1]
+    assert not first.sparse and not last.sparse and first.bp == 0
+
+
+def test_bad_patterns_and_models_are_clear_errors():
+    cfg = SATConfig.tiny()
+    with pytest.raises(ValueError, match="m in"):
+        time_iteration(cfg, build_model("resnet18", 1), (2, 16))
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("alexnet")
+    with pytest.raises(ValueError, match="batch"):
+        build_model("vgg16", 0)
+    assert np.isfinite(pass_cycles(cfg, VectorPass("x", "FF", 1, 1, 1)))
