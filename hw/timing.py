@@ -22,7 +22,7 @@ __all__ = ["bursts", "burst_count", "transfer_beats", "gemm_mac_cycles", "drain_
            "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES", "SparsifyShape",
            "sparsify_shape", "sparsify_chunk_groups", "sparsify_emit_cycles", "sparsify_read_beats", "SparsifyTimes", "sparsify_cycles",
            "sparsify_events", "UPDATE_FIRST_CHUNK", "UPDATE_STREAMS", "VECTOR_STREAMS", "stream_chunks",
-           "stream_cycles", "stream_events", "update_beats", "update_chunks", "update_cycles", "update_events"]
+           "StreamChunk", "stream_schedule", "stream_cycles", "stream_events", "update_beats", "update_chunks", "update_cycles", "update_events"]
 
 #: A LOAD may issue its addresses while at most this many earlier LOADs still receive data.
 LOADS_IN_FLIGHT = 1
@@ -250,27 +250,57 @@ def update_chunks(cfg: SATConfig, words: int) -> list[int]:
     return stream_chunks(cfg, update_beats(cfg, words))
 
 
-def stream_cycles(cfg: SATConfig, beats: int, streams: tuple[int, int]) -> tuple[int, int, int]:
-    """(last read beat, first write beat, last busy cycle) of a stream instruction that starts in cycle 0,
-    reading ``streams[0]`` arrays and writing ``streams[1]``, ``beats`` beats each.
+@dataclass(frozen=True)
+class StreamChunk:
+    """One chunk of a stream instruction that starts in cycle 0: its ``beats`` per array, the cycle its first
+    read address goes out, the first beat of each read burst, its last read beat, and its first and last
+    write beats."""
 
-    Chunk by chunk (nb beats, first cycle t; the first chunk's is cycle 1, the
-    engine takes the instruction in cycle 0): one burst per array read is
-    addressed in t, t+1, …; their beats arrive continuously from t + Lr, the
-    last array's last (each of its beats computes its element lanes with the
-    buffered beats of the others as it arrives; last in r = t + Lr + R·nb − 1
-    for R arrays read); the results go out in r+2 …, one array's burst after
-    the other's (W·nb beats for W arrays written); the next chunk starts the
-    cycle after.  The last write response, Lw after the last beat, ends it.
+    beats: int
+    address: int
+    burst_first: tuple[int, ...]
+    last_read: int
+    first_write: int
+    last_write: int
+
+
+def stream_schedule(cfg: SATConfig, beats: int, streams: tuple[int, int]) -> list[StreamChunk]:
+    """The chunks of a stream instruction reading ``streams[0]`` arrays and writing ``streams[1]``, ``beats``
+    beats each, that starts in cycle 0.
+
+    The engine holds two chunks (two buffer halves): chunk c's read
+    addresses (one per array read, one a cycle) go out from
+    A_c = A_{c−1} + R (A_0 = 1), and for c ≥ 2 not before F_{c−2} + 1, the
+    cycle after chunk c−2's last write beat freed its half; each burst's
+    beats arrive from max(its address + Lr, the previous burst's last beat
+    + 1), one a cycle (the last array's beats compute their elements as they
+    arrive; last in L_c); chunk c's write beats (one burst per array
+    written, one after the other) go out from S_c = max(L_c + 2,
+    F_{c−1} + 2) to F_c = S_c + W·nb − 1.
     """
     reads, writes = streams
-    t, last_read = UPDATE_FIRST_CHUNK, 0
-    chunks = stream_chunks(cfg, beats)
-    for nb in chunks:
-        last_read = t + cfg.mem_read_latency + reads * nb - 1
-        t = last_read + 2 + writes * nb
-    first_write = UPDATE_FIRST_CHUNK + cfg.mem_read_latency + reads * chunks[0] + 1
-    return last_read, first_write, t - 1 + cfg.mem_write_latency
+    out: list[StreamChunk] = []
+    data_free = 0
+    for c, nb in enumerate(stream_chunks(cfg, beats)):
+        address = UPDATE_FIRST_CHUNK if c == 0 else out[-1].address + reads
+        if c >= 2:
+            address = max(address, out[c - 2].last_write + 1)
+        firsts = []
+        for k in range(reads):
+            first = max(address + k + cfg.mem_read_latency, data_free)
+            firsts.append(first)
+            data_free = first + nb
+        last_read = data_free - 1
+        first_write = last_read + 2 if c == 0 else max(last_read + 2, out[-1].last_write + 2)
+        out.append(StreamChunk(nb, address, tuple(firsts), last_read, first_write, first_write + writes * nb - 1))
+    return out
+
+
+def stream_cycles(cfg: SATConfig, beats: int, streams: tuple[int, int]) -> tuple[int, int, int]:
+    """(last read beat, first write beat, last busy cycle) of a stream instruction that starts in cycle 0
+    (:func:`stream_schedule`); the last write response, Lw after the last beat, ends it."""
+    chunks = stream_schedule(cfg, beats, streams)
+    return chunks[-1].last_read, chunks[0].first_write, chunks[-1].last_write + cfg.mem_write_latency
 
 
 def update_cycles(cfg: SATConfig, words: int) -> tuple[int, int, int]:
@@ -282,17 +312,15 @@ def stream_events(cfg: SATConfig, reads: tuple[int, ...], writes: tuple[int, ...
     """Every bus beat of a stream instruction that starts in cycle 0, reading arrays at the byte addresses
     ``reads`` and writing those at ``writes``: ``("r", cycle, address)`` arriving, ``("w", cycle, address)``
     sent (each write burst's response comes Lw after its last beat)."""
-    bus, lr = cfg.bus_bytes, cfg.mem_read_latency
-    t, done = UPDATE_FIRST_CHUNK, 0
-    for nb in stream_chunks(cfg, beats):
-        for k, base in enumerate(reads):
+    bus, done = cfg.bus_bytes, 0
+    for chunk in stream_schedule(cfg, beats, (len(reads), len(writes))):
+        nb = chunk.beats
+        for base, first in zip(reads, chunk.burst_first):
             for b in range(nb):
-                yield "r", t + lr + k * nb + b, base + (done + b) * bus
-        r = t + lr + len(reads) * nb - 1
+                yield "r", first + b, base + (done + b) * bus
         for k, base in enumerate(writes):
             for b in range(nb):
-                yield "w", r + 2 + k * nb + b, base + (done + b) * bus
-        t = r + 2 + len(writes) * nb
+                yield "w", chunk.first_write + k * nb + b, base + (done + b) * bus
         done += nb
 
 

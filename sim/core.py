@@ -582,18 +582,17 @@ class CoreModel:
         reads, writes, beats = _stream_regions(cfg, f, i)
         if max(reads + writes) + beats * cfg.bus_bytes <= memory_bytes:
             return None
-        bus, lr, cycles = cfg.bus_bytes, cfg.mem_read_latency, []
-        t, done = timing.UPDATE_FIRST_CHUNK, 0
-        for nb in timing.stream_chunks(cfg, beats):  # the schedule of timing.stream_cycles, burst by burst
-            for k, base in enumerate(reads):
+        bus, cycles, done = cfg.bus_bytes, [], 0
+        for chunk in timing.stream_schedule(cfg, beats, (len(reads), len(writes))):
+            nb = chunk.beats
+            for base, first in zip(reads, chunk.burst_first):
                 lo = base + done * bus
                 if lo + nb * bus > memory_bytes:  # its first beat past the end arrives then
-                    cycles.append(t + lr + k * nb + max(0, (memory_bytes - lo) // bus))
-            r = t + lr + len(reads) * nb - 1
+                    cycles.append(first + max(0, (memory_bytes - lo) // bus))
             for k, base in enumerate(writes):
                 if base + (done + nb) * bus > memory_bytes:  # the burst's response, after its last beat
-                    cycles.append(r + 1 + (k + 1) * nb + cfg.mem_write_latency)
-            t, done = r + 2 + len(writes) * nb, done + nb
+                    cycles.append(chunk.first_write + (k + 1) * nb - 1 + cfg.mem_write_latency)
+            done += nb
         return min(cycles, default=None)
 
     def _update(self, memory: np.ndarray, f: dict[str, np.ndarray], i: int) -> None:

@@ -65,8 +65,8 @@ class UpdateEngine(wiring.Component):
         head = self.queue.payload
         info = Entry(Signal(Entry.as_shape().size))
         args, vec = info.inst.args.update, info.inst.args.vector
-        IDLE, LAUNCH, RECEIVE, PREWRITE, WRITE, DRAIN = range(6)
-        phase = Signal(range(6))
+        IDLE, RUN, DRAIN = range(3)
+        phase = Signal(range(3))
         outstanding = Signal(32)  # write bursts without a response (driven by vector_engine_end below)
         tokens_ok = vector_tokens_ok(self, head)
         start = self.start
@@ -75,7 +75,7 @@ class UpdateEngine(wiring.Component):
                               (phase == IDLE) & (outstanding == 0) & ~self.other_busy & tokens_ok),
                      self.s2p_pop.eq(start & head.inst.deps.pop_prev), self.l2p_pop.eq(start & head.inst.deps.pop_next)]
         with m.If(start):
-            m.d.sync += [info.eq(head), phase.eq(LAUNCH)]
+            m.d.sync += [info.eq(head), phase.eq(RUN)]
         is_vec = Signal()
         m.d.comb += is_vec.eq(info.inst.opcode == Opcode.VECTOR)
         half = Signal()  # VECTOR on bf16 elements
@@ -84,39 +84,60 @@ class UpdateEngine(wiring.Component):
 
         total = Signal(32)  # beats of each array
         m.d.comb += total.eq(Mux(is_vec, vec.beats, args.words * (4 * cfg.rows // bus)))
-        done_beats = Signal(32)  # beats of each stream before this chunk
-        nb = Signal(range(B + 1))
-        left = total - done_beats
-        m.d.comb += nb.eq(Mux(left < B, left, B))
         burst = B * bus
         y_addr, z_addr = Signal(cfg.addr_bits + 1), Signal(cfg.addr_bits + 1)
         m.d.comb += [y_addr.eq(vec.x_addr + vec.y_offset * burst), z_addr.eq(vec.x_addr + vec.z_offset * burst)]
         base = [args.w_addr, Mux(is_vec, y_addr, args.w_addr + args.v_offset), args.w_addr + args.g_offset]
+        running = phase == RUN
 
-        # --- read: a burst of each array, then their beats
+        def chunk_beats(name, done):
+            """Beats of the chunk that starts ``done`` beats in: a whole burst or what is left."""
+            nb = Signal(range(B + 1), name=name)
+            left = total - done
+            m.d.comb += nb.eq(Mux(left < B, left, B))
+            return nb
+
+        # two chunks in the buffers (halves): the read side addresses chunk c once chunk c-2 is written
+        ar_done, rx_done, wr_done = Signal(32), Signal(32), Signal(32)  # beats addressed / received / written
+        ar_chunks, rx_chunks, wr_chunks = Signal(32), Signal(32), Signal(32)  # whole chunks of each
+        nb_ar, nb_rx, nb_wr = chunk_beats("nb_ar", ar_done), chunk_beats("nb_rx", rx_done), chunk_beats("nb_wr", wr_done)
+
+        # --- read addresses: a burst of each array per chunk, one a cycle, chunk after chunk
         ar_step = Signal(range(4))
-        m.d.comb += [axi.arvalid.eq(self.alive & (phase == LAUNCH) & (ar_step <= last_stream)),
-                     axi.araddr.eq(Mux(ar_step == 0, base[0], Mux(ar_step == 1, base[1], base[2])) + done_beats * bus),
-                     axi.arlen.eq(nb - 1)]
+        m.d.comb += [axi.arvalid.eq(self.alive & running & (ar_done < total) &
+                                    ((ar_step != 0) | (ar_chunks - wr_chunks < 2))),
+                     axi.araddr.eq(Mux(ar_step == 0, base[0], Mux(ar_step == 1, base[1], base[2])) + ar_done * bus),
+                     axi.arlen.eq(nb_ar - 1)]
         with m.If(axi.arvalid & axi.arready):
-            m.d.sync += ar_step.eq(ar_step + 1)
+            with m.If(ar_step == last_stream):
+                m.d.sync += [ar_step.eq(0), ar_done.eq(ar_done + nb_ar), ar_chunks.eq(ar_chunks + 1)]
+            with m.Else():
+                m.d.sync += ar_step.eq(ar_step + 1)
+
+        # --- read beats: into the buffer half of their chunk; the last array's compute as they arrive
         rx_stream = Signal(range(4))
         rx_beat = Signal(range(B + 1))
-        beat_in = self.alive & axi.rvalid & ((phase == LAUNCH) | (phase == RECEIVE))
-        with m.If((phase == LAUNCH) & (ar_step == last_stream) & axi.arready):
-            m.d.sync += phase.eq(RECEIVE)
-        last_of_stream = rx_beat == nb - 1
+        beat_in = self.alive & axi.rvalid & running
+        last_of_stream = rx_beat == nb_rx - 1
         with m.If(beat_in):
             with m.If(last_of_stream):
                 m.d.sync += [rx_beat.eq(0), rx_stream.eq(rx_stream + 1)]
             with m.Else():
                 m.d.sync += rx_beat.eq(rx_beat + 1)
-        received = beat_in & last_of_stream & (rx_stream == last_stream)
+        received = beat_in & last_of_stream & (rx_stream == last_stream)  # the chunk's last read beat
 
-        m.submodules.buf_w = buf_w = Memory(shape=unsigned(8 * bus), depth=B, init=[])
-        m.submodules.buf_v = buf_v = Memory(shape=unsigned(8 * bus), depth=B, init=[])
+        m.submodules.buf_w = buf_w = Memory(shape=unsigned(8 * bus), depth=2 * B, init=[])
+        m.submodules.buf_v = buf_v = Memory(shape=unsigned(8 * bus), depth=2 * B, init=[])
         w_wr, v_wr = buf_w.write_port(), buf_v.write_port()
+        # compute ports (the buffered operands of the beat arriving) and write-side ports (the results going out)
         w_rd, v_rd = buf_w.read_port(transparent_for=(w_wr,)), buf_v.read_port(transparent_for=(v_wr,))
+        w_out, v_out = buf_w.read_port(), buf_v.read_port()
+        rx_half, wr_half = rx_chunks[0], wr_chunks[0]
+        lb = (B - 1).bit_length()  # index bits within a half
+
+        def at(index, half_bit):
+            """Buffer address of beat ``index`` (< B) of the half ``half_bit``."""
+            return Cat(index[:lb], half_bit)
         g_beat = beat_in & (rx_stream == last_stream)
         # the lanes: one fp32 element per 4 bytes of a beat (VECTOR bf16: two elements, even and odd)
         w_new, v_new, z_out = [], [], []
@@ -162,51 +183,65 @@ class UpdateEngine(wiring.Component):
                              results[0]))
         g_count = Signal(range(B + 1))  # computing beats of this chunk received before this cycle
         with m.If(g_beat):
-            m.d.sync += g_count.eq(g_count + 1)
-        m.d.comb += [w_wr.addr.eq(Mux(g_beat, g_count, rx_beat)), v_wr.addr.eq(Mux(g_beat, g_count, rx_beat)),
+            m.d.sync += g_count.eq(Mux(last_of_stream, 0, g_count + 1))
+        operand = Signal(range(B + 1))  # the buffered beat the next computing beat meets
+        m.d.comb += operand.eq(g_count + g_beat)
+        slot = Signal(range(B + 1))
+        m.d.comb += slot.eq(Mux(g_beat, g_count, rx_beat))
+        m.d.comb += [w_wr.addr.eq(at(slot, rx_half)), v_wr.addr.eq(at(slot, rx_half)),
                      w_wr.data.eq(Mux(g_beat, Mux(is_vec, Cat(*z_out), Cat(*w_new)), axi.rdata)),
                      v_wr.data.eq(Mux(g_beat, Cat(*v_new), axi.rdata)),
                      w_wr.en.eq(beat_in & ((rx_stream == 0) | g_beat)),
-                     v_wr.en.eq(beat_in & ~is_vec & ((rx_stream == 1) | g_beat))]
+                     v_wr.en.eq(beat_in & ~is_vec & ((rx_stream == 1) | g_beat)),
+                     w_rd.addr.eq(at(operand, rx_half)), v_rd.addr.eq(at(operand, rx_half))]
         with m.If(received):
-            m.d.sync += [phase.eq(PREWRITE), g_count.eq(0), rx_stream.eq(0)]
+            m.d.sync += [rx_stream.eq(0), rx_done.eq(rx_done + nb_rx), rx_chunks.eq(rx_chunks + 1)]
 
-        # --- write: the new w burst, then the new v burst (VECTOR: the z burst)
+        # --- writes: chunk by chunk once read, the w burst then the v burst (VECTOR: the z burst)
+        WIDLE, PREWRITE, WRITE = range(3)
+        wphase = Signal(range(3))
         wb = Signal(range(2 * B + 1))
         aw_count = Signal(range(3))  # burst addresses accepted this chunk (w's, then v's; never ahead of W)
         outputs = Mux(is_vec, 1, 2)
-        sending = (phase == WRITE)
-        second = ~is_vec & (wb >= nb)
-        idx = Mux(second, wb - nb, wb)
-        m.d.comb += [axi.wvalid.eq(self.alive & sending & (wb < outputs * nb)),
-                     axi.wdata.eq(Mux(second, v_rd.data, w_rd.data)),
-                     axi.wlast.eq((wb == nb - 1) | (wb == 2 * nb - 1)),
+        sending = running & (wphase == WRITE)
+        second = ~is_vec & (wb >= nb_wr)
+        idx = Mux(second, wb - nb_wr, wb)
+        m.d.comb += [axi.wvalid.eq(self.alive & sending & (wb < outputs * nb_wr)),
+                     axi.wdata.eq(Mux(second, v_out.data, w_out.data)),
+                     axi.wlast.eq((wb == nb_wr - 1) | (wb == 2 * nb_wr - 1)),
                      axi.awvalid.eq(self.alive & sending & ((aw_count == 0) | ((aw_count == 1) & second))),
-                     axi.awaddr.eq(Mux(aw_count == 0, Mux(is_vec, z_addr, base[0]), base[1]) + done_beats * bus),
-                     axi.awlen.eq(nb - 1)]
+                     axi.awaddr.eq(Mux(aw_count == 0, Mux(is_vec, z_addr, base[0]), base[1]) + wr_done * bus),
+                     axi.awlen.eq(nb_wr - 1)]
         advance = axi.wvalid & axi.wready
         next_idx = Signal(range(B + 1))
-        m.d.comb += next_idx.eq(Mux(advance, Mux(wb == nb - 1, 0, Mux(second, wb + 1 - nb, wb + 1)), idx))
-        m.d.comb += [w_rd.addr.eq(Mux(phase == PREWRITE, 0, Mux(sending, next_idx, g_count + g_beat))),
-                     v_rd.addr.eq(Mux(phase == PREWRITE, 0, Mux(sending, next_idx, g_count + g_beat)))]
+        m.d.comb += next_idx.eq(Mux(advance, Mux(wb == nb_wr - 1, 0, Mux(second, wb + 1 - nb_wr, wb + 1)), idx))
+        out_idx = Signal(range(B + 1))
+        m.d.comb += out_idx.eq(Mux(wphase == PREWRITE, 0, next_idx))
+        m.d.comb += [w_out.addr.eq(at(out_idx, wr_half)), v_out.addr.eq(at(out_idx, wr_half))]
         with m.If(axi.awvalid & axi.awready):
             m.d.sync += aw_count.eq(aw_count + 1)
-        with m.If(phase == PREWRITE):
-            m.d.sync += [phase.eq(WRITE), wb.eq(0), aw_count.eq(0)]
+        # chunk `wr_chunks` (or the one after it) is read, counting the chunk whose last beat arrives now
+        ready_now = (rx_chunks > wr_chunks) | (received & (rx_chunks == wr_chunks))
+        ready_next = (rx_chunks > wr_chunks + 1) | (received & (rx_chunks == wr_chunks + 1))
+        with m.If(running & (wphase == WIDLE) & ready_now):
+            m.d.sync += wphase.eq(PREWRITE)
+        with m.If(wphase == PREWRITE):
+            m.d.sync += [wphase.eq(WRITE), wb.eq(0), aw_count.eq(0)]
         # the chunk's writes end when its last beat and every burst address are out (with back-pressure on AW
         # the v burst's address may come after the last beat)
         aw_fire = axi.awvalid & axi.awready
-        last_beat = sending & ((wb + advance) == outputs * nb) & ((aw_count + aw_fire) == outputs)
+        last_beat = sending & ((wb + advance) == outputs * nb_wr) & ((aw_count + aw_fire) == outputs)
         with m.If(advance):
             m.d.sync += wb.eq(wb + 1)
         with m.If(last_beat):
-            m.d.sync += [done_beats.eq(done_beats + nb), ar_step.eq(0), rx_beat.eq(0)]
-            with m.If(done_beats + nb == total):
-                m.d.sync += phase.eq(DRAIN)
-            with m.Else():
-                m.d.sync += phase.eq(LAUNCH)
+            m.d.sync += [wr_done.eq(wr_done + nb_wr), wr_chunks.eq(wr_chunks + 1),
+                         wphase.eq(Mux(ready_next, PREWRITE, WIDLE))]
+            with m.If(wr_done + nb_wr == total):
+                m.d.sync += [phase.eq(DRAIN), wphase.eq(WIDLE)]
         with m.If(start):
-            m.d.sync += [done_beats.eq(0), ar_step.eq(0), rx_beat.eq(0), rx_stream.eq(0), g_count.eq(0)]
+            m.d.sync += [ar_done.eq(0), rx_done.eq(0), wr_done.eq(0), ar_chunks.eq(0), rx_chunks.eq(0),
+                         wr_chunks.eq(0), ar_step.eq(0), rx_beat.eq(0), rx_stream.eq(0), g_count.eq(0),
+                         wphase.eq(WIDLE)]
 
         # --- responses, the end
         m.d.comb += outstanding.eq(vector_engine_end(m, self, info=info, phase=phase, draining=DRAIN, idle=IDLE,

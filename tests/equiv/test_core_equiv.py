@@ -25,7 +25,7 @@ from nmsat.dataflow.step import compile_linear_step
 from nmsat.dataflow.vector import compile_vector
 from nmsat.hw.numerics import f32_to_bf16_bits
 from nmsat.hw.config import SATConfig
-from nmsat.hw.isa import Buffer, ErrorCode, Opcode, Status, VectorFunc, encode, to_bytes
+from nmsat.hw.isa import Buffer, Csr, ErrorCode, Opcode, Status, VectorFunc, encode, to_bytes
 from nmsat.sim.core import CoreModel
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -423,6 +423,12 @@ def verilator_results():
             jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial,
                                registers=tuple((int(r), v) for r, v in prog.registers.items())))
             names.append(f"sparsify after update {cout}x{k}/{groups}{' serial' if serial else ''}")
+    for words in (47, 64):  # a WEIGHT_UPDATE of many chunks, two in the buffers at once, the last one short
+        upd = words_memory([encode(Opcode.WEIGHT_UPDATE, w_addr=0x1000, words=words, v_offset=0x1000, g_offset=0x2000),
+                            encode(Opcode.FINISH)], size=0x4000)
+        upd[0x1000:0x4000] = rng.standard_normal(0x3000 // 4).astype(np.float32).view(np.uint8)
+        jobs.append(RtlJob(upd, 0, 2, registers=((int(Csr.LR), 0x3DCCCCCD), (int(Csr.MOMENTUM), 0x3F666666))))
+        names.append(f"weight update of {words} words")
     for func in VectorFunc:  # the vector unit: every function on fp32 and bf16 elements, in place and apart
         for bf16 in (False, True):
             prog = vector_program(TINY, func, bf16, 77 + 150 * bf16 + 31 * func.value, seed=700 + func.value,
