@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..hw.config import SATConfig
-from ..hw.isa import INSTRUCTION_BYTES, Buffer, Opcode, encode, to_bytes
+from ..hw.isa import FIELDS, INSTRUCTION_BYTES, Buffer, Opcode, encode, to_bytes
 from ..hw import numerics, timing
 from ..hw.config import IDX_SLOTS_PER_WORD
 from ..hw.sparsity import check_pattern, compress
 
-__all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm",
+__all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm", "gemm_steps",
            "pack_a", "pack_b", "unpack_c", "program_instructions", "block_instructions", "software_pipelined",
            "compile_sparse_gemm", "pack_indices"]
 
@@ -429,7 +429,19 @@ def read_c(program: Program, memory: np.ndarray | None = None) -> np.ndarray:
 def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_addr: int, idx_addr: int = 0,
               blocks: range | None = None, a_tile_stride: int | None = None,
               c_row_stride: int | None = None, c_bf16: bool = False, c_relu: bool = False) -> list[int]:
-    """The instructions of one GEMM (no FINISH), double-buffered, with tokens placed.
+    """The instructions of one GEMM (no FINISH), double-buffered, with tokens placed (see :func:`gemm_steps`)."""
+    loads, gemms, stores = gemm_steps(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr, idx_addr=idx_addr,
+                                      blocks=blocks, a_tile_stride=a_tile_stride, c_row_stride=c_row_stride,
+                                      c_bf16=c_bf16, c_relu=c_relu)
+    return software_pipelined(loads, gemms, stores)
+
+
+def gemm_steps(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_addr: int, idx_addr: int = 0,
+               blocks: range | None = None, a_tile_stride: int | None = None, b_tile_stride: int | None = None,
+               c_row_stride: int | None = None, c_b_tile_stride: int | None = None, c_bf16: bool = False,
+               c_relu: bool = False, first_step: int = 0, first_block: int = 0, b_waits: bool = False,
+               c_signals: bool = False) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """The instructions of one GEMM per reduction step: (LOADs, GEMMs, STOREs issued after the step).
 
     ``blocks`` (indices in block order, row of blocks by row) limits the program to those output blocks:
     each run of the core starts with empty token counters, so the tokens are placed from its first block.
@@ -438,7 +450,15 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
     ``c_row_stride``: store C row-major, row ``i`` at ``c_addr + i · c_row_stride`` bytes (its ``Nt · cols``
     columns contiguous, the last tiles' pad rows and columns included) instead of tile by tile — how a WU
     GEMM leaves ``dW`` in the master weights' layout for WEIGHT_UPDATE.  ``c_bf16``: the STOREs round C to
-    bf16 (words of ``cols`` bf16); ``c_relu``: they apply ReLU first.
+    bf16 (words of ``cols`` bf16); ``c_relu``: they apply ReLU first.  ``b_tile_stride``: bytes from one
+    N-tile's B words to the next's (default: the GEMM's own K).  ``c_b_tile_stride``: store C (bf16) as the
+    B operand of a next GEMM whose N-tiles are that many bytes apart: tile (i, j)'s rows at
+    ``c_addr + j · c_b_tile_stride + i · rows · word``.
+
+    A GEMM that continues a chain of GEMMs in one program (``nmsat.dataflow.chain``) starts its step and
+    block counts at ``first_step`` / ``first_block`` (the buffer halves and the tokens carry on from the
+    GEMMs before it); ``b_waits``: its first B LOAD pops ``p2l`` (the vector unit's word that the B operand
+    is in memory); ``c_signals``: its last STORE pushes ``s2p`` (C is in memory).
 
     Tokens: the last LOAD of a step pushes to compute and the step's first GEMM
     pops it (data ready); the step's last GEMM pushes back to load and the
@@ -457,15 +477,18 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
     if a_tile_stride is not None:
         a_tile_bytes = idx_tile_bytes = a_tile_stride
     idx_chunk = _idx_words(kc * a_per)  # IDX words of a full chunk (a whole number of them but for the last)
-    b_tile_bytes = units * b_per * cfg.b_word_bytes
+    b_tile_bytes = units * b_per * cfg.b_word_bytes if b_tile_stride is None else b_tile_stride
     c_word = cfg.acc_word_bytes // 2 if c_bf16 else cfg.acc_word_bytes
+    if c_b_tile_stride is not None and not c_bf16:
+        raise ValueError("gemm_steps: C stored as a next GEMM's B operand must be bf16 (c_bf16)")
     c_tile_bytes = R * c_word
     # per step: (loads, gemms, stores issued after the step); emitted software-pipelined below
     step_loads: list[list[int]] = []
     step_gemms: list[list[int]] = []
     step_stores: list[list[int]] = []
-    step_index = 0
-    block_index = 0
+    step_index = first_step
+    block_index = first_block
+    waiting = b_waits
     origins = [(i0, j0) for i0 in range(0, plan.mt, plan.mb) for j0 in range(0, plan.nt, plan.nb)]
     for i0, j0 in (origins if blocks is None else [origins[i] for i in blocks]):
         mis = range(i0, min(i0 + plan.mb, plan.mt))
@@ -493,8 +516,10 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
             step_gemms.append([])
             step_stores.append([])
             for idx, args in enumerate(loads):
+                wait = waiting and args["buffer"] is Buffer.B
+                waiting = waiting and not wait
                 step_loads[-1].append(encode(Opcode.LOAD, pop_next=int(idx == 0 and step_index >= 2),
-                                  push_next=int(idx == len(loads) - 1), **args))
+                                             pop_prev=int(wait), push_next=int(idx == len(loads) - 1), **args))
             pairs = [(x, y) for x in range(len(mis)) for y in range(len(njs))]
             for idx, (x, y) in enumerate(pairs):
                 first, last = idx == 0, idx == len(pairs) - 1
@@ -511,7 +536,9 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
             step_index += 1
         tiles = [(x, y, mi, nj) for x, mi in enumerate(mis) for y, nj in enumerate(njs)]
         for idx, (x, y, mi, nj) in enumerate(tiles):
-            if c_row_stride is None:
+            if c_b_tile_stride is not None:
+                where = dict(dram_addr=c_addr + nj * c_b_tile_stride + mi * R * c_word, dram_stride=c_word)
+            elif c_row_stride is None:
                 where = dict(dram_addr=c_addr + (mi * plan.nt + nj) * c_tile_bytes, dram_stride=c_word)
             else:
                 where = dict(dram_addr=c_addr + mi * R * c_row_stride + nj * c_word, dram_stride=c_row_stride)
@@ -519,7 +546,9 @@ def emit_gemm(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_add
                               buffer=Buffer.ACC, sram_addr=acc_base + (x * len(njs) + y) * R, rows=R,
                               bf16=int(c_bf16), relu=int(c_relu), **where))
         block_index += 1
-    return software_pipelined(step_loads, step_gemms, step_stores)
+    if c_signals:
+        step_stores[-1][-1] |= 1 << FIELDS["push_next"][0]  # the last STORE pushes s2p
+    return step_loads, step_gemms, step_stores
 
 
 def software_pipelined(step_loads: list[list], step_gemms: list[list], step_stores: list[list]) -> list:

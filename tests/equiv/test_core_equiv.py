@@ -21,6 +21,7 @@ from random_programs import VARIANTS, random_cases
 from nmsat.dataflow.gemm import compile_gemm, compile_sparse_gemm
 from nmsat.dataflow.layers import conv2d_gemms
 from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify, compile_weight_update
+from nmsat.dataflow.chain import compile_relu_mlp
 from nmsat.dataflow.step import compile_linear_step
 from nmsat.dataflow.vector import compile_vector
 from nmsat.hw.numerics import f32_to_bf16_bits
@@ -245,6 +246,22 @@ def test_amaranth_core_matches_simulator_on_vector(func, bf16, in_place):
     assert_same(expected, memory, run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length))
 
 
+def mlp_chain_program(cfg, shape, seed):
+    """Two linear layers with a ReLU, forward and backward: four GEMMs and two VECTORs in one program."""
+    rng = np.random.default_rng(seed)
+    m1, k1, m2, n = shape
+    return compile_relu_mlp(cfg, *(rng.standard_normal(s).astype(np.float32)
+                                   for s in ((m1, k1), (m2, m1), (k1, n), (m2, n))))
+
+
+def test_amaranth_core_matches_simulator_on_a_chain_of_gemms_in_one_program():
+    prog = mlp_chain_program(TINY, (10, 13, 7, 9), seed=3)
+    memory = prog.memory.copy()
+    expected = CoreModel(TINY).run(memory, prog.program_addr, prog.length)
+    assert expected.ok and expected.race_free
+    assert_same(expected, memory, run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length))
+
+
 def test_amaranth_core_matches_simulator_on_a_gemm_of_the_sparsifiers_form():
     prog = sparsified_gemm_program(TINY, 10, 21, 6, (2, 8), "BP", seed=4)
     memory = prog.memory.copy()
@@ -423,6 +440,11 @@ def verilator_results():
             jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial,
                                registers=tuple((int(r), v) for r, v in prog.registers.items())))
             names.append(f"sparsify after update {cout}x{k}/{groups}{' serial' if serial else ''}")
+    for i, shape in enumerate([(10, 13, 7, 9), (9, 20, 6, 12), (4, 8, 4, 4)]):  # GEMMs chained in one program
+        prog = mlp_chain_program(TINY, shape, seed=800 + i)
+        for serial in (False, True):
+            jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
+            names.append(f"relu mlp chain {shape}{' serial' if serial else ''}")
     for words in (47, 64):  # a WEIGHT_UPDATE of many chunks, two in the buffers at once, the last one short
         upd = words_memory([encode(Opcode.WEIGHT_UPDATE, w_addr=0x1000, words=words, v_offset=0x1000, g_offset=0x2000),
                             encode(Opcode.FINISH)], size=0x4000)
