@@ -14,6 +14,7 @@ Not here: the event bookkeeping that strings instructions together
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .config import IDX_SLOTS_PER_WORD as IDX_SLOTS, SATConfig
@@ -264,7 +265,8 @@ class StreamChunk:
     last_write: int
 
 
-def stream_schedule(cfg: SATConfig, beats: int, streams: tuple[int, int]) -> list[StreamChunk]:
+@functools.lru_cache(maxsize=1024)
+def stream_schedule(cfg: SATConfig, beats: int, streams: tuple[int, int]) -> tuple[StreamChunk, ...]:
     """The chunks of a stream instruction reading ``streams[0]`` arrays and writing ``streams[1]``, ``beats``
     beats each, that starts in cycle 0.
 
@@ -293,7 +295,7 @@ def stream_schedule(cfg: SATConfig, beats: int, streams: tuple[int, int]) -> lis
         last_read = data_free - 1
         first_write = last_read + 2 if c == 0 else max(last_read + 2, out[-1].last_write + 2)
         out.append(StreamChunk(nb, address, tuple(firsts), last_read, first_write, first_write + writes * nb - 1))
-    return out
+    return tuple(out)
 
 
 def stream_cycles(cfg: SATConfig, beats: int, streams: tuple[int, int]) -> tuple[int, int, int]:

@@ -34,6 +34,7 @@ from ..hw.isa import INSTRUCTION_BYTES, Buffer, Csr, ErrorCode, Opcode, Status, 
 from ..hw import timing
 from ..hw.sparsity import compress
 from . import numerics
+from .worklist import run_worklist
 
 __all__ = ["CoreModel", "RunResult", "Hazard", "check_program"]
 
@@ -51,6 +52,10 @@ _POP_PREV = {COMPUTE: L2C, STORE: C2S, SPARSIFY: S2P, LOAD: P2L}
 _POP_NEXT = {LOAD: C2L, COMPUTE: S2C, STORE: P2S, SPARSIFY: L2P}
 _PUSH_PREV = {COMPUTE: C2L, STORE: S2C, SPARSIFY: P2S, LOAD: L2P}
 _PUSH_NEXT = {LOAD: L2C, COMPUTE: C2S, STORE: S2P, SPARSIFY: P2L}
+#: the same as arrays indexed by unit, and the unit of each opcode (−1: none)
+_POP_PREV_T, _POP_NEXT_T, _PUSH_PREV_T, _PUSH_NEXT_T = (np.array([t[u] for u in UNITS], dtype=np.int64)
+                                                        for t in (_POP_PREV, _POP_NEXT, _PUSH_PREV, _PUSH_NEXT))
+_UNIT_TABLE = np.array([_UNIT_OF_OPCODE.get(o, -1) for o in range(16)], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,22 @@ def sparse_shape(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.n
     """(slots, m, index words) of every instruction read as a SPARSE_GEMM (vectorised)."""
     slots = f["groups"] * f["n"]
     return slots, np.left_shift(1, f["m_log2"]), -(-slots // IDX_SLOTS_PER_WORD)
+
+
+def _burst_counts(cfg: SATConfig, addr: np.ndarray, rows: np.ndarray, word: np.ndarray,
+                  stride: np.ndarray) -> np.ndarray:
+    """:func:`nmsat.hw.timing.burst_count` of every transfer (vectorised where the cut has a closed form:
+    one contiguous run, or runs of one beat each; the rest one by one)."""
+    bus, most = cfg.bus_bytes, cfg.max_burst_beats * cfg.bus_bytes
+    page = timing.PAGE_BYTES
+    length = rows * word
+    first = np.minimum(length, page - addr % page)  # a run cut into page segments, each into bursts
+    rest = length - first
+    contiguous = -(-first // most) + rest // page * -(-page // most) + -(-(rest % page) // most)
+    out = np.where(stride == word, contiguous, np.where(word == bus, rows, 0))
+    for i in np.flatnonzero((stride != word) & (word != bus)).tolist():
+        out[i] = timing.burst_count(cfg, int(addr[i]), int(rows[i]), int(word[i]), int(stride[i]))
+    return out
 
 
 def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorCode]:
@@ -249,8 +270,10 @@ def _first_bad_beat(cfg: SATConfig, limit: int, dram_addr: int, rows: int, word:
 class CoreModel:
     """Simulator twin of the core for one :class:`SATConfig`.  Buffers persist across runs, as in the core."""
 
-    def __init__(self, cfg: SATConfig):
+    def __init__(self, cfg: SATConfig, *, compiled: bool = True):
+        """``compiled=False`` times programs with the plain-Python worklist (``nmsat.sim.worklist``)."""
         self.cfg = cfg
+        self.compiled = compiled
         self.a = np.zeros((cfg.a_depth, cfg.rows), dtype=np.uint16)  # bf16 bits
         self.b = np.zeros((cfg.b_depth, cfg.cols), dtype=np.uint16)
         self.acc = np.zeros((cfg.acc_depth, cfg.cols), dtype=np.float32)
@@ -349,149 +372,59 @@ class CoreModel:
         n = len(f["opcode"])
         bad_pc, bad_code = check_program(cfg, f)
         op = f["opcode"].tolist()
-        finish_pcs = [i for i, o in enumerate(op[: bad_pc if bad_pc >= 0 else n]) if o == Opcode.FINISH.value]
+        finish_pcs = np.flatnonzero(f["opcode"][: bad_pc if bad_pc >= 0 else n] == Opcode.FINISH.value).tolist()
         # the dispatcher stops at the first FINISH, bad instruction, or the end of the program
         stop_pc = finish_pcs[0] if finish_pcs else (bad_pc if bad_pc >= 0 else n)
         stop_code = ErrorCode.NONE if finish_pcs else (bad_code if bad_pc >= 0 else ErrorCode.NO_FINISH)
 
-        unit = [_UNIT_OF_OPCODE[o] for o in op[:stop_pc]]
+        opa = f["opcode"][:stop_pc]
+        unit_a = _UNIT_TABLE[opa]
+        unit = unit_a.tolist()
         # per-instruction duration parameters: (GEMM: MAC cycles | transfers: data beats, LOAD bursts)
-        words_of = dram_word_bytes(cfg, f)[:stop_pc].tolist()
+        words_a = dram_word_bytes(cfg, f)[:stop_pc]
+        words_of = words_a.tolist()
         # reduction steps of a GEMM: k words, or the slots of a SPARSE_GEMM
-        ks = np.where(f["opcode"][:stop_pc] == Opcode.SPARSE_GEMM.value, sparse_shape(f)[0][:stop_pc],
-                      f["k"][:stop_pc]).tolist()
-        bufs, rows_l, addrs, strides = (f[x][:stop_pc].tolist() for x in ("buffer", "rows", "dram_addr", "dram_stride"))
-        beats_of, bursts_of = [], []
+        ks = np.where(opa == Opcode.SPARSE_GEMM.value, sparse_shape(f)[0][:stop_pc], f["k"][:stop_pc])
+        rows_a, addr_a, stride_a = (f[x][:stop_pc] for x in ("rows", "dram_addr", "dram_stride"))
+        rows_l, addrs, strides = rows_a.tolist(), addr_a.tolist(), stride_a.tolist()
+        is_transfer = (unit_a == LOAD) | (unit_a == STORE)
+        beats_a = np.where(unit_a == COMPUTE, timing.gemm_mac_cycles(ks),
+                           np.where(is_transfer, timing.transfer_beats(cfg, rows_a, words_a), 0))
+        bursts_a = np.where(unit_a == LOAD, _burst_counts(cfg, addr_a, rows_a, words_a, stride_a), 0)
+        vector_end = np.zeros(stop_pc, dtype=np.int64)
         sparsify_times: dict[int, timing.SparsifyTimes] = {}
-        for i in range(stop_pc):
+        for i in np.flatnonzero(unit_a == SPARSIFY).tolist():
             if op[i] in _STREAM_OPS:
                 reads, writes, beats = _stream_regions(cfg, f, i)
                 last_read, first_write, end = timing.stream_cycles(cfg, beats, (len(reads), len(writes)))
                 sparsify_times[i] = timing.SparsifyTimes(last_read, first_write, end - cfg.mem_write_latency, end)
-                beats_of.append(0)
-                bursts_of.append(0)
-            elif unit[i] == SPARSIFY:
+            else:
                 shape, n_i, m_i = _sparsify_shape(cfg, f, i)
                 sparsify_times[i] = timing.sparsify_cycles(cfg, shape, n_i, m_i)
-                beats_of.append(0)
-                bursts_of.append(0)
-            elif unit[i] == COMPUTE:
-                beats_of.append(timing.gemm_mac_cycles(ks[i]))
-                bursts_of.append(0)
-            else:
-                wb = words_of[i]
-                beats_of.append(timing.transfer_beats(cfg, rows_l[i], wb))
-                bursts_of.append(timing.burst_count(cfg, addrs[i], rows_l[i], wb, strides[i]) if unit[i] == LOAD else 0)
-        # token channels as indices into CHANNELS, per instruction
-        flag_lists = [f[x][:stop_pc].tolist() for x in ("pop_prev", "pop_next", "push_prev", "push_next")]
-        pop_ch, push_ch = [], []
-        for i in range(stop_pc):
-            u = unit[i]
-            pops_i, pushes_i = [], []
-            if flag_lists[0][i]:
-                pops_i.append(_POP_PREV[u])
-            if flag_lists[1][i]:
-                pops_i.append(_POP_NEXT[u])
-            if flag_lists[2][i]:
-                pushes_i.append(_PUSH_PREV[u])
-            if flag_lists[3][i]:
-                pushes_i.append(_PUSH_NEXT[u])
-            pop_ch.append(pops_i)
-            push_ch.append(pushes_i)
-
-        queues: list[list[int]] = [[] for _ in UNITS]
-        qpos = []
-        for i in range(stop_pc):
-            qpos.append(len(queues[unit[i]]))
-            queues[unit[i]].append(i)
-        d = [None] * stop_pc  # dispatch cycle
-        s = [None] * stop_pc  # start cycle
-        e = [None] * stop_pc  # last busy cycle (pushes happen here)
-        transfer = [None] * stop_pc  # GEMM: cycle the accumulators move to the shadow registers
-        drain = timing.drain_cycles(cfg)
-        # per channel (index into CHANNELS): the cycles of its pushes and of its pops, in order
-        pushes: list[list[int]] = [[] for _ in CHANNELS]
-        pops: list[list[int]] = [[] for _ in CHANNELS]
-        ptr = [0] * len(UNITS)
-        next_d = 0
-        last_end = -1  # max e over started instructions (serial mode and FINISH)
-        waited = [0] * stop_pc  # cycles each instruction, at the head of its queue, waited for tokens
-        Q = cfg.queue_depth
-        Lr, Lw = cfg.mem_read_latency, cfg.mem_write_latency
-        in_flight = {LOAD: timing.LOADS_IN_FLIGHT, STORE: timing.STORES_IN_FLIGHT}
-
-        progress = True
-        while progress:
-            progress = False
-            # dispatcher
-            while next_d < stop_pc:
-                i = next_d
-                c = dispatch_start if i == 0 else d[i - 1] + 1
-                u, j = unit[i], qpos[i]
-                if j >= Q:
-                    freed_by = queues[u][j - Q]
-                    if s[freed_by] is None:
-                        break
-                    c = max(c, s[freed_by] + 1)
-                if serial:
-                    if i > 0 and e[i - 1] is None:
-                        break
-                    c = max(c, last_end + 1)
-                d[i] = c
-                next_d += 1
-                progress = True
-            # units
-            for u in UNITS:
-                while ptr[u] < len(queues[u]):
-                    i = queues[u][ptr[u]]
-                    if d[i] is None:
-                        break
-                    ready = d[i] + 1
-                    if ptr[u] > 0:
-                        prev = queues[u][ptr[u] - 1]
-                        if u == COMPUTE:
-                            ready = max(ready, transfer[prev])
-                        elif u == SPARSIFY:
-                            ready = max(ready, e[prev] + 1)
-                        elif u == LOAD:
-                            ready = max(ready, s[prev] + bursts_of[prev])
-                        else:
-                            ready = max(ready, s[prev] + beats_of[prev])
-                    # transfers in flight: the one IN_FLIGHT + 1 places back must have finished
-                    back = in_flight.get(u, 0) + 1
-                    if u in in_flight and ptr[u] >= back:
-                        ready = max(ready, e[queues[u][ptr[u] - back]] + 1)
-                    token_ready = ready
-                    blocked = False
-                    for ch in pop_ch[i]:
-                        nth = len(pops[ch])
-                        if nth >= len(pushes[ch]):
-                            blocked = True
-                            break
-                        token_ready = max(token_ready, pushes[ch][nth] + 1)
-                    if blocked:
-                        break
-                    start = token_ready
-                    waited[i] = start - ready
-                    for ch in pop_ch[i]:
-                        pops[ch].append(start)
-                    if u == COMPUTE:
-                        prev_drain = e[queues[u][ptr[u] - 1]] if ptr[u] > 0 else -1
-                        transfer[i] = max(start + beats_of[i], prev_drain + 1)
-                        end = transfer[i] + drain
-                    elif u == SPARSIFY:
-                        end = start + sparsify_times[i].end
-                    elif u == LOAD:
-                        prev_end = e[queues[u][ptr[u] - 1]] if ptr[u] > 0 else -1
-                        end = max(start + Lr, prev_end + 1) + beats_of[i] - 1
-                    else:
-                        end = start + beats_of[i] + Lw
-                    s[i], e[i] = start, end
-                    last_end = max(last_end, end)
-                    for ch in push_ch[i]:
-                        pushes[ch].append(end)
-                    ptr[u] += 1
-                    progress = True
+            vector_end[i] = sparsify_times[i].end
+        beats_of, bursts_of = beats_a.tolist(), bursts_a.tolist()
+        # token channels as indices into CHANNELS, per instruction: [pop from prev, pop from next], [push ...]
+        flags = [f[x][:stop_pc] != 0 for x in ("pop_prev", "pop_next", "push_prev", "push_next")]
+        pops_arr = np.stack([np.where(flags[k], table[unit_a], -1) for k, table in ((0, _POP_PREV_T), (1, _POP_NEXT_T))],
+                            axis=1) if stop_pc else np.zeros((0, 2), np.int64)
+        pushes_arr = np.stack([np.where(flags[k], table[unit_a], -1) for k, table in ((2, _PUSH_PREV_T),
+                                                                                      (3, _PUSH_NEXT_T))],
+                              axis=1) if stop_pc else np.zeros((0, 2), np.int64)
+        qpos = np.zeros(stop_pc, dtype=np.int64)
+        queues: list[list[int]] = []
+        for u in UNITS:
+            members = np.flatnonzero(unit_a == u)
+            qpos[members] = np.arange(len(members))
+            queues.append(members.tolist())
+        d_a, s_a, e_a, transfer_a, waited_a, pushes_a, pops_a, next_d, last_end = run_worklist(
+            cfg, unit_a, qpos, pops_arr, pushes_arr, beats_a, bursts_a, vector_end, serial, dispatch_start,
+            compiled=self.compiled)
+        none = lambda xs: [None if x < 0 else x for x in xs.tolist()]  # noqa: E731
+        d, s, e, transfer = none(d_a), none(s_a), none(e_a), none(transfer_a)
+        waited = waited_a.tolist()
+        pushes = [x.tolist() for x in pushes_a]
+        pops = [x.tolist() for x in pops_a]
+        Lw = cfg.mem_write_latency
 
         # (cycle, code, rank, ErrorCode, pc): the earliest wins, then the lowest code, then the rank (the order
         # of the core's error sources: LOAD before STORE bus errors, token channels l2c, c2l, c2s, s2c)
@@ -501,7 +434,7 @@ class CoreModel:
             for nth, t in enumerate(pushes[ch], start=1):
                 count = nth - bisect.bisect_right(pops[ch], t)
                 if count > cfg.token_limit:
-                    producer = [i for i in range(stop_pc) if e[i] == t and ch in push_ch[i]][0]
+                    producer = int(np.flatnonzero((e_a == t) & ((pushes_arr[:, 0] == ch) | (pushes_arr[:, 1] == ch)))[0])
                     events.append((t, ErrorCode.TOKEN_OVERFLOW.value, ch, ErrorCode.TOKEN_OVERFLOW, producer))
                     break
         # bus errors: a beat past the memory's end is answered with DECERR (LOAD: in the cycle that beat
