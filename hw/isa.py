@@ -284,25 +284,29 @@ SIGNED_FIELDS = frozenset(name for name, f in VectorArgs.as_shape() if Shape.cas
 
 def encode(opcode: Opcode, *, pop_prev=0, pop_next=0, push_prev=0, push_next=0, **args) -> int:
     """Encode one instruction to its 128-bit integer.  Unknown or too-wide fields are errors."""
-    value = (opcode.value if isinstance(opcode, Opcode) else Opcode(opcode).value) | pop_prev << 4 | \
-        pop_next << 5 | push_prev << 6 | push_next << 7
-    if not all(flag in (0, 1) for flag in (pop_prev, pop_next, push_prev, push_next)):
+    if not (pop_prev in (0, 1) and pop_next in (0, 1) and push_prev in (0, 1) and push_next in (0, 1)):
         raise ValueError("encode: token flags must be 0 or 1")
+    value = int((opcode.value if isinstance(opcode, Opcode) else Opcode(opcode).value) | pop_prev << 4 |
+                pop_next << 5 | push_prev << 6 | push_next << 7)
     for name, v in args.items():
-        field = FIELDS.get(name)
-        if field is None or name in _HEADER_FIELDS:
+        place = _ENCODING.get(name)
+        if place is None:
             raise ValueError(f"encode: unknown instruction field {name!r}")
-        off, width = field
-        v = v.value if isinstance(v, (Buffer, VectorFunc)) else int(v)
-        lo, hi = (-(1 << width - 1), 1 << width - 1) if name in SIGNED_FIELDS else (0, 1 << width)
+        off, lo, hi, mask = place
+        if type(v) is not int:
+            v = v.value if isinstance(v, (Buffer, VectorFunc)) else int(v)
         if not lo <= v < hi:
+            width = mask.bit_length()
             raise ValueError(f"encode: field {name}={v} does not fit in {width}{' signed' if lo else ''} bits")
-        v &= (1 << width) - 1
-        value |= v << off
+        value |= (v & mask) << off
     return value
 
 
 _HEADER_FIELDS = ("opcode", "pop_prev", "pop_next", "push_prev", "push_next")
+#: per argument field: (offset, lowest value, one past the highest, mask of its width)
+_ENCODING = {name: (off, -(1 << width - 1) if name in SIGNED_FIELDS else 0,
+                    1 << width - 1 if name in SIGNED_FIELDS else 1 << width, (1 << width) - 1)
+             for name, (off, width) in FIELDS.items() if name not in _HEADER_FIELDS}
 
 
 def to_bytes(words: list[int]) -> bytes:
