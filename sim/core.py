@@ -3,7 +3,8 @@
 :class:`CoreModel` is the twin of the gateware ``nmsat.hw.core.Core``.  It never
 steps cycle by cycle: a program is decoded at once (vectorised), checked
 statically, then timed by a small worklist over the four units and their
-dependency tokens using the latency rules of :mod:`nmsat.hw.timing`; the
+dependency tokens using the latency rules of :mod:`nmsat.hw.timing`
+(:mod:`nmsat.sim.worklist`, compiled with numba); the
 instructions that started before the run stopped are then executed for their
 data, in program order, with the vectorised numerics of
 :mod:`nmsat.sim.numerics`.  Program order gives the core's bytes whenever the
