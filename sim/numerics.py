@@ -92,6 +92,69 @@ def vector_op(func, x_bits, y_bits) -> np.ndarray:
 _SAFE_PRODUCT = np.float32(2.0 ** -102)
 
 
+_prange = range  # numba's parallel range when compiled (below)
+
+
+def _widen_flush(bits):
+    """bf16 bits → fp32 under rules 1 and 4, and the smallest nonzero magnitude (inf if none)."""
+    out = np.empty(bits.shape[0], np.float32)
+    view = out.view(np.uint32)
+    smallest = np.inf
+    for i in range(bits.shape[0]):
+        w = np.uint32(bits[i]) << np.uint32(16)
+        e = w & np.uint32(0x7F800000)
+        if e == 0:
+            w = w & np.uint32(0x80000000)
+        elif e == np.uint32(0x7F800000) and (w & np.uint32(0x007FFFFF)) != 0:
+            w = np.uint32(0x7FC00000)
+        view[i] = w
+        m = abs(out[i])
+        if m > 0 and m < smallest:
+            smallest = m
+    return out, smallest
+
+
+def _canonical_nans(bits):
+    """NaNs (in place, fp32 bits) → the canonical NaN: the fast path's sums are never subnormal."""
+    for i in _prange(bits.shape[0]):
+        w = bits[i]
+        if (w & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (w & np.uint32(0x007FFFFF)) != 0:
+            bits[i] = np.uint32(0x7FC00000)
+
+
+def _mac_dense(a, b, out):
+    """out[t, r, :] += a[t, k, r] · b[t, k, :] for k in order (fp32 products and sums, one rounding each)."""
+    for t in _prange(a.shape[0]):
+        for r in range(a.shape[2]):
+            for k in range(a.shape[1]):
+                x = a[t, k, r]
+                for c in range(b.shape[2]):
+                    out[t, r, c] += x * b[t, k, c]
+
+
+def _mac_per_row(a, b, out):
+    """out[t, r, :] += a[t, j, r] · b[t, j, r, :] for j in order."""
+    for t in _prange(a.shape[0]):
+        for r in range(a.shape[2]):
+            for j in range(a.shape[1]):
+                x = a[t, j, r]
+                for c in range(b.shape[3]):
+                    out[t, r, c] += x * b[t, j, r, c]
+
+
+# The fast path's loops compiled (numba, both cores): bf16 × bf16 products are exact in fp32, so a fused
+# multiply-add would round exactly as a product then a sum does; each output adds in increasing k either way.
+try:
+    from numba import njit, prange as _prange
+except ImportError:  # numpy's loop below does it
+    _KERNELS = None
+else:
+    _KERNELS = (njit(parallel=True, cache=True, nogil=True)(_mac_dense),
+                njit(parallel=True, cache=True, nogil=True)(_mac_per_row),
+                njit(cache=True, nogil=True)(_widen_flush),
+                njit(parallel=True, cache=True, nogil=True)(_canonical_nans))
+
+
 def mac_sequence(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
     """``out[..., r, c] = Σ_k a[..., k, r] · b[..., k, c]`` in the rule's order (rule 5).
 
@@ -115,8 +178,17 @@ def mac_sequence_per_row(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
 
 
 def _sequence(a_bits: np.ndarray, b_bits: np.ndarray, *, per_row: bool) -> np.ndarray:
-    a = flush_f32(bf16_bits_to_f32(a_bits))
-    b = flush_f32(bf16_bits_to_f32(b_bits))
+    if _KERNELS is not None:  # widen, flush and find the smallest nonzero magnitude in one pass each
+        a_bits, b_bits = np.ascontiguousarray(a_bits, dtype=np.uint16), np.ascontiguousarray(b_bits, dtype=np.uint16)
+        a, min_a = _KERNELS[2](a_bits.reshape(-1))
+        b, min_b = _KERNELS[2](b_bits.reshape(-1))
+        a, b = a.reshape(a_bits.shape), b.reshape(b_bits.shape)
+    else:
+        a = flush_f32(bf16_bits_to_f32(a_bits))
+        b = flush_f32(bf16_bits_to_f32(b_bits))
+        abs_a, abs_b = np.abs(a), np.abs(b)
+        min_a = abs_a[abs_a > 0].min(initial=np.inf)
+        min_b = abs_b[abs_b > 0].min(initial=np.inf)
     k = a.shape[-2]
     acc = np.zeros(a.shape[:-2] + (a.shape[-1], b.shape[-1]), dtype=np.float32)
 
@@ -124,10 +196,20 @@ def _sequence(a_bits: np.ndarray, b_bits: np.ndarray, *, per_row: bool) -> np.nd
         return b[..., i, :, :] if per_row else b[..., i, None, :]
 
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        abs_a, abs_b = np.abs(a), np.abs(b)
-        min_a = abs_a[abs_a > 0].min(initial=np.inf)
-        min_b = abs_b[abs_b > 0].min(initial=np.inf)
         if np.float64(min_a) * np.float64(min_b) >= _SAFE_PRODUCT:
+            if _KERNELS is not None and acc.size:
+                lead = acc.shape[:-2]
+                r, c = acc.shape[-2:]
+                flat = acc.reshape(-1, r, c)
+                a3 = np.ascontiguousarray(np.broadcast_to(a, lead + a.shape[-2:])).reshape(-1, k, r)
+                if per_row:
+                    b4 = np.ascontiguousarray(np.broadcast_to(b, lead + b.shape[-3:])).reshape(-1, k, r, c)
+                    _KERNELS[1](a3, b4, flat)
+                else:
+                    b3 = np.ascontiguousarray(np.broadcast_to(b, lead + b.shape[-2:])).reshape(-1, k, c)
+                    _KERNELS[0](a3, b3, flat)
+                _KERNELS[3](flat.reshape(-1).view(np.uint32))  # NaNs canonical (nothing else to flush here)
+                return flat.reshape(acc.shape)
             prod = np.empty_like(acc)
             for i in range(k):
                 np.multiply(a[..., i, :, None], b_at(i), out=prod)

@@ -91,3 +91,29 @@ def test_mac_sequence_fast_and_careful_paths_agree_with_the_rule(scale_exp):
     a[3, 1], b[7, 2] = np.inf, np.nan
     abits, bbits = nx.f32_to_bf16_bits(a), nx.f32_to_bf16_bits(b)
     assert np.array_equal(bits(nx.mac_sequence(abits, bbits)), bits(_rule_loop(abits, bbits)))
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["dense", "per-row"])
+@pytest.mark.parametrize("values", ["normal", "specials", "tiny"])
+def test_compiled_mac_kernels_give_numpys_bits(monkeypatch, per_row, values):
+    """The numba loops of the fast path (and the widen/flush pass) ≡ numpy's loop, bit for bit; "tiny"
+    operands take the slow path (products that may underflow) in both."""
+    from nmsat.sim import numerics as nm
+    rng = np.random.default_rng(len(values) + per_row)
+    x = rng.standard_normal((3, 2, 37, 4)).astype(np.float32)
+    y = rng.standard_normal((3, 2, 37, 4, 5) if per_row else (3, 2, 37, 5)).astype(np.float32)
+    if values == "specials":
+        x.flat[::17] = np.inf
+        y.flat[::23] = np.nan
+        x.flat[5::29] = -0.0
+    elif values == "tiny":
+        x *= np.float32(2.0 ** -70)
+        y *= np.float32(2.0 ** -60)
+    a_bits, b_bits = nm.f32_to_bf16_bits(x), nm.f32_to_bf16_bits(y)
+    a_bits.flat[3] = 0x0001  # a bf16 subnormal: read as zero
+    fn = nm.mac_sequence_per_row if per_row else nm.mac_sequence
+    assert nm._KERNELS is not None
+    compiled = fn(a_bits, b_bits)
+    monkeypatch.setattr(nm, "_KERNELS", None)
+    plain = fn(a_bits, b_bits)
+    assert np.array_equal(compiled.view(np.uint32), plain.view(np.uint32))
