@@ -122,17 +122,17 @@ def sparse_shape(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def _burst_counts(cfg: SATConfig, addr: np.ndarray, rows: np.ndarray, word: np.ndarray,
-                  stride: np.ndarray) -> np.ndarray:
-    """:func:`nmsat.hw.timing.burst_count` of every transfer (vectorised where the cut has a closed form:
-    one contiguous run, or runs of one beat each; the rest one by one)."""
+                  stride: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """:func:`nmsat.hw.timing.burst_count` of the transfers ``which`` selects, 0 for the others (vectorised
+    where the cut has a closed form: one contiguous run, or runs of one beat each; the rest one by one)."""
     bus, most = cfg.bus_bytes, cfg.max_burst_beats * cfg.bus_bytes
     page = timing.PAGE_BYTES
     length = rows * word
     first = np.minimum(length, page - addr % page)  # a run cut into page segments, each into bursts
     rest = length - first
     contiguous = -(-first // most) + rest // page * -(-page // most) + -(-(rest % page) // most)
-    out = np.where(stride == word, contiguous, np.where(word == bus, rows, 0))
-    for i in np.flatnonzero((stride != word) & (word != bus)).tolist():
+    out = np.where(which, np.where(stride == word, contiguous, np.where(word == bus, rows, 0)), 0)
+    for i in np.flatnonzero(which & (stride != word) & (word != bus)).tolist():
         out[i] = timing.burst_count(cfg, int(addr[i]), int(rows[i]), int(word[i]), int(stride[i]))
     return out
 
@@ -391,7 +391,7 @@ class CoreModel:
         is_transfer = (unit_a == LOAD) | (unit_a == STORE)
         beats_a = np.where(unit_a == COMPUTE, timing.gemm_mac_cycles(ks),
                            np.where(is_transfer, timing.transfer_beats(cfg, rows_a, words_a), 0))
-        bursts_a = np.where(unit_a == LOAD, _burst_counts(cfg, addr_a, rows_a, words_a, stride_a), 0)
+        bursts_a = _burst_counts(cfg, addr_a, rows_a, words_a, stride_a, unit_a == LOAD)
         vector_end = np.zeros(stop_pc, dtype=np.int64)
         sparsify_times: dict[int, timing.SparsifyTimes] = {}
         for i in np.flatnonzero(unit_a == SPARSIFY).tolist():
