@@ -637,7 +637,7 @@ class CoreModel:
         """
         cfg = self.cfg
         R = cfg.rows
-        pending: list[tuple[tuple[bool, int], np.ndarray, np.ndarray, int, bool]] = []  # ((sparse, steps), a, b, ...)
+        pending: list[tuple] = []  # ((sparse, steps[, B words]), a, b or (B words, rows taken), acc row, accumulate)
         pending_rows = np.zeros(cfg.acc_depth, dtype=bool)
         pending_bytes = 0
 
@@ -647,9 +647,13 @@ class CoreModel:
             for idx, item in enumerate(pending):
                 by_k.setdefault(item[0], []).append(idx)
             outs: list[np.ndarray | None] = [None] * len(pending)
-            for (sparse, _), idxs in by_k.items():
-                sequence = numerics.mac_sequence_per_row if sparse else numerics.mac_sequence
-                result = sequence(np.stack([pending[i][1] for i in idxs]), np.stack([pending[i][2] for i in idxs]))
+            for (sparse, *_), idxs in by_k.items():
+                a_stack = np.stack([pending[i][1] for i in idxs])
+                if sparse:
+                    result = numerics.mac_sequence_gathered(a_stack, np.stack([pending[i][2][0] for i in idxs]),
+                                                            np.stack([pending[i][2][1] for i in idxs]))
+                else:
+                    result = numerics.mac_sequence(a_stack, np.stack([pending[i][2] for i in idxs]))
                 for j, i in enumerate(idxs):
                     outs[i] = result[j]
             for (_, _, _, c0, accumulate), out in zip(pending, outs):
@@ -669,11 +673,14 @@ class CoreModel:
                 n, m = int(f["n"][i]), 1 << int(f["m_log2"][i])
                 slots = int(f["groups"][i]) * n
                 a_snap = self.a[a0:a0 + slots].copy()
-                b_snap = self.b[self._gathered_rows(slots, n, m, b0, i0)]  # [slots, R, C]: each row its word
-                pending.append(((True, slots), a_snap, b_snap, c0, bool(f["accumulate"][i])))
+                span = int(f["groups"][i]) * m
+                b_snap = self.b[b0:b0 + span].copy()  # the B words it reads, and which word each row takes
+                rows_taken = self._gathered_rows(slots, n, m, 0, i0)
+                pending.append(((True, slots, span), a_snap, (b_snap, rows_taken), c0, bool(f["accumulate"][i])))
             if op in (Opcode.GEMM.value, Opcode.SPARSE_GEMM.value):
                 pending_rows[c0:c0 + R] = True
-                pending_bytes += a_snap.nbytes + b_snap.nbytes
+                pending_bytes += a_snap.nbytes + (b_snap.nbytes if op == Opcode.GEMM.value else
+                                                  b_snap.nbytes + rows_taken.nbytes)
                 if pending_bytes > self.BATCH_BYTES:
                     flush()
                 continue

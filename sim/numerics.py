@@ -16,6 +16,7 @@ from ..hw.numerics import CANONICAL_NAN_BF16, CANONICAL_NAN_F32, bf16_bits_to_f3
 __all__ = [
     "CANONICAL_NAN_F32", "CANONICAL_NAN_BF16", "f32_to_bf16_bits", "bf16_bits_to_f32", "flush_f32",
     "mul_bf16", "add_f32", "mul_f32", "sgd_update", "vector_op", "mac_sequence", "mac_sequence_per_row",
+    "mac_sequence_gathered",
 ]
 
 
@@ -114,6 +115,17 @@ def _widen_flush(bits):
     return out, smallest
 
 
+def _mac_gathered(a, b, rows, out):
+    """out[t, r, :] += a[t, j, r] · b[t, rows[t, j, r], :] for j in order."""
+    for t in _prange(a.shape[0]):
+        for r in range(a.shape[2]):
+            for j in range(a.shape[1]):
+                x = a[t, j, r]
+                w = rows[t, j, r]
+                for c in range(b.shape[2]):
+                    out[t, r, c] += x * b[t, w, c]
+
+
 def _canonical_nans(bits):
     """NaNs (in place, fp32 bits) → the canonical NaN: the fast path's sums are never subnormal."""
     for i in _prange(bits.shape[0]):
@@ -152,7 +164,8 @@ else:
     _KERNELS = (njit(parallel=True, cache=True, nogil=True)(_mac_dense),
                 njit(parallel=True, cache=True, nogil=True)(_mac_per_row),
                 njit(cache=True, nogil=True)(_widen_flush),
-                njit(parallel=True, cache=True, nogil=True)(_canonical_nans))
+                njit(parallel=True, cache=True, nogil=True)(_canonical_nans),
+                njit(parallel=True, cache=True, nogil=True)(_mac_gathered))
 
 
 def mac_sequence(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
@@ -175,6 +188,36 @@ def mac_sequence_per_row(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
     """``out[..., r, c] = Σ_j a[..., j, r] · b[..., j, r, c]``: each row its own B operand (the sparse GEMM's
     gathered words), in the rule's order.  ``a_bits`` ``[..., J, R]``, ``b_bits`` ``[..., J, R, C]``."""
     return _sequence(a_bits, b_bits, per_row=True)
+
+
+def mac_sequence_gathered(a_bits: np.ndarray, b_words: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """:func:`mac_sequence_per_row` with ``b[..., j, r, :] = b_words[..., rows[..., j, r], :]``: the sparse
+    GEMM's B words ``[..., W, C]`` and, per slot and row, which of them the row takes (``rows``
+    ``[..., J, R]``), without building the gathered ``[..., J, R, C]`` operand when the compiled fast path
+    applies."""
+    if _KERNELS is not None:
+        a_bits, b_words = np.ascontiguousarray(a_bits, dtype=np.uint16), np.ascontiguousarray(b_words, dtype=np.uint16)
+        a, min_a = _KERNELS[2](a_bits.reshape(-1))
+        b, min_b = _KERNELS[2](b_words.reshape(-1))
+        if np.float64(min_a) * np.float64(min_b) >= _SAFE_PRODUCT:  # as _sequence's fast path
+            k, r = a_bits.shape[-2:]
+            w, c = b_words.shape[-2:]
+            lead = a_bits.shape[:-2]
+            out = np.zeros(lead + (r, c), dtype=np.float32)
+            _KERNELS[4](a.reshape(-1, k, r), b.reshape(-1, w, c),
+                        np.ascontiguousarray(rows, dtype=np.int64).reshape(-1, k, r), out.reshape(-1, r, c))
+            _KERNELS[3](out.reshape(-1).view(np.uint32))
+            return out
+    return _sequence(a_bits, _gather(b_words, rows), per_row=True)
+
+
+def _gather(b_words: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``[..., J, R, C]``: ``b_words[..., rows[..., j, r], :]``."""
+    lead = b_words.shape[:-2]
+    flat_b = b_words.reshape((-1,) + b_words.shape[-2:])
+    flat_rows = np.asarray(rows).reshape((flat_b.shape[0],) + rows.shape[-2:])
+    out = flat_b[np.arange(flat_b.shape[0])[:, None, None], flat_rows]
+    return out.reshape(lead + rows.shape[-2:] + b_words.shape[-1:])
 
 
 def _sequence(a_bits: np.ndarray, b_bits: np.ndarray, *, per_row: bool) -> np.ndarray:

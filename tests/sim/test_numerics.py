@@ -117,3 +117,25 @@ def test_compiled_mac_kernels_give_numpys_bits(monkeypatch, per_row, values):
     monkeypatch.setattr(nm, "_KERNELS", None)
     plain = fn(a_bits, b_bits)
     assert np.array_equal(compiled.view(np.uint32), plain.view(np.uint32))
+
+
+@pytest.mark.parametrize("values", ["normal", "specials", "tiny"])
+def test_gathered_mac_is_the_per_row_mac_on_the_gathered_words(values):
+    """The sparse GEMM's compiled kernel reads B words through the rows' indices; it must give the bits of
+    the per-row MAC on the gathered operand (fast path, and the slow path it falls back to)."""
+    from nmsat.sim import numerics as nm
+    rng = np.random.default_rng(len(values))
+    t, j, r, w, c = 3, 24, 4, 12, 5
+    x = rng.standard_normal((t, j, r)).astype(np.float32)
+    words = rng.standard_normal((t, w, c)).astype(np.float32)
+    if values == "specials":
+        words.flat[::13] = np.nan
+        x.flat[::7] = -np.inf
+    elif values == "tiny":
+        x *= np.float32(2.0 ** -70)
+        words *= np.float32(2.0 ** -60)
+    a_bits, b_bits = nm.f32_to_bf16_bits(x), nm.f32_to_bf16_bits(words)
+    rows = rng.integers(0, w, (t, j, r))
+    gathered = b_bits[np.arange(t)[:, None, None], rows]  # [t, j, r, c]
+    got = nm.mac_sequence_gathered(a_bits, b_bits, rows)
+    assert np.array_equal(got.view(np.uint32), nm.mac_sequence_per_row(a_bits, gathered).view(np.uint32))
