@@ -41,9 +41,11 @@ def f32_to_bf16_bits(x) -> np.ndarray:
     """fp32 values → bf16 bit patterns (uint16), round to nearest even, NaN canonical."""
     bits = np.asarray(x, dtype=np.float32).view(np.uint32)
     rounding = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-    out = ((bits + rounding) >> np.uint32(16)).astype(np.uint16)
-    nan = np.isnan(np.asarray(x, dtype=np.float32))
-    return np.where(nan, CANONICAL_NAN_BF16, out).astype(np.uint16)
+    out = np.asarray(((bits + rounding) >> np.uint32(16)).astype(np.uint16))
+    nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    if nan.any():  # rare: the common case skips the select
+        out = np.where(nan, CANONICAL_NAN_BF16, out).astype(np.uint16)
+    return out
 
 
 def bf16_bits_to_f32(bits) -> np.ndarray:

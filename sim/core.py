@@ -39,13 +39,27 @@ from .worklist import run_worklist
 
 __all__ = ["CoreModel", "RunResult", "Hazard", "check_program"]
 
+#: opcodes and buffers as plain ints (enum attribute lookups are slow in the per-instruction loops)
+_OP_FINISH = Opcode.FINISH.value
+_OP_GEMM = Opcode.GEMM.value
+_OP_LOAD = Opcode.LOAD.value
+_OP_SPARSE_GEMM = Opcode.SPARSE_GEMM.value
+_OP_SPARSIFY = Opcode.SPARSIFY.value
+_OP_STORE = Opcode.STORE.value
+_OP_VECTOR = Opcode.VECTOR.value
+_OP_WEIGHT_UPDATE = Opcode.WEIGHT_UPDATE.value
+_BUF_A = Buffer.A.value
+_BUF_ACC = Buffer.ACC.value
+_BUF_B = Buffer.B.value
+_BUF_IDX = Buffer.IDX.value
+
 LOAD, COMPUTE, STORE, SPARSIFY = 0, 1, 2, 3
 UNITS = (LOAD, COMPUTE, STORE, SPARSIFY)
 UNIT_NAMES = ("load", "compute", "store", "sparsify")
-_UNIT_OF_OPCODE = {Opcode.LOAD.value: LOAD, Opcode.GEMM.value: COMPUTE, Opcode.SPARSE_GEMM.value: COMPUTE,
-                   Opcode.STORE.value: STORE, Opcode.SPARSIFY.value: SPARSIFY, Opcode.WEIGHT_UPDATE.value: SPARSIFY,
-                   Opcode.VECTOR.value: SPARSIFY}
-_STREAM_OPS = (Opcode.WEIGHT_UPDATE.value, Opcode.VECTOR.value)  # the stream engine's (nmsat.hw.timing.stream_*)
+_UNIT_OF_OPCODE = {_OP_LOAD: LOAD, _OP_GEMM: COMPUTE, _OP_SPARSE_GEMM: COMPUTE,
+                   _OP_STORE: STORE, _OP_SPARSIFY: SPARSIFY, _OP_WEIGHT_UPDATE: SPARSIFY,
+                   _OP_VECTOR: SPARSIFY}
+_STREAM_OPS = (_OP_WEIGHT_UPDATE, _OP_VECTOR)  # the stream engine's (nmsat.hw.timing.stream_*)
 #: token channels of the ring load → compute → store → sparsify → load, each way (the core's order of them)
 CHANNELS = ("l2c", "c2l", "c2s", "s2c", "s2p", "p2s", "p2l", "l2p")
 L2C, C2L, C2S, S2C, S2P, P2S, P2L, L2P = range(8)
@@ -111,7 +125,7 @@ def _word_bytes(cfg: SATConfig, buf: np.ndarray) -> np.ndarray:
 
 def dram_word_bytes(cfg: SATConfig, f: dict[str, np.ndarray]) -> np.ndarray:
     """Bytes of each LOAD/STORE word in memory: the buffer's word, half an ACC word for a bf16 STORE."""
-    bf16_store = (f["opcode"] == Opcode.STORE.value) & (f["bf16"] != 0)
+    bf16_store = (f["opcode"] == _OP_STORE) & (f["bf16"] != 0)
     return np.where(bf16_store, cfg.acc_word_bytes // 2, _word_bytes(cfg, f["buffer"]))
 
 
@@ -148,9 +162,9 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
 
     known = np.isin(op, [o.value for o in Opcode])
     flag(~known, ErrorCode.BAD_OPCODE)
-    is_load, is_store = op == Opcode.LOAD.value, op == Opcode.STORE.value
-    is_mem, is_gemm, is_finish = is_load | is_store, op == Opcode.GEMM.value, op == Opcode.FINISH.value
-    is_sparse = op == Opcode.SPARSE_GEMM.value
+    is_load, is_store = op == _OP_LOAD, op == _OP_STORE
+    is_mem, is_gemm, is_finish = is_load | is_store, op == _OP_GEMM, op == _OP_FINISH
+    is_sparse = op == _OP_SPARSE_GEMM
     buf = f["buffer"]
     word = dram_word_bytes(cfg, f)
     depth = np.select([buf == b.value for b in _BUFFERS], [cfg.depth(b) for b in _BUFFERS], 0)
@@ -158,7 +172,7 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     no_neighbour = is_finish & ((f["pop_prev"] | f["pop_next"] | f["push_prev"] | f["push_next"]) != 0)
     flag(no_neighbour, ErrorCode.BAD_ARGS)
     # LOAD fills A, B or IDX; STORE drains ACC (the ACC buffer's ports belong to the drain and the STORE unit)
-    flag(is_mem & ((is_store & (buf != Buffer.ACC.value)) | (is_load & (buf == Buffer.ACC.value))
+    flag(is_mem & ((is_store & (buf != _BUF_ACC)) | (is_load & (buf == _BUF_ACC))
                    | (f["rows"] == 0) | (is_load & ((f["bf16"] | f["relu"]) != 0))), ErrorCode.BAD_ARGS)
     flag(is_mem & (f["sram_addr"] + f["rows"] > depth), ErrorCode.SRAM_RANGE)
     last_byte = f["dram_addr"] + (f["rows"] - 1) * f["dram_stride"] + word
@@ -175,7 +189,7 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
                       | (f["idx_addr"] + idx_words > cfg.idx_depth) | (f["acc_addr"] + cfg.rows > cfg.acc_depth)),
          ErrorCode.SRAM_RANGE)
     # SPARSIFY: a pattern of the config and a length; source and output aligned, inside the address space
-    is_sp = op == Opcode.SPARSIFY.value
+    is_sp = op == _OP_SPARSIFY
     sp_m = np.left_shift(1, f["m_log2"])
     flag(is_sp & ((f["length"] == 0) | (f["n"] == 0) | (f["n"] > sp_m) | ~np.isin(sp_m, list(cfg.sparse_m))),
          ErrorCode.BAD_ARGS)
@@ -184,7 +198,7 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     flag(is_sp & ((f["src_addr"] % bus != 0) | (f["src_stride"] % bus != 0) | (f["dst_offset"] % bus != 0)
                   | (src_end > (1 << cfg.addr_bits)) | (dst_end > (1 << cfg.addr_bits))), ErrorCode.DRAM_RANGE)
     # WEIGHT_UPDATE: some words; w, v, g aligned to a whole burst and inside the address space
-    is_up = op == Opcode.WEIGHT_UPDATE.value
+    is_up = op == _OP_WEIGHT_UPDATE
     flag(is_up & (f["words"] == 0), ErrorCode.BAD_ARGS)
     align = cfg.max_burst_beats * cfg.bus_bytes
     up_bytes = f["words"] * 4 * cfg.rows
@@ -194,7 +208,7 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
                   | (f["w_addr"] + f["g_offset"] + up_bytes > top)), ErrorCode.DRAM_RANGE)
     # VECTOR: some beats, a function it has; x, y and z aligned to a burst (x_addr; the offsets count bursts)
     # and inside the address space
-    is_vec = op == Opcode.VECTOR.value
+    is_vec = op == _OP_VECTOR
     flag(is_vec & ((f["beats"] == 0) | (f["func"] >= len(VectorFunc))), ErrorCode.BAD_ARGS)
     vec_bytes = f["beats"] * bus
     vec_ends = [f["x_addr"] + vec_bytes, f["x_addr"] + f["y_offset"] * align + vec_bytes,
@@ -223,7 +237,7 @@ def sparsify_extents(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[np.ndarr
 def _stream_regions(cfg: SATConfig, f: dict[str, np.ndarray], i: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """(byte addresses of the arrays read, of those written, beats of each) of stream instruction ``i``
     (WEIGHT_UPDATE: w, v, g read, w and v written; VECTOR: x, y read, z written)."""
-    if int(f["opcode"][i]) == Opcode.WEIGHT_UPDATE.value:
+    if int(f["opcode"][i]) == _OP_WEIGHT_UPDATE:
         w = int(f["w_addr"][i])
         v, g = w + int(f["v_offset"][i]), w + int(f["g_offset"][i])
         return (w, v, g), (w, v), timing.update_beats(cfg, int(f["words"][i]))
@@ -373,7 +387,7 @@ class CoreModel:
         n = len(f["opcode"])
         bad_pc, bad_code = check_program(cfg, f)
         op = f["opcode"].tolist()
-        finish_pcs = np.flatnonzero(f["opcode"][: bad_pc if bad_pc >= 0 else n] == Opcode.FINISH.value).tolist()
+        finish_pcs = np.flatnonzero(f["opcode"][: bad_pc if bad_pc >= 0 else n] == _OP_FINISH).tolist()
         # the dispatcher stops at the first FINISH, bad instruction, or the end of the program
         stop_pc = finish_pcs[0] if finish_pcs else (bad_pc if bad_pc >= 0 else n)
         stop_code = ErrorCode.NONE if finish_pcs else (bad_code if bad_pc >= 0 else ErrorCode.NO_FINISH)
@@ -385,7 +399,7 @@ class CoreModel:
         words_a = dram_word_bytes(cfg, f)[:stop_pc]
         words_of = words_a.tolist()
         # reduction steps of a GEMM: k words, or the slots of a SPARSE_GEMM
-        ks = np.where(opa == Opcode.SPARSE_GEMM.value, sparse_shape(f)[0][:stop_pc], f["k"][:stop_pc])
+        ks = np.where(opa == _OP_SPARSE_GEMM, sparse_shape(f)[0][:stop_pc], f["k"][:stop_pc])
         rows_a, addr_a, stride_a = (f[x][:stop_pc] for x in ("rows", "dram_addr", "dram_stride"))
         rows_l, addrs, strides = rows_a.tolist(), addr_a.tolist(), stride_a.tolist()
         is_transfer = (unit_a == LOAD) | (unit_a == STORE)
@@ -664,11 +678,11 @@ class CoreModel:
 
         for i in executed:
             op = int(f["opcode"][i])
-            if op == Opcode.GEMM.value:
+            if op == _OP_GEMM:
                 k, a0, b0, c0 = (int(f[x][i]) for x in ("k", "a_addr", "b_addr", "acc_addr"))
                 a_snap, b_snap = self.a[a0:a0 + k].copy(), self.b[b0:b0 + k].copy()
                 pending.append(((False, k), a_snap, b_snap, c0, bool(f["accumulate"][i])))
-            elif op == Opcode.SPARSE_GEMM.value:
+            elif op == _OP_SPARSE_GEMM:
                 a0, b0, c0, i0 = (int(f[x][i]) for x in ("a_addr", "b_addr", "acc_addr", "idx_addr"))
                 n, m = int(f["n"][i]), 1 << int(f["m_log2"][i])
                 slots = int(f["groups"][i]) * n
@@ -677,27 +691,27 @@ class CoreModel:
                 b_snap = self.b[b0:b0 + span].copy()  # the B words it reads, and which word each row takes
                 rows_taken = self._gathered_rows(slots, n, m, 0, i0)
                 pending.append(((True, slots, span), a_snap, (b_snap, rows_taken), c0, bool(f["accumulate"][i])))
-            if op in (Opcode.GEMM.value, Opcode.SPARSE_GEMM.value):
+            if op in (_OP_GEMM, _OP_SPARSE_GEMM):
                 pending_rows[c0:c0 + R] = True
-                pending_bytes += a_snap.nbytes + (b_snap.nbytes if op == Opcode.GEMM.value else
+                pending_bytes += a_snap.nbytes + (b_snap.nbytes if op == _OP_GEMM else
                                                   b_snap.nbytes + rows_taken.nbytes)
                 if pending_bytes > self.BATCH_BYTES:
                     flush()
                 continue
-            if op == Opcode.SPARSIFY.value:  # memory to memory: the pending GEMMs do not touch it
+            if op == _OP_SPARSIFY:  # memory to memory: the pending GEMMs do not touch it
                 self._sparsify(memory, f, i)
                 continue
-            if op == Opcode.WEIGHT_UPDATE.value:
+            if op == _OP_WEIGHT_UPDATE:
                 self._update(memory, f, i)
                 continue
-            if op == Opcode.VECTOR.value:
+            if op == _OP_VECTOR:
                 self._vector(memory, f, i)
                 continue
             buf, sram, rows, addr, stride = (int(f[x][i]) for x in ("buffer", "sram_addr", "rows", "dram_addr", "dram_stride"))
-            target = {Buffer.A.value: self.a, Buffer.B.value: self.b, Buffer.ACC.value: self.acc,
-                      Buffer.IDX.value: self.idx}[buf]
+            target = {_BUF_A: self.a, _BUF_B: self.b, _BUF_ACC: self.acc,
+                      _BUF_IDX: self.idx}[buf]
             word = target.shape[1] * target.itemsize
-            if op == Opcode.LOAD.value:
+            if op == _OP_LOAD:
                 data = self._read_rows(memory, addr, rows, word, stride)
                 target[sram:sram + rows] = np.ascontiguousarray(data).view(target.dtype).reshape(rows, -1)
             else:  # STORE
@@ -757,7 +771,7 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
     s, e, t, beats, bursts = sched.start, sched.end, sched.transfer, sched.beats, sched.bursts
     op, buf = f["opcode"], f["buffer"]
     R = cfg.rows
-    A, B, IDX = Buffer.A.value, Buffer.B.value, Buffer.IDX.value
+    A, B, IDX = _BUF_A, _BUF_B, _BUF_IDX
     depth = {A: cfg.a_depth, B: cfg.b_depth, IDX: cfg.idx_depth, "ACC": cfg.acc_depth}
     # latest end so far, per word: LOAD writes and GEMM reads of A/B; GEMM writes and STORE reads of ACC
     ends = {(key, kind): np.full(n, -1, np.int64) for key, n in depth.items() for kind in ("w", "r")}
@@ -785,16 +799,16 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
 
     for i in sched.executed:
         o = ops[i]
-        if o == Opcode.LOAD.value:
+        if o == _OP_LOAD:
             lo, rows = sram[i], rows_of[i]
             access(bufs[i], "w", lo, lo + rows, e[i] - beats[i] + 1, e[i], i)
             loads.append((addr_of[i], addr_of[i] + (rows - 1) * stride_of[i] + word[i], s[i], s[i] + bursts[i] - 1, i))
-        elif o == Opcode.GEMM.value:
+        elif o == _OP_GEMM:
             k = k_of[i]
             access(A, "r", a_of[i], a_of[i] + k, s[i], s[i] + k - 1, i)
             access(B, "r", b_of[i], b_of[i] + k, s[i], s[i] + k - 1, i)
             access("ACC", "w", acc_of[i], acc_of[i] + R, t[i] + 1, e[i], i)
-        elif o == Opcode.SPARSE_GEMM.value:
+        elif o == _OP_SPARSE_GEMM:
             j = slots_of[i]
             access(A, "r", a_of[i], a_of[i] + j, s[i], s[i] + j - 1, i)
             access(B, "r", b_of[i], b_of[i] + groups_of[i] * m_of[i], s[i], s[i] + j - 1, i)
@@ -811,13 +825,13 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
             # overlapping arrays: later chunks read what earlier ones wrote (WEIGHT_UPDATE: any two of w, v, g;
             # VECTOR: z over x or y but exactly in place)
             overlaps = lambda a, b: a < b + nbytes and b < a + nbytes  # noqa: E731
-            if o == Opcode.WEIGHT_UPDATE.value:
+            if o == _OP_WEIGHT_UPDATE:
                 bad = any(overlaps(a, b) for j, a in enumerate(reads) for b in reads[j + 1:])
             else:
                 bad = any(overlaps(writes[0], a) and writes[0] != a for a in reads)
             if bad:
                 hazards.append(Hazard("DRAM", "read after write", i, i))
-        elif o == Opcode.SPARSIFY.value:
+        elif o == _OP_SPARSIFY:
             times = sched.sparsify[i]
             src_end, dst_end = (int(x[i]) for x in sparsify_extents(cfg, f))
             dst = int(f["src_addr"][i]) + int(f["dst_offset"][i])
