@@ -97,22 +97,29 @@ _prange = range  # numba's parallel range when compiled (below)
 
 
 def _widen_flush(bits):
-    """bf16 bits → fp32 under rules 1 and 4, and the smallest nonzero magnitude (inf if none)."""
-    out = np.empty(bits.shape[0], np.float32)
-    view = out.view(np.uint32)
-    smallest = np.inf
-    for i in range(bits.shape[0]):
+    """bf16 bits → fp32 under rules 1 and 4, and the smallest nonzero magnitude (inf if none).  Two
+    branch-free loops: the widening, then the least magnitude key of the normal numbers and infinities
+    (bf16 magnitudes order as their low 15 bits; zeros and subnormals read as zero, NaNs do not count)."""
+    n = bits.shape[0]
+    out = np.empty(n, np.uint32)
+    for i in range(n):
         w = np.uint32(bits[i]) << np.uint32(16)
         e = w & np.uint32(0x7F800000)
-        if e == 0:
-            w = w & np.uint32(0x80000000)
-        elif e == np.uint32(0x7F800000) and (w & np.uint32(0x007FFFFF)) != 0:
-            w = np.uint32(0x7FC00000)
-        view[i] = w
-        m = abs(out[i])
-        if m > 0 and m < smallest:
-            smallest = m
-    return out, smallest
+        w = w & np.uint32(0x80000000) if e == 0 else w
+        out[i] = np.uint32(0x7FC00000) if (e == np.uint32(0x7F800000)) and (w & np.uint32(0x007FFFFF)) != 0 else w
+    least = np.uint16(0xFFFF)
+    for i in range(n):
+        m = bits[i] & np.uint16(0x7FFF)
+        key = m if (m >= np.uint16(0x0080)) and (m <= np.uint16(0x7F80)) else np.uint16(0xFFFF)
+        least = key if key < least else least
+    return out, least
+
+
+def _widen(bits):
+    """:func:`_widen_flush` compiled, its least key as a value: (fp32 array, smallest nonzero magnitude)."""
+    out, least = _KERNELS[2](bits)
+    smallest = np.inf if least == 0xFFFF else float(np.uint32(np.uint32(least) << np.uint32(16)).view(np.float32))
+    return out.view(np.float32), smallest
 
 
 def _mac_gathered(a, b, rows, out):
@@ -197,8 +204,8 @@ def mac_sequence_gathered(a_bits: np.ndarray, b_words: np.ndarray, rows: np.ndar
     applies."""
     if _KERNELS is not None:
         a_bits, b_words = np.ascontiguousarray(a_bits, dtype=np.uint16), np.ascontiguousarray(b_words, dtype=np.uint16)
-        a, min_a = _KERNELS[2](a_bits.reshape(-1))
-        b, min_b = _KERNELS[2](b_words.reshape(-1))
+        a, min_a = _widen(a_bits.reshape(-1))
+        b, min_b = _widen(b_words.reshape(-1))
         if np.float64(min_a) * np.float64(min_b) >= _SAFE_PRODUCT:  # as _sequence's fast path
             k, r = a_bits.shape[-2:]
             w, c = b_words.shape[-2:]
@@ -223,8 +230,8 @@ def _gather(b_words: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _sequence(a_bits: np.ndarray, b_bits: np.ndarray, *, per_row: bool) -> np.ndarray:
     if _KERNELS is not None:  # widen, flush and find the smallest nonzero magnitude in one pass each
         a_bits, b_bits = np.ascontiguousarray(a_bits, dtype=np.uint16), np.ascontiguousarray(b_bits, dtype=np.uint16)
-        a, min_a = _KERNELS[2](a_bits.reshape(-1))
-        b, min_b = _KERNELS[2](b_bits.reshape(-1))
+        a, min_a = _widen(a_bits.reshape(-1))
+        b, min_b = _widen(b_bits.reshape(-1))
         a, b = a.reshape(a_bits.shape), b.reshape(b_bits.shape)
     else:
         a = flush_f32(bf16_bits_to_f32(a_bits))
