@@ -2,7 +2,10 @@
 
 The reference the RTL's fp units are checked against and what the simulator
 computes with.  The conversions and the flush live in
-:mod:`nmsat.hw.numerics` and are re-exported here for convenience.
+:mod:`nmsat.hw.numerics` and are re-exported here for convenience.  The
+MAC sequences' fast path (no product or sum can be subnormal) also runs as
+loops compiled with numba when it is installed — the same order of
+operations, held bit-equal to the numpy loop by ``tests/sim/test_numerics.py``.
 
 Not here: the rule's text, timing, buffers or the instruction stream.
 """
