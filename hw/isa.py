@@ -44,12 +44,13 @@ class Opcode(enum.Enum, shape=4):
 
 
 class VectorFunc(enum.Enum, shape=4):
-    """VECTOR's element function (``nmsat.sim.numerics.vector_op`` is the rule); 4..15 are BAD_ARGS."""
+    """VECTOR's element function (``nmsat.sim.numerics.vector_op`` is the rule); 5..15 are BAD_ARGS."""
 
     ADD = 0  # x + y (residual adds, gradients meeting at a fork)
     MUL = 1  # x · y
     RELU_GRAD = 2  # +0 where y <= 0, else x (ReLU's backward: x the output gradient, y the forward output)
     MAX = 3  # the larger of x and y (−0 below +0); NaN if either is
+    SUB = 4  # x − y (x plus y with its sign flipped, as the weight update subtracts)
 
 
 class Buffer(enum.Enum, shape=2):

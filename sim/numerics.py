@@ -71,7 +71,7 @@ def _order_key(bits: np.ndarray) -> np.ndarray:
 def vector_op(func, x_bits, y_bits) -> np.ndarray:
     """VECTOR's element function on bit patterns: uint32 (fp32 elements) or uint16 (bf16, widened exactly,
     the result rounded to nearest even).  Operands are read under the rule (subnormals as zeros of their
-    sign); every result is one of the rule: ADD :func:`add_f32`, MUL :func:`mul_f32`, RELU_GRAD +0 where
+    sign); every result is one of the rule: ADD :func:`add_f32`, SUB ``x + (−y)``, MUL :func:`mul_f32`, RELU_GRAD +0 where
     ``y ≤ 0`` else ``x`` (a NaN y passes x: torch's ``threshold_backward``), MAX the larger (−0 below +0; NaN if either is NaN); NaNs canonical."""
     from ..hw.isa import VectorFunc
     bf16 = np.asarray(x_bits).dtype == np.uint16
@@ -80,6 +80,8 @@ def vector_op(func, x_bits, y_bits) -> np.ndarray:
     func = VectorFunc(func)
     if func is VectorFunc.ADD:
         z = add_f32(x, y)
+    elif func is VectorFunc.SUB:
+        z = add_f32(x, (y.view(np.uint32) ^ np.uint32(0x80000000)).view(np.float32))
     elif func is VectorFunc.MUL:
         z = mul_f32(x, y)
     elif func is VectorFunc.RELU_GRAD:

@@ -152,12 +152,13 @@ class UpdateEngine(wiring.Component):
                 units[name] = m.submodules[f"{name}_{q}"] = Fp32Multiplier()
             for name in ("d", "v", "w"):
                 units[name] = m.submodules[f"add_{name}_{q}"] = Fp32Adder()
+            negate = (vec.func == VectorFunc.SUB) << 31  # SUB: the adders take y with its sign flipped
             m.d.comb += [units["decay_w"].a.eq(Mux(is_vec, x0, self.decay)), units["decay_w"].b.eq(Mux(is_vec, y0, w_q)),
                          units["d"].a.eq(Mux(is_vec, x0, g_q)),
-                         units["d"].b.eq(Mux(is_vec, y0, units["decay_w"].product)),
+                         units["d"].b.eq(Mux(is_vec, y0 ^ negate, units["decay_w"].product)),
                          units["mom_v"].a.eq(Mux(is_vec, x1, self.momentum)), units["mom_v"].b.eq(Mux(is_vec, y1, v_q)),
                          units["v"].a.eq(Mux(is_vec, x1, units["mom_v"].product)),
-                         units["v"].b.eq(Mux(is_vec, y1, units["d"].sum)),
+                         units["v"].b.eq(Mux(is_vec, y1 ^ negate, units["d"].sum)),
                          units["lr_v"].a.eq(self.lr), units["lr_v"].b.eq(units["v"].sum),
                          units["w"].a.eq(w_q), units["w"].b.eq(units["lr_v"].product ^ 0x80000000)]
             w_new.append(units["w"].sum)
@@ -170,13 +171,13 @@ class UpdateEngine(wiring.Component):
                              Mux(_order_key(fx) >= _order_key(fy), fx, fy))
                 r = Signal(32, name=f"vec_{q}_{len(results)}")
                 with m.Switch(vec.func):
-                    with m.Case(VectorFunc.ADD):
+                    with m.Case(VectorFunc.ADD, VectorFunc.SUB):
                         m.d.comb += r.eq(add.sum)
                     with m.Case(VectorFunc.MUL):
                         m.d.comb += r.eq(mul.product)
                     with m.Case(VectorFunc.RELU_GRAD):
                         m.d.comb += r.eq(Mux(passes, fx, 0))
-                    with m.Default():
+                    with m.Case(VectorFunc.MAX):
                         m.d.comb += r.eq(larger)
                 results.append(r)
             z_out.append(Mux(half, Cat(bf16_round(m, f"z_{q}_0", results[0]), bf16_round(m, f"z_{q}_1", results[1])),

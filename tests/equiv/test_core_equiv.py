@@ -366,7 +366,8 @@ STATIC_CASES = [
     (_update(w_addr=(1 << 32) - 0x80, words=9), ErrorCode.DRAM_RANGE), (_update(), ErrorCode.NONE),
     # VECTOR: no beats; a function it lacks; x off a burst boundary; y or z below address 0; past the top of the
     # address space (x, or z only); ones that pass (in place, bf16, a negative offset)
-    (_vector(beats=0), ErrorCode.BAD_ARGS), (_vector(func=4), ErrorCode.BAD_ARGS), (_vector(func=15), ErrorCode.BAD_ARGS),
+    (_vector(beats=0), ErrorCode.BAD_ARGS), (_vector(func=5), ErrorCode.BAD_ARGS), (_vector(func=15), ErrorCode.BAD_ARGS),
+    (_vector(func=4), ErrorCode.NONE),
     (_vector(x_addr=0x1040), ErrorCode.DRAM_RANGE), (_vector(y_offset=-33), ErrorCode.DRAM_RANGE),
     (_vector(z_offset=-33), ErrorCode.DRAM_RANGE), (_vector(x_addr=(1 << 32) - 0x80, beats=17), ErrorCode.DRAM_RANGE),
     (_vector(x_addr=(1 << 32) - 0x200, z_offset=4), ErrorCode.DRAM_RANGE),

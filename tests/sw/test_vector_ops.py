@@ -18,7 +18,7 @@ from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import VectorFunc
 from nmsat.sim.core import CoreModel
 
-TORCH = {VectorFunc.ADD: torch.add, VectorFunc.MUL: torch.mul, VectorFunc.MAX: torch.maximum,
+TORCH = {VectorFunc.ADD: torch.add, VectorFunc.SUB: torch.sub, VectorFunc.MUL: torch.mul, VectorFunc.MAX: torch.maximum,
          VectorFunc.RELU_GRAD: lambda dy, y: torch.ops.aten.threshold_backward(dy, y, 0.0)}
 
 
