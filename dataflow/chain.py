@@ -29,8 +29,8 @@ import numpy as np
 
 from ..hw import numerics
 from ..hw.config import SATConfig
-from ..hw.isa import FIELDS, Opcode, VectorFunc, encode, to_bytes
-from .gemm import GemmPlan, gemm_steps, pack_a, pack_b, plan_gemm, software_pipelined, unpack_c
+from ..hw.isa import Opcode, VectorFunc, encode, to_bytes, with_flags
+from .gemm import GemmPlan, gemm_steps, pack_a, pack_b, plan_gemm, read_tiles, software_pipelined, unpack_b
 from .vector import vector_instructions
 
 __all__ = ["ChainGemm", "ChainVector", "emit_chain", "ChainProgram", "compile_relu_mlp", "b_layout_bytes"]
@@ -60,10 +60,6 @@ class ChainVector:
     words: tuple[int, ...]
 
 
-def _with(word: int, flag: str) -> int:
-    return word | 1 << FIELDS[flag][0]
-
-
 def emit_chain(cfg: SATConfig, items: list) -> list[int]:
     """The instructions of a chain (no FINISH).  GEMMs next to each other are independent of each other; a
     :class:`ChainVector` between two GEMMs orders the later one after the earlier one's STOREs."""
@@ -83,8 +79,8 @@ def emit_chain(cfg: SATConfig, items: list) -> list[int]:
             out += software_pipelined(*pending)  # the earlier GEMMs' STOREs go out before the later GEMM's LOADs
             pending = ([], [], [])
             words = list(item.words)
-            words[0] = _with(words[0], "pop_prev")
-            words[-1] = _with(words[-1], "push_next")
+            words[0] = with_flags(words[0], pop_prev=1)
+            words[-1] = with_flags(words[-1], push_next=1)
             out += words
             wait = True
             continue
@@ -125,17 +121,12 @@ class ChainProgram:
         """bf16 bit patterns ``[k, n]`` of an array kept in the B-operand layout (H, dH, G)."""
         cfg, (k, n) = self.cfg, self.shapes[name]
         addr, nbytes = self.regions[name]
-        raw = memory[addr:addr + nbytes].view(np.uint16).reshape(-1, nbytes // (math.ceil(n / cfg.cols) * cfg.b_word_bytes),
-                                                                 cfg.cols)
-        return raw.transpose(1, 0, 2).reshape(raw.shape[1], -1)[:k, :n].copy()
+        nt = math.ceil(n / cfg.cols)
+        return unpack_b(cfg, memory[addr:addr + nbytes].view(np.uint16).reshape(nt, -1, cfg.cols), k, n).copy()
 
     def read_tiles(self, memory: np.ndarray, name: str) -> np.ndarray:
         """fp32 ``[m, n]`` of a GEMM output stored tile by tile (Y, dX)."""
-        cfg, (m, n) = self.cfg, self.shapes[name]
-        addr, nbytes = self.regions[name]
-        mt, nt = math.ceil(m / cfg.rows), math.ceil(n / cfg.cols)
-        tiles = memory[addr:addr + nbytes].view(np.float32).reshape(mt, nt, cfg.rows, cfg.cols)
-        return unpack_c(cfg, tiles, m, n).copy()
+        return read_tiles(self.cfg, memory, self.regions[name][0], *self.shapes[name])
 
 
 def compile_relu_mlp(cfg: SATConfig, w1: np.ndarray, w2: np.ndarray, x: np.ndarray, dy: np.ndarray) -> ChainProgram:

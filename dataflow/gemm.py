@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..hw.config import SATConfig
-from ..hw.isa import FIELDS, INSTRUCTION_BYTES, Buffer, Opcode, encode, to_bytes
+from ..hw.isa import INSTRUCTION_BYTES, Buffer, Opcode, encode, to_bytes, with_flags
 from ..hw import numerics, timing
 from ..hw.config import IDX_SLOTS_PER_WORD
 from ..hw.sparsity import check_pattern, compress
 
 __all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm", "gemm_steps",
-           "pack_a", "pack_b", "unpack_c", "program_instructions", "block_instructions", "software_pipelined",
+           "pack_a", "pack_b", "unpack_b", "unpack_c", "read_tiles", "program_instructions", "block_instructions", "software_pipelined",
            "compile_sparse_gemm", "pack_indices"]
 
 
@@ -251,6 +251,19 @@ def unpack_c(cfg: SATConfig, packed: np.ndarray, m: int, n: int) -> np.ndarray:
     """``[Mt, Nt, R, C]`` fp32 → ``C[M, N]``."""
     mt, nt = packed.shape[:2]
     return packed.transpose(0, 2, 1, 3).reshape(mt * cfg.rows, nt * cfg.cols)[:m, :n]
+
+
+def unpack_b(cfg: SATConfig, packed: np.ndarray, k: int, n: int) -> np.ndarray:
+    """``[Nt, K', C]`` (a B operand, ``K' ≥ k`` words per N-tile) → ``B[k, n]``: :func:`pack_b` undone."""
+    nt, words = packed.shape[:2]
+    return packed.transpose(1, 0, 2).reshape(words, nt * cfg.cols)[:k, :n]
+
+
+def read_tiles(cfg: SATConfig, memory: np.ndarray, addr: int, m: int, n: int) -> np.ndarray:
+    """fp32 ``C[m, n]`` stored tile by tile (``[Mt, Nt, rows, cols]``) at ``addr`` in a memory image."""
+    mt, nt = -(-m // cfg.rows), -(-n // cfg.cols)
+    tiles = memory[addr:addr + mt * nt * cfg.rows * cfg.acc_word_bytes].view(np.float32)
+    return unpack_c(cfg, tiles.reshape(mt, nt, cfg.rows, cfg.cols), m, n).copy()
 
 
 def _align(x: int, a: int) -> int:
@@ -547,7 +560,7 @@ def gemm_steps(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_ad
                               bf16=int(c_bf16), relu=int(c_relu), **where))
         block_index += 1
     if c_signals:
-        step_stores[-1][-1] |= 1 << FIELDS["push_next"][0]  # the last STORE pushes s2p
+        step_stores[-1][-1] = with_flags(step_stores[-1][-1], push_next=1)  # the last STORE pushes s2p
     return step_loads, step_gemms, step_stores
 
 

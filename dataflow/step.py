@@ -23,7 +23,7 @@ import numpy as np
 from ..hw.config import SATConfig
 from ..hw.isa import Csr, Opcode, encode, to_bytes
 from ..hw.numerics import f32_to_bf16_bits
-from .gemm import emit_gemm, pack_a, pack_b, plan_gemm, unpack_c
+from .gemm import emit_gemm, pack_a, pack_b, plan_gemm, read_tiles
 from .sparsify import (PAGE, SparsifyLayout, _align, _bits, layout_sparsify, pack_master, read_master,
                        update_instructions)
 
@@ -58,10 +58,7 @@ class LinearStep:
         return read_master(self.layout, memory, self.regions["g"][0])
 
     def _c(self, memory, name, m, n):
-        cfg = self.cfg
-        addr, nbytes = self.regions[name]
-        mt, nt = -(-m // cfg.rows), -(-n // cfg.cols)
-        return unpack_c(cfg, memory[addr:addr + nbytes].view(np.float32).reshape(mt, nt, cfg.rows, cfg.cols), m, n)
+        return read_tiles(self.cfg, memory, self.regions[name][0], m, n)
 
 
 def compile_linear_step(cfg: SATConfig, weight: np.ndarray, momentum_buffer: np.ndarray, x: np.ndarray,

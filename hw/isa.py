@@ -22,7 +22,7 @@ from amaranth.lib import data, enum
 
 __all__ = [
     "INSTRUCTION_BITS", "INSTRUCTION_BYTES", "Opcode", "Buffer", "Unit", "ErrorCode", "Csr", "Status",
-    "Deps", "MemArgs", "GemmArgs", "SparseGemmArgs", "SparsifyArgs", "WeightUpdateArgs", "VectorArgs", "VectorFunc", "SIGNED_FIELDS", "Instruction", "encode", "decode", "decode_program", "unit_of",
+    "Deps", "MemArgs", "GemmArgs", "SparseGemmArgs", "SparsifyArgs", "WeightUpdateArgs", "VectorArgs", "VectorFunc", "SIGNED_FIELDS", "Instruction", "encode", "with_flags", "decode", "decode_program", "unit_of",
 ]
 
 INSTRUCTION_BITS = 128
@@ -304,6 +304,16 @@ def encode(opcode: Opcode, *, pop_prev=0, pop_next=0, push_prev=0, push_next=0, 
 
 
 _HEADER_FIELDS = ("opcode", "pop_prev", "pop_next", "push_prev", "push_next")
+
+
+def with_flags(word: int, **flags: int) -> int:
+    """An encoded instruction with token flags set (``pop_prev=1``, ...) or cleared (``=0``)."""
+    for name, value in flags.items():
+        if name not in _HEADER_FIELDS[1:] or value not in (0, 1):
+            raise ValueError(f"with_flags: {name}={value!r} is not a token flag of 0 or 1")
+        bit = 1 << FIELDS[name][0]
+        word = word | bit if value else word & ~bit
+    return word
 #: per argument field: (offset, lowest value, one past the highest, mask of its width)
 _ENCODING = {name: (off, -(1 << width - 1) if name in SIGNED_FIELDS else 0,
                     1 << width - 1 if name in SIGNED_FIELDS else 1 << width, (1 << width) - 1)

@@ -17,9 +17,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
+
 from .config import IDX_SLOTS_PER_WORD as IDX_SLOTS, SATConfig
 
-__all__ = ["bursts", "burst_count", "transfer_beats", "gemm_mac_cycles", "drain_cycles", "LOADS_IN_FLIGHT",
+__all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "gemm_mac_cycles", "drain_cycles", "LOADS_IN_FLIGHT",
            "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES", "SparsifyShape",
            "sparsify_shape", "sparsify_chunk_groups", "sparsify_emit_cycles", "sparsify_read_beats", "SparsifyTimes", "sparsify_cycles",
            "sparsify_events", "UPDATE_FIRST_CHUNK", "UPDATE_STREAMS", "VECTOR_STREAMS", "stream_chunks",
@@ -73,6 +75,22 @@ def bursts(cfg: SATConfig, dram_addr: int, rows: int, word_bytes: int, stride: i
 def burst_count(cfg: SATConfig, dram_addr: int, rows: int, word_bytes: int, stride: int) -> int:
     """Number of bursts of a transfer (the cut of :func:`bursts`, without building the list)."""
     return sum(1 for _ in _cut(cfg, dram_addr, rows, word_bytes, stride))
+
+
+def burst_counts(cfg: SATConfig, dram_addr, rows, word_bytes, stride):
+    """:func:`burst_count` of many transfers at once (numpy arrays): a contiguous run's page segments each
+    cut into bursts of at most ``max_burst_beats``, or one burst per word of one beat; other strided
+    transfers one by one."""
+    addr, rows, word, stride = (np.asarray(x, dtype=np.int64) for x in (dram_addr, rows, word_bytes, stride))
+    most = cfg.max_burst_beats * cfg.bus_bytes
+    length = rows * word
+    first = np.minimum(length, PAGE_BYTES - addr % PAGE_BYTES)
+    rest = length - first
+    contiguous = -(-first // most) + rest // PAGE_BYTES * -(-PAGE_BYTES // most) + -(-(rest % PAGE_BYTES) // most)
+    out = np.where(stride == word, contiguous, np.where(word == cfg.bus_bytes, rows, 0))
+    for i in np.flatnonzero((stride != word) & (word != cfg.bus_bytes)).tolist():
+        out[i] = burst_count(cfg, int(addr[i]), int(rows[i]), int(word[i]), int(stride[i]))
+    return out
 
 
 def transfer_beats(cfg: SATConfig, rows: int, word_bytes: int) -> int:

@@ -135,22 +135,6 @@ def sparse_shape(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.n
     return slots, np.left_shift(1, f["m_log2"]), -(-slots // IDX_SLOTS_PER_WORD)
 
 
-def _burst_counts(cfg: SATConfig, addr: np.ndarray, rows: np.ndarray, word: np.ndarray,
-                  stride: np.ndarray, which: np.ndarray) -> np.ndarray:
-    """:func:`nmsat.hw.timing.burst_count` of the transfers ``which`` selects, 0 for the others (vectorised
-    where the cut has a closed form: one contiguous run, or runs of one beat each; the rest one by one)."""
-    bus, most = cfg.bus_bytes, cfg.max_burst_beats * cfg.bus_bytes
-    page = timing.PAGE_BYTES
-    length = rows * word
-    first = np.minimum(length, page - addr % page)  # a run cut into page segments, each into bursts
-    rest = length - first
-    contiguous = -(-first // most) + rest // page * -(-page // most) + -(-(rest % page) // most)
-    out = np.where(which, np.where(stride == word, contiguous, np.where(word == bus, rows, 0)), 0)
-    for i in np.flatnonzero(which & (stride != word) & (word != bus)).tolist():
-        out[i] = timing.burst_count(cfg, int(addr[i]), int(rows[i]), int(word[i]), int(stride[i]))
-    return out
-
-
 def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorCode]:
     """Static checks of every instruction (vectorised); returns (first bad index, code) or (-1, NONE)."""
     n = len(f["opcode"])
@@ -405,7 +389,10 @@ class CoreModel:
         is_transfer = (unit_a == LOAD) | (unit_a == STORE)
         beats_a = np.where(unit_a == COMPUTE, timing.gemm_mac_cycles(ks),
                            np.where(is_transfer, timing.transfer_beats(cfg, rows_a, words_a), 0))
-        bursts_a = _burst_counts(cfg, addr_a, rows_a, words_a, stride_a, unit_a == LOAD)
+        is_load = unit_a == LOAD
+        bursts_a = np.zeros(stop_pc, dtype=np.int64)
+        bursts_a[is_load] = timing.burst_counts(cfg, addr_a[is_load], rows_a[is_load], words_a[is_load],
+                                                stride_a[is_load])
         vector_end = np.zeros(stop_pc, dtype=np.int64)
         sparsify_times: dict[int, timing.SparsifyTimes] = {}
         for i in np.flatnonzero(unit_a == SPARSIFY).tolist():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..hw.isa import VectorFunc
 from ..hw.numerics import CANONICAL_NAN_BF16, CANONICAL_NAN_F32, bf16_bits_to_f32, f32_to_bf16_bits, flush_f32
 
 __all__ = [
@@ -73,7 +74,6 @@ def vector_op(func, x_bits, y_bits) -> np.ndarray:
     the result rounded to nearest even).  Operands are read under the rule (subnormals as zeros of their
     sign); every result is one of the rule: ADD :func:`add_f32`, SUB ``x + (−y)``, MUL :func:`mul_f32`, RELU_GRAD +0 where
     ``y ≤ 0`` else ``x`` (a NaN y passes x: torch's ``threshold_backward``), MAX the larger (−0 below +0; NaN if either is NaN); NaNs canonical."""
-    from ..hw.isa import VectorFunc
     bf16 = np.asarray(x_bits).dtype == np.uint16
     widen = bf16_bits_to_f32 if bf16 else (lambda b: np.asarray(b, dtype=np.uint32).view(np.float32))
     x, y = flush_f32(widen(x_bits)), flush_f32(widen(y_bits))
@@ -122,7 +122,7 @@ def _widen_flush(bits):
 
 def _widen(bits):
     """:func:`_widen_flush` compiled, its least key as a value: (fp32 array, smallest nonzero magnitude)."""
-    out, least = _KERNELS[2](bits)
+    out, least = _KERNELS.widen_flush(bits)
     smallest = np.inf if least == 0xFFFF else float(np.uint32(np.uint32(least) << np.uint32(16)).view(np.float32))
     return out.view(np.float32), smallest
 
@@ -173,11 +173,11 @@ try:
 except ImportError:  # numpy's loop below does it
     _KERNELS = None
 else:
-    _KERNELS = (njit(parallel=True, cache=True, nogil=True)(_mac_dense),
-                njit(parallel=True, cache=True, nogil=True)(_mac_per_row),
-                njit(cache=True, nogil=True)(_widen_flush),
-                njit(parallel=True, cache=True, nogil=True)(_canonical_nans),
-                njit(parallel=True, cache=True, nogil=True)(_mac_gathered))
+    from types import SimpleNamespace
+    _parallel = njit(parallel=True, cache=True, nogil=True)
+    _KERNELS = SimpleNamespace(mac_dense=_parallel(_mac_dense), mac_per_row=_parallel(_mac_per_row),
+                               mac_gathered=_parallel(_mac_gathered), canonical_nans=_parallel(_canonical_nans),
+                               widen_flush=njit(cache=True, nogil=True)(_widen_flush))
 
 
 def mac_sequence(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
@@ -216,9 +216,9 @@ def mac_sequence_gathered(a_bits: np.ndarray, b_words: np.ndarray, rows: np.ndar
             w, c = b_words.shape[-2:]
             lead = a_bits.shape[:-2]
             out = np.zeros(lead + (r, c), dtype=np.float32)
-            _KERNELS[4](a.reshape(-1, k, r), b.reshape(-1, w, c),
+            _KERNELS.mac_gathered(a.reshape(-1, k, r), b.reshape(-1, w, c),
                         np.ascontiguousarray(rows, dtype=np.int64).reshape(-1, k, r), out.reshape(-1, r, c))
-            _KERNELS[3](out.reshape(-1).view(np.uint32))
+            _KERNELS.canonical_nans(out.reshape(-1).view(np.uint32))
             return out
     return _sequence(a_bits, _gather(b_words, rows), per_row=True)
 
@@ -259,11 +259,11 @@ def _sequence(a_bits: np.ndarray, b_bits: np.ndarray, *, per_row: bool) -> np.nd
                 a3 = np.ascontiguousarray(np.broadcast_to(a, lead + a.shape[-2:])).reshape(-1, k, r)
                 if per_row:
                     b4 = np.ascontiguousarray(np.broadcast_to(b, lead + b.shape[-3:])).reshape(-1, k, r, c)
-                    _KERNELS[1](a3, b4, flat)
+                    _KERNELS.mac_per_row(a3, b4, flat)
                 else:
                     b3 = np.ascontiguousarray(np.broadcast_to(b, lead + b.shape[-2:])).reshape(-1, k, c)
-                    _KERNELS[0](a3, b3, flat)
-                _KERNELS[3](flat.reshape(-1).view(np.uint32))  # NaNs canonical (nothing else to flush here)
+                    _KERNELS.mac_dense(a3, b3, flat)
+                _KERNELS.canonical_nans(flat.reshape(-1).view(np.uint32))  # NaNs canonical (nothing else to flush here)
                 return flat.reshape(acc.shape)
             prod = np.empty_like(acc)
             for i in range(k):

@@ -15,7 +15,7 @@ from nmsat.dataflow.chain import ChainGemm, ChainVector, compile_relu_mlp, emit_
 from nmsat.dataflow.gemm import compile_gemm, plan_gemm, read_c
 from nmsat.dataflow.vector import compile_vector, read_array
 from nmsat.hw.config import SATConfig
-from nmsat.hw.isa import FIELDS, Opcode, VectorFunc, decode, encode
+from nmsat.hw.isa import Opcode, VectorFunc, decode, encode, with_flags
 from nmsat.hw.numerics import f32_to_bf16_bits
 from nmsat.sim.core import CoreModel
 
@@ -74,13 +74,12 @@ def test_a_chain_without_its_tokens_races(flag):
     vectors = [i for i, w in enumerate(words) if decode(w).opcode == Opcode.VECTOR.value]
     if flag == "b_wait":  # the GEMM after the relay does not wait for it
         at = next(i for i, w in enumerate(words) if decode(w).opcode == Opcode.LOAD.value and decode(w).pop_prev)
-        words[at] &= ~(1 << FIELDS["pop_prev"][0])
-        words[vectors[0]] &= ~(1 << FIELDS["push_next"][0])
-    else:  # the relay does not wait for the STOREs, or does not tell the LOADs: a token left over or missing
-        words[vectors[0]] &= ~(1 << FIELDS[flag][0])
-        other = "push_next" if flag == "pop_prev" else "pop_prev"
-        if flag == "push_next":
-            words[vectors[0]] &= ~(1 << FIELDS[other][0])  # no wait on either side of the relay
+        words[at] = with_flags(words[at], pop_prev=0)
+        words[vectors[0]] = with_flags(words[vectors[0]], push_next=0)
+    elif flag == "pop_prev":  # the relay does not wait for the STOREs: a token left over for the RELU_GRAD
+        words[vectors[0]] = with_flags(words[vectors[0]], pop_prev=0)
+    else:  # no wait on either side of the relay, and nothing told to the LOADs
+        words[vectors[0]] = with_flags(words[vectors[0]], pop_prev=0, push_next=0)
     memory = prog.memory.copy()
     memory[prog.program_addr:prog.program_addr + 16 * len(words)] = np.frombuffer(
         b"".join(w.to_bytes(16, "little") for w in words), dtype=np.uint8)

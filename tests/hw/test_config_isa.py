@@ -112,3 +112,17 @@ def test_vectorised_decode_matches_amaranth_from_bits():
             assert int(fields[k][i]) == getattr(c.args.mem, k)
         for k in ("a_addr", "b_addr", "acc_addr", "k", "accumulate"):
             assert int(fields[k][i]) == getattr(c.args.gemm, k)
+
+
+def test_with_flags_sets_and_clears_token_flags_only():
+    from nmsat.hw.isa import Buffer, Opcode, decode, encode, with_flags
+    word = encode(Opcode.LOAD, buffer=Buffer.B, rows=3, dram_addr=0x1000, dram_stride=8, pop_next=1)
+    flagged = with_flags(word, pop_prev=1, push_next=1, pop_next=0)
+    d, e = decode(word), decode(flagged)
+    assert (e.pop_prev, e.pop_next, e.push_prev, e.push_next) == (1, 0, 0, 1)
+    assert (e.buffer, e.rows, e.dram_addr, e.dram_stride) == (d.buffer, d.rows, d.dram_addr, d.dram_stride)
+    assert with_flags(flagged, pop_prev=0, push_next=0, pop_next=1) == word
+    with pytest.raises(ValueError, match="token flag"):
+        with_flags(word, rows=1)
+    with pytest.raises(ValueError, match="token flag"):
+        with_flags(word, pop_prev=2)
