@@ -31,7 +31,7 @@ from ..hw.sparsity import check_pattern, compress
 
 __all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm", "gemm_steps",
            "pack_a", "pack_b", "unpack_b", "unpack_c", "read_tiles", "program_instructions", "block_instructions", "software_pipelined",
-           "compile_sparse_gemm", "pack_indices"]
+           "compile_sparse_gemm", "pack_indices", "place_tokens"]
 
 
 @dataclass(frozen=True)
@@ -495,18 +495,15 @@ def gemm_steps(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_ad
     if c_b_tile_stride is not None and not c_bf16:
         raise ValueError("gemm_steps: C stored as a next GEMM's B operand must be bf16 (c_bf16)")
     c_tile_bytes = R * c_word
-    # per step: (loads, gemms, stores issued after the step); emitted software-pipelined below
-    step_loads: list[list[int]] = []
-    step_gemms: list[list[int]] = []
-    step_stores: list[list[int]] = []
-    step_index = first_step
+    blocks_out: list[tuple[list, list]] = []  # per block: its steps (LOADs, GEMMs), its STOREs
     block_index = first_block
-    waiting = b_waits
     origins = [(i0, j0) for i0 in range(0, plan.mt, plan.mb) for j0 in range(0, plan.nt, plan.nb)]
+    step_index = first_step
     for i0, j0 in (origins if blocks is None else [origins[i] for i in blocks]):
         mis = range(i0, min(i0 + plan.mb, plan.mt))
         njs = range(j0, min(j0 + plan.nb, plan.nt))
         acc_base = (block_index % 2) * acc_half
+        steps_out = []
         for s in range(steps):
             k0 = s * kc  # first reduction unit of the chunk
             klen = min(kc, units - k0)
@@ -525,6 +522,53 @@ def gemm_steps(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_ad
                 loads.append(dict(buffer=Buffer.B, sram_addr=half * b_half + y * kc * b_per, rows=klen * b_per,
                                   dram_addr=b_addr + nj * b_tile_bytes + k0 * b_per * cfg.b_word_bytes,
                                   dram_stride=cfg.b_word_bytes))
+            gemms = []
+            for x in range(len(mis)):
+                for y in range(len(njs)):
+                    common = dict(a_addr=half * a_half + x * kc * a_per, b_addr=half * b_half + y * kc * b_per,
+                                  acc_addr=acc_base + (x * len(njs) + y) * R, accumulate=int(s > 0))
+                    if pattern:
+                        gemms.append((Opcode.SPARSE_GEMM, dict(**common, groups=klen, n=pattern[0],
+                                                               m_log2=pattern[1].bit_length() - 1,
+                                                               idx_addr=half * idx_half + x * idx_chunk)))
+                    else:
+                        gemms.append((Opcode.GEMM, dict(**common, k=klen)))
+            steps_out.append((loads, gemms))
+            step_index += 1
+        stores = []
+        for x, mi in enumerate(mis):
+            for y, nj in enumerate(njs):
+                if c_b_tile_stride is not None:
+                    where = dict(dram_addr=c_addr + nj * c_b_tile_stride + mi * R * c_word, dram_stride=c_word)
+                elif c_row_stride is None:
+                    where = dict(dram_addr=c_addr + (mi * plan.nt + nj) * c_tile_bytes, dram_stride=c_word)
+                else:
+                    where = dict(dram_addr=c_addr + mi * R * c_row_stride + nj * c_word, dram_stride=c_row_stride)
+                stores.append(dict(buffer=Buffer.ACC, sram_addr=acc_base + (x * len(njs) + y) * R, rows=R,
+                                   bf16=int(c_bf16), relu=int(c_relu), **where))
+        blocks_out.append((steps_out, stores))
+        block_index += 1
+    return place_tokens(blocks_out, first_step=first_step, first_block=first_block, b_waits=b_waits,
+                        c_signals=c_signals)
+
+
+def place_tokens(blocks: list[tuple[list, list]], *, first_step: int = 0, first_block: int = 0,
+                 b_waits: bool = False, c_signals: bool = False) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """Encode blocks of double-buffered work with their dependency tokens: (LOADs, GEMMs, STOREs after) per step.
+
+    ``blocks``: per output block, its reduction steps as (LOAD argument dicts, (opcode, GEMM argument dict)
+    pairs) and the STORE argument dicts after its last step.  The steps alternate buffer halves and the
+    blocks accumulator halves (counted from ``first_step`` / ``first_block``); the tokens are those of
+    :func:`gemm_steps` (data ready, half free two steps later; tiles to store, accumulator half free two
+    blocks later), so any emitter of this shape (a GEMM's tiles, a convolution's kernel walks) shares them.
+    """
+    step_loads: list[list[int]] = []
+    step_gemms: list[list[int]] = []
+    step_stores: list[list[int]] = []
+    step_index, block_index = first_step, first_block
+    waiting = b_waits
+    for steps, stores in blocks:
+        for s, (loads, gemms) in enumerate(steps):
             step_loads.append([])
             step_gemms.append([])
             step_stores.append([])
@@ -533,31 +577,16 @@ def gemm_steps(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_ad
                 waiting = waiting and not wait
                 step_loads[-1].append(encode(Opcode.LOAD, pop_next=int(idx == 0 and step_index >= 2),
                                              pop_prev=int(wait), push_next=int(idx == len(loads) - 1), **args))
-            pairs = [(x, y) for x in range(len(mis)) for y in range(len(njs))]
-            for idx, (x, y) in enumerate(pairs):
-                first, last = idx == 0, idx == len(pairs) - 1
-                tokens = dict(pop_prev=int(first), pop_next=int(first and s == 0 and block_index >= 2),
-                              push_prev=int(last), push_next=int(last and s == steps - 1))
-                common = dict(a_addr=half * a_half + x * kc * a_per, b_addr=half * b_half + y * kc * b_per,
-                              acc_addr=acc_base + (x * len(njs) + y) * R, accumulate=int(s > 0))
-                if pattern:
-                    step_gemms[-1].append(encode(Opcode.SPARSE_GEMM, **tokens, **common, groups=klen, n=pattern[0],
-                                                 m_log2=pattern[1].bit_length() - 1,
-                                                 idx_addr=half * idx_half + x * idx_chunk))
-                else:
-                    step_gemms[-1].append(encode(Opcode.GEMM, **tokens, **common, k=klen))
+            for idx, (opcode, args) in enumerate(gemms):
+                first, last = idx == 0, idx == len(gemms) - 1
+                step_gemms[-1].append(encode(opcode, pop_prev=int(first),
+                                             pop_next=int(first and s == 0 and block_index >= 2),
+                                             push_prev=int(last), push_next=int(last and s == len(steps) - 1),
+                                             **args))
             step_index += 1
-        tiles = [(x, y, mi, nj) for x, mi in enumerate(mis) for y, nj in enumerate(njs)]
-        for idx, (x, y, mi, nj) in enumerate(tiles):
-            if c_b_tile_stride is not None:
-                where = dict(dram_addr=c_addr + nj * c_b_tile_stride + mi * R * c_word, dram_stride=c_word)
-            elif c_row_stride is None:
-                where = dict(dram_addr=c_addr + (mi * plan.nt + nj) * c_tile_bytes, dram_stride=c_word)
-            else:
-                where = dict(dram_addr=c_addr + mi * R * c_row_stride + nj * c_word, dram_stride=c_row_stride)
-            step_stores[-1].append(encode(Opcode.STORE, pop_prev=int(idx == 0), push_prev=int(idx == len(tiles) - 1),
-                              buffer=Buffer.ACC, sram_addr=acc_base + (x * len(njs) + y) * R, rows=R,
-                              bf16=int(c_bf16), relu=int(c_relu), **where))
+        for idx, args in enumerate(stores):
+            step_stores[-1].append(encode(Opcode.STORE, pop_prev=int(idx == 0), push_prev=int(idx == len(stores) - 1),
+                                          **args))
         block_index += 1
     if c_signals:
         step_stores[-1][-1] = with_flags(step_stores[-1][-1], push_next=1)  # the last STORE pushes s2p

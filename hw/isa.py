@@ -126,17 +126,28 @@ class MemArgs(data.Struct):
 
 
 class GemmArgs(data.Struct):
+    """GEMM: ``k`` words of A and B per kernel tap; with a kernel walk (``taps_h · taps_w`` taps, on-chip
+    im2col) reduction step ``j`` reads A word ``a_addr + j`` and B word ``b_addr + th·tap_h_stride +
+    tw·tap_w_stride + i`` for tap ``t = j // k = th·taps_w + tw`` and ``i = j % k``: the B buffer holds an
+    activation window once and the walk reads each tap's channels from it.  ``taps_h``/``taps_w`` 0 or 1
+    is one tap (a plain GEMM)."""
+
     a_addr: 16
     b_addr: 16
     acc_addr: 16
-    k: 16  # reduction length: words of A and B consumed
+    k: 16  # reduction length per tap: words of A and B consumed
     accumulate: 1  # 1: add into the accumulator buffer; 0: overwrite it
+    _pad0: 24  # SPARSE_GEMM's idx_addr, n, m_log2
+    taps_h: 3  # kernel rows walked (0 and 1: one)
+    taps_w: 3  # kernel columns walked (0 and 1: one)
+    tap_h_stride: 14  # B words from one kernel row to the next
+    tap_w_stride: 11  # B words from one kernel column to the next
 
 
 class SparseGemmArgs(data.Struct):
     """SPARSE_GEMM: A compressed N:M along the reduction (``groups · n`` value words from ``a_addr``, their slot
     indices in IDX words from ``idx_addr``), B dense (``groups · m`` words from ``b_addr``, a multiple of m).
-    The first five fields share GemmArgs' offsets (``groups`` stands where ``k`` does)."""
+    The first five fields and the kernel walk share GemmArgs' offsets (``groups`` stands where ``k`` does)."""
 
     a_addr: 16
     b_addr: 16
@@ -146,6 +157,10 @@ class SparseGemmArgs(data.Struct):
     idx_addr: 16  # IDX word of slot 0 (slots 4w .. 4w+3 in word w, nibble j % 4 of each lane)
     n: 5  # kept per group, 1..m
     m_log2: 3  # m = 2 ** m_log2, one of the config's sparse_m
+    taps_h: 3  # the kernel walk of GemmArgs: ``groups`` groups per tap, slots (and their indices) in tap order;
+    taps_w: 3  # tap t's group g is B words b_addr + th·tap_h_stride + tw·tap_w_stride + g·m ...; the strides
+    tap_h_stride: 14  # are multiples of m
+    tap_w_stride: 11
 
 
 class SparsifyArgs(data.Struct):
@@ -255,6 +270,10 @@ class Decoded:
     func: int = 0
     y_offset: int = 0
     z_offset: int = 0
+    taps_h: int = 0
+    taps_w: int = 0
+    tap_h_stride: int = 0
+    tap_w_stride: int = 0
 
 
 def _field_offsets() -> dict[str, tuple[int, int]]:

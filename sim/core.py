@@ -129,10 +129,32 @@ def dram_word_bytes(cfg: SATConfig, f: dict[str, np.ndarray]) -> np.ndarray:
     return np.where(bf16_store, cfg.acc_word_bytes // 2, _word_bytes(cfg, f["buffer"]))
 
 
+def kernel_walk(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(taps, B words from b_addr to the last tap's first word) of every instruction read as a GEMM (vectorised)."""
+    walk_h, walk_w = np.maximum(f["taps_h"], 1), np.maximum(f["taps_w"], 1)
+    return walk_h * walk_w, (walk_h - 1) * f["tap_h_stride"] + (walk_w - 1) * f["tap_w_stride"]
+
+
 def sparse_shape(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(slots, m, index words) of every instruction read as a SPARSE_GEMM (vectorised)."""
-    slots = f["groups"] * f["n"]
+    """(slots, m, index words) of every instruction read as a SPARSE_GEMM (vectorised; all taps)."""
+    slots = kernel_walk(f)[0] * f["groups"] * f["n"]
     return slots, np.left_shift(1, f["m_log2"]), -(-slots // IDX_SLOTS_PER_WORD)
+
+
+def gemm_extents(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(reduction steps: A words read, B words from b_addr to one past the last read) of every instruction
+    read as a GEMM or SPARSE_GEMM (vectorised; the B span bounds the kernel walk's words)."""
+    taps, last_tap = kernel_walk(f)
+    sparse = f["opcode"] == _OP_SPARSE_GEMM
+    steps = np.where(sparse, sparse_shape(f)[0], taps * f["k"])
+    return steps, last_tap + np.where(sparse, f["groups"] * np.left_shift(1, f["m_log2"]), f["k"])
+
+
+def tap_offsets(f: dict[str, np.ndarray], i: int) -> np.ndarray:
+    """B word offsets of instruction ``i``'s taps from b_addr, in walk order (kernel row by kernel row)."""
+    walk_h, walk_w = max(int(f["taps_h"][i]), 1), max(int(f["taps_w"][i]), 1)
+    return (np.arange(walk_h)[:, None] * int(f["tap_h_stride"][i])
+            + np.arange(walk_w)[None, :] * int(f["tap_w_stride"][i])).reshape(-1)
 
 
 def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorCode]:
@@ -163,13 +185,14 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     flag(is_mem & ((f["dram_addr"] % cfg.bus_bytes != 0) | (f["dram_stride"] % cfg.bus_bytes != 0)
                    | (last_byte > (1 << cfg.addr_bits))), ErrorCode.DRAM_RANGE)
     flag(is_gemm & (f["k"] == 0), ErrorCode.BAD_ARGS)
-    flag(is_gemm & ((f["a_addr"] + f["k"] > cfg.a_depth) | (f["b_addr"] + f["k"] > cfg.b_depth)
+    steps, b_span = gemm_extents(f)
+    flag(is_gemm & ((f["a_addr"] + steps > cfg.a_depth) | (f["b_addr"] + b_span > cfg.b_depth)
                     | (f["acc_addr"] + cfg.rows > cfg.acc_depth)), ErrorCode.SRAM_RANGE)
     slots, m, idx_words = sparse_shape(f)
     supported = np.isin(m, list(cfg.sparse_m))
-    flag(is_sparse & ((f["groups"] == 0) | (f["n"] == 0) | (f["n"] > m) | ~supported | (f["b_addr"] % m != 0)),
-         ErrorCode.BAD_ARGS)
-    flag(is_sparse & ((f["a_addr"] + slots > cfg.a_depth) | (f["b_addr"] + f["groups"] * m > cfg.b_depth)
+    flag(is_sparse & ((f["groups"] == 0) | (f["n"] == 0) | (f["n"] > m) | ~supported | (f["b_addr"] % m != 0)
+                      | (f["tap_h_stride"] % m != 0) | (f["tap_w_stride"] % m != 0)), ErrorCode.BAD_ARGS)
+    flag(is_sparse & ((f["a_addr"] + slots > cfg.a_depth) | (f["b_addr"] + b_span > cfg.b_depth)
                       | (f["idx_addr"] + idx_words > cfg.idx_depth) | (f["acc_addr"] + cfg.rows > cfg.acc_depth)),
          ErrorCode.SRAM_RANGE)
     # SPARSIFY: a pattern of the config and a length; source and output aligned, inside the address space
@@ -382,8 +405,8 @@ class CoreModel:
         # per-instruction duration parameters: (GEMM: MAC cycles | transfers: data beats, LOAD bursts)
         words_a = dram_word_bytes(cfg, f)[:stop_pc]
         words_of = words_a.tolist()
-        # reduction steps of a GEMM: k words, or the slots of a SPARSE_GEMM
-        ks = np.where(opa == _OP_SPARSE_GEMM, sparse_shape(f)[0][:stop_pc], f["k"][:stop_pc])
+        # reduction steps of a GEMM: k words per tap, or the slots of a SPARSE_GEMM
+        ks = gemm_extents(f)[0][:stop_pc]
         rows_a, addr_a, stride_a = (f[x][:stop_pc] for x in ("rows", "dram_addr", "dram_stride"))
         rows_l, addrs, strides = rows_a.tolist(), addr_a.tolist(), stride_a.tolist()
         is_transfer = (unit_a == LOAD) | (unit_a == STORE)
@@ -615,13 +638,14 @@ class CoreModel:
             n = max(0, min(word, limit - lo))
             memory[lo:lo + n] = data[r, :n]
 
-    def _gathered_rows(self, slots: int, n: int, m: int, b0: int, i0: int) -> np.ndarray:
-        """B word addresses ``[slots, rows]`` a SPARSE_GEMM reads: slot j of row r takes word
-        ``b0 + (j // n)·m + index``, the index being the low log2(m) bits of the slot's nibble."""
-        j = np.arange(slots)
+    def _gathered_rows(self, taps: np.ndarray, groups: int, n: int, m: int, i0: int) -> np.ndarray:
+        """B word offsets from b_addr ``[slots, rows]`` a SPARSE_GEMM reads: slot j (tap t, group g of it) of
+        row r takes word ``taps[t] + g·m + index``, the index being the low log2(m) bits of the slot's nibble."""
+        per_tap = groups * n
+        j = np.arange(len(taps) * per_tap)
         words = self.idx[i0 + j // IDX_SLOTS_PER_WORD].astype(np.int64)  # [slots, rows]
         nibble = (words >> (4 * (j % IDX_SLOTS_PER_WORD))[:, None]) & 0xF
-        return b0 + (j // n * m)[:, None] + (nibble & (m - 1))
+        return (taps[j // per_tap] + j % per_tap // n * m)[:, None] + (nibble & (m - 1))
 
     #: flush pending GEMMs once their operand snapshots hold this many bytes
     BATCH_BYTES = 256 << 20
@@ -667,16 +691,23 @@ class CoreModel:
             op = int(f["opcode"][i])
             if op == _OP_GEMM:
                 k, a0, b0, c0 = (int(f[x][i]) for x in ("k", "a_addr", "b_addr", "acc_addr"))
-                a_snap, b_snap = self.a[a0:a0 + k].copy(), self.b[b0:b0 + k].copy()
-                pending.append(((False, k), a_snap, b_snap, c0, bool(f["accumulate"][i])))
+                taps = tap_offsets(f, i)
+                a_snap = self.a[a0:a0 + len(taps) * k].copy()
+                if len(taps) == 1:
+                    b_snap = self.b[b0:b0 + k].copy()
+                else:  # the kernel walk: each tap's k words
+                    b_snap = self.b[(b0 + taps[:, None] + np.arange(k)).reshape(-1)]
+                pending.append(((False, len(a_snap)), a_snap, b_snap, c0, bool(f["accumulate"][i])))
             elif op == _OP_SPARSE_GEMM:
                 a0, b0, c0, i0 = (int(f[x][i]) for x in ("a_addr", "b_addr", "acc_addr", "idx_addr"))
                 n, m = int(f["n"][i]), 1 << int(f["m_log2"][i])
-                slots = int(f["groups"][i]) * n
+                taps = tap_offsets(f, i)
+                groups = int(f["groups"][i])
+                slots = len(taps) * groups * n
                 a_snap = self.a[a0:a0 + slots].copy()
-                span = int(f["groups"][i]) * m
+                span = int(taps[-1]) + groups * m
                 b_snap = self.b[b0:b0 + span].copy()  # the B words it reads, and which word each row takes
-                rows_taken = self._gathered_rows(slots, n, m, 0, i0)
+                rows_taken = self._gathered_rows(taps, groups, n, m, i0)
                 pending.append(((True, slots, span), a_snap, (b_snap, rows_taken), c0, bool(f["accumulate"][i])))
             if op in (_OP_GEMM, _OP_SPARSE_GEMM):
                 pending_rows[c0:c0 + R] = True
@@ -770,9 +801,10 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
     word = dram_word_bytes(cfg, f).tolist()
     ops, bufs = op.tolist(), buf.tolist()
     sram, rows_of, addr_of, stride_of = (f[x].tolist() for x in ("sram_addr", "rows", "dram_addr", "dram_stride"))
-    k_of, a_of, b_of, acc_of = (f[x].tolist() for x in ("k", "a_addr", "b_addr", "acc_addr"))
-    slots_of, m_of, idx_words_of = (x.tolist() for x in sparse_shape(f))
-    idx_of, groups_of = f["idx_addr"].tolist(), f["groups"].tolist()
+    a_of, b_of, acc_of = (f[x].tolist() for x in ("a_addr", "b_addr", "acc_addr"))
+    steps_of, b_span_of = (x.tolist() for x in gemm_extents(f))
+    idx_words_of = sparse_shape(f)[2].tolist()
+    idx_of = f["idx_addr"].tolist()
 
     def access(key, kind: str, lo: int, hi: int, begin: int, until: int, pc: int) -> None:
         """Check an access of words lo..hi-1 in cycles begin..until against the other unit's, then record it."""
@@ -790,16 +822,12 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
             lo, rows = sram[i], rows_of[i]
             access(bufs[i], "w", lo, lo + rows, e[i] - beats[i] + 1, e[i], i)
             loads.append((addr_of[i], addr_of[i] + (rows - 1) * stride_of[i] + word[i], s[i], s[i] + bursts[i] - 1, i))
-        elif o == _OP_GEMM:
-            k = k_of[i]
-            access(A, "r", a_of[i], a_of[i] + k, s[i], s[i] + k - 1, i)
-            access(B, "r", b_of[i], b_of[i] + k, s[i], s[i] + k - 1, i)
-            access("ACC", "w", acc_of[i], acc_of[i] + R, t[i] + 1, e[i], i)
-        elif o == _OP_SPARSE_GEMM:
-            j = slots_of[i]
+        elif o == _OP_GEMM or o == _OP_SPARSE_GEMM:  # B: the bounding range of the kernel walk's words
+            j = steps_of[i]
             access(A, "r", a_of[i], a_of[i] + j, s[i], s[i] + j - 1, i)
-            access(B, "r", b_of[i], b_of[i] + groups_of[i] * m_of[i], s[i], s[i] + j - 1, i)
-            access(IDX, "r", idx_of[i], idx_of[i] + idx_words_of[i], s[i], s[i] + j - 1, i)
+            access(B, "r", b_of[i], b_of[i] + b_span_of[i], s[i], s[i] + j - 1, i)
+            if o == _OP_SPARSE_GEMM:
+                access(IDX, "r", idx_of[i], idx_of[i] + idx_words_of[i], s[i], s[i] + j - 1, i)
             access("ACC", "w", acc_of[i], acc_of[i] + R, t[i] + 1, e[i], i)
         elif o in _STREAM_OPS:
             times = sched.sparsify[i]

@@ -116,22 +116,40 @@ class _Builder:
         accumulate = int(self.rng.random() < 0.5)
         if self.cfg.sparse_m and self.rng.random() < 0.4:
             return self.sparse_gemm(half, acc_addr, accumulate, **flags)
+        if self.rng.random() < 0.3:  # a kernel walk (on-chip im2col) over words of the B half
+            walk, taps, span = self.walk(1)
+            k = self.integer(1, max(1, min(ca // taps, cb - span, 12)))
+            return dict(opcode=Opcode.GEMM, a_addr=half * ca + self.integer(0, ca - taps * k),
+                        b_addr=half * cb + self.integer(0, cb - span - k), acc_addr=acc_addr, k=k,
+                        accumulate=accumulate, **walk, **flags)
         k = self.integer(1, min(ca, cb, 30))
         return dict(opcode=Opcode.GEMM, a_addr=half * ca + self.integer(0, ca - k), b_addr=half * cb + self.integer(0, cb - k),
                     acc_addr=acc_addr, k=k, accumulate=accumulate, **flags)
+
+    def walk(self, unit: int) -> tuple[dict, int, int]:
+        """A kernel walk of up to 3 × 3 taps with strides in multiples of ``unit`` B words, its reads inside a
+        quarter of the B half: (fields, taps, B words from the first tap's first word to the last tap's)."""
+        quarter = self.half[Buffer.B] // 4 // unit
+        taps_h, taps_w = self.integer(0, 3), self.integer(0, 3)
+        rows, cols = max(taps_h, 1), max(taps_w, 1)
+        w_stride = unit * self.integer(0, quarter // 2 // max(cols - 1, 1))
+        h_stride = unit * self.integer(0, quarter // 2 // max(rows - 1, 1))
+        walk = dict(taps_h=taps_h, taps_w=taps_w, tap_h_stride=h_stride, tap_w_stride=w_stride)
+        return walk, rows * cols, (rows - 1) * h_stride + (cols - 1) * w_stride
 
     def sparse_gemm(self, half: int, acc_addr: int, accumulate: int, **flags) -> dict:
         """A SPARSE_GEMM reading its A slots, B groups and index words within the step's halves."""
         ca, cb, ci = self.half[Buffer.A], self.half[Buffer.B], self.half[Buffer.IDX]
         m = int(self.rng.choice(self.cfg.sparse_m))
         n = self.integer(1, m)
-        groups = self.integer(1, max(1, min(ca // n, cb // m, ci * 4 // n, 12)))
-        slots = groups * n
+        walk, taps, span = self.walk(m) if self.rng.random() < 0.3 else ({}, 1, 0)
+        groups = self.integer(1, max(1, min(ca // (n * taps), (cb - span) // m, ci * 4 // (n * taps), 12)))
+        slots = taps * groups * n
         words = -(-slots // 4)
         return dict(opcode=Opcode.SPARSE_GEMM, a_addr=half * ca + self.integer(0, ca - slots),
-                    b_addr=half * cb + m * self.integer(0, (cb - groups * m) // m),
+                    b_addr=half * cb + m * self.integer(0, (cb - span - groups * m) // m),
                     idx_addr=half * ci + self.integer(0, ci - words), acc_addr=acc_addr, groups=groups, n=n,
-                    m_log2=m.bit_length() - 1, accumulate=accumulate, **flags)
+                    m_log2=m.bit_length() - 1, accumulate=accumulate, **walk, **flags)
 
     def sparsify(self, src_base: int, src_bytes: int, dst: int, dst_room: int, **flags) -> dict | None:
         """A SPARSIFY reading within ``src_bytes`` from ``src_base`` and writing at ``dst`` (None if it does not fit)."""

@@ -1,7 +1,11 @@
 """The GEMM unit: the PE array of ``rows × cols`` bf16 MACs and the shadow-register drain.
 
-A GEMM reads one A and one B word per cycle for ``k`` cycles (operands
-broadcast along rows and down columns), the array accumulates in fp32.  A
+A GEMM reads one A and one B word per cycle for ``k`` cycles per kernel tap
+(operands broadcast along rows and down columns), the array accumulates in
+fp32.  The kernel walk (on-chip im2col): after a tap's last word the B
+address jumps to the next tap's first (``tap_w_stride`` on, or the next
+kernel row's ``tap_h_stride``), in the same cycle, so a walk of T taps takes
+T·k cycles like a GEMM of T·k words.  A
 SPARSE_GEMM reads one A word of slot values and one IDX word (four slots'
 indices) per cycle, for ``groups · n`` cycles; the B buffer's banks deliver a
 group's ``m`` words at once and every PE row takes the word its own slot
@@ -64,15 +68,26 @@ class ComputeUnit(wiring.Component):
         head = self.queue.payload
         args, sparse_args = head.inst.args.gemm, head.inst.args.sparse
         head_sparse = head.inst.opcode == Opcode.SPARSE_GEMM
-        head_slots = Signal(21)
-        m.d.comb += head_slots.eq(sparse_args.groups * sparse_args.n)
-        mac_steps = Mux(head_sparse, head_slots, args.k)  # reads: k words, or the slots of a SPARSE_GEMM
+        # the kernel walk: taps, and the reduction steps of one tap (k words, or the slots of groups)
+        head_walk_w = Mux(args.taps_w == 0, 1, args.taps_w)
+        head_taps, head_tap_steps = Signal(6), Signal(21)
+        m.d.comb += [head_taps.eq(Mux(args.taps_h == 0, 1, args.taps_h) * head_walk_w),
+                     head_tap_steps.eq(Mux(head_sparse, sparse_args.groups * sparse_args.n, args.k))]
+        mac_steps = Signal(27)  # reads: every tap's k words, or slots
+        m.d.comb += mac_steps.eq(head_taps * head_tap_steps)
+        head_m_mask = (Const(1, 8) << sparse_args.m_log2) - 1
         reading = Signal()
-        k_left = Signal(21)
-        rd_a, rd_b = Signal(16), Signal(16)  # next A word; next B word (dense) or the current group's first word
-        # SPARSE_GEMM state: n, m - 1, slot within the group, IDX word and nibble
+        k_left = Signal(27)
+        # the read walk, latched at the start: this instruction's shape ...
         sparse_mode, sp_n, sp_mask = Signal(), Signal(5), Signal(8)
-        in_group = Signal(5)
+        tap_steps, walk_w = Signal(21), Signal(3)
+        h_stride, w_stride = Signal(14), Signal(11)
+        # ... and the position of the next read: A word, B word (dense) or its group's first word (sparse),
+        # step within the tap, slot within the group, tap column, first word of the tap and of its kernel row,
+        # IDX word and nibble
+        rd_a, rd_b = Signal(16), Signal(16)
+        in_tap, in_group, tap_col = Signal(21), Signal(5), Signal(3)
+        tap_base, row_base = Signal(17), Signal(17)
         rd_idx, nibble = Signal(16), Signal(2)
         mac_valid = Signal()  # registered: data of a read is at the array this cycle
         mac_first = Signal()
@@ -91,44 +106,66 @@ class ComputeUnit(wiring.Component):
                      self.queue.ready.eq(start), self.l2c_pop.eq(start & head.inst.deps.pop_prev),
                      self.s2c_pop.eq(start & head.inst.deps.pop_next)]
         # reads: cycles s .. s+steps-1.  B: every bank reads the row of the current word (dense) or group
-        # (sparse: b_addr is a multiple of m, so a group's m words sit in one row of banks); the bank is
-        # chosen in the next cycle, per PE row, from the word's bank and the row's slot index.
+        # (sparse: b_addr and the tap strides are multiples of m, so a group's m words sit in one row of banks);
+        # the bank is chosen in the next cycle, per PE row, from the word's bank and the row's slot index.
+        # This cycle's read position (from the head at the start, else the registers) and shape:
         b_word = Signal(16)
         cur_nibble = Signal(2)
-        head_m_mask = (Const(1, 8) << sparse_args.m_log2) - 1
+        cur = dict(in_tap=Signal(21), in_group=Signal(5), tap_col=Signal(3), tap_base=Signal(17),
+                   row_base=Signal(17), sparse=Signal(), n=Signal(5), mask=Signal(8), tap_steps=Signal(21),
+                   walk_w=Signal(3), h_stride=Signal(14), w_stride=Signal(11))
         with m.If(start):
             m.d.comb += [self.a_addr.eq(args.a_addr), b_word.eq(args.b_addr), self.idx_addr.eq(sparse_args.idx_addr),
-                         cur_nibble.eq(0)]
-            m.d.sync += [reading.eq(mac_steps != 1), k_left.eq(mac_steps - 1), rd_a.eq(args.a_addr + 1),
-                         cur_info.eq(self.queue.payload), sparse_mode.eq(head_sparse), sp_n.eq(sparse_args.n),
-                         sp_mask.eq(head_m_mask), rd_idx.eq(sparse_args.idx_addr), nibble.eq(1)]
-            with m.If(head_sparse):
-                # the slot read next (slot 1) is the second of group 0, or the first of group 1 when n = 1
-                m.d.sync += [in_group.eq(Mux(sparse_args.n == 1, 0, 1)),
-                             rd_b.eq(Mux(sparse_args.n == 1, args.b_addr + head_m_mask + 1, args.b_addr))]
-            with m.Else():
-                m.d.sync += rd_b.eq(args.b_addr + 1)
-        with m.Elif(reading):
-            m.d.comb += [self.a_addr.eq(rd_a), b_word.eq(rd_b), self.idx_addr.eq(rd_idx), cur_nibble.eq(nibble)]
-            m.d.sync += [rd_a.eq(rd_a + 1), k_left.eq(k_left - 1), nibble.eq(nibble + 1)]
-            with m.If(nibble == 3):
-                m.d.sync += rd_idx.eq(rd_idx + 1)
-            with m.If(sparse_mode):
-                with m.If(in_group == sp_n - 1):  # the next slot opens the next group
-                    m.d.sync += [in_group.eq(0), rd_b.eq(rd_b + sp_mask + 1)]
+                         cur_nibble.eq(0), cur["in_tap"].eq(0), cur["in_group"].eq(0), cur["tap_col"].eq(0),
+                         cur["tap_base"].eq(args.b_addr), cur["row_base"].eq(args.b_addr),
+                         cur["sparse"].eq(head_sparse), cur["n"].eq(sparse_args.n), cur["mask"].eq(head_m_mask),
+                         cur["tap_steps"].eq(head_tap_steps), cur["walk_w"].eq(head_walk_w),
+                         cur["h_stride"].eq(args.tap_h_stride), cur["w_stride"].eq(args.tap_w_stride)]
+            m.d.sync += [reading.eq(mac_steps != 1), k_left.eq(mac_steps - 1), cur_info.eq(self.queue.payload),
+                         sparse_mode.eq(head_sparse), sp_n.eq(sparse_args.n), sp_mask.eq(head_m_mask),
+                         tap_steps.eq(head_tap_steps), walk_w.eq(head_walk_w), h_stride.eq(args.tap_h_stride),
+                         w_stride.eq(args.tap_w_stride)]
+        with m.Else():
+            m.d.comb += [self.a_addr.eq(rd_a), b_word.eq(rd_b), self.idx_addr.eq(rd_idx), cur_nibble.eq(nibble),
+                         cur["in_tap"].eq(in_tap), cur["in_group"].eq(in_group), cur["tap_col"].eq(tap_col),
+                         cur["tap_base"].eq(tap_base), cur["row_base"].eq(row_base),
+                         cur["sparse"].eq(sparse_mode), cur["n"].eq(sp_n), cur["mask"].eq(sp_mask),
+                         cur["tap_steps"].eq(tap_steps), cur["walk_w"].eq(walk_w),
+                         cur["h_stride"].eq(h_stride), cur["w_stride"].eq(w_stride)]
+            with m.If(reading):
+                m.d.sync += k_left.eq(k_left - 1)
+                with m.If(k_left == 1):
+                    m.d.sync += reading.eq(0)
+        # the next read's position: the next word (dense) or slot (sparse: after n slots the next group), and
+        # after a tap's last step the next tap's first word (the next column, or the next kernel row)
+        with m.If(start | reading):
+            m.d.sync += [rd_a.eq(self.a_addr + 1), rd_idx.eq(Mux(cur_nibble == 3, self.idx_addr + 1, self.idx_addr)),
+                         nibble.eq(cur_nibble + 1)]
+            with m.If(cur["in_tap"] == cur["tap_steps"] - 1):
+                with m.If(cur["tap_col"] == cur["walk_w"] - 1):
+                    next_row = cur["row_base"] + cur["h_stride"]
+                    m.d.sync += [tap_col.eq(0), row_base.eq(next_row), tap_base.eq(next_row), rd_b.eq(next_row)]
                 with m.Else():
-                    m.d.sync += in_group.eq(in_group + 1)
+                    next_tap = cur["tap_base"] + cur["w_stride"]
+                    m.d.sync += [tap_col.eq(cur["tap_col"] + 1), row_base.eq(cur["row_base"]), tap_base.eq(next_tap),
+                                 rd_b.eq(next_tap)]
+                m.d.sync += [in_tap.eq(0), in_group.eq(0)]
             with m.Else():
-                m.d.sync += rd_b.eq(rd_b + 1)
-            with m.If(k_left == 1):
-                m.d.sync += reading.eq(0)
+                m.d.sync += [in_tap.eq(cur["in_tap"] + 1), tap_col.eq(cur["tap_col"]), tap_base.eq(cur["tap_base"]),
+                             row_base.eq(cur["row_base"])]
+                with m.If(~cur["sparse"]):
+                    m.d.sync += [rd_b.eq(b_word + 1), in_group.eq(0)]
+                with m.Elif(cur["in_group"] == cur["n"] - 1):  # the next slot opens the next group
+                    m.d.sync += [in_group.eq(0), rd_b.eq(b_word + cur["mask"] + 1)]
+                with m.Else():
+                    m.d.sync += [in_group.eq(cur["in_group"] + 1), rd_b.eq(b_word)]
         m.d.comb += self.b_row.eq(b_word >> bank_bits)
         issued = start | reading
         mac_bank, mac_nibble, mac_sparse, mac_mask = Signal(max(1, bank_bits)), Signal(2), Signal(), Signal(8)
         m.d.sync += [mac_valid.eq(self.alive & issued), mac_first.eq(start),
                      mac_last.eq(Mux(start, mac_steps == 1, reading & (k_left == 1))),
                      mac_bank.eq(b_word[:max(1, bank_bits)] if banks > 1 else 0), mac_nibble.eq(cur_nibble),
-                     mac_sparse.eq(Mux(start, head_sparse, sparse_mode)), mac_mask.eq(Mux(start, head_m_mask, sp_mask))]
+                     mac_sparse.eq(cur["sparse"]), mac_mask.eq(cur["mask"])]
         with m.If(mac_valid & mac_last):
             m.d.sync += pending.eq(1)
         with m.Elif(transfer):

@@ -78,21 +78,34 @@ class Dispatcher(wiring.Component):
         align = clog2(cfg.bus_bytes)
         dram_bad = (is_load | is_store) & ((memargs.dram_addr[:align] != 0) | (memargs.dram_stride[:align] != 0) |
                                            (last_byte > (1 << cfg.addr_bits)))
+        # the kernel walk (both GEMMs share its fields): taps, and the B words past b_addr its last tap starts at
+        walk_h = Mux(gemm.taps_h == 0, 1, gemm.taps_h)
+        walk_w = Mux(gemm.taps_w == 0, 1, gemm.taps_w)
+        taps = Signal(6)
+        last_tap = Signal(17)
+        m.d.comb += [taps.eq(walk_h * walk_w),
+                     last_tap.eq((walk_h - 1) * gemm.tap_h_stride + (walk_w - 1) * gemm.tap_w_stride)]
+        dense_steps = Signal(22)
+        m.d.comb += dense_steps.eq(taps * gemm.k)
         gemm_zero = is_dense & (gemm.k == 0)
-        gemm_range = is_dense & ((gemm.a_addr + gemm.k > cfg.a_depth) | (gemm.b_addr + gemm.k > cfg.b_depth) |
+        gemm_range = is_dense & ((gemm.a_addr + dense_steps > cfg.a_depth) |
+                                 (gemm.b_addr + last_tap + gemm.k > cfg.b_depth) |
                                  (gemm.acc_addr + cfg.rows > cfg.acc_depth))
-        # SPARSE_GEMM: an N:M pattern of the config, groups aligned in B; slots, groups and index words in range
+        # SPARSE_GEMM: an N:M pattern of the config, groups (and taps) aligned in B; slots, groups and index
+        # words in range
         m_value = Signal(8)
         supported = Const(0, 1)
         m.d.comb += m_value.eq(Const(1, 8) << sparse.m_log2)
         for value in cfg.sparse_m:
             supported = supported | (sparse.m_log2 == value.bit_length() - 1)
-        slots = Signal(21)
-        m.d.comb += slots.eq(sparse.groups * sparse.n)
+        slots = Signal(27)
+        m.d.comb += slots.eq(taps * sparse.groups * sparse.n)
         sparse_bad = is_sparse & ((sparse.groups == 0) | (sparse.n == 0) | (sparse.n > m_value) | ~supported |
-                                  ((sparse.b_addr & (m_value - 1)) != 0))
+                                  ((sparse.b_addr & (m_value - 1)) != 0) |
+                                  ((sparse.tap_h_stride & (m_value - 1)) != 0) |
+                                  ((sparse.tap_w_stride & (m_value - 1)) != 0))
         sparse_range = is_sparse & ((sparse.a_addr + slots > cfg.a_depth) |
-                                    (sparse.b_addr + sparse.groups * m_value > cfg.b_depth) |
+                                    (sparse.b_addr + last_tap + sparse.groups * m_value > cfg.b_depth) |
                                     (sparse.idx_addr + ((slots + IDX_SLOTS_PER_WORD - 1) >> 2) > cfg.idx_depth) |
                                     (sparse.acc_addr + cfg.rows > cfg.acc_depth))
         # SPARSIFY: an N:M pattern of the config, a length; source and output aligned and inside the address space

@@ -21,10 +21,11 @@ from random_programs import VARIANTS, random_cases
 from nmsat.dataflow.gemm import compile_gemm, compile_sparse_gemm
 from nmsat.dataflow.layers import conv2d_gemms
 from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify, compile_weight_update
+from nmsat.dataflow import conv
 from nmsat.dataflow.chain import compile_relu_mlp
 from nmsat.dataflow.step import compile_linear_step
 from nmsat.dataflow.vector import compile_vector
-from nmsat.hw.numerics import f32_to_bf16_bits
+from nmsat.hw.numerics import bf16_bits_to_f32, f32_to_bf16_bits
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Buffer, Csr, ErrorCode, Opcode, Status, VectorFunc, encode, to_bytes
 from nmsat.sim.core import CoreModel
@@ -79,6 +80,30 @@ def vector_program(cfg, func, bf16, elements, seed, in_place=None):
         x_bits, y_bits = x.view(np.uint32).copy(), y.view(np.uint32).copy()
         x_bits[4:6], y_bits[6:8] = (0x7F800001, 0xFFC12345), (0xFF800100, 0x7FFFFFFF)  # NaNs with payloads
     return compile_vector(cfg, func, x_bits, y_bits, in_place=in_place)
+
+
+def conv_walk_program(cfg, shape, direction, pattern, seed):
+    """FF or BP of a convolution on the kernel walk (``nmsat.dataflow.conv``), random bf16 data."""
+    n, cin, cout, hw, kernel, stride, pad = shape
+    rng = np.random.default_rng(seed)
+    weight = bf16_bits_to_f32(f32_to_bf16_bits(rng.standard_normal((cout, cin, kernel, kernel)).astype(np.float32)))
+    ho = (hw + 2 * pad - kernel) // stride + 1
+    if direction == "FF":
+        walks, src = [conv.ff_walk(weight, hw, hw, stride, pad, 1)], conv.ActLayout(n, cin, hw, hw, pad, 8)
+        dst = conv.ActLayout(n, cout, ho, ho, 0, 8)
+    else:
+        walks = conv.bp_walks(weight, hw, hw, stride, pad, 1)
+        src = conv.ActLayout(n, cout, ho, ho, conv.bp_pad(kernel, stride, pad, 1), 8)
+        dst = conv.ActLayout(n, cin, hw, hw, 0, 8)
+    data = f32_to_bf16_bits(rng.standard_normal((n, src.channels, src.h, src.w)).astype(np.float32))
+    return conv.compile_walks(cfg, walks, src, data, dst, pattern)
+
+
+#: convolutions on the kernel walk through the RTL: (batch, cin, cout, size, kernel, stride, padding), direction,
+#: pattern — strided FF, BP by phases (one phase of a 1×1 stride-2 conv reaches no tap: zeros)
+CONV_WALKS = [((3, 8, 8, 5, 3, 1, 1), "FF", None), ((4, 8, 4, 6, 3, 2, 1), "FF", (2, 8)),
+              ((3, 8, 8, 5, 3, 1, 1), "BP", (2, 8)), ((2, 8, 8, 5, 3, 2, 1), "BP", None),
+              ((2, 8, 8, 4, 1, 2, 0), "BP", None)]
 
 
 def update_program(cfg, cout, k, pattern, groups, seed):
@@ -246,6 +271,16 @@ def test_amaranth_core_matches_simulator_on_vector(func, bf16, in_place):
     assert_same(expected, memory, run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length))
 
 
+@pytest.mark.parametrize("case,serial", [(CONV_WALKS[1], False), (CONV_WALKS[3], True)])
+def test_amaranth_core_matches_simulator_on_kernel_walk_convolutions(case, serial):
+    prog = conv_walk_program(TINY, *case, seed=7)
+    memory = prog.memory.copy()
+    expected = CoreModel(TINY).run(memory, prog.program_addr, prog.length, serial=serial)
+    assert expected.ok and expected.race_free
+    rtl = run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length, serial=serial)
+    assert_same(expected, memory, rtl)
+
+
 def mlp_chain_program(cfg, shape, seed):
     """Two linear layers with a ReLU, forward and backward: four GEMMs and two VECTORs in one program."""
     rng = np.random.default_rng(seed)
@@ -336,6 +371,20 @@ STATIC_CASES = [
     (_sparse(idx_addr=TINY.idx_depth - 0), ErrorCode.SRAM_RANGE),
     (_sparse(acc_addr=TINY.acc_depth - TINY.rows + 1), ErrorCode.SRAM_RANGE),
     (_sparse(groups=2, n=2, idx_addr=TINY.idx_depth - 1), ErrorCode.NONE),
+    # the kernel walk: tap strides of a SPARSE_GEMM in multiples of m; A, B and IDX ranges over every tap
+    (_sparse(taps_w=2, tap_w_stride=4), ErrorCode.BAD_ARGS), (_sparse(taps_h=2, tap_h_stride=12), ErrorCode.BAD_ARGS),
+    (_sparse(taps_h=3, taps_w=2, tap_h_stride=24, tap_w_stride=8), ErrorCode.NONE),
+    (_sparse(taps_h=2, tap_h_stride=TINY.b_depth - 16), ErrorCode.NONE),
+    (_sparse(taps_h=2, tap_h_stride=TINY.b_depth - 8), ErrorCode.SRAM_RANGE),
+    (_sparse(taps_h=4, taps_w=4, n=4, groups=3), ErrorCode.NONE),  # (A words below the LOAD's 200, 201)
+    (_sparse(taps_h=4, taps_w=4, n=4, groups=3, a_addr=65), ErrorCode.SRAM_RANGE),
+    (_sparse(taps_h=7, taps_w=7, n=1, groups=1, idx_addr=TINY.idx_depth - 12), ErrorCode.SRAM_RANGE),
+    (_sparse(taps_h=7, taps_w=7, n=1, groups=1, idx_addr=TINY.idx_depth - 13), ErrorCode.NONE),
+    (encode(Opcode.GEMM, k=4, taps_h=3, taps_w=3, tap_h_stride=100, tap_w_stride=20), ErrorCode.NONE),
+    (encode(Opcode.GEMM, k=4, taps_h=3, taps_w=3, tap_h_stride=100, tap_w_stride=27), ErrorCode.SRAM_RANGE),
+    (encode(Opcode.GEMM, k=22, taps_h=3, taps_w=3, a_addr=2), ErrorCode.NONE),
+    (encode(Opcode.GEMM, k=29, taps_h=3, taps_w=3), ErrorCode.SRAM_RANGE),
+    (encode(Opcode.GEMM, k=1, taps_w=7, tap_w_stride=2047), ErrorCode.SRAM_RANGE),
     (encode(Opcode.STORE, buffer=Buffer.IDX, rows=1, dram_addr=0, dram_stride=8), ErrorCode.BAD_ARGS),
     (encode(Opcode.LOAD, buffer=Buffer.IDX, sram_addr=TINY.idx_depth - 1, rows=2, dram_addr=0x1000, dram_stride=8),
      ErrorCode.SRAM_RANGE),
@@ -446,6 +495,11 @@ def verilator_results():
         for serial in (False, True):
             jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
             names.append(f"relu mlp chain {shape}{' serial' if serial else ''}")
+    for i, case in enumerate(CONV_WALKS):  # convolutions on the kernel walk (on-chip im2col)
+        prog = conv_walk_program(TINY, *case, seed=900 + i)
+        for serial in (False, True):
+            jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
+            names.append(f"conv walk {case}{' serial' if serial else ''}")
     for words in (47, 64):  # a WEIGHT_UPDATE of many chunks, two in the buffers at once, the last one short
         upd = words_memory([encode(Opcode.WEIGHT_UPDATE, w_addr=0x1000, words=words, v_offset=0x1000, g_offset=0x2000),
                             encode(Opcode.FINISH)], size=0x4000)

@@ -1,0 +1,465 @@
+"""Convolutions on the kernel walk (on-chip im2col): FF, and BP as a convolution of the output gradient.
+
+A convolution never exists as an im2col matrix in memory.  Activations are
+kept in the *window layout* (:class:`ActLayout`): ``[Nb][blocks][Hp][Wp][cb]``
+B words of ``cols`` batch samples each (``Nb = ceil(N/cols)`` batch groups,
+channel blocks of ``cb`` words, a border of ``pad`` zero pixels).  A block of
+the program LOADs, per reduction step (one channel block), the A tiles of
+``mb`` output-channel tiles and the input *window* of its ``ht × wt`` output
+pixels once (one LOAD per window row, contiguous), then one GEMM per
+(channel tile, pixel) whose kernel walk (``nmsat.hw.isa.GemmArgs``) reads each
+tap's ``cb`` words out of the window: the activations cross the memory port
+once per tile, not ``taps`` times.  The STOREs write each pixel's channels
+(bf16) straight into the next layer's window layout.
+
+One primitive, :class:`WalkConv`, covers both directions: output pixel ``a``
+along an axis is ``o0 + os·a`` of the output tensor and reads input pixel
+``a·istride + i·idil + ioff`` (padded coordinates) for tap ``i``.
+
+* FF: ``o0 = 0, os = 1, istride = stride, idil = dilation, ioff = 0`` over X
+  padded by ``padding``, taps = the kernel.
+* BP: ``dX = Σ W ⋆ dY`` is a convolution of dY with the transposed, flipped
+  kernel (:func:`bp_walks`).  Stride 1: one walk over dY padded by
+  ``dilation·(k−1) − padding``.  Stride ``s``: ``s²`` phases — the dX pixels
+  ``ph + s·a`` take only the taps ``kh`` with ``(ph + padding − kh·dilation) ≡ 0
+  (mod s)``, which read consecutive dY rows, so each phase is a stride-1 walk
+  with its own sub-kernel; a phase with no tap stores zeros.
+
+The reduction of every GEMM is tap-major with channels innermost (BDWP's
+order: N:M groups of BP run along Cout inside a tap).  A (weights) is packed
+per output-channel tile and channel block as ``[taps][cb]`` words
+(:func:`pack_walk_weights`); sparse A is compressed N:M along each tap's
+channels (``cb`` a multiple of m).
+
+Not here: WU (its reduction runs over pixels and batch, so it needs the
+activations with channels in the lanes; it stays a GEMM on im2col operands,
+:mod:`nmsat.dataflow.layers`), grouped convolutions (issue 12).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..hw import timing
+from ..hw.config import IDX_SLOTS_PER_WORD, SATConfig
+from ..hw.isa import Buffer, Opcode, encode, to_bytes
+from ..hw.sparsity import check_pattern, compress
+from .gemm import pack_indices, place_tokens, software_pipelined
+
+__all__ = ["ActLayout", "Axis", "WalkConv", "ff_walk", "bp_walks", "ConvPlan", "plan_walk", "walk_steps",
+           "pack_act", "unpack_act", "pack_walk_weights", "walk_instructions", "MAX_TAPS", "bp_pad", "ConvProgram",
+           "compile_walks"]
+
+#: kernel taps a walk takes along one axis (the 3-bit taps_h / taps_w fields)
+MAX_TAPS = 7
+
+
+@dataclass(frozen=True)
+class ActLayout:
+    """An activation tensor ``[N, C, H, W]`` in the window layout at some address: B words ``[Nb][blocks][Hp][Wp][cb]``,
+    lanes the batch samples, zero border ``pad`` and zero pad channels/lanes (see the module docstring)."""
+
+    batch: int
+    channels: int
+    h: int
+    w: int
+    pad: int
+    cb: int
+
+    def groups(self, cfg: SATConfig) -> int:
+        return -(-self.batch // cfg.cols)
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.channels // self.cb)
+
+    @property
+    def hp(self) -> int:
+        return self.h + 2 * self.pad
+
+    @property
+    def wp(self) -> int:
+        return self.w + 2 * self.pad
+
+    def words(self, cfg: SATConfig) -> int:
+        return self.groups(cfg) * self.blocks * self.hp * self.wp * self.cb
+
+    def nbytes(self, cfg: SATConfig) -> int:
+        return self.words(cfg) * cfg.b_word_bytes
+
+    def word(self, nb: int, channel_block: int, y: int, x: int) -> int:
+        """Index of the first word (channel 0 of the block) of padded pixel (y, x)."""
+        return (((nb * self.blocks + channel_block) * self.hp + y) * self.wp + x) * self.cb
+
+
+def pack_act(cfg: SATConfig, layout: ActLayout, bits: np.ndarray) -> np.ndarray:
+    """bf16 bits ``[N, C, H, W]`` → the window layout's words ``[Nb, blocks, Hp, Wp, cb, cols]`` (uint16)."""
+    n, c, h, w = bits.shape
+    if (n, c, h, w) != (layout.batch, layout.channels, layout.h, layout.w):
+        raise ValueError(f"pack_act: tensor {bits.shape} is not the layout's {layout}")
+    nb, p = layout.groups(cfg), layout.pad
+    out = np.zeros((nb * cfg.cols, layout.blocks * layout.cb, layout.hp, layout.wp), dtype=np.uint16)
+    out[:n, :c, p:p + h, p:p + w] = bits
+    out = out.reshape(nb, cfg.cols, layout.blocks, layout.cb, layout.hp, layout.wp)
+    return np.ascontiguousarray(out.transpose(0, 2, 4, 5, 3, 1))
+
+
+def unpack_act(cfg: SATConfig, layout: ActLayout, words: np.ndarray) -> np.ndarray:
+    """The window layout's words (any shape of the right size) → bf16 bits ``[N, C, H, W]`` (border dropped)."""
+    nb, p = layout.groups(cfg), layout.pad
+    x = np.asarray(words, dtype=np.uint16).reshape(nb, layout.blocks, layout.hp, layout.wp, layout.cb, cfg.cols)
+    x = x.transpose(0, 5, 1, 4, 2, 3).reshape(nb * cfg.cols, layout.blocks * layout.cb, layout.hp, layout.wp)
+    return np.ascontiguousarray(x[:layout.batch, :layout.channels, p:p + layout.h, p:p + layout.w])
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a walk: ``count`` output pixels at ``o0 + os·a``; tap ``i`` (of ``taps``) reads input pixel
+    ``a·istride + i·idil + ioff`` of the padded input."""
+
+    count: int
+    o0: int
+    os: int
+    istride: int
+    idil: int
+    ioff: int
+    taps: int
+
+    def window(self, first: int, pixels: int) -> tuple[int, int]:
+        """(first input pixel, input pixels) the output pixels ``first .. first+pixels-1`` read."""
+        return first * self.istride + self.ioff, (pixels - 1) * self.istride + (self.taps - 1) * self.idil + 1
+
+
+@dataclass(frozen=True)
+class WalkConv:
+    """``out[n, o, y(a), x(b)] = Σ_{i, j, c} weights[o, i, j, c] · in[n, c, row(a, i), col(b, j)]``: the axes say which
+    pixels; ``weights`` ``[Cout, taps_h, taps_w, Cin]`` (fp32) are the taps in walk order (``None`` for a phase with
+    no tap: its pixels are zeros)."""
+
+    cin: int
+    cout: int
+    rows: Axis
+    cols: Axis
+    weights: np.ndarray | None
+
+
+def ff_walk(weight: np.ndarray, h: int, w: int, stride: int, padding: int, dilation: int) -> WalkConv:
+    """FF of ``conv2d(x, weight)`` (``weight [Cout, Cin, kh, kw]``) over X padded by ``padding``."""
+    cout, cin, kh, kw = weight.shape
+    ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    rows, cols = Axis(ho, 0, 1, stride, dilation, 0, kh), Axis(wo, 0, 1, stride, dilation, 0, kw)
+    return WalkConv(cin, cout, rows, cols, np.ascontiguousarray(np.asarray(weight, np.float32).transpose(0, 2, 3, 1)))
+
+
+def bp_pad(kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """The zero border dY needs for :func:`bp_walks` (each side)."""
+    return max(dilation * (kernel - 1) - padding, 0) + stride
+
+
+def _bp_axis(size: int, out_size: int, kernel: int, stride: int, padding: int, dilation: int, phase: int,
+             pad: int) -> tuple[Axis, list[int]]:
+    """The walk of one phase along one axis of BP and the kernel taps it takes (flipped: dY rows ascending)."""
+    taps = [k for k in range(kernel) if (phase + padding - k * dilation) % stride == 0]
+    count = len(range(phase, size, stride))
+    taps.sort(reverse=True)  # larger kh reads the earlier dY row
+    if not taps:
+        return Axis(count, phase, stride, 1, 1, 0, 0), []
+    q = [(phase + padding - k * dilation) // stride for k in taps]  # dY row of pixel a = 0 for each tap
+    idil = q[1] - q[0] if len(q) > 1 else 1
+    return Axis(count, phase, stride, 1, idil, q[0] + pad, len(taps)), taps
+
+
+def bp_walks(weight: np.ndarray, h: int, w: int, stride: int, padding: int, dilation: int) -> list[WalkConv]:
+    """BP of ``conv2d(x, weight)``: ``dX [N, Cin, h, w]`` from ``dY`` padded by :func:`bp_pad`, one walk per phase."""
+    cout, cin, kh, kw = weight.shape
+    ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    pad = bp_pad(max(kh, kw), stride, padding, dilation)
+    wt = np.asarray(weight, np.float32).transpose(1, 2, 3, 0)  # [Cin, kh, kw, Cout]
+    out = []
+    for ph in range(min(stride, h)):
+        rows, taps_h = _bp_axis(h, ho, kh, stride, padding, dilation, ph, pad)
+        for pw in range(min(stride, w)):
+            cols, taps_w = _bp_axis(w, wo, kw, stride, padding, dilation, pw, pad)
+            weights = np.ascontiguousarray(wt[:, taps_h][:, :, taps_w]) if taps_h and taps_w else None
+            out.append(WalkConv(cout, cin, rows, cols, weights))
+    return out
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """How one walk is cut: output tiles of ``ht × wt`` pixels and ``mb`` channel tiles per block; one reduction
+    step per input channel block (``src.cb`` words per tap)."""
+
+    walk: WalkConv
+    src: ActLayout
+    dst: ActLayout
+    ht: int
+    wt: int
+    mb: int
+    pattern: tuple[int, int] | None
+    estimated_cycles: int
+
+    @property
+    def taps(self) -> int:
+        return self.walk.rows.taps * self.walk.cols.taps
+
+    def a_words(self) -> int:
+        """A words (slots) of one channel tile and channel block: every tap's cb words, or their kept slots."""
+        cb = self.src.cb
+        return self.taps * (cb if self.pattern is None else cb // self.pattern[1] * self.pattern[0])
+
+    def window(self, ht: int, wt: int) -> tuple[int, int]:
+        return self.walk.rows.window(0, ht)[1], self.walk.cols.window(0, wt)[1]
+
+
+def _check_walk(cfg: SATConfig, walk: WalkConv, src: ActLayout, dst: ActLayout, pattern) -> None:
+    if walk.rows.taps > MAX_TAPS or walk.cols.taps > MAX_TAPS:
+        raise ValueError(f"conv: a kernel walk takes at most {MAX_TAPS} taps per axis, got "
+                         f"{walk.rows.taps} × {walk.cols.taps}")
+    if src.channels != walk.cin or dst.channels != walk.cout or src.batch != dst.batch:
+        raise ValueError(f"conv: layouts {src} → {dst} do not fit a walk of {walk.cin} → {walk.cout} channels")
+    if dst.cb % cfg.rows:
+        raise ValueError(f"conv: the output's channel block ({dst.cb}) must be a multiple of rows ({cfg.rows}): a "
+                         f"STORE writes a tile's {cfg.rows} channels as one run")
+    if pattern is not None:
+        check_pattern(*pattern)
+        if pattern[1] not in cfg.sparse_m:
+            raise ValueError(f"config {cfg.name}: N:M with m = {pattern[1]} is not supported (sparse_m = {cfg.sparse_m})")
+        if src.cb % pattern[1] or walk.cin % pattern[1]:
+            raise ValueError(f"conv: a sparse walk needs the input channels ({walk.cin}) and their block ({src.cb}) "
+                             f"in whole groups of m = {pattern[1]}")
+    for axis in (walk.rows, walk.cols):
+        if axis.taps:
+            lo, span = axis.window(0, axis.count)
+            if lo < 0 or lo + span > (src.hp if axis is walk.rows else src.wp):
+                raise ValueError(f"conv: the walk reads outside the input's border ({axis}, layout {src})")
+
+
+def _halves(cfg: SATConfig, pattern) -> tuple[int, int, int, int]:
+    m = pattern[1] if pattern else 1
+    return cfg.a_depth // 2, cfg.b_depth // 2 // m * m, cfg.idx_depth // 2, cfg.acc_depth // 2
+
+
+def plan_walk(cfg: SATConfig, walk: WalkConv, src: ActLayout, dst: ActLayout,
+              pattern: tuple[int, int] | None = None) -> ConvPlan:
+    """The tile shape (pixels and channel tiles per block) of lowest estimated cycles that fits the buffers and the
+    walk's stride fields."""
+    _check_walk(cfg, walk, src, dst, pattern)
+    a_half, b_half, idx_half, acc_half = _halves(cfg, pattern)
+    R = cfg.rows
+    mt = -(-walk.cout // R)
+    cb = src.cb
+    bpw = cfg.b_word_bytes // cfg.bus_bytes
+    best, best_key = None, None
+    per_tap = cb if pattern is None else cb // pattern[1] * pattern[0]
+    taps = walk.rows.taps * walk.cols.taps
+    for ht in range(1, walk.rows.count + 1):
+        for wt in range(1, walk.cols.count + 1):
+            for mb in range(1, mt + 1):
+                if mb * ht * wt * R > acc_half:
+                    break
+                hh, ww = walk.rows.window(0, ht)[1], walk.cols.window(0, wt)[1]
+                a_words = max(taps, 1) * per_tap
+                idx = -(-a_words // IDX_SLOTS_PER_WORD) if pattern else 0
+                if (hh * ww * cb > b_half or mb * a_words > a_half or mb * idx > idx_half
+                        or walk.cols.idil * cb >= 1 << 11 or walk.rows.idil * ww * cb >= 1 << 14):
+                    continue
+                blocks = -(-walk.rows.count // ht) * -(-walk.cols.count // wt) * -(-mt // mb) * src.groups(cfg)
+                loads = (mb * (a_words + idx) * (cfg.a_word_bytes // cfg.bus_bytes) + hh * ww * cb * bpw
+                         + cfg.mem_read_latency)
+                gemm = max(timing.gemm_mac_cycles(a_words) + 1, timing.drain_cycles(cfg))
+                per_step = max(loads, mb * ht * wt * gemm)
+                cost = blocks * (src.blocks * per_step + mb * ht * wt * R * (cfg.acc_word_bytes // 2 // cfg.bus_bytes))
+                traffic = blocks * src.blocks * loads  # ties (compute-bound tiles) go to the least memory traffic
+                if best is None or (cost, traffic) < best_key:
+                    best, best_key = ConvPlan(walk, src, dst, ht, wt, mb, pattern, cost), (cost, traffic)
+    if best is None:
+        raise ValueError(f"config {cfg.name}: no tile of this walk fits the buffers (channel block {cb}, "
+                         f"{taps} taps): use a smaller channel block")
+    return best
+
+
+def pack_walk_weights(cfg: SATConfig, plan: ConvPlan) -> dict[str, np.ndarray]:
+    """A (and IDX, sparse) of a walk: per channel tile and channel block, ``[taps][cb]`` words of ``rows`` lanes
+    (``"a"`` ``[Mt, blocks, words, R]``; sparse: the kept slots and ``"idx"`` ``[Mt, blocks, idx words, R]``)."""
+    walk, src, R = plan.walk, plan.src, cfg.rows
+    mt, blocks, cb = -(-walk.cout // R), src.blocks, src.cb
+    w = np.zeros((mt * R, walk.rows.taps, walk.cols.taps, blocks * cb), dtype=np.float32)
+    w[:walk.cout, :, :, :walk.cin] = walk.weights
+    w = w.reshape(mt * R, plan.taps, blocks, cb).transpose(0, 2, 1, 3)  # [Cout, blocks, taps, cb]
+    if plan.pattern is None:
+        from ..hw.numerics import f32_to_bf16_bits
+        a = f32_to_bf16_bits(w).reshape(mt, R, blocks, plan.taps * cb)
+        return {"a": np.ascontiguousarray(a.transpose(0, 2, 3, 1))}
+    n, m = plan.pattern
+    values, idx = compress(w.reshape(mt * R * blocks, plan.taps * cb), n, m)
+    slots = values.shape[1]
+    values = values.reshape(mt, R, blocks, slots).transpose(0, 2, 1, 3).reshape(mt * blocks * R, slots)
+    idx = idx.reshape(mt, R, blocks, slots).transpose(0, 2, 1, 3).reshape(mt * blocks * R, slots)
+    words = -(-slots // IDX_SLOTS_PER_WORD)
+    packed_idx = pack_indices(cfg, idx).reshape(mt, blocks, words, R)
+    a = values.reshape(mt, blocks, R, slots).transpose(0, 1, 3, 2)
+    return {"a": np.ascontiguousarray(a), "idx": packed_idx}
+
+
+def walk_steps(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, dst_addr: int, idx_addr: int = 0,
+               first_step: int = 0, first_block: int = 0, b_waits: bool = False, c_signals: bool = False):
+    """The instructions of one walk per reduction step, tokens placed (:func:`nmsat.dataflow.gemm.place_tokens`):
+    A (``[Mt, blocks, words, R]``) at ``a_addr``, the input in ``plan.src`` at ``src_addr``, the output stored
+    (bf16) in ``plan.dst`` at ``dst_addr``.  A walk with no taps (a BP phase no tap reaches) stores zeros: a
+    one-word GEMM of a zero A word it loads from ``a_addr`` (the caller leaves one there)."""
+    walk, src, dst, R = plan.walk, plan.src, plan.dst, cfg.rows
+    a_half, b_half, idx_half, acc_half = _halves(cfg, plan.pattern)
+    aw, ab = cfg.a_word_bytes, cfg.b_word_bytes
+    mt = -(-walk.cout // R)
+    a_words = plan.a_words()
+    idx_words = -(-a_words // IDX_SLOTS_PER_WORD) if plan.pattern else 0
+    cb = src.cb
+    blocks = []
+    step_index, block_index = first_step, first_block
+    for nb in range(src.groups(cfg)):
+        for m0 in range(0, mt, plan.mb):
+            mis = range(m0, min(m0 + plan.mb, mt))
+            for y0 in range(0, walk.rows.count, plan.ht):
+                for x0 in range(0, walk.cols.count, plan.wt):
+                    ys = range(y0, min(y0 + plan.ht, walk.rows.count))
+                    xs = range(x0, min(x0 + plan.wt, walk.cols.count))
+                    acc_base = (block_index % 2) * acc_half
+                    tiles = [(x, mi, a, b) for x, mi in enumerate(mis) for a in ys for b in xs]
+                    steps = []
+                    for cblk in range(src.blocks if plan.taps else 1):
+                        half = step_index % 2
+                        loads, gemms = [], []
+                        if not plan.taps:  # zeros: a zero A word times a zero B word
+                            loads.append(dict(buffer=Buffer.A, sram_addr=half * a_half, rows=1, dram_addr=a_addr,
+                                              dram_stride=aw))
+                            loads.append(dict(buffer=Buffer.B, sram_addr=half * b_half, rows=1,
+                                              dram_addr=a_addr, dram_stride=ab))
+                            for t, (x, mi, a, b) in enumerate(tiles):
+                                gemms.append((Opcode.GEMM, dict(a_addr=half * a_half, b_addr=half * b_half,
+                                                                acc_addr=acc_base + t * R, k=1, accumulate=0)))
+                        else:
+                            for x, mi in enumerate(mis):
+                                tile_a = (mi * src.blocks + cblk) * a_words
+                                loads.append(dict(buffer=Buffer.A, sram_addr=half * a_half + x * a_words, rows=a_words,
+                                                  dram_addr=a_addr + tile_a * aw, dram_stride=aw))
+                                if plan.pattern:
+                                    tile_i = (mi * src.blocks + cblk) * idx_words
+                                    loads.append(dict(buffer=Buffer.IDX, sram_addr=half * idx_half + x * idx_words,
+                                                      rows=idx_words, dram_addr=idx_addr + tile_i * aw, dram_stride=aw))
+                            wy, hh = walk.rows.window(y0, len(ys))
+                            wx, ww = walk.cols.window(x0, len(xs))
+                            for r in range(hh):
+                                loads.append(dict(buffer=Buffer.B, sram_addr=half * b_half + r * ww * cb, rows=ww * cb,
+                                                  dram_addr=src_addr + src.word(nb, cblk, wy + r, wx) * ab,
+                                                  dram_stride=ab))
+                            walk_fields = dict(taps_h=walk.rows.taps, taps_w=walk.cols.taps,
+                                               tap_h_stride=walk.rows.idil * ww * cb, tap_w_stride=walk.cols.idil * cb)
+                            for t, (x, mi, a, b) in enumerate(tiles):
+                                py, px = (a - y0) * walk.rows.istride, (b - x0) * walk.cols.istride
+                                common = dict(a_addr=half * a_half + x * a_words,
+                                              b_addr=half * b_half + (py * ww + px) * cb, acc_addr=acc_base + t * R,
+                                              accumulate=int(cblk > 0), **walk_fields)
+                                if plan.pattern:
+                                    n, m = plan.pattern
+                                    gemms.append((Opcode.SPARSE_GEMM, dict(**common, groups=cb // m, n=n,
+                                                                           m_log2=m.bit_length() - 1,
+                                                                           idx_addr=half * idx_half + x * idx_words)))
+                                else:
+                                    gemms.append((Opcode.GEMM, dict(**common, k=cb)))
+                        steps.append((loads, gemms))
+                        step_index += 1
+                    stores = []
+                    for t, (x, mi, a, b) in enumerate(tiles):
+                        c = mi * R
+                        y, xx = walk.rows.o0 + walk.rows.os * a + dst.pad, walk.cols.o0 + walk.cols.os * b + dst.pad
+                        stores.append(dict(buffer=Buffer.ACC, sram_addr=acc_base + t * R, rows=R, bf16=1,
+                                           dram_addr=dst_addr + (dst.word(nb, c // dst.cb, y, xx) + c % dst.cb) * ab,
+                                           dram_stride=ab))
+                    blocks.append((steps, stores))
+                    block_index += 1
+    return place_tokens(blocks, first_step=first_step, first_block=first_block, b_waits=b_waits, c_signals=c_signals)
+
+
+def walk_instructions(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[int], src_addr: int, dst_addr: int,
+                      idx_addrs: list[int] | None = None) -> list[int]:
+    """The walks of one convolution direction (FF: one; BP: its phases) as one software pipeline (no FINISH)."""
+    loads, gemms, stores = [], [], []
+    step = block = 0
+    for i, plan in enumerate(plans):
+        l, g, s = walk_steps(cfg, plan, a_addr=a_addrs[i], src_addr=src_addr, dst_addr=dst_addr,
+                             idx_addr=(idx_addrs or [0] * len(plans))[i], first_step=step, first_block=block)
+        loads, gemms, stores = loads + l, gemms + g, stores + s
+        step += len(g)
+        block += sum(1 for x in s if x)
+    return software_pipelined(loads, gemms, stores)
+
+
+@dataclass
+class ConvProgram:
+    """One direction of a convolution compiled with its operands: the memory image, the program, the layouts."""
+
+    cfg: SATConfig
+    plans: list[ConvPlan]
+    words: list[int]
+    memory: np.ndarray
+    program_addr: int
+    src: ActLayout
+    dst: ActLayout
+    dst_addr: int
+
+    @property
+    def length(self) -> int:
+        return len(self.words)
+
+    def read_output(self, memory: np.ndarray | None = None) -> np.ndarray:
+        """The output tensor ``[N, C, H, W]`` as bf16 bits, read from a memory image (default: this one)."""
+        mem = self.memory if memory is None else memory
+        nbytes = self.dst.nbytes(self.cfg)
+        return unpack_act(self.cfg, self.dst, mem[self.dst_addr:self.dst_addr + nbytes].view(np.uint16))
+
+
+def _align_up(x: int, a: int = 4096) -> int:
+    return -(-x // a) * a
+
+
+def compile_walks(cfg: SATConfig, walks: list[WalkConv], src: ActLayout, src_bits: np.ndarray, dst: ActLayout,
+                  pattern: tuple[int, int] | None = None) -> ConvProgram:
+    """Compile the walks of one convolution direction (:func:`ff_walk`, or :func:`bp_walks`) on an input tensor
+    (bf16 bits ``[N, C, H, W]``, stored in ``src``) into one program whose output lands in ``dst``."""
+    plans = [plan_walk(cfg, w, src, dst, pattern if w.weights is not None else None) for w in walks]
+    addr = 0
+    src_addr, addr = addr, _align_up(src.nbytes(cfg))
+    dst_addr, addr = addr, _align_up(addr + dst.nbytes(cfg))
+    parts, a_addrs, idx_addrs = [], [], []
+    for plan in plans:
+        if plan.walk.weights is None:
+            packed = {"a": np.zeros(max(cfg.a_word_bytes, cfg.b_word_bytes) // 2, np.uint16)}
+        else:
+            packed = pack_walk_weights(cfg, plan)
+        a_addrs.append(addr)
+        parts.append((addr, packed["a"]))
+        addr = _align_up(addr + packed["a"].nbytes)
+        idx_addrs.append(addr)
+        if "idx" in packed:
+            parts.append((addr, packed["idx"]))
+            addr = _align_up(addr + packed["idx"].nbytes)
+    words = walk_instructions(cfg, plans, a_addrs=a_addrs, src_addr=src_addr, dst_addr=dst_addr, idx_addrs=idx_addrs)
+    words.append(encode(Opcode.FINISH))
+    program_addr = addr
+    blob = np.frombuffer(to_bytes(words), dtype=np.uint8)
+    memory = np.zeros(_align_up(program_addr + len(blob)), dtype=np.uint8)
+    packed_src = pack_act(cfg, src, src_bits)
+    memory[src_addr:src_addr + packed_src.nbytes] = packed_src.reshape(-1).view(np.uint8)
+    for at, arr in parts:
+        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        memory[at:at + flat.nbytes] = flat
+    memory[program_addr:program_addr + len(blob)] = blob
+    if len(words) > cfg.imem_depth:
+        raise ValueError(f"conv: {len(words)} instructions do not fit the instruction memory ({cfg.imem_depth})")
+    return ConvProgram(cfg, plans, words, memory, program_addr, src, dst, dst_addr)
