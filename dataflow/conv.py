@@ -49,8 +49,8 @@ from ..hw.isa import Buffer, Opcode, encode, to_bytes
 from ..hw.sparsity import check_pattern, compress
 from .gemm import pack_indices, place_tokens, software_pipelined
 
-__all__ = ["ActLayout", "Axis", "WalkConv", "ff_walk", "bp_walks", "ConvPlan", "plan_walk", "walk_steps",
-           "pack_act", "unpack_act", "pack_walk_weights", "walk_instructions", "MAX_TAPS", "bp_pad", "ConvProgram",
+__all__ = ["ActLayout", "Axis", "WalkConv", "ff_walk", "bp_walks", "ConvPlan", "plan_walk", "walk_blocks", "walk_steps", "walk_programs",
+           "pack_act", "unpack_act", "pack_walk_weights", "walk_instructions", "MAX_TAPS", "bp_pad", "ConvProgram", "walkable", "plan_conv",
            "compile_walks"]
 
 #: kernel taps a walk takes along one axis (the 3-bit taps_h / taps_w fields)
@@ -307,12 +307,13 @@ def pack_walk_weights(cfg: SATConfig, plan: ConvPlan) -> dict[str, np.ndarray]:
     return {"a": np.ascontiguousarray(a), "idx": packed_idx}
 
 
-def walk_steps(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, dst_addr: int, idx_addr: int = 0,
-               first_step: int = 0, first_block: int = 0, b_waits: bool = False, c_signals: bool = False):
-    """The instructions of one walk per reduction step, tokens placed (:func:`nmsat.dataflow.gemm.place_tokens`):
-    A (``[Mt, blocks, words, R]``) at ``a_addr``, the input in ``plan.src`` at ``src_addr``, the output stored
-    (bf16) in ``plan.dst`` at ``dst_addr``.  A walk with no taps (a BP phase no tap reaches) stores zeros: a
-    one-word GEMM of a zero A word it loads from ``a_addr`` (the caller leaves one there)."""
+def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, dst_addr: int, idx_addr: int = 0,
+                first_step: int = 0, first_block: int = 0) -> list[tuple[list, list]]:
+    """The work of one walk as blocks for :func:`nmsat.dataflow.gemm.place_tokens` (steps of LOADs and GEMMs, then
+    STOREs): A (``[Mt, blocks, words, R]``) at ``a_addr``, the input in ``plan.src`` at ``src_addr``, the output
+    stored (bf16) in ``plan.dst`` at ``dst_addr``.  A walk with no taps (a BP phase no tap reaches) stores zeros:
+    a one-word GEMM of a zero A word it loads from ``a_addr`` (the caller leaves one there).  When the output's
+    channel block is one tile (``dst.cb == rows``) a row of a tile's pixels is one STORE."""
     walk, src, dst, R = plan.walk, plan.src, plan.dst, cfg.rows
     a_half, b_half, idx_half, acc_half = _halves(cfg, plan.pattern)
     aw, ab = cfg.a_word_bytes, cfg.b_word_bytes
@@ -375,29 +376,61 @@ def walk_steps(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, ds
                         steps.append((loads, gemms))
                         step_index += 1
                     stores = []
+                    run = len(xs) if dst.cb == R and walk.cols.os == 1 else 1  # pixels per STORE
                     for t, (x, mi, a, b) in enumerate(tiles):
+                        if (b - x0) % run:
+                            continue
                         c = mi * R
                         y, xx = walk.rows.o0 + walk.rows.os * a + dst.pad, walk.cols.o0 + walk.cols.os * b + dst.pad
-                        stores.append(dict(buffer=Buffer.ACC, sram_addr=acc_base + t * R, rows=R, bf16=1,
+                        stores.append(dict(buffer=Buffer.ACC, sram_addr=acc_base + t * R, rows=R * run, bf16=1,
                                            dram_addr=dst_addr + (dst.word(nb, c // dst.cb, y, xx) + c % dst.cb) * ab,
                                            dram_stride=ab))
                     blocks.append((steps, stores))
                     block_index += 1
+    return blocks
+
+
+def walk_steps(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, dst_addr: int, idx_addr: int = 0,
+               first_step: int = 0, first_block: int = 0, b_waits: bool = False, c_signals: bool = False):
+    """The instructions of one walk per reduction step (:func:`walk_blocks`), tokens placed."""
+    blocks = walk_blocks(cfg, plan, a_addr=a_addr, src_addr=src_addr, dst_addr=dst_addr, idx_addr=idx_addr,
+                         first_step=first_step, first_block=first_block)
     return place_tokens(blocks, first_step=first_step, first_block=first_block, b_waits=b_waits, c_signals=c_signals)
 
 
 def walk_instructions(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[int], src_addr: int, dst_addr: int,
                       idx_addrs: list[int] | None = None) -> list[int]:
     """The walks of one convolution direction (FF: one; BP: its phases) as one software pipeline (no FINISH)."""
-    loads, gemms, stores = [], [], []
-    step = block = 0
+    runs = walk_programs(cfg, plans, a_addrs=a_addrs, src_addr=src_addr, dst_addr=dst_addr, idx_addrs=idx_addrs,
+                         limit=None)
+    return runs[0][:-1]
+
+
+def walk_programs(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[int], src_addr: int, dst_addr: int,
+                  idx_addrs: list[int] | None = None, limit: int | None = -1) -> list[list[int]]:
+    """The walks of one direction as programs (each ending in FINISH) of at most ``limit`` instructions (default:
+    the instruction memory; None: one program), cut between blocks: each run of the core starts its tokens afresh."""
+    limit = cfg.imem_depth if limit == -1 else limit
+    blocks = []
     for i, plan in enumerate(plans):
-        l, g, s = walk_steps(cfg, plan, a_addr=a_addrs[i], src_addr=src_addr, dst_addr=dst_addr,
-                             idx_addr=(idx_addrs or [0] * len(plans))[i], first_step=step, first_block=block)
-        loads, gemms, stores = loads + l, gemms + g, stores + s
-        step += len(g)
-        block += sum(1 for x in s if x)
-    return software_pipelined(loads, gemms, stores)
+        blocks += walk_blocks(cfg, plan, a_addr=a_addrs[i], src_addr=src_addr, dst_addr=dst_addr,
+                              idx_addr=(idx_addrs or [0] * len(plans))[i], first_step=sum(len(b[0]) for b in blocks),
+                              first_block=len(blocks))
+    runs, current, used = [], [], 0
+    for block in blocks:
+        size = sum(len(l) + len(g) for l, g in block[0]) + len(block[1])
+        if limit is not None and current and used + size > limit - 1:
+            runs.append(current)
+            current, used = [], 0
+        current.append(block)
+        used += size
+    runs.append(current)
+    out = []
+    for run in runs:
+        # a run restarts the halves' counts at 0 only in token terms: halves follow the blocks' own addresses,
+        # so a run starting at an odd step keeps them, and its tokens start as if from step 0
+        out.append(software_pipelined(*place_tokens(run)) + [encode(Opcode.FINISH)])
+    return out
 
 
 @dataclass
@@ -463,3 +496,48 @@ def compile_walks(cfg: SATConfig, walks: list[WalkConv], src: ActLayout, src_bit
     if len(words) > cfg.imem_depth:
         raise ValueError(f"conv: {len(words)} instructions do not fit the instruction memory ({cfg.imem_depth})")
     return ConvProgram(cfg, plans, words, memory, program_addr, src, dst, dst_addr)
+
+
+def walkable(kernel: int, groups: int = 1) -> bool:
+    """Whether a convolution runs as kernel walks (else as GEMMs on im2col operands)."""
+    return kernel <= MAX_TAPS and groups == 1
+
+
+def plan_conv(cfg: SATConfig, batch: int, cin: int, cout: int, size: int, kernel: int, stride: int = 1,
+              padding: int = 0, direction: str = "FF", pattern: tuple[int, int] | None = None,
+              weight: np.ndarray | None = None) -> list[ConvPlan]:
+    """The walks of one direction of a square convolution with their plans: the input's channel block is the
+    one of lowest estimated cycles among the channel count and its halvings (whole groups of m when sparse);
+    the output's is ``rows`` (a row of pixels per STORE).  ``weight`` (default zeros) only feeds the walks'
+    weights."""
+    if direction not in ("FF", "BP"):
+        raise ValueError(f"conv: direction must be FF or BP, got {direction!r}")
+    w = np.zeros((cout, cin, kernel, kernel), np.float32) if weight is None else weight
+    ho = (size + 2 * padding - kernel) // stride + 1
+    if direction == "FF":
+        walks, channels, h, pad, out_ch, out_h = [ff_walk(w, size, size, stride, padding, 1)], cin, size, padding, cout, ho
+    else:
+        walks = bp_walks(w, size, size, stride, padding, 1)
+        channels, h, pad, out_ch, out_h = cout, ho, bp_pad(kernel, stride, padding, 1), cin, size
+    unit = pattern[1] if pattern else 1
+    candidates, cb = [], -(-channels // unit) * unit
+    while cb >= unit:
+        candidates.append(cb)
+        if cb == unit:
+            break
+        cb = max(unit, -(-(cb // 2) // unit) * unit)
+    dst = ActLayout(batch, out_ch, out_h, out_h, 0, -(-out_ch // cfg.rows) * cfg.rows if out_ch < cfg.rows else cfg.rows)
+    best, errors = None, []
+    for cb in candidates:
+        src = ActLayout(batch, channels, h, h, pad, cb)
+        try:
+            plans = [plan_walk(cfg, wk, src, dst, pattern if wk.weights is not None else None) for wk in walks]
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        cost = sum(p.estimated_cycles for p in plans)
+        if best is None or cost < best[0]:
+            best = (cost, plans)
+    if best is None:
+        raise ValueError(f"conv {cin}→{cout} k{kernel} s{stride} at {size}²: no channel block fits ({errors[-1]})")
+    return best[1]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .layers import GemmShape, conv2d_gemms, conv_output_size, linear_gemms
 
-__all__ = ["VectorPass", "LayerWork", "MODELS", "build_model", "resnet18_cifar", "vgg16_cifar", "resnet50_imagenet",
+__all__ = ["VectorPass", "ConvGeometry", "LayerWork", "MODELS", "build_model", "resnet18_cifar", "vgg16_cifar", "resnet50_imagenet",
            "vit_s16"]
 
 
@@ -42,8 +42,24 @@ class VectorPass:
 
 
 @dataclass(frozen=True)
+class ConvGeometry:
+    """A convolution's shape, for the kernel walk (``nmsat.dataflow.conv``); ``first``: its input needs no gradient."""
+
+    batch: int
+    cin: int
+    cout: int
+    size: int
+    kernel: int
+    stride: int
+    padding: int
+    groups: int
+    first: bool
+
+
+@dataclass(frozen=True)
 class LayerWork:
-    """One layer of the iteration: GEMMs, vector passes, and weights ``(cout, K per group, groups)`` if any."""
+    """One layer of the iteration: GEMMs, vector passes, and weights ``(cout, K per group, groups)`` if any;
+    a convolution's geometry (its FF and BP can also run as kernel walks)."""
 
     name: str
     kind: str
@@ -51,6 +67,7 @@ class LayerWork:
     passes: tuple[VectorPass, ...] = ()
     weights: tuple[int, int, int] | None = None
     sparse: bool = False  # BDWP prunes its FF and BP
+    conv: ConvGeometry | None = None
 
     @property
     def macs(self) -> int:
@@ -67,7 +84,9 @@ class _Builder:
         if first:  # the data needs no gradient: no BP GEMM
             gemms = [g for g in gemms if g.stage != "BP"]
         self.layers.append(LayerWork(name, "conv2d", tuple(gemms), weights=(cout, cin // groups * kernel * kernel,
-                                                                             groups)))
+                                                                             groups),
+                                     conv=ConvGeometry(self.batch, cin, cout, size, kernel, stride, padding, groups,
+                                                       first)))
         return conv_output_size(size, kernel, stride, padding, 1)
 
     def linear(self, name, tokens, fin, fout, first=False):
@@ -118,7 +137,7 @@ class _Builder:
         convs = [i for i, x in enumerate(self.layers) if x.weights is not None]
         first, last = convs[0], convs[-1]
         return [LayerWork(x.name, x.kind, x.gemms, x.passes, x.weights, sparse=x.weights is not None and
-                          i not in (first, last)) for i, x in enumerate(self.layers)]
+                          i not in (first, last), conv=x.conv) for i, x in enumerate(self.layers)]
 
 
 def resnet18_cifar(batch: int = 32) -> list[LayerWork]:

@@ -6,7 +6,16 @@ charges, per layer:
 * **GEMMs** (FF, BP, WU): the compiler's programs (``nmsat.dataflow.gemm``)
   timed on the simulator; FF and BP of the layers BDWP prunes as SPARSE_GEMMs
   of the pattern, WU dense; FF and BP outputs stored bf16, dW fp32.  The
-  GEMMs of a layer run one after another, each its own program(s).
+  GEMMs of a layer run one after another, each its own program(s).  With
+  ``im2col`` (on-chip, the default) a convolution's FF and BP are kernel
+  walks (``nmsat.dataflow.conv``: activations read once per tile, BP by
+  phases of the flipped kernel); its WU stays a GEMM on im2col operands
+  (its reduction runs over pixels and batch); kernels past 7 taps a side
+  (ViT's patch embedding, stride = kernel: im2col is a reshape there) and
+  grouped convolutions stay GEMMs.  A walk's lanes are the batch, so below
+  ``cols`` samples it leaves lanes idle: each direction takes the faster of
+  its walk and its GEMMs (both simulated).  Without, every convolution is
+  GEMMs on im2col operands (the B operand read ``k²`` times).
 * **Vector passes** (norms, ReLU's gradient, residual adds, pooling, the
   loss): each by the stream rule of the vector unit
   (``nmsat.hw.timing.stream_cycles``: the arrays read and written, beat by
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..dataflow import conv
 from ..dataflow.gemm import layout_gemm
 from ..dataflow.models import LayerWork, VectorPass
 from ..dataflow.sparsify import layout_sparsify, update_instructions
@@ -76,6 +86,7 @@ class IterationReport:
     pattern: tuple[int, int] | None
     pregeneration: bool
     layers: list[LayerCycles] = field(default_factory=list)
+    im2col: bool = True  # convolutions' FF and BP as kernel walks (on-chip im2col)
 
     @property
     def gemm(self) -> int:
@@ -121,6 +132,21 @@ class _Timer:
             self.memo[key] = result.cycles
         return self.memo[key]
 
+    def walk(self, geometry, direction, pattern) -> int:
+        key = ("walk", geometry, direction, pattern)
+        if key not in self.memo:
+            g = geometry
+            plans = conv.plan_conv(self.cfg, g.batch, g.cin, g.cout, g.size, g.kernel, g.stride, g.padding,
+                                   direction, pattern)
+            a_base = 1 << (self.cfg.addr_bits - 2)  # operands apart, page aligned
+            programs = conv.walk_programs(self.cfg, plans, a_addrs=[a_base] * len(plans), src_addr=0,
+                                          dst_addr=a_base // 2, idx_addrs=[a_base + (a_base >> 1)] * len(plans))
+            result = self.core.time_programs(programs)
+            if not result.ok:
+                raise RuntimeError(f"conv walk {geometry} {direction} {pattern}: {result.error.name}")
+            self.memo[key] = result.cycles
+        return self.memo[key]
+
     def pregen(self, weights, pattern) -> int:
         cout, k_g, groups = weights
         key = ("pregen", weights, pattern)
@@ -141,20 +167,26 @@ class _Timer:
 
 
 def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, int] | None = None, *,
-                   pregeneration: bool = True, core: CoreModel | None = None) -> IterationReport:
-    """Cycles of one iteration of ``layers`` (``nmsat.dataflow.models``) with BDWP at ``pattern`` (None: dense)."""
+                   pregeneration: bool = True, im2col: bool = True, core: CoreModel | None = None) -> IterationReport:
+    """Cycles of one iteration of ``layers`` (``nmsat.dataflow.models``) with BDWP at ``pattern`` (None: dense);
+    ``pregeneration`` / ``im2col`` switch those optimisations (see the module docstring)."""
     if pattern is not None:
         n, m = pattern
         if m not in cfg.sparse_m or not 1 <= n <= m:
             raise ValueError(f"pattern {n}:{m}: the {cfg.name} core runs n:m with m in {cfg.sparse_m} and 1 <= n <= m")
     timer = _Timer(cfg, core or CoreModel(cfg))
-    report = IterationReport(cfg.name, pattern, pregeneration)
+    report = IterationReport(cfg.name, pattern, pregeneration, im2col=im2col)
     for layer in layers:
         sparse = pattern is not None and layer.sparse
         stages = {"FF": 0, "BP": 0, "WU": 0}
+        geometry = layer.conv
+        walks = im2col and geometry is not None and conv.walkable(geometry.kernel, geometry.groups)
         for g in layer.gemms:
             p = pattern if sparse and g.stage in ("FF", "BP") else None
-            stages[g.stage] += g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
+            cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
+            if walks and g.stage in ("FF", "BP"):  # the faster mapping (walks fill their lanes with the batch)
+                cycles = min(cycles, timer.walk(geometry, g.stage, p))
+            stages[g.stage] += cycles
         vec = {"FF": 0, "BP": 0}
         for vp in layer.passes:
             vec[vp.stage] += pass_cycles(cfg, vp)
