@@ -308,12 +308,13 @@ def pack_walk_weights(cfg: SATConfig, plan: ConvPlan) -> dict[str, np.ndarray]:
 
 
 def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, dst_addr: int, idx_addr: int = 0,
-                first_step: int = 0, first_block: int = 0) -> list[tuple[list, list]]:
+                first_step: int = 0, first_block: int = 0, relu: bool = False) -> list[tuple[list, list]]:
     """The work of one walk as blocks for :func:`nmsat.dataflow.gemm.place_tokens` (steps of LOADs and GEMMs, then
     STOREs): A (``[Mt, blocks, words, R]``) at ``a_addr``, the input in ``plan.src`` at ``src_addr``, the output
     stored (bf16) in ``plan.dst`` at ``dst_addr``.  A walk with no taps (a BP phase no tap reaches) stores zeros:
     a one-word GEMM of a zero A word it loads from ``a_addr`` (the caller leaves one there).  When the output's
-    channel block is one tile (``dst.cb == rows``) a row of a tile's pixels is one STORE."""
+    channel block is one tile (``dst.cb == rows``) a row of a tile's pixels is one STORE; ``relu``: the STOREs
+    apply ReLU."""
     walk, src, dst, R = plan.walk, plan.src, plan.dst, cfg.rows
     a_half, b_half, idx_half, acc_half = _halves(cfg, plan.pattern)
     aw, ab = cfg.a_word_bytes, cfg.b_word_bytes
@@ -383,6 +384,7 @@ def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, d
                         c = mi * R
                         y, xx = walk.rows.o0 + walk.rows.os * a + dst.pad, walk.cols.o0 + walk.cols.os * b + dst.pad
                         stores.append(dict(buffer=Buffer.ACC, sram_addr=acc_base + t * R, rows=R * run, bf16=1,
+                                           relu=int(relu),
                                            dram_addr=dst_addr + (dst.word(nb, c // dst.cb, y, xx) + c % dst.cb) * ab,
                                            dram_stride=ab))
                     blocks.append((steps, stores))
@@ -399,15 +401,15 @@ def walk_steps(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, ds
 
 
 def walk_instructions(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[int], src_addr: int, dst_addr: int,
-                      idx_addrs: list[int] | None = None) -> list[int]:
+                      idx_addrs: list[int] | None = None, relu: bool = False) -> list[int]:
     """The walks of one convolution direction (FF: one; BP: its phases) as one software pipeline (no FINISH)."""
     runs = walk_programs(cfg, plans, a_addrs=a_addrs, src_addr=src_addr, dst_addr=dst_addr, idx_addrs=idx_addrs,
-                         limit=None)
+                         limit=None, relu=relu)
     return runs[0][:-1]
 
 
 def walk_programs(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[int], src_addr: int, dst_addr: int,
-                  idx_addrs: list[int] | None = None, limit: int | None = -1) -> list[list[int]]:
+                  idx_addrs: list[int] | None = None, limit: int | None = -1, relu: bool = False) -> list[list[int]]:
     """The walks of one direction as programs (each ending in FINISH) of at most ``limit`` instructions (default:
     the instruction memory; None: one program), cut between blocks: each run of the core starts its tokens afresh."""
     limit = cfg.imem_depth if limit == -1 else limit
@@ -415,7 +417,7 @@ def walk_programs(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[int], 
     for i, plan in enumerate(plans):
         blocks += walk_blocks(cfg, plan, a_addr=a_addrs[i], src_addr=src_addr, dst_addr=dst_addr,
                               idx_addr=(idx_addrs or [0] * len(plans))[i], first_step=sum(len(b[0]) for b in blocks),
-                              first_block=len(blocks))
+                              first_block=len(blocks), relu=relu)
     runs, current, used = [], [], 0
     for block in blocks:
         size = sum(len(l) + len(g) for l, g in block[0]) + len(block[1])
@@ -435,20 +437,35 @@ def walk_programs(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[int], 
 
 @dataclass
 class ConvProgram:
-    """One direction of a convolution compiled with its operands: the memory image, the program, the layouts."""
+    """One direction of a convolution compiled with its operands: the memory image, its programs (``runs``
+    ``(program_addr, length)``, run one after another; ``run_words`` their instructions), the layouts."""
 
     cfg: SATConfig
     plans: list[ConvPlan]
-    words: list[int]
+    run_words: list[list[int]]
     memory: np.ndarray
-    program_addr: int
+    runs: list[tuple[int, int]]
     src: ActLayout
     dst: ActLayout
     dst_addr: int
 
+    def _single(self):
+        if len(self.runs) != 1:
+            raise ValueError(f"this convolution runs as {len(self.runs)} programs: use `runs`")
+        return self.runs[0]
+
+    @property
+    def program_addr(self) -> int:
+        return self._single()[0]
+
     @property
     def length(self) -> int:
-        return len(self.words)
+        return self._single()[1]
+
+    @property
+    def words(self) -> list[int]:
+        self._single()
+        return self.run_words[0]
 
     def read_output(self, memory: np.ndarray | None = None) -> np.ndarray:
         """The output tensor ``[N, C, H, W]`` as bf16 bits, read from a memory image (default: this one)."""
@@ -462,9 +479,10 @@ def _align_up(x: int, a: int = 4096) -> int:
 
 
 def compile_walks(cfg: SATConfig, walks: list[WalkConv], src: ActLayout, src_bits: np.ndarray, dst: ActLayout,
-                  pattern: tuple[int, int] | None = None) -> ConvProgram:
+                  pattern: tuple[int, int] | None = None, *, relu: bool = False) -> ConvProgram:
     """Compile the walks of one convolution direction (:func:`ff_walk`, or :func:`bp_walks`) on an input tensor
-    (bf16 bits ``[N, C, H, W]``, stored in ``src``) into one program whose output lands in ``dst``."""
+    (bf16 bits ``[N, C, H, W]``, stored in ``src``) into one program whose output lands in ``dst`` (``relu``:
+    ReLU fused into the STOREs)."""
     plans = [plan_walk(cfg, w, src, dst, pattern if w.weights is not None else None) for w in walks]
     addr = 0
     src_addr, addr = addr, _align_up(src.nbytes(cfg))
@@ -482,62 +500,19 @@ def compile_walks(cfg: SATConfig, walks: list[WalkConv], src: ActLayout, src_bit
         if "idx" in packed:
             parts.append((addr, packed["idx"]))
             addr = _align_up(addr + packed["idx"].nbytes)
-    words = walk_instructions(cfg, plans, a_addrs=a_addrs, src_addr=src_addr, dst_addr=dst_addr, idx_addrs=idx_addrs)
-    words.append(encode(Opcode.FINISH))
-    program_addr = addr
-    blob = np.frombuffer(to_bytes(words), dtype=np.uint8)
-    memory = np.zeros(_align_up(program_addr + len(blob)), dtype=np.uint8)
+    run_words = walk_programs(cfg, plans, a_addrs=a_addrs, src_addr=src_addr, dst_addr=dst_addr, idx_addrs=idx_addrs,
+                              relu=relu)
+    blobs = [np.frombuffer(to_bytes(words), dtype=np.uint8) for words in run_words]
+    runs = []
+    for words, blob in zip(run_words, blobs):
+        runs.append((addr, len(words)))
+        addr = _align_up(addr + len(blob))
+    memory = np.zeros(addr, dtype=np.uint8)
     packed_src = pack_act(cfg, src, src_bits)
     memory[src_addr:src_addr + packed_src.nbytes] = packed_src.reshape(-1).view(np.uint8)
     for at, arr in parts:
         flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
         memory[at:at + flat.nbytes] = flat
-    memory[program_addr:program_addr + len(blob)] = blob
-    if len(words) > cfg.imem_depth:
-        raise ValueError(f"conv: {len(words)} instructions do not fit the instruction memory ({cfg.imem_depth})")
-    return ConvProgram(cfg, plans, words, memory, program_addr, src, dst, dst_addr)
-
-
-def walkable(kernel: int, groups: int = 1) -> bool:
-    """Whether a convolution runs as kernel walks (else as GEMMs on im2col operands)."""
-    return kernel <= MAX_TAPS and groups == 1
-
-
-def plan_conv(cfg: SATConfig, batch: int, cin: int, cout: int, size: int, kernel: int, stride: int = 1,
-              padding: int = 0, direction: str = "FF", pattern: tuple[int, int] | None = None,
-              weight: np.ndarray | None = None) -> list[ConvPlan]:
-    """The walks of one direction of a square convolution with their plans: the input's channel block is the
-    one of lowest estimated cycles among the channel count and its halvings (whole groups of m when sparse);
-    the output's is ``rows`` (a row of pixels per STORE).  ``weight`` (default zeros) only feeds the walks'
-    weights."""
-    if direction not in ("FF", "BP"):
-        raise ValueError(f"conv: direction must be FF or BP, got {direction!r}")
-    w = np.zeros((cout, cin, kernel, kernel), np.float32) if weight is None else weight
-    ho = (size + 2 * padding - kernel) // stride + 1
-    if direction == "FF":
-        walks, channels, h, pad, out_ch, out_h = [ff_walk(w, size, size, stride, padding, 1)], cin, size, padding, cout, ho
-    else:
-        walks = bp_walks(w, size, size, stride, padding, 1)
-        channels, h, pad, out_ch, out_h = cout, ho, bp_pad(kernel, stride, padding, 1), cin, size
-    unit = pattern[1] if pattern else 1
-    candidates, cb = [], -(-channels // unit) * unit
-    while cb >= unit:
-        candidates.append(cb)
-        if cb == unit:
-            break
-        cb = max(unit, -(-(cb // 2) // unit) * unit)
-    dst = ActLayout(batch, out_ch, out_h, out_h, 0, -(-out_ch // cfg.rows) * cfg.rows if out_ch < cfg.rows else cfg.rows)
-    best, errors = None, []
-    for cb in candidates:
-        src = ActLayout(batch, channels, h, h, pad, cb)
-        try:
-            plans = [plan_walk(cfg, wk, src, dst, pattern if wk.weights is not None else None) for wk in walks]
-        except ValueError as e:
-            errors.append(str(e))
-            continue
-        cost = sum(p.estimated_cycles for p in plans)
-        if best is None or cost < best[0]:
-            best = (cost, plans)
-    if best is None:
-        raise ValueError(f"conv {cin}→{cout} k{kernel} s{stride} at {size}²: no channel block fits ({errors[-1]})")
-    return best[1]
+    for (at, _), blob in zip(runs, blobs):
+        memory[at:at + len(blob)] = blob
+    return ConvProgram(cfg, plans, run_words, memory, runs, src, dst, dst_addr)

@@ -106,6 +106,23 @@ CONV_WALKS = [((3, 8, 8, 5, 3, 1, 1), "FF", None), ((4, 8, 4, 6, 3, 2, 1), "FF",
               ((2, 8, 8, 4, 1, 2, 0), "BP", None)]
 
 
+def cnn_iteration_jobs(batch=4, seed=3):
+    """The programs of one iteration of ``nmsat.sw.cnn_step.SmallCNN`` (each with its input image)."""
+    import torch
+    from nmsat.sw.cnn_step import NAMES, CnnState, SmallCNN, cnn_iteration, sim_runner
+
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 8, 6, 6)).astype(np.float32)
+    state = CnnState({k: getattr(model, k).weight.detach().numpy().copy() for k in NAMES},
+                     {k: rng.standard_normal(getattr(model, k).weight.shape).astype(np.float32) * 0.01 for k in NAMES})
+    recorded = []
+    cnn_iteration(TINY, state, x, rng.integers(0, 4, batch), sim_runner(TINY, recorded), lr=0.1, momentum=0.9,
+                  weight_decay=5e-4)
+    return [job for job, _, _ in recorded]
+
+
 def update_program(cfg, cout, k, pattern, groups, seed):
     """WEIGHT_UPDATE of a layer's master weights, then the SPARSIFYs of the new weights (pre-generation)."""
     rng = np.random.default_rng(seed)
@@ -530,6 +547,10 @@ def verilator_results():
     jobs.append(RtlJob(step.memory, *step.runs[0], more_runs=tuple(step.runs[1:]),
                        registers=tuple((int(r), v) for r, v in step.registers.items())))
     names.append("linear layer step 2:8 in 5 programs")
+    for job in cnn_iteration_jobs():  # a small residual CNN's whole BDWP iteration, program by program
+        jobs.append(RtlJob(job.memory, *job.runs[0], more_runs=tuple(job.runs[1:]),
+                           registers=tuple((int(r), v) for r, v in job.registers.items())))
+        names.append(f"cnn iteration: {job.name}")
     long = gemm_program(TINY, 64, 200, 40, seed=99)  # longer than the instruction memory: several programs
     assert len(long.runs) > 1
     jobs.append(RtlJob(long.memory, *long.runs[0], more_runs=tuple(long.runs[1:])))
