@@ -123,6 +123,9 @@ class MemArgs(data.Struct):
     dram_stride: 32  # bytes from one word to the next in DRAM
     bf16: 1  # STORE: each fp32 accumulator rounded to bf16 (nearest even), words of cols·2 bytes; LOAD: 0
     relu: 1  # STORE: each accumulator with its sign bit set stored as +0 (ReLU; NaNs are canonical, positive); LOAD: 0
+    tile_transpose: 1  # LOAD into A or B (rows == cols cores): ``rows`` blocks, block b the rows·b_word_bytes bytes at
+    #               dram_addr + b·dram_stride (R words of cols lanes), written transposed as cols words of R lanes
+    #               from sram_addr + b·cols; STORE: 0
 
 
 class GemmArgs(data.Struct):
@@ -270,6 +273,7 @@ class Decoded:
     func: int = 0
     y_offset: int = 0
     z_offset: int = 0
+    tile_transpose: int = 0
     taps_h: int = 0
     taps_w: int = 0
     tap_h_stride: int = 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import IDX_SLOTS_PER_WORD as IDX_SLOTS, SATConfig
 
-__all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "gemm_mac_cycles", "drain_cycles", "LOADS_IN_FLIGHT",
+__all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "transpose_tail", "gemm_mac_cycles", "drain_cycles", "LOADS_IN_FLIGHT",
            "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES", "SparsifyShape",
            "sparsify_shape", "sparsify_chunk_groups", "sparsify_emit_cycles", "sparsify_read_beats", "SparsifyTimes", "sparsify_cycles",
            "sparsify_events", "UPDATE_FIRST_CHUNK", "UPDATE_STREAMS", "VECTOR_STREAMS", "stream_chunks",
@@ -96,6 +96,13 @@ def burst_counts(cfg: SATConfig, dram_addr, rows, word_bytes, stride):
 def transfer_beats(cfg: SATConfig, rows: int, word_bytes: int) -> int:
     """Data beats of a transfer of ``rows`` words (word sizes are whole beats by config invariant)."""
     return rows * word_bytes // cfg.bus_bytes
+
+
+def transpose_tail(cfg: SATConfig) -> int:
+    """Cycles a transposing LOAD takes past its last data beat: its last block's ``cols`` words are written one
+    a cycle after the block is in (each earlier block's words are written while the next one arrives); the
+    read channel is held (RREADY low) meanwhile, so the next LOAD's beats wait."""
+    return cfg.cols
 
 
 def gemm_mac_cycles(k: int) -> int:

@@ -124,9 +124,17 @@ def _word_bytes(cfg: SATConfig, buf: np.ndarray) -> np.ndarray:
 
 
 def dram_word_bytes(cfg: SATConfig, f: dict[str, np.ndarray]) -> np.ndarray:
-    """Bytes of each LOAD/STORE word in memory: the buffer's word, half an ACC word for a bf16 STORE."""
+    """Bytes of each LOAD/STORE row in memory: the buffer's word, half an ACC word for a bf16 STORE, a block of
+    ``rows`` B words for a transposing LOAD."""
     bf16_store = (f["opcode"] == _OP_STORE) & (f["bf16"] != 0)
-    return np.where(bf16_store, cfg.acc_word_bytes // 2, _word_bytes(cfg, f["buffer"]))
+    transposing = (f["opcode"] == _OP_LOAD) & (f["tile_transpose"] != 0)
+    return np.where(bf16_store, cfg.acc_word_bytes // 2,
+                    np.where(transposing, cfg.rows * cfg.b_word_bytes, _word_bytes(cfg, f["buffer"])))
+
+
+def buffer_words(cfg: SATConfig, f: dict[str, np.ndarray]) -> np.ndarray:
+    """Buffer words each LOAD/STORE writes or reads: ``rows``, or ``rows · cols`` for a transposing LOAD."""
+    return np.where((f["opcode"] == _OP_LOAD) & (f["tile_transpose"] != 0), f["rows"] * cfg.cols, f["rows"])
 
 
 def kernel_walk(f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -178,9 +186,13 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     no_neighbour = is_finish & ((f["pop_prev"] | f["pop_next"] | f["push_prev"] | f["push_next"]) != 0)
     flag(no_neighbour, ErrorCode.BAD_ARGS)
     # LOAD fills A, B or IDX; STORE drains ACC (the ACC buffer's ports belong to the drain and the STORE unit)
+    # a transposing LOAD: into A or B of a core with rows == cols
+    transposing = f["tile_transpose"] != 0
     flag(is_mem & ((is_store & (buf != _BUF_ACC)) | (is_load & (buf == _BUF_ACC))
-                   | (f["rows"] == 0) | (is_load & ((f["bf16"] | f["relu"]) != 0))), ErrorCode.BAD_ARGS)
-    flag(is_mem & (f["sram_addr"] + f["rows"] > depth), ErrorCode.SRAM_RANGE)
+                   | (f["rows"] == 0) | (is_load & ((f["bf16"] | f["relu"]) != 0))
+                   | (transposing & (is_store | ((buf != _BUF_A) & (buf != _BUF_B)) | (cfg.rows != cfg.cols)))),
+         ErrorCode.BAD_ARGS)
+    flag(is_mem & (f["sram_addr"] + buffer_words(cfg, f) > depth), ErrorCode.SRAM_RANGE)
     last_byte = f["dram_addr"] + (f["rows"] - 1) * f["dram_stride"] + word
     flag(is_mem & ((f["dram_addr"] % cfg.bus_bytes != 0) | (f["dram_stride"] % cfg.bus_bytes != 0)
                    | (last_byte > (1 << cfg.addr_bits))), ErrorCode.DRAM_RANGE)
@@ -412,6 +424,8 @@ class CoreModel:
         is_transfer = (unit_a == LOAD) | (unit_a == STORE)
         beats_a = np.where(unit_a == COMPUTE, timing.gemm_mac_cycles(ks),
                            np.where(is_transfer, timing.transfer_beats(cfg, rows_a, words_a), 0))
+        beats_a = beats_a + np.where((opa == _OP_LOAD) & (f["tile_transpose"][:stop_pc] != 0),
+                                     timing.transpose_tail(cfg), 0)
         is_load = unit_a == LOAD
         bursts_a = np.zeros(stop_pc, dtype=np.int64)
         bursts_a[is_load] = timing.burst_counts(cfg, addr_a[is_load], rows_a[is_load], words_a[is_load],
@@ -729,7 +743,12 @@ class CoreModel:
             target = {_BUF_A: self.a, _BUF_B: self.b, _BUF_ACC: self.acc,
                       _BUF_IDX: self.idx}[buf]
             word = target.shape[1] * target.itemsize
-            if op == _OP_LOAD:
+            if op == _OP_LOAD and f["tile_transpose"][i]:  # blocks of rows words, each written transposed
+                R = cfg.rows
+                data = self._read_rows(memory, addr, rows, R * cfg.b_word_bytes, stride)
+                blocks = np.ascontiguousarray(data).view(np.uint16).reshape(rows, R, cfg.cols)
+                target[sram:sram + rows * cfg.cols] = blocks.transpose(0, 2, 1).reshape(rows * cfg.cols, R)
+            elif op == _OP_LOAD:
                 data = self._read_rows(memory, addr, rows, word, stride)
                 target[sram:sram + rows] = np.ascontiguousarray(data).view(target.dtype).reshape(rows, -1)
             else:  # STORE
@@ -801,6 +820,7 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
     word = dram_word_bytes(cfg, f).tolist()
     ops, bufs = op.tolist(), buf.tolist()
     sram, rows_of, addr_of, stride_of = (f[x].tolist() for x in ("sram_addr", "rows", "dram_addr", "dram_stride"))
+    words_of = buffer_words(cfg, f).tolist()
     a_of, b_of, acc_of = (f[x].tolist() for x in ("a_addr", "b_addr", "acc_addr"))
     steps_of, b_span_of = (x.tolist() for x in gemm_extents(f))
     idx_words_of = sparse_shape(f)[2].tolist()
@@ -820,7 +840,7 @@ def find_hazards(cfg: SATConfig, f: dict[str, np.ndarray], sched: _Schedule) -> 
         o = ops[i]
         if o == _OP_LOAD:
             lo, rows = sram[i], rows_of[i]
-            access(bufs[i], "w", lo, lo + rows, e[i] - beats[i] + 1, e[i], i)
+            access(bufs[i], "w", lo, lo + words_of[i], e[i] - beats[i] + 1, e[i], i)
             loads.append((addr_of[i], addr_of[i] + (rows - 1) * stride_of[i] + word[i], s[i], s[i] + bursts[i] - 1, i))
         elif o == _OP_GEMM or o == _OP_SPARSE_GEMM:  # B: the bounding range of the kernel walk's words
             j = steps_of[i]

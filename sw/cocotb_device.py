@@ -95,6 +95,8 @@ class FixedLatencyRam:
         while True:
             await RisingEdge(self.clock)
             cycle += 1  # the handshakes sampled here happened in `cycle`
+            if beats and r.rvalid.value and r.rready.value:  # the beat presented in `cycle` was taken
+                beats.popleft()
             if ar.arvalid.value:
                 addr, n = int(ar.araddr.value), int(ar.arlen.value) + 1
                 first = max(cycle + self.cfg.mem_read_latency, self._r_free)
@@ -121,8 +123,8 @@ class FixedLatencyRam:
                     responses.append((cycle + self.cfg.mem_write_latency, self.DECERR if burst[2] else 0))
             # drive the responses of the next cycle
             nxt = cycle + 1
-            if beats and beats[0][0] == nxt:
-                _, data, last, resp = beats.popleft()
+            if beats and beats[0][0] <= nxt:  # a beat not taken (RREADY low) is presented again
+                _, data, last, resp = beats[0]
                 r.rvalid.value, r.rdata.value, r.rlast.value, r.rresp.value = 1, data, int(last), resp
             else:
                 r.rvalid.value = 0

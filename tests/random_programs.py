@@ -104,6 +104,15 @@ class _Builder:
 
     def load(self, buf: Buffer, half: int, in_base: int, **flags) -> dict:
         cap = self.half[buf]
+        cfg = self.cfg
+        if buf in (Buffer.A, Buffer.B) and cfg.rows == cfg.cols and cap >= cfg.cols and self.rng.random() < 0.2:
+            # transposed: blocks of rows B words, each written as cols words
+            blocks = self.integer(1, min(cap // cfg.cols, 6))
+            block = cfg.rows * cfg.b_word_bytes
+            stride = self.stride(block)
+            return dict(opcode=Opcode.LOAD, buffer=buf, tile_transpose=1,
+                        sram_addr=half * cap + self.integer(0, cap - blocks * cfg.cols), rows=blocks,
+                        dram_addr=self.dram(in_base, self.in_bytes, blocks, block, stride), dram_stride=stride, **flags)
         rows = self.integer(1, min(cap, 24))
         word = self.cfg.word_bytes(buf)
         stride = self.stride(word)
@@ -118,6 +127,8 @@ class _Builder:
             return self.sparse_gemm(half, acc_addr, accumulate, **flags)
         if self.rng.random() < 0.3:  # a kernel walk (on-chip im2col) over words of the B half
             walk, taps, span = self.walk(1)
+            if taps > ca or span >= cb:
+                walk, taps, span = {}, 1, 0
             k = self.integer(1, max(1, min(ca // taps, cb - span, 12)))
             return dict(opcode=Opcode.GEMM, a_addr=half * ca + self.integer(0, ca - taps * k),
                         b_addr=half * cb + self.integer(0, cb - span - k), acc_addr=acc_addr, k=k,
@@ -143,6 +154,8 @@ class _Builder:
         m = int(self.rng.choice(self.cfg.sparse_m))
         n = self.integer(1, m)
         walk, taps, span = self.walk(m) if self.rng.random() < 0.3 else ({}, 1, 0)
+        if taps * n > min(ca, ci * 4) or span + m > cb:  # a walk too big for this config's halves
+            walk, taps, span = {}, 1, 0
         groups = self.integer(1, max(1, min(ca // (n * taps), (cb - span) // m, ci * 4 // (n * taps), 12)))
         slots = taps * groups * n
         words = -(-slots // 4)

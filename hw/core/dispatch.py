@@ -63,17 +63,23 @@ class Dispatcher(wiring.Component):
         # the units form a ring (load → compute → store → sparsify → load): only FINISH has no neighbours
         no_neighbour = is_finish & (deps.pop_prev | deps.pop_next | deps.push_prev | deps.push_next)
         buf = memargs.buffer
+        transposing = memargs.tile_transpose
         mem_bad_args = (is_load | is_store) & ((is_store & (buf != Buffer.ACC)) | (is_load & (buf == Buffer.ACC)) |
-                                               (memargs.rows == 0) | (is_load & (memargs.bf16 | memargs.relu)))
+                                               (memargs.rows == 0) | (is_load & (memargs.bf16 | memargs.relu)) |
+                                               (transposing & (is_store | ((buf != Buffer.A) & (buf != Buffer.B)) |
+                                                               (cfg.rows != cfg.cols))))
         depth = Signal(17)
         word_bytes = Signal(16)
         with m.Switch(buf):
             for b in Buffer:
                 with m.Case(b):
                     m.d.comb += [depth.eq(cfg.depth(b)), word_bytes.eq(cfg.word_bytes(b))]
-        sram_bad = (is_load | is_store) & (memargs.sram_addr + memargs.rows > depth)
+        # a transposing LOAD writes rows · cols words, and reads blocks of rows B words
+        sram_bad = (is_load | is_store) & (memargs.sram_addr + Mux(is_load & transposing, memargs.rows * cfg.cols,
+                                                                   memargs.rows) > depth)
         last_byte = Signal(64)
-        dram_word = Mux(is_store & memargs.bf16, cfg.acc_word_bytes // 2, word_bytes)  # a bf16 STORE's words
+        dram_word = Mux(is_store & memargs.bf16, cfg.acc_word_bytes // 2,  # a bf16 STORE's words
+                        Mux(is_load & transposing, cfg.rows * cfg.b_word_bytes, word_bytes))
         m.d.comb += last_byte.eq(memargs.dram_addr + (memargs.rows - 1) * memargs.dram_stride + dram_word)
         align = clog2(cfg.bus_bytes)
         dram_bad = (is_load | is_store) & ((memargs.dram_addr[:align] != 0) | (memargs.dram_stride[:align] != 0) |

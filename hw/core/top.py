@@ -6,7 +6,8 @@ implements the timing rules of ``docs/architecture.md`` §6 cycle for cycle
 one AXI4 master (``mem``).  The timing rules assume the memory model of the
 config (``arready``, ``awready``, ``wready`` high); any AXI slave that
 back-pressures those channels gets the same results, later.  The core keeps
-``rready`` and ``bready`` high.
+``bready`` high, and ``rready`` but for the cycles a transposing LOAD writes
+its last block (the memory holds its next beat meanwhile).
 
 Not here: the units' insides (the sibling modules), the fp units
 (:mod:`nmsat.hw.fp`), the instruction layouts (:mod:`nmsat.hw.isa`) or the
@@ -79,7 +80,7 @@ class Core(wiring.Component):
         R, C, bus = cfg.rows, cfg.cols, cfg.bus_bytes
         mem = self.mem
         m.d.comb += [mem.arburst.eq(1), mem.awburst.eq(1), mem.arsize.eq(clog2(bus) if bus > 1 else 0),
-                     mem.awsize.eq(clog2(bus) if bus > 1 else 0), mem.rready.eq(1), mem.bready.eq(1),
+                     mem.awsize.eq(clog2(bus) if bus > 1 else 0), mem.bready.eq(1),
                      mem.wstrb.eq((1 << bus) - 1)]
 
         m.submodules.regs = regs = Registers(cfg)
@@ -187,7 +188,9 @@ class Core(wiring.Component):
                      t["l2p"].pop.eq(sparsify.l2p_pop | update.l2p_pop), t["l2p"].push.eq(load.l2p_push)]
 
         # LOAD: the read channel (shared with the fetch, which runs alone before anything starts) and A/B writes
-        m.d.comb += [load.ar_ready.eq(mem.arready), load.r_valid.eq(mem.rvalid), load.r_data.eq(mem.rdata),
+        # RREADY is high but while a transposing LOAD writes its last block
+        m.d.comb += [mem.rready.eq(~load.r_hold), load.ar_ready.eq(mem.arready), load.r_valid.eq(mem.rvalid),
+                     load.r_data.eq(mem.rdata),
                      load.r_resp.eq(mem.rresp),
                      mem.arvalid.eq(fetch.ar_valid | load.ar_valid),
                      mem.araddr.eq(Mux(ctl.fetching, fetch.ar_addr, load.ar_addr)),

@@ -38,6 +38,7 @@ class _Port:
         self.ctx, self.cfg, self.axi, self.mem, self.limit = ctx, cfg, axi, mem, limit
         self.r_beats = deque()  # (cycle, data, last, resp)
         self.r_free = 0
+        self.presented = False
         self.aw_bursts = deque()  # [addr, beats left, resp]
         self.b_times = deque()
         for sig in (axi.arready, axi.awready, axi.wready):
@@ -46,8 +47,9 @@ class _Port:
     def drive(self, cycle: int) -> None:
         """This cycle's responses."""
         ctx, axi = self.ctx, self.axi
-        if self.r_beats and self.r_beats[0][0] == cycle:
-            _, data, last, resp = self.r_beats.popleft()
+        self.presented = bool(self.r_beats) and self.r_beats[0][0] <= cycle  # held while RREADY is low
+        if self.presented:
+            _, data, last, resp = self.r_beats[0]
             ctx.set(axi.rvalid, 1)
             ctx.set(axi.rdata, data)
             ctx.set(axi.rlast, last)
@@ -62,6 +64,8 @@ class _Port:
         """This cycle's requests (settled)."""
         ctx, axi, cfg, mem, limit = self.ctx, self.axi, self.cfg, self.mem, self.limit
         bus = cfg.bus_bytes
+        if self.presented and ctx.get(axi.rready):
+            self.r_beats.popleft()
         if ctx.get(axi.arvalid):
             addr, beats = ctx.get(axi.araddr), ctx.get(axi.arlen) + 1
             first = max(cycle + cfg.mem_read_latency, self.r_free)

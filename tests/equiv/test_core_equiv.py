@@ -298,6 +298,39 @@ def test_amaranth_core_matches_simulator_on_kernel_walk_convolutions(case, seria
     assert_same(expected, memory, rtl)
 
 
+def transposing_program(cfg, seed, blocks=3):
+    """Transposing LOADs into A and B, each followed at once by a plain LOAD (whose beats wait for the last
+    block's writes); GEMMs of transposed A by plain B and plain A by transposed B; their STOREs."""
+    rng = np.random.default_rng(seed)
+    block = cfg.rows * cfg.b_word_bytes
+    data = {0x1000: f32_to_bf16_bits(rng.standard_normal(0x1000 // 2).astype(np.float32)).tobytes()}
+    k = blocks * cfg.cols
+    plain = 64  # buffer words of the plain operands
+    words = [encode(Opcode.LOAD, buffer=Buffer.A, tile_transpose=1, sram_addr=0, rows=blocks, dram_addr=0x1000,
+                    dram_stride=2 * block),
+             encode(Opcode.LOAD, buffer=Buffer.A, sram_addr=plain, rows=k, dram_addr=0x1800, dram_stride=cfg.a_word_bytes),
+             encode(Opcode.LOAD, buffer=Buffer.B, tile_transpose=1, sram_addr=0, rows=blocks, dram_addr=0x1000 + block,
+                    dram_stride=2 * block),
+             encode(Opcode.LOAD, buffer=Buffer.B, sram_addr=plain, rows=k, dram_addr=0x1900, dram_stride=cfg.b_word_bytes,
+                    push_next=1),
+             encode(Opcode.GEMM, pop_prev=1, a_addr=0, b_addr=plain, acc_addr=0, k=k),
+             encode(Opcode.GEMM, push_next=1, a_addr=plain, b_addr=0, acc_addr=cfg.rows, k=k),
+             encode(Opcode.STORE, pop_prev=1, buffer=Buffer.ACC, sram_addr=0, rows=2 * cfg.rows, dram_addr=0x2000,
+                    dram_stride=cfg.acc_word_bytes),
+             encode(Opcode.FINISH)]
+    return words_memory(words, data=data), len(words)
+
+
+@pytest.mark.parametrize("serial", [False, True])
+def test_amaranth_core_matches_simulator_on_transposing_loads(serial):
+    image, length = transposing_program(TINY, seed=5)
+    memory = image.copy()
+    expected = CoreModel(TINY).run(memory, 0, length, serial=serial)
+    assert expected.ok and expected.race_free
+    rtl = run_core_amaranth(TINY, image, 0, length, serial=serial)
+    assert_same(expected, memory, rtl)
+
+
 def mlp_chain_program(cfg, shape, seed):
     """Two linear layers with a ReLU, forward and backward: four GEMMs and two VECTORs in one program."""
     rng = np.random.default_rng(seed)
@@ -407,6 +440,21 @@ STATIC_CASES = [
      ErrorCode.SRAM_RANGE),
     (encode(Opcode.LOAD, buffer=Buffer.IDX, sram_addr=TINY.idx_depth - 1, rows=1, dram_addr=0x1000, dram_stride=8),
      ErrorCode.NONE),
+    # transposing LOADs: into A or B only, rows · cols words written, blocks of rows B words read
+    (encode(Opcode.LOAD, buffer=Buffer.A, tile_transpose=1, sram_addr=4, rows=2, dram_addr=0x1000, dram_stride=32),
+     ErrorCode.NONE),
+    (encode(Opcode.LOAD, buffer=Buffer.B, tile_transpose=1, sram_addr=TINY.b_depth - 8, rows=2, dram_addr=0x1000,
+            dram_stride=64), ErrorCode.NONE),
+    (encode(Opcode.LOAD, buffer=Buffer.B, tile_transpose=1, sram_addr=TINY.b_depth - 7, rows=2, dram_addr=0x1000,
+            dram_stride=64), ErrorCode.SRAM_RANGE),
+    (encode(Opcode.LOAD, buffer=Buffer.IDX, tile_transpose=1, rows=1, dram_addr=0x1000, dram_stride=32),
+     ErrorCode.BAD_ARGS),
+    (encode(Opcode.STORE, buffer=Buffer.ACC, tile_transpose=1, rows=1, dram_addr=0x1000, dram_stride=16),
+     ErrorCode.BAD_ARGS),
+    (encode(Opcode.LOAD, buffer=Buffer.A, tile_transpose=1, rows=2, dram_addr=0x3000 - 64, dram_stride=32),
+     ErrorCode.NONE),  # ends at the memory's end: blocks of 4 B words
+    (encode(Opcode.LOAD, buffer=Buffer.A, tile_transpose=1, rows=2, dram_addr=(1 << 32) - 64, dram_stride=40),
+     ErrorCode.DRAM_RANGE),
     # LOAD and STORE past the top of the address space (the random programs reach it only by chance)
     (encode(Opcode.LOAD, buffer=Buffer.B, rows=2, dram_addr=(1 << 32) - 8, dram_stride=8), ErrorCode.DRAM_RANGE),
     (encode(Opcode.STORE, buffer=Buffer.ACC, rows=1, dram_addr=(1 << 32) - 8, dram_stride=16), ErrorCode.DRAM_RANGE),
@@ -547,6 +595,10 @@ def verilator_results():
     jobs.append(RtlJob(step.memory, *step.runs[0], more_runs=tuple(step.runs[1:]),
                        registers=tuple((int(r), v) for r, v in step.registers.items())))
     names.append("linear layer step 2:8 in 5 programs")
+    for serial in (False, True):  # transposing LOADs, and plain ones waiting behind their last block
+        image, length = transposing_program(TINY, seed=11)
+        jobs.append(RtlJob(image, 0, length, serial))
+        names.append(f"transposing loads{' serial' if serial else ''}")
     for job in cnn_iteration_jobs():  # a small residual CNN's whole BDWP iteration, program by program
         jobs.append(RtlJob(job.memory, *job.runs[0], more_runs=tuple(job.runs[1:]),
                            registers=tuple((int(r), v) for r, v in job.registers.items())))
