@@ -50,7 +50,8 @@ from ..hw.sparsity import check_pattern, compress
 from .gemm import pack_indices, place_tokens, software_pipelined
 
 __all__ = ["ActLayout", "Axis", "WalkConv", "ff_walk", "bp_walks", "ConvPlan", "plan_walk", "walk_blocks", "walk_steps", "walk_programs",
-           "pack_act", "unpack_act", "pack_walk_weights", "walk_instructions", "MAX_TAPS", "bp_pad", "ConvProgram", "walkable", "plan_conv",
+           "pack_act", "unpack_act", "pack_walk_weights", "walk_instructions", "MAX_TAPS", "bp_pad", "ConvProgram", "walkable", "plan_conv", "WuPlan", "plan_wu", "wu_blocks",
+           "wu_programs", "WuProgram", "compile_wu",
            "compile_walks"]
 
 #: kernel taps a walk takes along one axis (the 3-bit taps_h / taps_w fields)
@@ -412,27 +413,14 @@ def walk_programs(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[int], 
                   idx_addrs: list[int] | None = None, limit: int | None = -1, relu: bool = False) -> list[list[int]]:
     """The walks of one direction as programs (each ending in FINISH) of at most ``limit`` instructions (default:
     the instruction memory; None: one program), cut between blocks: each run of the core starts its tokens afresh."""
-    limit = cfg.imem_depth if limit == -1 else limit
     blocks = []
     for i, plan in enumerate(plans):
         blocks += walk_blocks(cfg, plan, a_addr=a_addrs[i], src_addr=src_addr, dst_addr=dst_addr,
                               idx_addr=(idx_addrs or [0] * len(plans))[i], first_step=sum(len(b[0]) for b in blocks),
                               first_block=len(blocks), relu=relu)
-    runs, current, used = [], [], 0
-    for block in blocks:
-        size = sum(len(l) + len(g) for l, g in block[0]) + len(block[1])
-        if limit is not None and current and used + size > limit - 1:
-            runs.append(current)
-            current, used = [], 0
-        current.append(block)
-        used += size
-    runs.append(current)
-    out = []
-    for run in runs:
-        # a run restarts the halves' counts at 0 only in token terms: halves follow the blocks' own addresses,
-        # so a run starting at an odd step keeps them, and its tokens start as if from step 0
-        out.append(software_pipelined(*place_tokens(run)) + [encode(Opcode.FINISH)])
-    return out
+    # each run of the core starts its tokens afresh (place_tokens from step 0); the halves follow the blocks' own
+    # addresses, so a run may start in either half
+    return _runs_of(cfg, blocks, limit)
 
 
 @dataclass
@@ -516,3 +504,218 @@ def compile_walks(cfg: SATConfig, walks: list[WalkConv], src: ActLayout, src_bit
     for (at, _), blob in zip(runs, blobs):
         memory[at:at + len(blob)] = blob
     return ConvProgram(cfg, plans, run_words, memory, runs, src, dst, dst_addr)
+
+
+# ---------------------------------------------------------------------- WU on the kernel walk
+
+
+@dataclass(frozen=True)
+class WuPlan:
+    """WU ``dW[co, tap, ci] = Σ_{n, y, x} dY[n, co, y, x] · X[n, ci, y·s + i·d, x·s + j·d]`` (padded X) as walks
+    over transposed tiles: output-pixel tiles of ``ht × wt`` per reduction step (with every batch group), ``mb``
+    Cout tiles × ``nb`` Cin tiles × ``tb`` taps per block of accumulators."""
+
+    cin: int
+    cout: int
+    kernel: int
+    stride: int
+    dilation: int
+    dy: ActLayout  # the output gradient (interior read)
+    x: ActLayout  # the input, its border the conv's padding
+    ht: int
+    wt: int
+    mb: int
+    nb: int
+    tb: int
+    estimated_cycles: int
+
+    @property
+    def taps(self) -> int:
+        return self.kernel * self.kernel
+
+    def window(self, ht: int, wt: int) -> tuple[int, int]:
+        span = (self.kernel - 1) * self.dilation + 1
+        return (ht - 1) * self.stride + span, (wt - 1) * self.stride + span
+
+
+def _wu_fits(cfg: SATConfig, stride: int, ht: int, wt: int, hh: int, ww: int, mb: int, nb: int, tb: int) -> bool:
+    C = cfg.cols
+    a_half, b_half, _, acc_half = _halves(cfg, None)
+    rows_ok = ht <= MAX_TAPS and (stride == 1 or wt <= MAX_TAPS)
+    strides_ok = ww * C * stride < 1 << 14 and stride * C < 1 << 11 and wt * C < 1 << 16
+    return (rows_ok and strides_ok and mb * ht * wt * C <= a_half and nb * hh * ww * C <= b_half
+            and tb * mb * nb * cfg.rows <= acc_half)
+
+
+def plan_wu(cfg: SATConfig, cin: int, cout: int, kernel: int, stride: int, dilation: int, dy: ActLayout,
+            x: ActLayout) -> WuPlan:
+    """The WU tile shape of lowest estimated cycles (a core with rows == cols; Cin in whole ``cols`` tiles)."""
+    R, C = cfg.rows, cfg.cols
+    if R != C:
+        raise ValueError(f"config {cfg.name}: WU walks transpose R × cols tiles, so rows must equal cols")
+    if cin % C or dy.cb % R or x.cb % C:
+        raise ValueError(f"conv WU: Cin ({cin}) and the channel blocks ({dy.cb}, {x.cb}) must be whole tiles of {C}")
+    if kernel > MAX_TAPS:
+        raise ValueError(f"conv WU: a kernel walk takes at most {MAX_TAPS} taps per axis, got {kernel}")
+    ho, wo = dy.h, dy.w
+    mt, nt = -(-cout // R), cin // C
+    taps = kernel * kernel
+    best = None
+    for tb in sorted({-(-taps // g) for g in range(1, taps + 1)}, reverse=True):  # taps per block, in even groups
+        for ht in range(1, min(ho, MAX_TAPS) + 1):
+            for wt in range(1, wo + 1):
+                for mb in range(1, mt + 1):
+                    for nb in range(1, nt + 1):
+                        hh, ww = ((ht - 1) * stride + (kernel - 1) * dilation + 1,
+                                  (wt - 1) * stride + (kernel - 1) * dilation + 1)
+                        if not _wu_fits(cfg, stride, ht, wt, hh, ww, mb, nb, tb):
+                            continue
+                        steps = dy.groups(cfg) * -(-ho // ht) * -(-wo // wt)
+                        blocks = -(-mt // mb) * -(-nt // nb) * -(-taps // tb)
+                        loads = ((mb * ht * wt + nb * hh * ww) * C + (mb * ht + nb * hh) * (C + 2)
+                                 + cfg.mem_read_latency)
+                        gemms = tb * mb * nb * (ht * wt * C + 2)
+                        cost = blocks * (steps * max(loads, gemms)
+                                         + tb * mb * nb * R * (cfg.acc_word_bytes // cfg.bus_bytes))
+                        if best is None or cost < best.estimated_cycles:
+                            best = WuPlan(cin, cout, kernel, stride, dilation, dy, x, ht, wt, mb, nb, tb, cost)
+    if best is None:
+        raise ValueError(f"config {cfg.name}: no WU tile of this convolution fits the buffers")
+    return best
+
+
+def wu_blocks(cfg: SATConfig, plan: WuPlan, *, dy_addr: int, x_addr: int, g_addr: int, g_row_bytes: int,
+              first_step: int = 0, first_block: int = 0) -> list[tuple[list, list]]:
+    """The work of a WU walk as blocks for :func:`nmsat.dataflow.gemm.place_tokens`: dW (fp32) stored row-major,
+    row ``co`` at ``g_addr + co · g_row_bytes``, columns in BDWP's K order (tap-major, Cin innermost)."""
+    R, C = cfg.rows, cfg.cols
+    a_half, b_half, _, acc_half = _halves(cfg, None)
+    ab = cfg.b_word_bytes
+    dy, x, s, d = plan.dy, plan.x, plan.stride, plan.dilation
+    mt, nt = -(-plan.cout // R), plan.cin // C
+    blocks = []
+    step_index, block_index = first_step, first_block
+    for m0, n0, t0 in [(m0, n0, t0) for m0 in range(0, mt, plan.mb) for n0 in range(0, nt, plan.nb)
+                       for t0 in range(0, plan.taps, plan.tb)]:
+        mis = range(m0, min(m0 + plan.mb, mt))
+        njs = range(n0, min(n0 + plan.nb, nt))
+        acc_base = (block_index % 2) * acc_half
+        tiles = [(t, xi, mi, yj, nj) for t in range(t0, min(t0 + plan.tb, plan.taps)) for xi, mi in enumerate(mis)
+                 for yj, nj in enumerate(njs)]
+        steps = []
+        first = True
+        for g in range(dy.groups(cfg)):
+            for y0 in range(0, dy.h, plan.ht):
+                for x0 in range(0, dy.w, plan.wt):
+                    ht, wt = min(plan.ht, dy.h - y0), min(plan.wt, dy.w - x0)
+                    hh, ww = plan.window(ht, wt)
+                    half = step_index % 2
+                    loads, gemms = [], []
+                    for xi, mi in enumerate(mis):  # dYᵀ: a block per output pixel, a LOAD per row of them
+                        co = mi * R
+                        for r in range(ht):
+                            word = dy.word(g, co // dy.cb, y0 + r + dy.pad, x0 + dy.pad) + co % dy.cb
+                            loads.append(dict(buffer=Buffer.A, tile_transpose=1, rows=wt,
+                                              sram_addr=half * a_half + (xi * ht * wt + r * wt) * C,
+                                              dram_addr=dy_addr + word * ab, dram_stride=dy.cb * ab))
+                    for yj, nj in enumerate(njs):  # Xᵀ: the window, a LOAD per row
+                        ci = nj * C
+                        for r in range(hh):
+                            word = x.word(g, ci // x.cb, y0 * s + r, x0 * s) + ci % x.cb
+                            loads.append(dict(buffer=Buffer.B, tile_transpose=1, rows=ww,
+                                              sram_addr=half * b_half + (yj * hh * ww + r * ww) * C,
+                                              dram_addr=x_addr + word * ab, dram_stride=x.cb * ab))
+                    if s == 1:  # a row of pixels is one run of wt·cols words
+                        shape = dict(k=wt * C, taps_h=ht, taps_w=1, tap_h_stride=ww * C, tap_w_stride=0)
+                    else:  # a pixel's cols words, pixels s apart
+                        shape = dict(k=C, taps_h=ht, taps_w=wt, tap_h_stride=s * ww * C, tap_w_stride=s * C)
+                    for idx, (t, xi, mi, yj, nj) in enumerate(tiles):
+                        kh, kw = divmod(t, plan.kernel)
+                        gemms.append((Opcode.GEMM, dict(
+                            a_addr=half * a_half + xi * ht * wt * C,
+                            b_addr=half * b_half + yj * hh * ww * C + (kh * d * ww + kw * d) * C,
+                            acc_addr=acc_base + idx * R, accumulate=int(not first), **shape)))
+                    steps.append((loads, gemms))
+                    step_index += 1
+                    first = False
+        stores = []
+        for idx, (t, xi, mi, yj, nj) in enumerate(tiles):
+            col = t * plan.cin + nj * C
+            stores.append(dict(buffer=Buffer.ACC, sram_addr=acc_base + idx * R, rows=R,
+                               dram_addr=g_addr + mi * R * g_row_bytes + col * 4, dram_stride=g_row_bytes))
+        blocks.append((steps, stores))
+        block_index += 1
+    return blocks
+
+
+def wu_programs(cfg: SATConfig, plan: WuPlan, *, dy_addr: int, x_addr: int, g_addr: int, g_row_bytes: int,
+                limit: int | None = -1) -> list[list[int]]:
+    """A WU walk as programs (each ending in FINISH) of at most ``limit`` instructions (default: the
+    instruction memory), cut between blocks."""
+    blocks = wu_blocks(cfg, plan, dy_addr=dy_addr, x_addr=x_addr, g_addr=g_addr, g_row_bytes=g_row_bytes)
+    return _runs_of(cfg, blocks, limit)
+
+
+def _runs_of(cfg: SATConfig, blocks: list, limit: int | None) -> list[list[int]]:
+    """Blocks cut into programs of at most ``limit`` instructions (-1: the instruction memory; None: one), each
+    with its tokens placed, software-pipelined and ending in FINISH."""
+    limit = cfg.imem_depth if limit == -1 else limit
+    runs, current, used = [], [], 0
+    for block in blocks:
+        size = sum(len(l) + len(g) for l, g in block[0]) + len(block[1])
+        if limit is not None and current and used + size > limit - 1:
+            runs.append(current)
+            current, used = [], 0
+        current.append(block)
+        used += size
+    runs.append(current)
+    return [software_pipelined(*place_tokens(run)) + [encode(Opcode.FINISH)] for run in runs]
+
+
+@dataclass
+class WuProgram:
+    """A WU walk compiled with its operands: memory image, runs, where dW lands."""
+
+    cfg: SATConfig
+    plan: WuPlan
+    run_words: list[list[int]]
+    memory: np.ndarray
+    runs: list[tuple[int, int]]
+    g_addr: int
+    g_row_bytes: int
+
+    def read_grad(self, memory: np.ndarray | None = None) -> np.ndarray:
+        """dW ``[Cout, K]`` fp32, K in BDWP's order."""
+        mem = self.memory if memory is None else memory
+        rows = -(-self.plan.cout // self.cfg.rows) * self.cfg.rows
+        k = self.plan.taps * self.plan.cin
+        g = mem[self.g_addr:self.g_addr + rows * self.g_row_bytes].view(np.float32).reshape(rows, -1)
+        return g[:self.plan.cout, :k].copy()
+
+
+def compile_wu(cfg: SATConfig, dy_bits: np.ndarray, x_bits: np.ndarray, kernel: int, stride: int = 1,
+               padding: int = 0, dilation: int = 1) -> WuProgram:
+    """Compile WU of a convolution from bf16 ``dY [N, Cout, Ho, Wo]`` and ``X [N, Cin, H, W]``."""
+    n, cout, ho, wo = dy_bits.shape
+    cin, h, w = x_bits.shape[1:]
+    dy = ActLayout(n, cout, ho, wo, 0, -(-cout // cfg.rows) * cfg.rows if cout < cfg.rows else cfg.rows)
+    x = ActLayout(n, cin, h, w, padding, cfg.cols)
+    plan = plan_wu(cfg, cin, cout, kernel, stride, dilation, dy, x)
+    dy_addr, x_addr = 0, _align_up(dy.nbytes(cfg))
+    g_addr = _align_up(x_addr + x.nbytes(cfg))
+    g_row_bytes = _align_up(plan.taps * cin * 4, cfg.bus_bytes)
+    rows = -(-cout // cfg.rows) * cfg.rows
+    addr = _align_up(g_addr + rows * g_row_bytes)
+    run_words = wu_programs(cfg, plan, dy_addr=dy_addr, x_addr=x_addr, g_addr=g_addr, g_row_bytes=g_row_bytes)
+    runs, blobs = [], []
+    for words in run_words:
+        blobs.append(np.frombuffer(to_bytes(words), dtype=np.uint8))
+        runs.append((addr, len(words)))
+        addr = _align_up(addr + len(blobs[-1]))
+    memory = np.zeros(addr, dtype=np.uint8)
+    for at, layout, bits in ((dy_addr, dy, dy_bits), (x_addr, x, x_bits)):
+        packed = pack_act(cfg, layout, bits).reshape(-1).view(np.uint8)
+        memory[at:at + packed.size] = packed
+    for (at, _), blob in zip(runs, blobs):
+        memory[at:at + len(blob)] = blob
+    return WuProgram(cfg, plan, run_words, memory, runs, g_addr, g_row_bytes)

@@ -169,3 +169,53 @@ def test_bad_walks_are_clear_errors():
         conv.plan_walk(TINY, walk, conv.ActLayout(1, 12, 6, 6, 0, 4), conv.ActLayout(1, 8, 6, 6, 0, 8))
     with pytest.raises(ValueError, match="smaller channel block"):
         conv.plan_walk(TINY, walk, conv.ActLayout(1, 12, 6, 6, 1, 16), conv.ActLayout(1, 8, 6, 6, 0, 8))
+
+
+# (batch, cin, cout, size, kernel, stride, padding)
+WU_SHAPES = [(4, 8, 8, 6, 3, 1, 1), (3, 8, 4, 7, 3, 2, 1), (2, 4, 8, 5, 1, 1, 0), (4, 8, 12, 8, 3, 1, 1),
+             (5, 4, 4, 6, 1, 2, 0)]
+
+
+@pytest.mark.parametrize("shape", WU_SHAPES)
+def test_wu_walk_is_the_weight_gradient(shape):
+    """dW from transposed dY and X tiles: torch's conv2d weight gradient to fp32 accuracy (bf16 operands are
+    exact in fp32 products; the sums' order differs)."""
+    torch = pytest.importorskip("torch")
+    n, cin, cout, size, kernel, stride, pad = shape
+    rng = np.random.default_rng(sum(shape))
+    x = f32_to_bf16_bits(rng.standard_normal((n, cin, size, size)).astype(np.float32))
+    ho = (size + 2 * pad - kernel) // stride + 1
+    dy = f32_to_bf16_bits(rng.standard_normal((n, cout, ho, ho)).astype(np.float32))
+    prog = conv.compile_wu(TINY, dy, x, kernel, stride, pad)
+    memory = prog.memory.copy()
+    result = CoreModel(TINY).run_sequence(memory, prog.runs)
+    assert result.ok and result.race_free
+    w = torch.zeros(cout, cin, kernel, kernel, requires_grad=True)
+    torch.nn.functional.conv2d(torch.tensor(bf16_bits_to_f32(x)), w, stride=stride, padding=pad).backward(
+        torch.tensor(bf16_bits_to_f32(dy)))
+    ref = w.grad.numpy().transpose(0, 2, 3, 1).reshape(cout, -1)  # BDWP's K order
+    assert np.abs(prog.read_grad(memory) - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_wu_walks_read_each_activation_a_few_times_not_once_per_tap():
+    cfg = dataclasses.replace(TINY, a_depth=512, b_depth=1024, acc_depth=256)  # every tap's tiles at once
+    n, cin, cout, size = 4, 8, 8, 8
+    rng = np.random.default_rng(1)
+    x = f32_to_bf16_bits(rng.standard_normal((n, cin, size, size)).astype(np.float32))
+    dy = f32_to_bf16_bits(rng.standard_normal((n, cout, size, size)).astype(np.float32))
+    prog = conv.compile_wu(cfg, dy, x, 3, 1, 1)
+    assert prog.plan.tb == 9
+    f = decode_program(to_bytes([w for words in prog.run_words for w in words]))
+    b = (f["opcode"] == Opcode.LOAD.value) & (f["buffer"] == Buffer.B.value)
+    assert (f["tile_transpose"][b] == 1).all()
+    x_bytes_read = int((f["rows"][b] * TINY.rows * TINY.b_word_bytes).sum())
+    assert x_bytes_read < 9 * x.nbytes / 2  # windows with halos, against im2col's nine copies
+
+
+def test_bad_wu_walks_are_clear_errors():
+    x = np.zeros((2, 6, 5, 5), np.uint16)
+    with pytest.raises(ValueError, match="whole tiles"):
+        conv.compile_wu(TINY, np.zeros((2, 4, 5, 5), np.uint16), x, 3, 1, 1)
+    with pytest.raises(ValueError, match="rows must equal cols"):
+        conv.plan_wu(dataclasses.replace(TINY, cols=8, b_depth=512), 8, 8, 3, 1, 1,
+                     conv.ActLayout(2, 8, 5, 5, 0, 8), conv.ActLayout(2, 8, 5, 5, 1, 8))

@@ -99,6 +99,19 @@ def conv_walk_program(cfg, shape, direction, pattern, seed):
     return conv.compile_walks(cfg, walks, src, data, dst, pattern)
 
 
+def wu_walk_program(cfg, shape, seed):
+    """WU of a convolution on the kernel walk over transposed tiles (``nmsat.dataflow.conv.compile_wu``)."""
+    n, cin, cout, hw, kernel, stride, pad = shape
+    rng = np.random.default_rng(seed)
+    ho = (hw + 2 * pad - kernel) // stride + 1
+    x = f32_to_bf16_bits(rng.standard_normal((n, cin, hw, hw)).astype(np.float32))
+    dy = f32_to_bf16_bits(rng.standard_normal((n, cout, ho, ho)).astype(np.float32))
+    return conv.compile_wu(cfg, dy, x, kernel, stride, pad)
+
+
+#: WU walks through the RTL: stride 1 (a row of pixels per run), stride 2 (a pixel per run), 1 × 1
+WU_WALKS = [(4, 8, 8, 5, 3, 1, 1), (3, 8, 4, 7, 3, 2, 1), (2, 4, 8, 4, 1, 1, 0)]
+
 #: convolutions on the kernel walk through the RTL: (batch, cin, cout, size, kernel, stride, padding), direction,
 #: pattern — strided FF, BP by phases (one phase of a 1×1 stride-2 conv reaches no tap: zeros)
 CONV_WALKS = [((3, 8, 8, 5, 3, 1, 1), "FF", None), ((4, 8, 4, 6, 3, 2, 1), "FF", (2, 8)),
@@ -286,6 +299,17 @@ def test_amaranth_core_matches_simulator_on_vector(func, bf16, in_place):
     expected = CoreModel(TINY).run(memory, prog.program_addr, prog.length)
     assert expected.ok and expected.race_free and not np.array_equal(memory, prog.memory)
     assert_same(expected, memory, run_core_amaranth(TINY, prog.memory, prog.program_addr, prog.length))
+
+
+@pytest.mark.parametrize("shape,serial", [(WU_WALKS[1], False), (WU_WALKS[2], True)])
+def test_amaranth_core_matches_simulator_on_wu_walks(shape, serial):
+    prog = wu_walk_program(TINY, shape, seed=3)
+    memory = prog.memory.copy()
+    expected = CoreModel(TINY).run_sequence(memory, prog.runs, serial=serial)
+    assert expected.ok and expected.race_free
+    rtl = run_core_amaranth(TINY, prog.memory, *prog.runs[0], serial=serial)
+    assert len(prog.runs) == 1
+    assert_same(expected, memory, rtl)
 
 
 @pytest.mark.parametrize("case,serial", [(CONV_WALKS[1], False), (CONV_WALKS[3], True)])
@@ -595,6 +619,11 @@ def verilator_results():
     jobs.append(RtlJob(step.memory, *step.runs[0], more_runs=tuple(step.runs[1:]),
                        registers=tuple((int(r), v) for r, v in step.registers.items())))
     names.append("linear layer step 2:8 in 5 programs")
+    for i, shape in enumerate(WU_WALKS):  # WU on the kernel walk over transposed tiles
+        prog = wu_walk_program(TINY, shape, seed=950 + i)
+        for serial in (False, True):
+            jobs.append(RtlJob(prog.memory, *prog.runs[0], serial, more_runs=tuple(prog.runs[1:])))
+            names.append(f"wu walk {shape}{' serial' if serial else ''}")
     for serial in (False, True):  # transposing LOADs, and plain ones waiting behind their last block
         image, length = transposing_program(TINY, seed=11)
         jobs.append(RtlJob(image, 0, length, serial))
