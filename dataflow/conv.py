@@ -51,7 +51,7 @@ from .gemm import pack_indices, place_tokens, software_pipelined
 
 __all__ = ["ActLayout", "Axis", "WalkConv", "ff_walk", "bp_walks", "ConvPlan", "plan_walk", "walk_blocks", "walk_steps", "walk_programs",
            "pack_act", "unpack_act", "pack_walk_weights", "walk_instructions", "MAX_TAPS", "bp_pad", "ConvProgram", "walkable", "plan_conv", "WuPlan", "plan_wu", "wu_blocks",
-           "wu_programs", "WuProgram", "compile_wu",
+           "wu_programs", "WuProgram", "compile_wu", "wu_walkable", "plan_conv_wu",
            "compile_walks"]
 
 #: kernel taps a walk takes along one axis (the 3-bit taps_h / taps_w fields)
@@ -506,6 +506,51 @@ def compile_walks(cfg: SATConfig, walks: list[WalkConv], src: ActLayout, src_bit
     return ConvProgram(cfg, plans, run_words, memory, runs, src, dst, dst_addr)
 
 
+def walkable(kernel: int, groups: int = 1) -> bool:
+    """Whether a convolution runs as kernel walks (else as GEMMs on im2col operands)."""
+    return kernel <= MAX_TAPS and groups == 1
+
+
+def plan_conv(cfg: SATConfig, batch: int, cin: int, cout: int, size: int, kernel: int, stride: int = 1,
+              padding: int = 0, direction: str = "FF", pattern: tuple[int, int] | None = None,
+              weight: np.ndarray | None = None) -> list[ConvPlan]:
+    """The walks of one direction of a square convolution with their plans: the input's channel block is the
+    one of lowest estimated cycles among the channel count and its halvings (whole groups of m when sparse);
+    the output's is ``rows`` (a row of pixels per STORE).  ``weight`` (default zeros) only feeds the walks'
+    weights."""
+    if direction not in ("FF", "BP"):
+        raise ValueError(f"conv: direction must be FF or BP, got {direction!r}")
+    w = np.zeros((cout, cin, kernel, kernel), np.float32) if weight is None else weight
+    ho = (size + 2 * padding - kernel) // stride + 1
+    if direction == "FF":
+        walks, channels, h, pad, out_ch, out_h = [ff_walk(w, size, size, stride, padding, 1)], cin, size, padding, cout, ho
+    else:
+        walks = bp_walks(w, size, size, stride, padding, 1)
+        channels, h, pad, out_ch, out_h = cout, ho, bp_pad(kernel, stride, padding, 1), cin, size
+    unit = pattern[1] if pattern else 1
+    candidates, cb = [], -(-channels // unit) * unit
+    while cb >= unit:
+        candidates.append(cb)
+        if cb == unit:
+            break
+        cb = max(unit, -(-(cb // 2) // unit) * unit)
+    dst = ActLayout(batch, out_ch, out_h, out_h, 0, -(-out_ch // cfg.rows) * cfg.rows if out_ch < cfg.rows else cfg.rows)
+    best, errors = None, []
+    for cb in candidates:
+        src = ActLayout(batch, channels, h, h, pad, cb)
+        try:
+            plans = [plan_walk(cfg, wk, src, dst, pattern if wk.weights is not None else None) for wk in walks]
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        cost = sum(p.estimated_cycles for p in plans)
+        if best is None or cost < best[0]:
+            best = (cost, plans)
+    if best is None:
+        raise ValueError(f"conv {cin}→{cout} k{kernel} s{stride} at {size}²: no channel block fits ({errors[-1]})")
+    return best[1]
+
+
 # ---------------------------------------------------------------------- WU on the kernel walk
 
 
@@ -719,3 +764,17 @@ def compile_wu(cfg: SATConfig, dy_bits: np.ndarray, x_bits: np.ndarray, kernel: 
     for (at, _), blob in zip(runs, blobs):
         memory[at:at + len(blob)] = blob
     return WuProgram(cfg, plan, run_words, memory, runs, g_addr, g_row_bytes)
+
+
+def wu_walkable(cfg: SATConfig, cin: int, kernel: int, groups: int = 1) -> bool:
+    """Whether a convolution's WU runs as a walk (a square array, Cin in whole tiles, a walkable kernel)."""
+    return cfg.rows == cfg.cols and cin % cfg.cols == 0 and walkable(kernel, groups)
+
+
+def plan_conv_wu(cfg: SATConfig, batch: int, cin: int, cout: int, size: int, kernel: int, stride: int = 1,
+                 padding: int = 0) -> WuPlan:
+    """The WU walk of a square convolution over the layouts its FF and BP leave (dY with channel blocks of
+    rows, X with its padding and blocks of cols)."""
+    ho = (size + 2 * padding - kernel) // stride + 1
+    dy = ActLayout(batch, cout, ho, ho, 0, cfg.rows if cout >= cfg.rows else -(-cout // cfg.rows) * cfg.rows)
+    return plan_wu(cfg, cin, cout, kernel, stride, 1, dy, ActLayout(batch, cin, size, size, padding, cfg.cols))

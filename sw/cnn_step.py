@@ -10,15 +10,14 @@ The network (:class:`SmallCNN`, the torch reference; batch norms without affine 
     loss = cross_entropy(logits, labels)
 
 On the accelerator (:func:`cnn_iteration`, one program per piece of work, run by a ``runner``):
-convolutions' FF and BP as kernel walks (``nmsat.dataflow.conv``; ReLU fused into conv3's STOREs), their
-WU and the fc layer's three GEMMs as GEMMs, the residual add and the fork's gradient sum as VECTOR ADD,
+convolutions' FF, BP and WU as kernel walks (``nmsat.dataflow.conv``; ReLU fused into conv3's STOREs; WU
+over transposed tiles), the fc layer's three GEMMs, the residual add and the fork's gradient sum as VECTOR ADD,
 the ReLU gradients as VECTOR RELU_GRAD, and per layer WEIGHT_UPDATE then the SPARSIFYs of its next forms
 (``nmsat.dataflow.sparsify.compile_weight_update``).
 
 On the host (named, not charged here; ``nmsat.sw.iteration`` charges them by the stream rule): the batch
 norms forward and backward (fp32 batch statistics), the average pool and its gradient, the softmax
-cross-entropy and its gradient, im2col of each convolution's input for its WU GEMM, packing the walks' weight
-forms from the updated master weights, and moving tensors between programs (each program has its own
+cross-entropy and its gradient, packing the walks' weight forms from the updated master weights, and moving tensors between programs (each program has its own
 memory image).  Activations between programs are bf16, as the STOREs leave them.
 """
 
@@ -135,16 +134,6 @@ def _bn_backward(dout: np.ndarray, xhat: np.ndarray, rstd: np.ndarray) -> np.nda
     return (rstd * (dout - s1 / m - xhat * s2 / m)).astype(np.float32)
 
 
-def _im2col_t(x: np.ndarray, kernel: int, stride: int, pad: int) -> np.ndarray:
-    """``X_colᵀ [P, K]`` of a conv input ``[N, C, H, W]``: P = (n, y, x), K tap-major with channels innermost."""
-    t = torch.from_numpy(np.ascontiguousarray(x))
-    cols = F.unfold(t, kernel, padding=pad, stride=stride)  # [N, C·k², L], C outer, taps inner
-    n, ck, length = cols.shape
-    c = ck // (kernel * kernel)
-    cols = cols.reshape(n, c, kernel * kernel, length).permute(0, 3, 2, 1)  # [N, L, taps, C]
-    return cols.reshape(n * length, kernel * kernel * c).numpy()
-
-
 def _as_gemm(weight: np.ndarray) -> np.ndarray:
     """Conv weight ``[Cout, Cin, kh, kw]`` → ``[Cout, K]`` in BDWP's K order (tap-major, channels innermost)."""
     return np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1))
@@ -193,10 +182,10 @@ def cnn_iteration(cfg: SATConfig, state: CnnState, x: np.ndarray, labels: np.nda
         return read_array(prog, memory).reshape(x_bits.shape)
 
     def conv_wu(name, dy_bits, x_bits, stride):
-        """dW = dY · X_colᵀ (the host's im2col of the input), fp32 ``[Cout, K]``."""
-        dy = _f32(dy_bits)
-        a = dy.transpose(1, 0, 2, 3).reshape(dy.shape[1], -1)  # [Cout, P], P = (n, y, x)
-        return gemm(f"{name} WU", a, _im2col_t(_f32(x_bits), 3, stride, 1))
+        """dW from transposed tiles of dY and X (a WU walk), fp32 ``[Cout, K]`` in BDWP's K order."""
+        prog = conv.compile_wu(cfg, dy_bits, x_bits, 3, stride, 1)
+        memory = run(Job(f"{name} WU", prog.memory, list(prog.runs)))
+        return prog.read_grad(memory)
 
     # ---- forward
     x_bits = _bits(x)

@@ -9,8 +9,9 @@ charges, per layer:
   GEMMs of a layer run one after another, each its own program(s).  With
   ``im2col`` (on-chip, the default) a convolution's FF and BP are kernel
   walks (``nmsat.dataflow.conv``: activations read once per tile, BP by
-  phases of the flipped kernel); its WU stays a GEMM on im2col operands
-  (its reduction runs over pixels and batch); kernels past 7 taps a side
+  phases of the flipped kernel) and its WU a walk over transposed tiles
+  (transposing LOADs give dY and X with channels in the lanes; Cin in
+  whole tiles, so not the 3-channel stem); kernels past 7 taps a side
   (ViT's patch embedding, stride = kernel: im2col is a reshape there) and
   grouped convolutions stay GEMMs.  A walk's lanes are the batch, so below
   ``cols`` samples it leaves lanes idle: each direction takes the faster of
@@ -147,6 +148,20 @@ class _Timer:
             self.memo[key] = result.cycles
         return self.memo[key]
 
+    def wu_walk(self, geometry) -> int:
+        key = ("wu walk", geometry)
+        if key not in self.memo:
+            g = geometry
+            plan = conv.plan_conv_wu(self.cfg, g.batch, g.cin, g.cout, g.size, g.kernel, g.stride, g.padding)
+            base = 1 << (self.cfg.addr_bits - 2)
+            programs = conv.wu_programs(self.cfg, plan, dy_addr=0, x_addr=base // 2, g_addr=base,
+                                        g_row_bytes=-(-plan.taps * g.cin * 4 // 4096) * 4096)
+            result = self.core.time_programs(programs)
+            if not result.ok:
+                raise RuntimeError(f"conv WU walk {geometry}: {result.error.name}")
+            self.memo[key] = result.cycles
+        return self.memo[key]
+
     def pregen(self, weights, pattern) -> int:
         cout, k_g, groups = weights
         key = ("pregen", weights, pattern)
@@ -186,6 +201,8 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
             cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
             if walks and g.stage in ("FF", "BP"):  # the faster mapping (walks fill their lanes with the batch)
                 cycles = min(cycles, timer.walk(geometry, g.stage, p))
+            elif walks and conv.wu_walkable(cfg, geometry.cin, geometry.kernel, geometry.groups):
+                cycles = min(cycles, timer.wu_walk(geometry))
             stages[g.stage] += cycles
         vec = {"FF": 0, "BP": 0}
         for vp in layer.passes:

@@ -139,7 +139,8 @@ def test_bad_patterns_and_models_are_clear_errors():
 
 def test_on_chip_im2col_makes_sparse_convolutions_compute_bound():
     """A 3×3 conv's FF and BP as kernel walks: dense at ≥ 90% of the array, 2:8 at ≥ 3.6× of dense (the sparse
-    target); the same layer as GEMMs on im2col operands is slower, and the iteration with walks is faster."""
+    target), WU at ≥ 95%; the same layer as GEMMs on im2col operands is slower, and the iteration with walks is
+    faster."""
     cfg = SATConfig.vcu1525()
     core = CoreModel(cfg)
     layers = build_model("resnet18", 32)
@@ -149,7 +150,8 @@ def test_on_chip_im2col_makes_sparse_convolutions_compute_bound():
     assert ff_macs / (walks[None].ff * cfg.rows * cfg.cols) >= 0.9
     assert walks[None].ff / walks[(2, 8)].ff >= 3.6 and walks[None].bp / walks[(2, 8)].bp >= 3.6
     gemms = time_iteration(cfg, [layer], (2, 8), core=core, pregeneration=False, im2col=False).layers[0]
-    assert gemms.ff > 1.5 * walks[(2, 8)].ff and gemms.wu == walks[(2, 8)].wu
+    assert gemms.ff > 1.5 * walks[(2, 8)].ff and gemms.wu >= walks[(2, 8)].wu
+    assert ff_macs / (walks[(2, 8)].wu * cfg.rows * cfg.cols) >= 0.95  # WU (dense) on its walk, no host im2col
     with_walks = time_iteration(cfg, layers, (2, 8), core=core)
     without = time_iteration(cfg, layers, (2, 8), core=core, im2col=False)
     assert with_walks.total < without.total and with_walks.im2col and not without.im2col
