@@ -9,8 +9,8 @@ the GEMMs (simulated), the vector unit's passes (stream rule) and the
 pre-generation (update + sparsify, simulated).  The table gives cycles per
 iteration dense and per pattern, the speedup, the speedup of the GEMMs alone,
 the ideal bound from MAC counts (FF and BP of the pruned layers × n/m), the
-vector passes' share, and the 2:8 speedup with pre-generation or on-chip im2col
-switched off (one at a time: dense and BDWP both without it).
+vector passes' share, and the 2:8 speedup with pre-generation, on-chip im2col or
+offline scheduling switched off (one at a time: dense and BDWP both without it).
 Writes benchmarks/results/iteration_table_<preset>_b<batch>.md.
 """
 
@@ -47,8 +47,8 @@ def main():
     lines = [f"# One training iteration, dense against BDWP, batch {args.batch}, preset `{cfg.name}` "
              f"({cfg.rows}x{cfg.cols}, {cfg.bus_bytes}-byte port, {cfg.clock_mhz:.0f} MHz)", "",
              f"| model | dense cycles | vector share (dense) | {head} | 2:8 without pre-generation | "
-             f"2:8 without on-chip im2col |",
-             "|---|---|---|" + "---|---|---|" * len(patterns) + "---|---|"]
+             f"2:8 without on-chip im2col | 2:8 without offline scheduling |",
+             "|---|---|---|" + "---|---|---|" * len(patterns) + "---|---|---|"]
     summary = {p: [] for p in patterns}
     for name in args.models:
         layers = build_model(name, args.batch)
@@ -64,22 +64,31 @@ def main():
         dense_off = time_iteration(cfg, layers, None, pregeneration=False, core=core)
         no_walk = time_iteration(cfg, layers, (2, 8), im2col=False, core=core)
         dense_no_walk = time_iteration(cfg, layers, None, im2col=False, core=core)
+        no_sched = time_iteration(cfg, layers, (2, 8), offline=False, core=core)
+        dense_no_sched = time_iteration(cfg, layers, None, offline=False, core=core)
         lines.append(f"| {name} | {dense.total:,} | {dense.vector / dense.total:.0%} | " + " | ".join(cells)
                      + f" | {dense_off.total / off.total:.3f}× (pre-generation {off.pregen:,} cycles serial) | "
                      f"{dense_no_walk.total / no_walk.total:.3f}× ({no_walk.total:,} cycles; dense "
-                     f"{dense_no_walk.total:,}) |")
+                     f"{dense_no_walk.total:,}) | {dense_no_sched.total / no_sched.total:.3f}× (backward vector "
+                     f"passes serial: +{no_sched.total - time_iteration(cfg, layers, (2, 8), core=core).total:,} "
+                     f"cycles) |")
     lines += ["", "| pattern | suite average speedup |", "|---|---|"]
     for p in patterns:
         lines.append(f"| {p[0]}:{p[1]} | {sum(summary[p]) / len(summary[p]):.3f}× |")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines += ["", "Vector passes (norms, ReLU gradients, residual adds, pooling, softmax, GELU, loss) by the stream "
-              "rule, serial with the GEMMs; the ones a VECTOR function runs today: ReLU gradients and residual adds. "
-              "Pre-generation hidden under the GEMMs up to 90% of their cycles (nmsat.sw.iteration.HIDE_SHARE).",
-              "On-chip im2col: convolutions' FF and BP run as kernel walks (activations read once per tile; BP by "
-              "phases of the flipped kernel); WU, ViT's 16×16 patch embedding and grouped convolutions stay GEMMs on "
-              "im2col operands. Without it every convolution is GEMMs on im2col'd B (read k² times).",
-              "Not in these figures (not built): interleave mapping, one program per iteration (each layer's GEMMs "
-              "and walks are their own programs; the host's launches are not counted).",
+              "rule; the ones a VECTOR function runs today: ReLU gradients and residual adds (the norms, pooling, softmax, "
+              "GELU and the loss are host work charged as the vector passes they would be). Forward passes serial; "
+              "with offline scheduling the backward passes run on the vector unit under the WU of the layer above "
+              "them (benchmarks/vector_under_wu.py), up to 90% of its cycles (nmsat.sw.iteration.HIDE_SHARE). "
+              "Pre-generation hidden under the GEMMs up to 90% of their cycles, less what those passes took.",
+              "On-chip im2col: convolutions' FF, BP and WU run as kernel walks (activations read once per tile; BP by "
+              "phases of the flipped kernel; WU over transposed tiles); the 3-channel stems' WU, ViT's 16×16 patch "
+              "embedding and grouped convolutions stay GEMMs on im2col operands. Without it every convolution is "
+              "GEMMs on im2col'd B (read k² times).",
+              "Not in these figures (not built): interleave mapping (each dY tile is read twice, plain for BP and "
+              "transposed for WU); the GEMMs and walks are timed as their own programs and the host's launches "
+              "between them are not counted.",
               f"Simulator wall time (timing only): {time.perf_counter() - t0:.1f} s; load average {load:.2f}."]
     text = "\n".join(lines)
     print(text)

@@ -18,7 +18,7 @@ from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Opcode, VectorFunc, encode
 from nmsat.sim.core import CoreModel
 from nmsat.sw.cost import count_training_macs
-from nmsat.sw.iteration import pass_cycles, time_iteration
+from nmsat.sw.iteration import HIDE_SHARE, pass_cycles, time_iteration
 
 
 class Basic(nn.Module):
@@ -155,3 +155,38 @@ def test_on_chip_im2col_makes_sparse_convolutions_compute_bound():
     with_walks = time_iteration(cfg, layers, (2, 8), core=core)
     without = time_iteration(cfg, layers, (2, 8), core=core, im2col=False)
     assert with_walks.total < without.total and with_walks.im2col and not without.im2col
+
+
+def test_offline_scheduling_hides_backward_vector_passes_under_the_wus():
+    cfg = SATConfig.vcu1525()
+    core = CoreModel(cfg)
+    layers = build_model("resnet18", 32)
+    on = time_iteration(cfg, layers, (2, 8), core=core)
+    off = time_iteration(cfg, layers, (2, 8), core=core, offline=False)
+    assert off.vector_hidden == 0 and on.vector_hidden > 0
+    assert on.total == off.total - on.vector_hidden - (off.pregen_charged - on.pregen_charged) < off.total
+    for layer in on.layers:
+        assert layer.vector_hidden <= layer.vector_bp  # forward passes stay serial
+    # each weighted layer's WU hides at most HIDE_SHARE of itself: the passes before it in forward order
+    budget = 0
+    for layer, work in zip(reversed(on.layers), reversed(layers)):
+        if work.weights is not None:
+            budget = int(HIDE_SHARE * layer.wu)
+        else:
+            assert layer.vector_hidden <= budget
+            budget -= layer.vector_hidden
+
+
+def test_vector_work_in_one_program_with_a_wu_walk_runs_under_it():
+    """The measurement behind the offline model (benchmarks/vector_under_wu.py), on one layer."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "vector_under_wu", Path(__file__).parents[2] / "benchmarks" / "vector_under_wu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = SATConfig.vcu1525()
+    layer = next(x for x in build_model("resnet18", 32) if x.name == "layer3.0.conv2")
+    t_wu, t_vec, t_both = bench.under_wu(cfg, CoreModel(cfg), layer.conv)
+    assert t_vec > 0.05 * t_wu
+    assert t_both <= t_wu + 0.1 * t_vec < t_wu + t_vec  # at least 90% hidden
