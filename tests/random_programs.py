@@ -264,6 +264,7 @@ def _add_sparsify(b: _Builder, instrs: list[dict], regions: dict[str, tuple[int,
             after = int(rng.choice(later_loads))
             x = instrs[after]
             x["pop_prev"] = 1
+            x.pop("tile_transpose", None)  # a plain LOAD of the output's words (a transposing one reads blocks)
             word = b.cfg.word_bytes(x["buffer"])
             x["rows"] = min(x["rows"], out // word)
             x["dram_addr"], x["dram_stride"] = sp["src_addr"] + sp["dst_offset"], word
