@@ -31,9 +31,13 @@ per output-channel tile and channel block as ``[taps][cb]`` words
 (:func:`pack_walk_weights`); sparse A is compressed N:M along each tap's
 channels (``cb`` a multiple of m).
 
-Not here: WU (its reduction runs over pixels and batch, so it needs the
-activations with channels in the lanes; it stays a GEMM on im2col operands,
-:mod:`nmsat.dataflow.layers`), grouped convolutions (issue 12).
+WU (:func:`compile_wu`) reduces over pixels and batch, so it needs channels
+in the lanes: transposing LOADs (``nmsat.hw.isa.MemArgs.tile_transpose``)
+turn R-word tiles of dY and X into words of one (pixel, sample), and a walk
+per (tap, Cout tile, Cin tile) runs over rows of output pixels.
+
+Not here: grouped convolutions (issue 12), kernels past 7 taps a side
+(GEMMs on im2col operands, :mod:`nmsat.dataflow.layers`).
 """
 
 from __future__ import annotations

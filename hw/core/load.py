@@ -9,7 +9,8 @@ after its last block it holds the read channel (``r_hold``, RREADY low)
 for the cols cycles of that block's writes.  ``LOADS_IN_FLIGHT`` earlier LOADs may still receive
 data while the next one issues (a FIFO of that many + 1 entries).  Pops
 ``c2l`` (and ``p2l``, from the sparsifier) when it starts, pushes ``l2c``
-(and ``l2p``) when its last beat arrives.
+(and ``l2p``) when its last word is written: at its last beat, or for a
+transposing LOAD ``cols`` cycles later.
 
 Not here: the buffers (the top level's memories) or the read channel's mux with the fetch unit.
 """

@@ -46,9 +46,8 @@ def reference(walk, layout, x_bits, pattern, out_shape):
     acc = None
     for blk in range(blocks):
         chans = slice(blk * layout.cb, (blk + 1) * layout.cb)
-        b_bits = g[..., chans].reshape(ra.count * rb.count, n, -1).transpose(0, 2, 1)  # [P, taps·cb, N]
         b_bits = g[..., chans].reshape(ra.count, rb.count, ra.taps * rb.taps, n, layout.cb)
-        b_bits = b_bits.transpose(0, 1, 2, 4, 3).reshape(ra.count * rb.count, -1, n)
+        b_bits = b_bits.transpose(0, 1, 2, 4, 3).reshape(ra.count * rb.count, -1, n)  # [P, taps·cb, N]
         a_bits = f32_to_bf16_bits(wpad[..., chans].reshape(w.shape[0], -1).T)  # [taps·cb, Cout]
         a_bits = np.broadcast_to(a_bits, (b_bits.shape[0],) + a_bits.shape)
         part = numerics.mac_sequence(a_bits, b_bits)  # [P, Cout, N]

@@ -300,3 +300,55 @@ def test_a_sparsify_writing_over_its_own_source_is_a_hazard():
     apart = [encode(Opcode.SPARSIFY, src_addr=0x1000, transpose=1, length=16, src_stride=0x40, n=2, m_log2=3,
                     dst_offset=0x400), encode(Opcode.FINISH)]
     assert run_words(apart)[0].race_free
+
+
+def test_kernel_walk_reads_each_taps_words_in_walk_order():
+    """A 2 × 3 walk (strides 10 and 3 B words, k = 2 per tap) against a plain loop over the formula of
+    docs/architecture.md §3: step t·k + i reads A word t·k + i and B word o_t + i, o_t = th·10 + tw·3."""
+    rng = np.random.default_rng(4)
+    a = nx.f32_to_bf16_bits(rng.standard_normal((12, 4)).astype(np.float32))  # 6 taps × 2 A words
+    b = nx.f32_to_bf16_bits(rng.standard_normal((18, 4)).astype(np.float32))  # B words 0 .. 17
+    words = [encode(Opcode.LOAD, buffer=Buffer.A, sram_addr=0, rows=12, dram_addr=0x1000, dram_stride=8),
+             encode(Opcode.LOAD, push_next=1, buffer=Buffer.B, sram_addr=0, rows=18, dram_addr=0x2000, dram_stride=8),
+             encode(Opcode.GEMM, pop_prev=1, push_next=1, a_addr=0, b_addr=0, acc_addr=0, k=2, taps_h=2, taps_w=3,
+                    tap_h_stride=10, tap_w_stride=3),
+             encode(Opcode.STORE, pop_prev=1, buffer=Buffer.ACC, sram_addr=0, rows=4, dram_addr=0x3000, dram_stride=16),
+             encode(Opcode.FINISH)]
+    result, mem = run_words(words, data={0x1000: a, 0x2000: b})
+    assert result.ok and result.gemm_macs == 12 * 16
+    av, bv = nx.bf16_bits_to_f32(a), nx.bf16_bits_to_f32(b)
+    ref = np.zeros((4, 4), np.float32)
+    for r in range(4):
+        for c in range(4):
+            acc = np.float32(0.0)
+            for t in range(6):
+                th, tw = divmod(t, 3)
+                for i in range(2):
+                    acc = np.float32(acc + np.float32(av[t * 2 + i, r] * bv[th * 10 + tw * 3 + i, c]))
+            ref[r, c] = acc
+    assert np.array_equal(mem[0x3000:0x3040].view(np.uint32).reshape(4, 4), ref.view(np.uint32))
+    # a walk of T taps costs what a GEMM of T·k words does
+    plain, _ = run_words(words[:2] + [encode(Opcode.GEMM, pop_prev=1, push_next=1, k=12)] + words[3:],
+                         data={0x1000: a, 0x2000: b})
+    assert plain.cycles == result.cycles
+
+
+def test_transposing_load_writes_each_blocks_columns_and_ends_cols_cycles_late():
+    """Two 4 × 4 blocks 48 bytes apart, transposed into A: word b·4 + j is lane j of block b's four words; the
+    LOAD's words are all written cols cycles after its last beat (the hand-computed rule of §6)."""
+    blocks = np.arange(2 * 6 * 4, dtype=np.uint16).reshape(2, 6, 4)  # block b at 0x1000 + 48·b: its first 4 words
+    load = encode(Opcode.LOAD, buffer=Buffer.A, tile_transpose=1, sram_addr=8, rows=2, dram_addr=0x1000, dram_stride=48)
+    result, _ = run_words([load, encode(Opcode.FINISH)], data={0x1000: blocks})
+    core = CoreModel(TINY)
+    mem = np.zeros(1 << 16, np.uint8)
+    mem[:32] = np.frombuffer(to_bytes([load, encode(Opcode.FINISH)]), np.uint8)
+    mem[0x1000:0x1000 + blocks.nbytes] = blocks.view(np.uint8).ravel()
+    core.run(mem, 0, 2)
+    expected = blocks[:, :4, :].transpose(0, 2, 1).reshape(8, 4)  # [block, lane j, word r]
+    assert np.array_equal(core.a[8:16], expected)
+    # fetch: 2 instructions = 4 beats at 4..7, dispatch 8; LOAD starts 9 (two bursts: the blocks are not one
+    # run), data 13..20 (8 beats), words written 21..24 → FINISH retires 25 → 26 cycles
+    assert result.cycles == 26
+    plain, _ = run_words([encode(Opcode.LOAD, buffer=Buffer.A, sram_addr=8, rows=8, dram_addr=0x1000, dram_stride=8),
+                          encode(Opcode.FINISH)])
+    assert plain.cycles == result.cycles - TINY.cols
