@@ -14,8 +14,9 @@ charges, per layer:
   whole tiles, so not the 3-channel stem); kernels past 7 taps a side
   (ViT's patch embedding, stride = kernel: im2col is a reshape there) and
   grouped convolutions stay GEMMs.  A walk's lanes are the batch, so below
-  ``cols`` samples it leaves lanes idle: each direction takes the faster of
-  its walk and its GEMMs (both simulated).  Without, every convolution is
+  ``cols`` samples it leaves lanes idle: each direction takes the mapping
+  the planners estimate faster (as a compiler would), and only that one is
+  simulated.  Without, every convolution is
   GEMMs on im2col operands (the B operand read ``k²`` times).
 * **Vector passes** (norms, ReLU's gradient, residual adds, pooling, the
   loss): each by the stream rule of the vector unit
@@ -50,7 +51,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..dataflow import conv
-from ..dataflow.gemm import layout_gemm
+from ..dataflow.gemm import layout_gemm, plan_gemm
 from ..dataflow.models import LayerWork, VectorPass
 from ..dataflow.sparsify import layout_sparsify, update_instructions
 from ..hw.config import SATConfig
@@ -150,12 +151,31 @@ class _Timer:
             self.memo[key] = result.cycles
         return self.memo[key]
 
+    def walk_plans(self, geometry, direction, pattern):
+        key = ("walk plans", geometry, direction, pattern)
+        if key not in self.memo:
+            g = geometry
+            self.memo[key] = conv.plan_conv(self.cfg, g.batch, g.cin, g.cout, g.size, g.kernel, g.stride, g.padding,
+                                            direction, pattern)
+        return self.memo[key]
+
+    def walk_estimate(self, geometry, direction, pattern) -> int:
+        return sum(p.estimated_cycles for p in self.walk_plans(geometry, direction, pattern))
+
+    def wu_plan(self, geometry):
+        key = ("wu plan", geometry)
+        if key not in self.memo:
+            g = geometry
+            self.memo[key] = conv.plan_conv_wu(self.cfg, g.batch, g.cin, g.cout, g.size, g.kernel, g.stride, g.padding)
+        return self.memo[key]
+
+    def wu_estimate(self, geometry) -> int:
+        return self.wu_plan(geometry).estimated_cycles
+
     def walk(self, geometry, direction, pattern) -> int:
         key = ("walk", geometry, direction, pattern)
         if key not in self.memo:
-            g = geometry
-            plans = conv.plan_conv(self.cfg, g.batch, g.cin, g.cout, g.size, g.kernel, g.stride, g.padding,
-                                   direction, pattern)
+            plans = self.walk_plans(geometry, direction, pattern)
             a_base = 1 << (self.cfg.addr_bits - 2)  # operands apart, page aligned
             programs = conv.walk_programs(self.cfg, plans, a_addrs=[a_base] * len(plans), src_addr=0,
                                           dst_addr=a_base // 2, idx_addrs=[a_base + (a_base >> 1)] * len(plans))
@@ -169,7 +189,7 @@ class _Timer:
         key = ("wu walk", geometry)
         if key not in self.memo:
             g = geometry
-            plan = conv.plan_conv_wu(self.cfg, g.batch, g.cin, g.cout, g.size, g.kernel, g.stride, g.padding)
+            plan = self.wu_plan(geometry)
             base = 1 << (self.cfg.addr_bits - 2)
             programs = conv.wu_programs(self.cfg, plan, dy_addr=0, x_addr=base // 2, g_addr=base,
                                         g_row_bytes=-(-plan.taps * g.cin * 4 // 4096) * 4096)
@@ -216,11 +236,15 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
         walks = im2col and geometry is not None and conv.walkable(geometry.kernel, geometry.groups)
         for g in layer.gemms:
             p = pattern if sparse and g.stage in ("FF", "BP") else None
-            cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
-            if walks and g.stage in ("FF", "BP"):  # the faster mapping (walks fill their lanes with the batch)
-                cycles = min(cycles, timer.walk(geometry, g.stage, p))
-            elif walks and conv.wu_walkable(cfg, geometry.cin, geometry.kernel, geometry.groups):
-                cycles = min(cycles, timer.wu_walk(geometry))
+            # the mapping the planners estimate faster (walks fill their lanes with the batch), then simulated
+            gemm_estimate = g.count * plan_gemm(cfg, g.m, g.n, g.k, pattern=p).estimated_cycles
+            if walks and g.stage in ("FF", "BP") and timer.walk_estimate(geometry, g.stage, p) <= gemm_estimate:
+                cycles = timer.walk(geometry, g.stage, p)
+            elif (walks and g.stage == "WU" and conv.wu_walkable(cfg, geometry.cin, geometry.kernel, geometry.groups)
+                  and timer.wu_estimate(geometry) <= gemm_estimate):
+                cycles = timer.wu_walk(geometry)
+            else:
+                cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
             stages[g.stage] += cycles
         vec = {"FF": 0, "BP": 0}
         for vp in layer.passes:
