@@ -134,20 +134,48 @@ def iteration_bit_exact(cfg, args, layers, pattern):
 
 
 def _bit_exact_run(cfg, layers, pattern):
-    """One bit-exact pass over the iteration's programs: (wall, compile s, simulate s, cycles, programs)."""
+    """One bit-exact pass over the iteration's programs: (wall, compile s, simulate s, cycles, programs); the
+    convolutions on the mapping the iteration timing chooses (kernel walks or GEMMs)."""
     from nmsat.dataflow.gemm import compile_gemm, compile_sparse_gemm
     from nmsat.dataflow.sparsify import compile_weight_update
     from nmsat.dataflow.vector import compile_vector
     from nmsat.hw.isa import VectorFunc
 
+    from nmsat.dataflow import conv
+    from nmsat.sw.iteration import Timer
+
     rng = np.random.default_rng(0)
     core = CoreModel(cfg)
+    timer = Timer(cfg, core)
     compile_s = run_s = 0.0
     cycles = programs = 0
     t_all = time.perf_counter()
+
+    def bits(*shape):
+        return rng.integers(0, 1 << 16, shape, dtype=np.uint16) & np.uint16(0xBFFF)  # finite bf16
+
     for layer in layers:
         jobs = []
         for g in layer.gemms:
+            p = pattern if layer.sparse and g.stage in ("FF", "BP") else None
+            if timer.mapping(layer, g, p) == "walk":  # the kernel walk the iteration timing chose
+                geo = layer.conv
+                ho = (geo.size + 2 * geo.padding - geo.kernel) // geo.stride + 1
+                weight = rng.standard_normal((geo.cout, geo.cin, geo.kernel, geo.kernel), dtype=np.float32)
+                if g.stage == "WU":
+                    jobs.append(lambda geo=geo, ho=ho: conv.compile_wu(cfg, bits(geo.batch, geo.cout, ho, ho),
+                                                                      bits(geo.batch, geo.cin, geo.size, geo.size),
+                                                                      geo.kernel, geo.stride, geo.padding))
+                    continue
+                plans = timer.walk_plans(geo, g.stage, p)
+                if g.stage == "FF":
+                    walks = [conv.ff_walk(weight, geo.size, geo.size, geo.stride, geo.padding, 1)]
+                else:
+                    walks = conv.bp_walks(weight, geo.size, geo.size, geo.stride, geo.padding, 1)
+                src, dst = plans[0].src, plans[0].dst
+                jobs.append(lambda walks=walks, src=src, dst=dst, p=p: conv.compile_walks(
+                    cfg, walks, src, bits(src.batch, src.channels, src.h, src.w), dst, p))
+                continue
             for _ in range(g.count):
                 a = rng.standard_normal((g.m, g.k), dtype=np.float32)
                 b = rng.standard_normal((g.k, g.n), dtype=np.float32)

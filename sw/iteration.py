@@ -59,7 +59,7 @@ from ..hw.isa import Opcode, encode
 from ..hw.timing import UPDATE_STREAMS, stream_cycles
 from ..sim.core import CoreModel
 
-__all__ = ["HIDE_SHARE", "LayerCycles", "IterationReport", "time_iteration", "pass_cycles"]
+__all__ = ["HIDE_SHARE", "LayerCycles", "IterationReport", "Timer", "time_iteration", "pass_cycles"]
 
 #: share of the GEMMs' cycles pre-generation may fill on the vector unit's port (the placement of
 #: benchmarks/sparsify_resnet18.py fills each host GEMM up to 90%)
@@ -137,7 +137,9 @@ def pass_cycles(cfg: SATConfig, p: VectorPass) -> int:
     return stream_cycles(cfg, beats, (p.reads, p.writes))[2] + 1
 
 
-class _Timer:
+class Timer:
+    """Times the pieces of an iteration on one simulator, memoised by shape (programs without data)."""
+
     def __init__(self, cfg: SATConfig, core: CoreModel):
         self.cfg, self.core, self.memo = cfg, core, {}
 
@@ -171,6 +173,19 @@ class _Timer:
 
     def wu_estimate(self, geometry) -> int:
         return self.wu_plan(geometry).estimated_cycles
+
+    def mapping(self, layer: LayerWork, g, pattern) -> str:
+        """"walk" or "gemm" for one stage of a convolution: the one the planners estimate faster (walks fill
+        their lanes with the batch), as a compiler would choose before emitting anything."""
+        geometry = layer.conv
+        if geometry is None or not conv.walkable(geometry.kernel, geometry.groups):
+            return "gemm"
+        gemm_estimate = g.count * plan_gemm(self.cfg, g.m, g.n, g.k, pattern=pattern).estimated_cycles
+        if g.stage == "WU":
+            if not conv.wu_walkable(self.cfg, geometry.cin, geometry.kernel, geometry.groups):
+                return "gemm"
+            return "walk" if self.wu_estimate(geometry) <= gemm_estimate else "gemm"
+        return "walk" if self.walk_estimate(geometry, g.stage, pattern) <= gemm_estimate else "gemm"
 
     def walk(self, geometry, direction, pattern) -> int:
         key = ("walk", geometry, direction, pattern)
@@ -227,7 +242,7 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
         n, m = pattern
         if m not in cfg.sparse_m or not 1 <= n <= m:
             raise ValueError(f"pattern {n}:{m}: the {cfg.name} core runs n:m with m in {cfg.sparse_m} and 1 <= n <= m")
-    timer = _Timer(cfg, core or CoreModel(cfg))
+    timer = Timer(cfg, core or CoreModel(cfg))
     report = IterationReport(cfg.name, pattern, pregeneration, im2col=im2col, offline=offline)
     for layer in layers:
         sparse = pattern is not None and layer.sparse
@@ -236,13 +251,9 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
         walks = im2col and geometry is not None and conv.walkable(geometry.kernel, geometry.groups)
         for g in layer.gemms:
             p = pattern if sparse and g.stage in ("FF", "BP") else None
-            # the mapping the planners estimate faster (walks fill their lanes with the batch), then simulated
-            gemm_estimate = g.count * plan_gemm(cfg, g.m, g.n, g.k, pattern=p).estimated_cycles
-            if walks and g.stage in ("FF", "BP") and timer.walk_estimate(geometry, g.stage, p) <= gemm_estimate:
-                cycles = timer.walk(geometry, g.stage, p)
-            elif (walks and g.stage == "WU" and conv.wu_walkable(cfg, geometry.cin, geometry.kernel, geometry.groups)
-                  and timer.wu_estimate(geometry) <= gemm_estimate):
-                cycles = timer.wu_walk(geometry)
+            mapping = timer.mapping(layer, g, p) if walks else "gemm"
+            if mapping == "walk":
+                cycles = timer.walk(geometry, g.stage, p) if g.stage != "WU" else timer.wu_walk(geometry)
             else:
                 cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
             stages[g.stage] += cycles
