@@ -142,6 +142,7 @@ def _bit_exact_run(cfg, layers, pattern):
     from nmsat.hw.isa import VectorFunc
 
     from nmsat.dataflow import conv
+    from nmsat.hw.numerics import f32_to_bf16_bits
     from nmsat.sw.iteration import Timer
 
     rng = np.random.default_rng(0)
@@ -151,8 +152,8 @@ def _bit_exact_run(cfg, layers, pattern):
     cycles = programs = 0
     t_all = time.perf_counter()
 
-    def bits(*shape):
-        return rng.integers(0, 1 << 16, shape, dtype=np.uint16) & np.uint16(0xBFFF)  # finite bf16
+    def random_bf16(*shape):  # activations and gradients as the GEMMs' data: normal, rounded to bf16
+        return f32_to_bf16_bits(rng.standard_normal(shape, dtype=np.float32))
 
     for layer in layers:
         jobs = []
@@ -163,8 +164,8 @@ def _bit_exact_run(cfg, layers, pattern):
                 ho = (geo.size + 2 * geo.padding - geo.kernel) // geo.stride + 1
                 weight = rng.standard_normal((geo.cout, geo.cin, geo.kernel, geo.kernel), dtype=np.float32)
                 if g.stage == "WU":
-                    jobs.append(lambda geo=geo, ho=ho: conv.compile_wu(cfg, bits(geo.batch, geo.cout, ho, ho),
-                                                                      bits(geo.batch, geo.cin, geo.size, geo.size),
+                    jobs.append(lambda geo=geo, ho=ho: conv.compile_wu(cfg, random_bf16(geo.batch, geo.cout, ho, ho),
+                                                                      random_bf16(geo.batch, geo.cin, geo.size, geo.size),
                                                                       geo.kernel, geo.stride, geo.padding))
                     continue
                 plans = timer.walk_plans(geo, g.stage, p)
@@ -174,7 +175,7 @@ def _bit_exact_run(cfg, layers, pattern):
                     walks = conv.bp_walks(weight, geo.size, geo.size, geo.stride, geo.padding, 1)
                 src, dst = plans[0].src, plans[0].dst
                 jobs.append(lambda walks=walks, src=src, dst=dst, p=p: conv.compile_walks(
-                    cfg, walks, src, bits(src.batch, src.channels, src.h, src.w), dst, p))
+                    cfg, walks, src, random_bf16(src.batch, src.channels, src.h, src.w), dst, p))
                 continue
             for _ in range(g.count):
                 a = rng.standard_normal((g.m, g.k), dtype=np.float32)
