@@ -56,6 +56,7 @@ from .gemm import pack_indices, place_tokens, software_pipelined
 __all__ = ["ActLayout", "Axis", "WalkConv", "ff_walk", "bp_walks", "ConvPlan", "plan_walk", "walk_blocks", "walk_steps", "walk_programs",
            "pack_act", "unpack_act", "pack_walk_weights", "walk_instructions", "MAX_TAPS", "bp_pad", "ConvProgram", "walkable", "plan_conv", "WuPlan", "plan_wu", "wu_blocks",
            "wu_programs", "WuProgram", "compile_wu", "wu_walkable", "plan_conv_wu",
+           "compile_sparsified_walk",
            "compile_walks"]
 
 #: kernel taps a walk takes along one axis (the 3-bit taps_h / taps_w fields)
@@ -313,13 +314,18 @@ def pack_walk_weights(cfg: SATConfig, plan: ConvPlan) -> dict[str, np.ndarray]:
 
 
 def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, dst_addr: int, idx_addr: int = 0,
-                first_step: int = 0, first_block: int = 0, relu: bool = False) -> list[tuple[list, list]]:
+                first_step: int = 0, first_block: int = 0, relu: bool = False,
+                a_tile_stride: int | None = None) -> list[tuple[list, list]]:
     """The work of one walk as blocks for :func:`nmsat.dataflow.gemm.place_tokens` (steps of LOADs and GEMMs, then
     STOREs): A (``[Mt, blocks, words, R]``) at ``a_addr``, the input in ``plan.src`` at ``src_addr``, the output
     stored (bf16) in ``plan.dst`` at ``dst_addr``.  A walk with no taps (a BP phase no tap reaches) stores zeros:
     a one-word GEMM of a zero A word it loads from ``a_addr`` (the caller leaves one there).  When the output's
     channel block is one tile (``dst.cb == rows``) a row of a tile's pixels is one STORE; ``relu``: the STOREs
-    apply ReLU."""
+    apply ReLU.  ``a_tile_stride`` (one channel block): bytes from one Cout tile's A words (and IDX words) to the
+    next's — the sparsifier's FF records (``nmsat.dataflow.sparsify``: with the whole Cin in one block a walk's
+    A is the FF form of ``W[Cout, K]``, K tap-major) instead of the packed arrays."""
+    if a_tile_stride is not None and plan.src.blocks != 1:
+        raise ValueError("conv: a walk reads the sparsifier's records only with the whole Cin in one channel block")
     walk, src, dst, R = plan.walk, plan.src, plan.dst, cfg.rows
     a_half, b_half, idx_half, acc_half = _halves(cfg, plan.pattern)
     aw, ab = cfg.a_word_bytes, cfg.b_word_bytes
@@ -352,13 +358,15 @@ def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, d
                                                                 acc_addr=acc_base + t * R, k=1, accumulate=0)))
                         else:
                             for x, mi in enumerate(mis):
-                                tile_a = (mi * src.blocks + cblk) * a_words
+                                tile_a = (mi * src.blocks + cblk) * a_words * aw
+                                tile_i = (mi * src.blocks + cblk) * idx_words * aw
+                                if a_tile_stride is not None:
+                                    tile_a = tile_i = mi * a_tile_stride
                                 loads.append(dict(buffer=Buffer.A, sram_addr=half * a_half + x * a_words, rows=a_words,
-                                                  dram_addr=a_addr + tile_a * aw, dram_stride=aw))
+                                                  dram_addr=a_addr + tile_a, dram_stride=aw))
                                 if plan.pattern:
-                                    tile_i = (mi * src.blocks + cblk) * idx_words
                                     loads.append(dict(buffer=Buffer.IDX, sram_addr=half * idx_half + x * idx_words,
-                                                      rows=idx_words, dram_addr=idx_addr + tile_i * aw, dram_stride=aw))
+                                                      rows=idx_words, dram_addr=idx_addr + tile_i, dram_stride=aw))
                             wy, hh = walk.rows.window(y0, len(ys))
                             wx, ww = walk.cols.window(x0, len(xs))
                             for r in range(hh):
@@ -414,14 +422,15 @@ def walk_instructions(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[in
 
 
 def walk_programs(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[int], src_addr: int, dst_addr: int,
-                  idx_addrs: list[int] | None = None, limit: int | None = -1, relu: bool = False) -> list[list[int]]:
+                  idx_addrs: list[int] | None = None, limit: int | None = -1, relu: bool = False,
+                  a_tile_stride: int | None = None) -> list[list[int]]:
     """The walks of one direction as programs (each ending in FINISH) of at most ``limit`` instructions (default:
     the instruction memory; None: one program), cut between blocks: each run of the core starts its tokens afresh."""
     blocks = []
     for i, plan in enumerate(plans):
         blocks += walk_blocks(cfg, plan, a_addr=a_addrs[i], src_addr=src_addr, dst_addr=dst_addr,
                               idx_addr=(idx_addrs or [0] * len(plans))[i], first_step=sum(len(b[0]) for b in blocks),
-                              first_block=len(blocks), relu=relu)
+                              first_block=len(blocks), relu=relu, a_tile_stride=a_tile_stride)
     # each run of the core starts its tokens afresh (place_tokens from step 0); the halves follow the blocks' own
     # addresses, so a run may start in either half
     return _runs_of(cfg, blocks, limit)
@@ -782,3 +791,43 @@ def plan_conv_wu(cfg: SATConfig, batch: int, cin: int, cout: int, size: int, ker
     ho = (size + 2 * padding - kernel) // stride + 1
     dy = ActLayout(batch, cout, ho, ho, 0, cfg.rows if cout >= cfg.rows else -(-cout // cfg.rows) * cfg.rows)
     return plan_wu(cfg, cin, cout, kernel, stride, 1, dy, ActLayout(batch, cin, size, size, padding, cfg.cols))
+
+
+def compile_sparsified_walk(cfg: SATConfig, weight: np.ndarray, x_bits: np.ndarray, n: int, m: int, *,
+                            stride: int = 1, padding: int = 0, relu: bool = False) -> ConvProgram:
+    """Pre-generation feeding a walk: SPARSIFY the master weights ``weight [Cout, Cin, k, k]`` (fp32, kept in
+    BDWP's ``[Cout, K]`` layout, K tap-major) into their FF form, then the conv's sparse FF walk on it, one
+    program: the walk's first LOAD waits for the last SPARSIFY (``p2l``) and its A LOADs read the records."""
+    from .sparsify import layout_sparsify, pack_master, _directions
+    cout, cin, kh, kw = weight.shape
+    h = x_bits.shape[-1]
+    walk = ff_walk(weight, h, h, stride, padding, 1)
+    ho = walk.rows.count
+    src = ActLayout(x_bits.shape[0], cin, h, h, padding, -(-cin // m) * m)
+    dst = ActLayout(x_bits.shape[0], cout, ho, ho, 0, cfg.rows)
+    plan = plan_walk(cfg, walk, src, dst, (n, m))
+    lay = layout_sparsify(cfg, cout, kh * kw * cin, n, m)
+    sparsify = [word for word, d in zip(lay.instructions(push_last=True), _directions(lay)) if d == "FF"]
+    sparsify[-1] |= 1 << 7  # push_next (p2l): the forms are written
+    record = lay.record_bytes(lay.k_g)
+    src_addr = _align_up(lay.end)
+    dst_addr = _align_up(src_addr + src.nbytes(cfg))
+    runs = walk_programs(cfg, [plan], a_addrs=[lay.ff_record(0, 0)], src_addr=src_addr, dst_addr=dst_addr,
+                         idx_addrs=[lay.ff_record(0, 0) + lay.slots(lay.k_g) * cfg.a_word_bytes],
+                         a_tile_stride=record, limit=cfg.imem_depth - len(sparsify), relu=relu)
+    if len(runs) != 1:
+        raise ValueError("compile_sparsified_walk: the walk must fit one program beside its SPARSIFYs")
+    walk_words = runs[0]
+    first_load = next(i for i, word in enumerate(walk_words) if word & 0xF == Opcode.LOAD.value)
+    walk_words[first_load] |= 1 << 4  # pop_prev: wait for the sparsifier
+    words = sparsify + walk_words
+    program_addr = _align_up(dst_addr + dst.nbytes(cfg))
+    blob = np.frombuffer(to_bytes(words), dtype=np.uint8)
+    memory = np.zeros(_align_up(program_addr + len(blob)), dtype=np.uint8)
+    master = pack_master(lay, np.ascontiguousarray(np.asarray(weight, np.float32).transpose(0, 2, 3, 1)
+                                                   .reshape(cout, -1))).view(np.uint8).ravel()
+    memory[lay.base:lay.base + master.size] = master
+    packed = pack_act(cfg, src, x_bits).reshape(-1).view(np.uint8)
+    memory[src_addr:src_addr + packed.size] = packed
+    memory[program_addr:program_addr + len(blob)] = blob
+    return ConvProgram(cfg, [plan], [words], memory, [(program_addr, len(words))], src, dst, dst_addr)

@@ -15,9 +15,11 @@ over transposed tiles), the fc layer's three GEMMs, the residual add and the for
 the ReLU gradients as VECTOR RELU_GRAD, and per layer WEIGHT_UPDATE then the SPARSIFYs of its next forms
 (``nmsat.dataflow.sparsify.compile_weight_update``).
 
-On the host (named, not charged here; ``nmsat.sw.iteration`` charges them by the stream rule): the batch
-norms forward and backward (fp32 batch statistics), the average pool and its gradient, the softmax
-cross-entropy and its gradient, packing the walks' weight forms from the updated master weights, and moving tensors between programs (each program has its own
+The sparse layers' FF walks read the forms the sparsifier writes from the master weights in the same
+program (``compile_sparsified_walk``).  On the host (named, not charged here; ``nmsat.sw.iteration``
+charges them by the stream rule): the batch norms forward and backward (fp32 batch statistics), the average
+pool and its gradient, the softmax cross-entropy and its gradient, packing the BP walks' (and the dense
+layer's FF walk's) weight forms from the updated master weights, and moving tensors between programs (each program has its own
 memory image).  Activations between programs are bf16, as the STOREs leave them.
 """
 
@@ -160,6 +162,10 @@ def cnn_iteration(cfg: SATConfig, state: CnnState, x: np.ndarray, labels: np.nda
 
     def ff(name, weight, bits, stride, pat, relu=False):
         h = bits.shape[-1]
+        if pat is not None:  # the sparsifier writes the FF form from the master weights, the walk reads it
+            prog = conv.compile_sparsified_walk(cfg, weight, bits, *pat, stride=stride, padding=1, relu=relu)
+            memory = run(Job(f"{name} FF", prog.memory, list(prog.runs)))
+            return prog.read_output(memory)
         walk_ = conv.ff_walk(weight, h, h, stride, 1, 1)
         ho = walk_.rows.count
         return walk(f"{name} FF", [walk_], conv.ActLayout(batch, weight.shape[1], h, h, 1, c), bits,

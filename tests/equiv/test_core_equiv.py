@@ -619,6 +619,13 @@ def verilator_results():
     jobs.append(RtlJob(step.memory, *step.runs[0], more_runs=tuple(step.runs[1:]),
                        registers=tuple((int(r), v) for r, v in step.registers.items())))
     names.append("linear layer step 2:8 in 5 programs")
+    for serial in (False, True):  # pre-generation feeding a walk: SPARSIFY, then the FF walk on its records
+        rng_w = np.random.default_rng(960)
+        prog = conv.compile_sparsified_walk(TINY, rng_w.standard_normal((8, 8, 3, 3)).astype(np.float32),
+                                            f32_to_bf16_bits(rng_w.standard_normal((3, 8, 5, 5)).astype(np.float32)),
+                                            2, 8, stride=2, padding=1)
+        jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
+        names.append(f"sparsified walk{' serial' if serial else ''}")
     for i, shape in enumerate(WU_WALKS):  # WU on the kernel walk over transposed tiles
         prog = wu_walk_program(TINY, shape, seed=950 + i)
         for serial in (False, True):
