@@ -42,7 +42,6 @@ Not here: grouped convolutions (issue 12), kernels past 7 taps a side
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,8 +52,8 @@ from ..hw.isa import Buffer, Opcode, encode, to_bytes
 from ..hw.sparsity import check_pattern, compress
 from .gemm import pack_indices, place_tokens, software_pipelined
 
-__all__ = ["ActLayout", "Axis", "WalkConv", "ff_walk", "bp_walks", "ConvPlan", "plan_walk", "walk_blocks", "walk_steps", "walk_programs",
-           "pack_act", "unpack_act", "pack_walk_weights", "walk_instructions", "MAX_TAPS", "bp_pad", "ConvProgram", "walkable", "plan_conv", "WuPlan", "plan_wu", "wu_blocks",
+__all__ = ["ActLayout", "Axis", "WalkConv", "ff_walk", "bp_walks", "ConvPlan", "plan_walk", "walk_blocks", "walk_programs",
+           "pack_act", "unpack_act", "pack_walk_weights", "MAX_TAPS", "bp_pad", "ConvProgram", "walkable", "plan_conv", "WuPlan", "plan_wu", "wu_blocks",
            "wu_programs", "WuProgram", "compile_wu", "wu_walkable", "plan_conv_wu",
            "compile_sparsified_walk",
            "compile_walks"]
@@ -403,22 +402,6 @@ def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, d
                     blocks.append((steps, stores))
                     block_index += 1
     return blocks
-
-
-def walk_steps(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, dst_addr: int, idx_addr: int = 0,
-               first_step: int = 0, first_block: int = 0, b_waits: bool = False, c_signals: bool = False):
-    """The instructions of one walk per reduction step (:func:`walk_blocks`), tokens placed."""
-    blocks = walk_blocks(cfg, plan, a_addr=a_addr, src_addr=src_addr, dst_addr=dst_addr, idx_addr=idx_addr,
-                         first_step=first_step, first_block=first_block)
-    return place_tokens(blocks, first_step=first_step, first_block=first_block, b_waits=b_waits, c_signals=c_signals)
-
-
-def walk_instructions(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[int], src_addr: int, dst_addr: int,
-                      idx_addrs: list[int] | None = None, relu: bool = False) -> list[int]:
-    """The walks of one convolution direction (FF: one; BP: its phases) as one software pipeline (no FINISH)."""
-    runs = walk_programs(cfg, plans, a_addrs=a_addrs, src_addr=src_addr, dst_addr=dst_addr, idx_addrs=idx_addrs,
-                         limit=None, relu=relu)
-    return runs[0][:-1]
 
 
 def walk_programs(cfg: SATConfig, plans: list[ConvPlan], *, a_addrs: list[int], src_addr: int, dst_addr: int,

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import nn
 
