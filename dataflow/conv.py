@@ -50,7 +50,7 @@ from ..hw import timing
 from ..hw.config import IDX_SLOTS_PER_WORD, SATConfig
 from ..hw.isa import Buffer, Opcode, encode, to_bytes
 from ..hw.sparsity import check_pattern, compress
-from .gemm import pack_indices, place_tokens, software_pipelined
+from .gemm import gemm_args, pack_indices, place_tokens, software_pipelined
 
 __all__ = ["ActLayout", "Axis", "WalkConv", "ff_walk", "bp_walks", "ConvPlan", "plan_walk", "walk_blocks", "walk_programs",
            "pack_act", "unpack_act", "pack_walk_weights", "MAX_TAPS", "bp_pad", "ConvProgram", "walkable", "plan_conv", "WuPlan", "plan_wu", "wu_blocks",
@@ -376,16 +376,12 @@ def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, d
                                                tap_h_stride=walk.rows.idil * ww * cb, tap_w_stride=walk.cols.idil * cb)
                             for t, (x, mi, a, b) in enumerate(tiles):
                                 py, px = (a - y0) * walk.rows.istride, (b - x0) * walk.cols.istride
-                                common = dict(a_addr=half * a_half + x * a_words,
-                                              b_addr=half * b_half + (py * ww + px) * cb, acc_addr=acc_base + t * R,
-                                              accumulate=int(cblk > 0), **walk_fields)
-                                if plan.pattern:
-                                    n, m = plan.pattern
-                                    gemms.append((Opcode.SPARSE_GEMM, dict(**common, groups=cb // m, n=n,
-                                                                           m_log2=m.bit_length() - 1,
-                                                                           idx_addr=half * idx_half + x * idx_words)))
-                                else:
-                                    gemms.append((Opcode.GEMM, dict(**common, k=cb)))
+                                units = cb if plan.pattern is None else cb // plan.pattern[1]
+                                gemms.append(gemm_args(plan.pattern, units, half * idx_half + x * idx_words,
+                                                       a_addr=half * a_half + x * a_words,
+                                                       b_addr=half * b_half + (py * ww + px) * cb,
+                                                       acc_addr=acc_base + t * R, accumulate=int(cblk > 0),
+                                                       **walk_fields))
                         steps.append((loads, gemms))
                         step_index += 1
                     stores = []

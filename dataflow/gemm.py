@@ -31,7 +31,7 @@ from ..hw.sparsity import check_pattern, compress
 
 __all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm", "gemm_steps",
            "pack_a", "pack_b", "unpack_b", "unpack_c", "read_tiles", "program_instructions", "block_instructions", "software_pipelined",
-           "compile_sparse_gemm", "pack_indices", "place_tokens"]
+           "compile_sparse_gemm", "pack_indices", "gemm_args", "place_tokens"]
 
 
 @dataclass(frozen=True)
@@ -525,14 +525,9 @@ def gemm_steps(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_ad
             gemms = []
             for x in range(len(mis)):
                 for y in range(len(njs)):
-                    common = dict(a_addr=half * a_half + x * kc * a_per, b_addr=half * b_half + y * kc * b_per,
-                                  acc_addr=acc_base + (x * len(njs) + y) * R, accumulate=int(s > 0))
-                    if pattern:
-                        gemms.append((Opcode.SPARSE_GEMM, dict(**common, groups=klen, n=pattern[0],
-                                                               m_log2=pattern[1].bit_length() - 1,
-                                                               idx_addr=half * idx_half + x * idx_chunk)))
-                    else:
-                        gemms.append((Opcode.GEMM, dict(**common, k=klen)))
+                    gemms.append(gemm_args(pattern, klen, half * idx_half + x * idx_chunk,
+                                           a_addr=half * a_half + x * kc * a_per, b_addr=half * b_half + y * kc * b_per,
+                                           acc_addr=acc_base + (x * len(njs) + y) * R, accumulate=int(s > 0)))
             steps_out.append((loads, gemms))
             step_index += 1
         stores = []
@@ -550,6 +545,16 @@ def gemm_steps(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_ad
         block_index += 1
     return place_tokens(blocks_out, first_step=first_step, first_block=first_block, b_waits=b_waits,
                         c_signals=c_signals)
+
+
+def gemm_args(pattern: tuple[int, int] | None, units: int, idx_addr: int, **common) -> tuple[Opcode, dict]:
+    """(opcode, arguments) of one GEMM of ``units`` reduction units: a GEMM of ``k = units`` words, or with an
+    N:M ``pattern`` a SPARSE_GEMM of ``units`` groups whose indices start at ``idx_addr``; ``common`` holds the
+    buffer addresses, ``accumulate`` and any kernel walk."""
+    if pattern is None:
+        return Opcode.GEMM, dict(**common, k=units)
+    return Opcode.SPARSE_GEMM, dict(**common, groups=units, n=pattern[0], m_log2=pattern[1].bit_length() - 1,
+                                    idx_addr=idx_addr)
 
 
 def place_tokens(blocks: list[tuple[list, list]], *, first_step: int = 0, first_block: int = 0,

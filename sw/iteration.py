@@ -143,15 +143,19 @@ class Timer:
     def __init__(self, cfg: SATConfig, core: CoreModel):
         self.cfg, self.core, self.memo = cfg, core, {}
 
-    def gemm(self, m, n, k, pattern, out_bf16) -> int:
-        key = ("gemm", m, n, k, pattern, out_bf16)
+    def _cycles(self, key, programs, what: str) -> int:
+        """Cycles of the programs ``programs()`` makes, run one after another (memoised under ``key``)."""
         if key not in self.memo:
-            lay = layout_gemm(self.cfg, m, n, k, pattern=pattern, out_bf16=out_bf16)
-            result = self.core.time_programs(words for _, words in lay.programs)
+            result = self.core.time_programs(programs())
             if not result.ok:
-                raise RuntimeError(f"GEMM {m}x{n}x{k} {pattern}: {result.error.name}")
+                raise RuntimeError(f"{what}: {result.error.name}")
             self.memo[key] = result.cycles
         return self.memo[key]
+
+    def gemm(self, m, n, k, pattern, out_bf16) -> int:
+        return self._cycles(("gemm", m, n, k, pattern, out_bf16), lambda: (
+            words for _, words in layout_gemm(self.cfg, m, n, k, pattern=pattern, out_bf16=out_bf16).programs),
+            f"GEMM {m}x{n}x{k} {pattern}")
 
     def walk_plans(self, geometry, direction, pattern):
         key = ("walk plans", geometry, direction, pattern)
@@ -187,32 +191,22 @@ class Timer:
             return "walk" if self.wu_estimate(geometry) <= gemm_estimate else "gemm"
         return "walk" if self.walk_estimate(geometry, g.stage, pattern) <= gemm_estimate else "gemm"
 
+    #: operands apart and page aligned in the programs timed without data
+    _BASE_SHIFT = 2
+
     def walk(self, geometry, direction, pattern) -> int:
-        key = ("walk", geometry, direction, pattern)
-        if key not in self.memo:
-            plans = self.walk_plans(geometry, direction, pattern)
-            a_base = 1 << (self.cfg.addr_bits - 2)  # operands apart, page aligned
-            programs = conv.walk_programs(self.cfg, plans, a_addrs=[a_base] * len(plans), src_addr=0,
-                                          dst_addr=a_base // 2, idx_addrs=[a_base + (a_base >> 1)] * len(plans))
-            result = self.core.time_programs(programs)
-            if not result.ok:
-                raise RuntimeError(f"conv walk {geometry} {direction} {pattern}: {result.error.name}")
-            self.memo[key] = result.cycles
-        return self.memo[key]
+        base = 1 << (self.cfg.addr_bits - self._BASE_SHIFT)
+        plans = self.walk_plans(geometry, direction, pattern)
+        return self._cycles(("walk", geometry, direction, pattern), lambda: conv.walk_programs(
+            self.cfg, plans, a_addrs=[base] * len(plans), src_addr=0, dst_addr=base // 2,
+            idx_addrs=[base + base // 2] * len(plans)), f"conv walk {geometry} {direction} {pattern}")
 
     def wu_walk(self, geometry) -> int:
-        key = ("wu walk", geometry)
-        if key not in self.memo:
-            g = geometry
-            plan = self.wu_plan(geometry)
-            base = 1 << (self.cfg.addr_bits - 2)
-            programs = conv.wu_programs(self.cfg, plan, dy_addr=0, x_addr=base // 2, g_addr=base,
-                                        g_row_bytes=-(-plan.taps * g.cin * 4 // 4096) * 4096)
-            result = self.core.time_programs(programs)
-            if not result.ok:
-                raise RuntimeError(f"conv WU walk {geometry}: {result.error.name}")
-            self.memo[key] = result.cycles
-        return self.memo[key]
+        base = 1 << (self.cfg.addr_bits - self._BASE_SHIFT)
+        plan = self.wu_plan(geometry)
+        return self._cycles(("wu walk", geometry), lambda: conv.wu_programs(
+            self.cfg, plan, dy_addr=0, x_addr=base // 2, g_addr=base,
+            g_row_bytes=-(-plan.taps * geometry.cin * 4 // 4096) * 4096), f"conv WU walk {geometry}")
 
     def pregen(self, weights, pattern) -> int:
         cout, k_g, groups = weights
@@ -247,13 +241,10 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
     for layer in layers:
         sparse = pattern is not None and layer.sparse
         stages = {"FF": 0, "BP": 0, "WU": 0}
-        geometry = layer.conv
-        walks = im2col and geometry is not None and conv.walkable(geometry.kernel, geometry.groups)
         for g in layer.gemms:
             p = pattern if sparse and g.stage in ("FF", "BP") else None
-            mapping = timer.mapping(layer, g, p) if walks else "gemm"
-            if mapping == "walk":
-                cycles = timer.walk(geometry, g.stage, p) if g.stage != "WU" else timer.wu_walk(geometry)
+            if im2col and timer.mapping(layer, g, p) == "walk":
+                cycles = timer.walk(layer.conv, g.stage, p) if g.stage != "WU" else timer.wu_walk(layer.conv)
             else:
                 cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
             stages[g.stage] += cycles
