@@ -9,8 +9,9 @@ the GEMMs (simulated), the vector unit's passes (stream rule) and the
 pre-generation (update + sparsify, simulated).  The table gives cycles per
 iteration dense and per pattern, the speedup, the speedup of the GEMMs alone,
 the ideal bound from MAC counts (FF and BP of the pruned layers × n/m), the
-vector passes' share, and the 2:8 speedup with pre-generation, on-chip im2col or
-offline scheduling switched off (one at a time: dense and BDWP both without it).
+vector passes' share, and the 2:8 speedup with pre-generation, on-chip im2col,
+offline scheduling or interleave mapping switched off (one at a time: dense and
+BDWP both without it).
 Writes benchmarks/results/iteration_table_<preset>_b<batch>.md.
 """
 
@@ -47,8 +48,8 @@ def main():
     lines = [f"# One training iteration, dense against BDWP, batch {args.batch}, preset `{cfg.name}` "
              f"({cfg.rows}x{cfg.cols}, {cfg.bus_bytes}-byte port, {cfg.clock_mhz:.0f} MHz)", "",
              f"| model | dense cycles | vector share (dense) | {head} | 2:8 without pre-generation | "
-             f"2:8 without on-chip im2col | 2:8 without offline scheduling |",
-             "|---|---|---|" + "---|---|---|" * len(patterns) + "---|---|---|"]
+             f"2:8 without on-chip im2col | 2:8 without offline scheduling | 2:8 without interleave mapping |",
+             "|---|---|---|" + "---|---|---|" * len(patterns) + "---|---|---|---|"]
     summary = {p: [] for p in patterns}
     for name in args.models:
         layers = build_model(name, args.batch)
@@ -66,12 +67,16 @@ def main():
         dense_no_walk = time_iteration(cfg, layers, None, im2col=False, core=core)
         no_sched = time_iteration(cfg, layers, (2, 8), offline=False, core=core)
         dense_no_sched = time_iteration(cfg, layers, None, offline=False, core=core)
+        no_il = time_iteration(cfg, layers, (2, 8), interleave=False, core=core)
+        dense_no_il = time_iteration(cfg, layers, None, interleave=False, core=core)
+        with_il = time_iteration(cfg, layers, (2, 8), core=core)
         lines.append(f"| {name} | {dense.total:,} | {dense.vector / dense.total:.0%} | " + " | ".join(cells)
                      + f" | {dense_off.total / off.total:.3f}× (pre-generation {off.pregen:,} cycles serial) | "
                      f"{dense_no_walk.total / no_walk.total:.3f}× ({no_walk.total:,} cycles; dense "
                      f"{dense_no_walk.total:,}) | {dense_no_sched.total / no_sched.total:.3f}× (backward vector "
-                     f"passes serial: +{no_sched.total - time_iteration(cfg, layers, (2, 8), core=core).total:,} "
-                     f"cycles) |")
+                     f"passes serial: +{no_sched.total - with_il.total:,} cycles) | "
+                     f"{dense_no_il.total / no_il.total:.3f}× (BP and WU apart: +{no_il.total - with_il.total:,} "
+                     f"cycles; {sum(x.interleave_saved > 0 for x in with_il.layers)} layers interleaved) |")
     lines += ["", "| pattern | suite average speedup |", "|---|---|"]
     for p in patterns:
         lines.append(f"| {p[0]}:{p[1]} | {sum(summary[p]) / len(summary[p]):.3f}× |")
@@ -86,8 +91,11 @@ def main():
               "phases of the flipped kernel; WU over transposed tiles); the 3-channel stems' WU, ViT's 16×16 patch "
               "embedding and grouped convolutions stay GEMMs on im2col operands. Without it every convolution is "
               "GEMMs on im2col'd B (read k² times).",
-              "Not in these figures (not built): interleave mapping (each dY tile is read twice, plain for BP and "
-              "transposed for WU); the GEMMs and walks are timed as their own programs and the host's launches "
+              "Interleave mapping (nmsat.dataflow.interleave): a layer's BP and WU as one stream, their steps "
+              "alternating, each in half of every buffer, tried where BP's planned cycles exceed 1.5× its MAC "
+              "bound (nmsat.sw.iteration.INTERLEAVE_BOUND) and kept where the simulator times it faster. Not built: "
+              "fetching a dY tile once for both (BP reads it with the batch in the lanes, WU transposed: two LOADs "
+              "of the same bytes). The GEMMs and walks are timed as their own programs and the host's launches "
               "between them are not counted.",
               f"Simulator wall time (timing only): {time.perf_counter() - t0:.1f} s; load average {load:.2f}."]
     text = "\n".join(lines)

@@ -245,17 +245,20 @@ def _check_walk(cfg: SATConfig, walk: WalkConv, src: ActLayout, dst: ActLayout, 
                 raise ValueError(f"conv: the walk reads outside the input's border ({axis}, layout {src})")
 
 
-def _halves(cfg: SATConfig, pattern) -> tuple[int, int, int, int]:
+def _halves(cfg: SATConfig, pattern, streams: int = 1) -> tuple[int, int, int, int]:
+    """Words of one half of A, B (whole groups of m), IDX and the accumulators (one stream's share of each, with
+    ``streams`` interleaved: ``nmsat.dataflow.interleave``)."""
     m = pattern[1] if pattern else 1
-    return cfg.a_depth // 2, cfg.b_depth // 2 // m * m, cfg.idx_depth // 2, cfg.acc_depth // 2
+    return (cfg.a_depth // 2 // streams, cfg.b_depth // 2 // streams // m * m, cfg.idx_depth // 2 // streams,
+            cfg.acc_depth // 2 // streams)
 
 
 def plan_walk(cfg: SATConfig, walk: WalkConv, src: ActLayout, dst: ActLayout,
-              pattern: tuple[int, int] | None = None) -> ConvPlan:
+              pattern: tuple[int, int] | None = None, streams: int = 1) -> ConvPlan:
     """The tile shape (pixels and channel tiles per block) of lowest estimated cycles that fits the buffers and the
-    walk's stride fields."""
+    walk's stride fields (``streams`` 2: one of two interleaved streams, in half of each buffer half)."""
     _check_walk(cfg, walk, src, dst, pattern)
-    a_half, b_half, idx_half, acc_half = _halves(cfg, pattern)
+    a_half, b_half, idx_half, acc_half = _halves(cfg, pattern, streams)
     R = cfg.rows
     mt = -(-walk.cout // R)
     cb = src.cb
@@ -505,7 +508,7 @@ def walkable(kernel: int, groups: int = 1) -> bool:
 
 def plan_conv(cfg: SATConfig, batch: int, cin: int, cout: int, size: int, kernel: int, stride: int = 1,
               padding: int = 0, direction: str = "FF", pattern: tuple[int, int] | None = None,
-              weight: np.ndarray | None = None) -> list[ConvPlan]:
+              weight: np.ndarray | None = None, streams: int = 1) -> list[ConvPlan]:
     """The walks of one direction of a square convolution with their plans: the input's channel block is the
     one of lowest estimated cycles among the channel count and its halvings (whole groups of m when sparse);
     the output's is ``rows`` (a row of pixels per STORE).  ``weight`` (default zeros) only feeds the walks'
@@ -531,7 +534,8 @@ def plan_conv(cfg: SATConfig, batch: int, cin: int, cout: int, size: int, kernel
     for cb in candidates:
         src = ActLayout(batch, channels, h, h, pad, cb)
         try:
-            plans = [plan_walk(cfg, wk, src, dst, pattern if wk.weights is not None else None) for wk in walks]
+            plans = [plan_walk(cfg, wk, src, dst, pattern if wk.weights is not None else None, streams)
+                     for wk in walks]
         except ValueError as e:
             errors.append(str(e))
             continue
@@ -575,9 +579,10 @@ class WuPlan:
         return (ht - 1) * self.stride + span, (wt - 1) * self.stride + span
 
 
-def _wu_fits(cfg: SATConfig, stride: int, ht: int, wt: int, hh: int, ww: int, mb: int, nb: int, tb: int) -> bool:
+def _wu_fits(cfg: SATConfig, stride: int, ht: int, wt: int, hh: int, ww: int, mb: int, nb: int, tb: int,
+             streams: int) -> bool:
     C = cfg.cols
-    a_half, b_half, _, acc_half = _halves(cfg, None)
+    a_half, b_half, _, acc_half = _halves(cfg, None, streams)
     rows_ok = ht <= MAX_TAPS and (stride == 1 or wt <= MAX_TAPS)
     strides_ok = ww * C * stride < 1 << 14 and stride * C < 1 << 11 and wt * C < 1 << 16
     return (rows_ok and strides_ok and mb * ht * wt * C <= a_half and nb * hh * ww * C <= b_half
@@ -585,8 +590,9 @@ def _wu_fits(cfg: SATConfig, stride: int, ht: int, wt: int, hh: int, ww: int, mb
 
 
 def plan_wu(cfg: SATConfig, cin: int, cout: int, kernel: int, stride: int, dilation: int, dy: ActLayout,
-            x: ActLayout) -> WuPlan:
-    """The WU tile shape of lowest estimated cycles (a core with rows == cols; Cin in whole ``cols`` tiles)."""
+            x: ActLayout, streams: int = 1) -> WuPlan:
+    """The WU tile shape of lowest estimated cycles (a core with rows == cols; Cin in whole ``cols`` tiles;
+    ``streams`` 2: one of two interleaved streams, in half of each buffer half)."""
     R, C = cfg.rows, cfg.cols
     if R != C:
         raise ValueError(f"config {cfg.name}: WU walks transpose R × cols tiles, so rows must equal cols")
@@ -605,7 +611,7 @@ def plan_wu(cfg: SATConfig, cin: int, cout: int, kernel: int, stride: int, dilat
                     for nb in range(1, nt + 1):
                         hh, ww = ((ht - 1) * stride + (kernel - 1) * dilation + 1,
                                   (wt - 1) * stride + (kernel - 1) * dilation + 1)
-                        if not _wu_fits(cfg, stride, ht, wt, hh, ww, mb, nb, tb):
+                        if not _wu_fits(cfg, stride, ht, wt, hh, ww, mb, nb, tb, streams):
                             continue
                         steps = dy.groups(cfg) * -(-ho // ht) * -(-wo // wt)
                         blocks = -(-mt // mb) * -(-nt // nb) * -(-taps // tb)
@@ -764,12 +770,13 @@ def wu_walkable(cfg: SATConfig, cin: int, kernel: int, groups: int = 1) -> bool:
 
 
 def plan_conv_wu(cfg: SATConfig, batch: int, cin: int, cout: int, size: int, kernel: int, stride: int = 1,
-                 padding: int = 0) -> WuPlan:
+                 padding: int = 0, streams: int = 1) -> WuPlan:
     """The WU walk of a square convolution over the layouts its FF and BP leave (dY with channel blocks of
     rows, X with its padding and blocks of cols)."""
     ho = (size + 2 * padding - kernel) // stride + 1
     dy = ActLayout(batch, cout, ho, ho, 0, cfg.rows if cout >= cfg.rows else -(-cout // cfg.rows) * cfg.rows)
-    return plan_wu(cfg, cin, cout, kernel, stride, 1, dy, ActLayout(batch, cin, size, size, padding, cfg.cols))
+    return plan_wu(cfg, cin, cout, kernel, stride, 1, dy, ActLayout(batch, cin, size, size, padding, cfg.cols),
+                   streams)
 
 
 def compile_sparsified_walk(cfg: SATConfig, weight: np.ndarray, x_bits: np.ndarray, n: int, m: int, *,

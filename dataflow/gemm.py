@@ -29,7 +29,7 @@ from ..hw import numerics, timing
 from ..hw.config import IDX_SLOTS_PER_WORD
 from ..hw.sparsity import check_pattern, compress
 
-__all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm", "gemm_steps",
+__all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm", "gemm_steps", "gemm_blocks",
            "pack_a", "pack_b", "unpack_b", "unpack_c", "read_tiles", "program_instructions", "block_instructions", "software_pipelined",
            "compile_sparse_gemm", "pack_indices", "gemm_args", "place_tokens"]
 
@@ -102,14 +102,19 @@ def block_instructions(mis: int, njs: int, steps: int, sparse: bool = False) -> 
     return steps * ((2 if sparse else 1) * mis + njs + mis * njs) + mis * njs
 
 
-def _halves(cfg: SATConfig, pattern: tuple[int, int] | None) -> tuple[int, int, int]:
-    """Words of one half of A, B (a multiple of m, so sparse groups stay aligned) and IDX."""
+def _halves(cfg: SATConfig, pattern: tuple[int, int] | None, streams: int = 1) -> tuple[int, int, int]:
+    """Words of one half of A, B (a multiple of m, so sparse groups stay aligned) and IDX (of one stream's share
+    of it, with ``streams`` interleaved)."""
     m_ = pattern[1] if pattern else 1
-    return cfg.a_depth // 2, cfg.b_depth // 2 // m_ * m_, cfg.idx_depth // 2
+    return cfg.a_depth // 2 // streams, cfg.b_depth // 2 // streams // m_ * m_, cfg.idx_depth // 2 // streams
 
 
-def plan_gemm(cfg: SATConfig, m: int, n: int, k: int, *, pattern: tuple[int, int] | None = None) -> GemmPlan:
+def plan_gemm(cfg: SATConfig, m: int, n: int, k: int, *, pattern: tuple[int, int] | None = None,
+              streams: int = 1) -> GemmPlan:
     """Pick the block shape and reduction chunk with the lowest estimated cycle count that fits the buffers.
+
+    ``streams``: 2 plans for one of two interleaved streams (``nmsat.dataflow.interleave``), in half of each
+    buffer half.
 
     ``pattern`` ``(n, m)``: A is compressed N:M along K (the config must support m).  Only plans whose
     largest block fits the instruction memory (with a FINISH) are considered: a GEMM whose whole program
@@ -126,10 +131,10 @@ def plan_gemm(cfg: SATConfig, m: int, n: int, k: int, *, pattern: tuple[int, int
         pattern = (int(pattern[0]), int(pattern[1]))
     sparse = pattern is not None
     mt, nt = math.ceil(m / cfg.rows), math.ceil(n / cfg.cols)
-    a_half, b_half, idx_half = _halves(cfg, pattern)
-    acc_half = cfg.acc_depth // 2
+    a_half, b_half, idx_half = _halves(cfg, pattern, streams)
+    acc_half = cfg.acc_depth // 2 // streams
     if acc_half < cfg.rows:
-        raise ValueError(f"config {cfg.name}: the accumulator buffer cannot hold two output tiles")
+        raise ValueError(f"config {cfg.name}: the accumulator buffer cannot hold {2 * streams} output tiles")
     a_per, b_per = _per_unit(pattern)
     units = _units(k, pattern)
     if min(a_half // a_per, b_half // b_per) < 1 or (sparse and idx_half < 1):
@@ -479,6 +484,19 @@ def gemm_steps(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_ad
     GEMM of a block pushes to store and its first STORE pops it; the block's
     last STORE pushes back and the first GEMM two blocks later pops it.
     """
+    work = gemm_blocks(cfg, plan, a_addr=a_addr, b_addr=b_addr, c_addr=c_addr, idx_addr=idx_addr, blocks=blocks,
+                       a_tile_stride=a_tile_stride, b_tile_stride=b_tile_stride, c_row_stride=c_row_stride,
+                       c_b_tile_stride=c_b_tile_stride, c_bf16=c_bf16, c_relu=c_relu, first_step=first_step,
+                       first_block=first_block)
+    return place_tokens(work, first_step=first_step, first_block=first_block, b_waits=b_waits, c_signals=c_signals)
+
+
+def gemm_blocks(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_addr: int, idx_addr: int = 0,
+                blocks: range | None = None, a_tile_stride: int | None = None, b_tile_stride: int | None = None,
+                c_row_stride: int | None = None, c_b_tile_stride: int | None = None, c_bf16: bool = False,
+                c_relu: bool = False, first_step: int = 0, first_block: int = 0) -> list[tuple[list, list]]:
+    """The work of :func:`gemm_steps` as blocks for :func:`place_tokens` (per output block its steps of LOAD and
+    GEMM argument dicts, then its STORE dicts), before the tokens are placed."""
     R = cfg.rows
     pattern = plan.pattern
     a_half, b_half, idx_half = _halves(cfg, pattern)
@@ -543,8 +561,7 @@ def gemm_steps(cfg: SATConfig, plan: GemmPlan, *, a_addr: int, b_addr: int, c_ad
                                    bf16=int(c_bf16), relu=int(c_relu), **where))
         blocks_out.append((steps_out, stores))
         block_index += 1
-    return place_tokens(blocks_out, first_step=first_step, first_block=first_block, b_waits=b_waits,
-                        c_signals=c_signals)
+    return blocks_out
 
 
 def gemm_args(pattern: tuple[int, int] | None, units: int, idx_addr: int, **common) -> tuple[Opcode, dict]:

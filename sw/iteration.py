@@ -51,7 +51,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..dataflow import conv
-from ..dataflow.gemm import layout_gemm, plan_gemm
+from ..dataflow.gemm import gemm_blocks, layout_gemm, plan_gemm
+from ..dataflow.interleave import STREAMS, interleave
 from ..dataflow.models import LayerWork, VectorPass
 from ..dataflow.sparsify import layout_sparsify, update_instructions
 from ..hw.config import SATConfig
@@ -81,10 +82,11 @@ class LayerCycles:
     pregen: int = 0
     macs: int = 0
     vector_hidden: int = 0  # backward vector cycles under a WU (offline scheduling)
+    interleave_saved: int = 0  # BP and WU interleaved in one stream took this many cycles fewer than bp + wu
 
     @property
     def gemm(self) -> int:
-        return self.ff + self.bp + self.wu
+        return self.ff + self.bp + self.wu - self.interleave_saved
 
     @property
     def vector(self) -> int:
@@ -101,6 +103,7 @@ class IterationReport:
     layers: list[LayerCycles] = field(default_factory=list)
     im2col: bool = True  # convolutions' FF, BP and WU as kernel walks (on-chip im2col)
     offline: bool = True  # backward vector passes under the WUs (offline scheduling)
+    interleave: bool = True  # a layer's BP and WU interleaved where that is faster (interleave mapping)
 
     @property
     def gemm(self) -> int:
@@ -117,6 +120,10 @@ class IterationReport:
     @property
     def vector_hidden(self) -> int:
         return sum(x.vector_hidden for x in self.layers)
+
+    @property
+    def interleave_saved(self) -> int:
+        return sum(x.interleave_saved for x in self.layers)
 
     @property
     def pregen_charged(self) -> int:
@@ -208,6 +215,41 @@ class Timer:
             self.cfg, plan, dy_addr=0, x_addr=base // 2, g_addr=base,
             g_row_bytes=-(-plan.taps * geometry.cin * 4 // 4096) * 4096), f"conv WU walk {geometry}")
 
+    def _blocks(self, layer: LayerWork, g, pattern, mapping: str, base: int, streams: int) -> list:
+        """One stage's work as blocks (data-less; operands from ``base``), planned for ``streams``."""
+        b = 1 << (self.cfg.addr_bits - self._BASE_SHIFT - 1)
+        geometry = layer.conv
+        if mapping == "gemm":
+            plan = plan_gemm(self.cfg, g.m, g.n, g.k, pattern=pattern, streams=streams)
+            return gemm_blocks(self.cfg, plan, a_addr=base, b_addr=base + b // 2, c_addr=base + b,
+                               idx_addr=base + b + b // 2, c_bf16=g.stage != "WU")
+        gm = geometry
+        if g.stage == "WU":
+            plan = conv.plan_conv_wu(self.cfg, gm.batch, gm.cin, gm.cout, gm.size, gm.kernel, gm.stride, gm.padding,
+                                     streams)
+            return conv.wu_blocks(self.cfg, plan, dy_addr=base, x_addr=base + b // 2, g_addr=base + b,
+                                  g_row_bytes=-(-plan.taps * gm.cin * 4 // 4096) * 4096)
+        blocks = []
+        for plan in conv.plan_conv(self.cfg, gm.batch, gm.cin, gm.cout, gm.size, gm.kernel, gm.stride, gm.padding,
+                                   g.stage, pattern, streams=streams):
+            blocks += conv.walk_blocks(self.cfg, plan, a_addr=base + b, src_addr=base, dst_addr=base + b // 2,
+                                       idx_addr=base + b + b // 2, first_step=sum(len(x[0]) for x in blocks),
+                                       first_block=len(blocks))
+        return blocks
+
+    def interleaved(self, layer: LayerWork, bp, wu, pattern, im2col: bool = True) -> int:
+        """Cycles of a layer's BP (``bp``, at ``pattern``) and WU (``wu``) interleaved in one stream
+        (``nmsat.dataflow.interleave``), each on the mapping :meth:`mapping` picks (GEMMs without ``im2col``)."""
+        key = ("interleaved", layer.conv, (bp.m, bp.n, bp.k), (wu.m, wu.n, wu.k), pattern, im2col)
+        if key not in self.memo:
+            b = 1 << (self.cfg.addr_bits - self._BASE_SHIFT)
+            pick = (lambda g, p: self.mapping(layer, g, p)) if im2col else (lambda g, p: "gemm")
+            first = self._blocks(layer, bp, pattern, pick(bp, pattern), 0, STREAMS)
+            second = self._blocks(layer, wu, None, pick(wu, None), 2 * b, STREAMS)
+            self._cycles(key, lambda: interleave(self.cfg, first, second),
+                         f"interleaved BP and WU of {layer.name}")
+        return self.memo[key]
+
     def pregen(self, weights, pattern) -> int:
         cout, k_g, groups = weights
         key = ("pregen", weights, pattern)
@@ -227,33 +269,51 @@ class Timer:
         return self.memo[key]
 
 
+#: a layer's BP whose planned cycles exceed its MAC-bound cycles by this factor waits on memory: a candidate
+#: for interleaving with its WU
+INTERLEAVE_BOUND = 1.5
+
+
 def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, int] | None = None, *,
-                   pregeneration: bool = True, im2col: bool = True, offline: bool = True,
+                   pregeneration: bool = True, im2col: bool = True, offline: bool = True, interleave: bool = True,
                    core: CoreModel | None = None) -> IterationReport:
     """Cycles of one iteration of ``layers`` (``nmsat.dataflow.models``) with BDWP at ``pattern`` (None: dense);
-    ``pregeneration`` / ``im2col`` / ``offline`` switch those optimisations (see the module docstring)."""
+    ``pregeneration`` / ``im2col`` / ``offline`` / ``interleave`` switch those optimisations (see the module
+    docstring)."""
     if pattern is not None:
         n, m = pattern
         if m not in cfg.sparse_m or not 1 <= n <= m:
             raise ValueError(f"pattern {n}:{m}: the {cfg.name} core runs n:m with m in {cfg.sparse_m} and 1 <= n <= m")
     timer = Timer(cfg, core or CoreModel(cfg))
-    report = IterationReport(cfg.name, pattern, pregeneration, im2col=im2col, offline=offline)
+    report = IterationReport(cfg.name, pattern, pregeneration, im2col=im2col, offline=offline, interleave=interleave)
     for layer in layers:
         sparse = pattern is not None and layer.sparse
         stages = {"FF": 0, "BP": 0, "WU": 0}
+        estimates = {}
         for g in layer.gemms:
             p = pattern if sparse and g.stage in ("FF", "BP") else None
             if im2col and timer.mapping(layer, g, p) == "walk":
                 cycles = timer.walk(layer.conv, g.stage, p) if g.stage != "WU" else timer.wu_walk(layer.conv)
+                estimates[g.stage] = (timer.wu_estimate(layer.conv) if g.stage == "WU"
+                                      else timer.walk_estimate(layer.conv, g.stage, p))
             else:
                 cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
+                estimates[g.stage] = g.count * plan_gemm(cfg, g.m, g.n, g.k, pattern=p).estimated_cycles
             stages[g.stage] += cycles
+        saved = 0
+        bp = [g for g in layer.gemms if g.stage == "BP"]
+        wu = [g for g in layer.gemms if g.stage == "WU"]
+        if interleave and len(bp) == len(wu) == 1 and bp[0].count == wu[0].count == 1:
+            p = pattern if sparse else None
+            bound = bp[0].macs / (cfg.rows * cfg.cols) * (p[0] / p[1] if p else 1)
+            if estimates["BP"] > INTERLEAVE_BOUND * bound:  # BP waits on memory: try it under the WU
+                saved = max(0, stages["BP"] + stages["WU"] - timer.interleaved(layer, bp[0], wu[0], p, im2col))
         vec = {"FF": 0, "BP": 0}
         for vp in layer.passes:
             vec[vp.stage] += pass_cycles(cfg, vp)
         pregen = timer.pregen(layer.weights, pattern if sparse else None) if layer.weights else 0
         report.layers.append(LayerCycles(layer.name, layer.kind, sparse, stages["FF"], stages["BP"], stages["WU"],
-                                         vec["FF"], vec["BP"], pregen, layer.macs))
+                                         vec["FF"], vec["BP"], pregen, layer.macs, interleave_saved=saved))
     if offline:  # backward order: a weighted layer's WU hides the passes before it in forward order
         budget = 0
         for index in reversed(range(len(report.layers))):

@@ -109,6 +109,21 @@ def wu_walk_program(cfg, shape, seed):
     return conv.compile_wu(cfg, dy, x, kernel, stride, pad)
 
 
+def interleaved_backward_program(cfg, shape, seed):
+    """A convolution's BP and WU walks interleaved in one program (``nmsat.dataflow.interleave``)."""
+    from nmsat.dataflow.interleave import compile_backward
+    n, cin, cout, hw, kernel, stride, pad, pattern = shape
+    rng = np.random.default_rng(seed)
+    weight = bf16_bits_to_f32(f32_to_bf16_bits(rng.standard_normal((cout, cin, kernel, kernel)).astype(np.float32)))
+    ho = (hw + 2 * pad - kernel) // stride + 1
+    dy = f32_to_bf16_bits(rng.standard_normal((n, cout, ho, ho)).astype(np.float32))
+    x = f32_to_bf16_bits(rng.standard_normal((n, cin, hw, hw)).astype(np.float32))
+    return compile_backward(cfg, weight, dy, x, stride=stride, padding=pad, pattern=pattern)
+
+
+#: interleaved BP + WU through the RTL: (batch, cin, cout, size, kernel, stride, padding, pattern)
+INTERLEAVED = [(4, 4, 8, 5, 3, 1, 1, None), (4, 16, 8, 6, 1, 2, 0, (2, 8))]
+
 #: WU walks through the RTL: stride 1 (a row of pixels per run), stride 2 (a pixel per run), 1 × 1
 WU_WALKS = [(4, 8, 8, 5, 3, 1, 1), (3, 8, 4, 7, 3, 2, 1), (2, 4, 8, 4, 1, 1, 0)]
 
@@ -310,6 +325,15 @@ def test_amaranth_core_matches_simulator_on_wu_walks(shape, serial):
     rtl = run_core_amaranth(TINY, prog.memory, *prog.runs[0], serial=serial)
     assert len(prog.runs) == 1
     assert_same(expected, memory, rtl)
+
+
+def test_amaranth_core_matches_simulator_on_an_interleaved_bp_and_wu():
+    prog = interleaved_backward_program(TINY, INTERLEAVED[1], seed=5)
+    assert len(prog.runs) == 1
+    memory = prog.memory.copy()
+    expected = CoreModel(TINY).run_sequence(memory, prog.runs)
+    assert expected.ok and expected.race_free
+    assert_same(expected, memory, run_core_amaranth(TINY, prog.memory, *prog.runs[0]))
 
 
 @pytest.mark.parametrize("case,serial", [(CONV_WALKS[1], False), (CONV_WALKS[3], True)])
@@ -631,6 +655,11 @@ def verilator_results():
         for serial in (False, True):
             jobs.append(RtlJob(prog.memory, *prog.runs[0], serial, more_runs=tuple(prog.runs[1:])))
             names.append(f"wu walk {shape}{' serial' if serial else ''}")
+    for i, shape in enumerate(INTERLEAVED):  # a convolution's BP and WU interleaved in one program
+        prog = interleaved_backward_program(TINY, shape, seed=970 + i)
+        for serial in (False, True):
+            jobs.append(RtlJob(prog.memory, *prog.runs[0], serial, more_runs=tuple(prog.runs[1:])))
+            names.append(f"interleaved bp+wu {shape}{' serial' if serial else ''}")
     for serial in (False, True):  # transposing LOADs, and plain ones waiting behind their last block
         image, length = transposing_program(TINY, seed=11)
         jobs.append(RtlJob(image, 0, length, serial))
