@@ -92,7 +92,7 @@ def main():
               "embedding and grouped convolutions stay GEMMs on im2col operands. Without it every convolution is "
               "GEMMs on im2col'd B (read k² times).",
               "Interleave mapping (nmsat.dataflow.interleave): a layer's BP and WU as one stream, their steps "
-              "alternating, each in half of every buffer, tried where BP's planned cycles exceed 1.5× its MAC "
+              "alternating, each in half of every buffer, tried where BP's planned cycles exceed 2× its MAC "
               "bound (nmsat.sw.iteration.INTERLEAVE_BOUND) and kept where the simulator times it faster. Not built: "
               "fetching a dY tile once for both (BP reads it with the batch in the lanes, WU transposed: two LOADs "
               "of the same bytes). The GEMMs and walks are timed as their own programs and the host's launches "

@@ -5,14 +5,16 @@ faster than dense, so its steps wait on the memory port (a 1×1 conv's BP at
 2:8 loads four B words per cycle of MACs), while WU (``dW = dY·Xᵀ``, dense)
 keeps the array busy on little traffic.  :func:`interleave` takes the work of
 two independent computations as blocks (``nmsat.dataflow.gemm.place_tokens``'s
-shape: per output block its steps of LOADs and GEMMs, then its STOREs), pairs
-their blocks and alternates their steps, so one's transfers run under the
+shape: per output block its steps of LOADs and GEMMs, then its STOREs) and
+spreads their steps over each other, so one's transfers run under the
 other's MACs: the array does not idle while BP waits for dY.  Each stream is
-planned with a quarter of the accumulators (``acc_words`` of the planners):
-a merged block holds one block of each, and merged blocks still alternate
-accumulator halves.  Buffer halves follow the merged steps (a step's
-addresses move to the half its position gives), so the tokens of
-:func:`place_tokens` keep their meaning unchanged.
+planned in half of every buffer half (``streams=STREAMS`` of the planners)
+and double-buffers in its own share, A, B, IDX and accumulators alike, so a
+step waits only for its own stream's step two before (:func:`_encode_run`):
+two halves shared by alternating steps would leave each load only the other
+stream's compute to hide under.  It pays where BP waits on memory and WU's
+port has room (ResNet-50's 1×1 convolutions at 56²); the smaller tiles cost
+traffic elsewhere, so the compiler keeps it only where it is faster.
 
 Not here: fetching a dY tile once for both (BP reads dY with the batch in
 the lanes, WU transposed with the channels in them: two LOADs of the same
