@@ -32,7 +32,10 @@ charges, per layer:
   are charged only past ``HIDE_SHARE`` of that WU's cycles
   (``benchmarks/vector_under_wu.py``: 100% hidden for ResNet-18; the memory
   model gives each port its own memory, so DRAM contention is not in it).
-  Without, every pass is serial.
+  Without, every pass is serial.  Offline scheduling also puts the
+  independent GEMMs of one stage (attention's heads) in one program
+  (``Timer.gemm_batch``): each one's transfers run under the MACs of the one
+  before, where apart each fills and drains the pipeline alone.
 * **Pre-generation** (per layer with weights): WEIGHT_UPDATE of its fp32
   master weights, then (sparse layers) the SPARSIFY program of its next FF
   and BP forms, or (dense layers) two passes writing its bf16 forms, timed
@@ -171,6 +174,34 @@ class Timer:
             words for _, words in layout_gemm(self.cfg, m, n, k, pattern=pattern, out_bf16=out_bf16).programs),
             f"GEMM {m}x{n}x{k} {pattern}")
 
+    def gemm_batch(self, m, n, k, pattern, out_bf16, count: int) -> int:
+        """Cycles of ``count`` independent GEMMs of one shape (attention's heads, a grouped conv's groups) as one
+        stream of blocks, each on its own operands: the transfers of one run under the MACs of the one before
+        (offline scheduling), where apart each GEMM fills and drains the pipeline alone."""
+        if count == 1:
+            return self.gemm(m, n, k, pattern, out_bf16)
+        cfg = self.cfg
+        plan = plan_gemm(cfg, m, n, k, pattern=pattern)
+        a_per, b_per = (1, 1) if pattern is None else pattern
+        units = plan.units
+        sizes = (plan.mt * units * a_per * cfg.a_word_bytes * 2, plan.nt * units * b_per * cfg.b_word_bytes,
+                 plan.mt * plan.nt * cfg.rows * cfg.acc_word_bytes)
+        stride = -(-max(sizes) // 4096) * 4096
+        base = 1 << (cfg.addr_bits - self._BASE_SHIFT)
+        if count * stride > base:
+            raise ValueError(f"GEMM batch of {count} {m}x{n}x{k}: its operands do not fit the address space")
+
+        def programs():
+            blocks = []
+            for i in range(count):
+                blocks += gemm_blocks(cfg, plan, a_addr=i * stride, b_addr=base + i * stride,
+                                      c_addr=2 * base + i * stride, idx_addr=i * stride + sizes[0] // 2,
+                                      c_bf16=out_bf16, first_step=sum(len(b[0]) for b in blocks),
+                                      first_block=len(blocks))
+            return conv._runs_of(cfg, blocks, -1)
+        return self._cycles(("gemm batch", m, n, k, pattern, out_bf16, count), programs,
+                            f"{count} GEMMs {m}x{n}x{k} {pattern}")
+
     def walk_plans(self, geometry, direction, pattern):
         key = ("walk plans", geometry, direction, pattern)
         if key not in self.memo:
@@ -303,6 +334,9 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
                 cycles = timer.walk(layer.conv, g.stage, p) if g.stage != "WU" else timer.wu_walk(layer.conv)
                 estimates[g.stage] = (timer.wu_estimate(layer.conv) if g.stage == "WU"
                                       else timer.walk_estimate(layer.conv, g.stage, p))
+            elif offline:  # the independent GEMMs of a stage (heads, groups) in one program
+                cycles = timer.gemm_batch(g.m, g.n, g.k, p, g.stage != "WU", g.count)
+                estimates[g.stage] = g.count * plan_gemm(cfg, g.m, g.n, g.k, pattern=p).estimated_cycles
             else:
                 cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
                 estimates[g.stage] = g.count * plan_gemm(cfg, g.m, g.n, g.k, pattern=p).estimated_cycles

@@ -18,7 +18,7 @@ from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Opcode, VectorFunc, encode
 from nmsat.sim.core import CoreModel
 from nmsat.sw.cost import count_training_macs
-from nmsat.sw.iteration import HIDE_SHARE, pass_cycles, time_iteration
+from nmsat.sw.iteration import HIDE_SHARE, Timer, pass_cycles, time_iteration
 
 
 class Basic(nn.Module):
@@ -189,3 +189,20 @@ def test_vector_work_in_one_program_with_a_wu_walk_runs_under_it():
     t_wu, t_vec, t_both = bench.under_wu(cfg, CoreModel(cfg), layer.conv)
     assert t_vec > 0.05 * t_wu
     assert t_both <= t_wu + 0.1 * t_vec < t_wu + t_vec  # at least 90% hidden
+
+
+def test_offline_scheduling_runs_the_independent_gemms_of_a_stage_in_one_program():
+    """Attention's per-head GEMMs as one stream: each head's transfers run under the one before, so 16 heads take
+    well under 16 times one alone, never less than their MACs; without offline scheduling each is its own
+    program."""
+    cfg = SATConfig.vcu1525()
+    timer = Timer(cfg, CoreModel(cfg))
+    alone = timer.gemm(197, 64, 197, None, True)
+    batch = timer.gemm_batch(197, 64, 197, None, True, 16)
+    assert 16 * 197 * 64 * 197 / (cfg.rows * cfg.cols) <= batch < 0.7 * 16 * alone
+    assert timer.gemm_batch(197, 64, 197, None, True, 1) == alone
+    layer = next(x for x in build_model("vit", 2) if x.name == "blocks.0.attn.scores")
+    on = time_iteration(cfg, [layer], None).layers[0]
+    off = time_iteration(cfg, [layer], None, offline=False).layers[0]
+    heads = next(g for g in layer.gemms if g.stage == "FF")
+    assert off.ff == heads.count * timer.gemm(heads.m, heads.n, heads.k, None, True) > on.ff
