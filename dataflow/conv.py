@@ -42,6 +42,7 @@ Not here: grouped convolutions (issue 12), kernels past 7 taps a side
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,7 @@ from .gemm import gemm_args, pack_indices, place_tokens, software_pipelined
 __all__ = ["ActLayout", "Axis", "WalkConv", "ff_walk", "bp_walks", "ConvPlan", "plan_walk", "walk_blocks", "walk_programs",
            "pack_act", "unpack_act", "pack_walk_weights", "MAX_TAPS", "bp_pad", "ConvProgram", "walkable", "plan_conv", "WuPlan", "plan_wu", "wu_blocks",
            "wu_programs", "WuProgram", "compile_wu", "wu_walkable", "plan_conv_wu",
-           "compile_sparsified_walk",
+           "compile_sparsified_walk", "compile_sparsified_bp_walk",
            "compile_walks"]
 
 #: kernel taps a walk takes along one axis (the 3-bit taps_h / taps_w fields)
@@ -149,6 +150,7 @@ class WalkConv:
     rows: Axis
     cols: Axis
     weights: np.ndarray | None
+    kernel_taps: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # the kernel's (kh, kw) of each walk tap
 
 
 def ff_walk(weight: np.ndarray, h: int, w: int, stride: int, padding: int, dilation: int) -> WalkConv:
@@ -157,7 +159,8 @@ def ff_walk(weight: np.ndarray, h: int, w: int, stride: int, padding: int, dilat
     ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
     wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
     rows, cols = Axis(ho, 0, 1, stride, dilation, 0, kh), Axis(wo, 0, 1, stride, dilation, 0, kw)
-    return WalkConv(cin, cout, rows, cols, np.ascontiguousarray(np.asarray(weight, np.float32).transpose(0, 2, 3, 1)))
+    return WalkConv(cin, cout, rows, cols, np.ascontiguousarray(np.asarray(weight, np.float32).transpose(0, 2, 3, 1)),
+                    (tuple(range(kh)), tuple(range(kw))))
 
 
 def bp_pad(kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -191,7 +194,7 @@ def bp_walks(weight: np.ndarray, h: int, w: int, stride: int, padding: int, dila
         for pw in range(min(stride, w)):
             cols, taps_w = _bp_axis(w, wo, kw, stride, padding, dilation, pw, pad)
             weights = np.ascontiguousarray(wt[:, taps_h][:, :, taps_w]) if taps_h and taps_w else None
-            out.append(WalkConv(cout, cin, rows, cols, weights))
+            out.append(WalkConv(cout, cin, rows, cols, weights, (tuple(taps_h), tuple(taps_w))))
     return out
 
 
@@ -317,7 +320,7 @@ def pack_walk_weights(cfg: SATConfig, plan: ConvPlan) -> dict[str, np.ndarray]:
 
 def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, dst_addr: int, idx_addr: int = 0,
                 first_step: int = 0, first_block: int = 0, relu: bool = False,
-                a_tile_stride: int | None = None) -> list[tuple[list, list]]:
+                a_tile_stride: int | None = None, a_taps=None) -> list[tuple[list, list]]:
     """The work of one walk as blocks for :func:`nmsat.dataflow.gemm.place_tokens` (steps of LOADs and GEMMs, then
     STOREs): A (``[Mt, blocks, words, R]``) at ``a_addr``, the input in ``plan.src`` at ``src_addr``, the output
     stored (bf16) in ``plan.dst`` at ``dst_addr``.  A walk with no taps (a BP phase no tap reaches) stores zeros:
@@ -325,7 +328,10 @@ def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, d
     channel block is one tile (``dst.cb == rows``) a row of a tile's pixels is one STORE; ``relu``: the STOREs
     apply ReLU.  ``a_tile_stride`` (one channel block): bytes from one Cout tile's A words (and IDX words) to the
     next's — the sparsifier's FF records (``nmsat.dataflow.sparsify``: with the whole Cin in one block a walk's
-    A is the FF form of ``W[Cout, K]``, K tap-major) instead of the packed arrays."""
+    A is the FF form of ``W[Cout, K]``, K tap-major) instead of the packed arrays.  ``a_taps(mi, block, tap)``
+    (sparse): the byte addresses (slot words, IDX words) of one tap's slots for output tile ``mi`` and input
+    channel block ``block`` — a LOAD per tap, as from the sparsifier's BP records; when a tap's slots do not
+    fill whole IDX words, one GEMM per tap (each starting its indices on a word)."""
     if a_tile_stride is not None and plan.src.blocks != 1:
         raise ValueError("conv: a walk reads the sparsifier's records only with the whole Cin in one channel block")
     walk, src, dst, R = plan.walk, plan.src, plan.dst, cfg.rows
@@ -334,6 +340,15 @@ def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, d
     mt = -(-walk.cout // R)
     a_words = plan.a_words()
     idx_words = -(-a_words // IDX_SLOTS_PER_WORD) if plan.pattern else 0
+    per_tap = a_words // max(plan.taps, 1)
+    per_tap_idx = -(-per_tap // IDX_SLOTS_PER_WORD)
+    split = a_taps is not None and per_tap % IDX_SLOTS_PER_WORD != 0  # a GEMM per tap
+    if a_taps is not None:
+        if plan.pattern is None:
+            raise ValueError("conv: per-tap A (a_taps) is for sparse walks")
+        idx_words = plan.taps * per_tap_idx
+        if plan.mb * idx_words > idx_half:
+            raise ValueError(f"conv: {plan.mb} tiles of {idx_words} IDX words per tap-aligned tile exceed an IDX half")
     cb = src.cb
     blocks = []
     step_index, block_index = first_step, first_block
@@ -364,6 +379,16 @@ def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, d
                                 tile_i = (mi * src.blocks + cblk) * idx_words * aw
                                 if a_tile_stride is not None:
                                     tile_a = tile_i = mi * a_tile_stride
+                                if a_taps is not None:
+                                    for ti in range(plan.taps):
+                                        slot_at, idx_at = a_taps(mi, cblk, ti)
+                                        loads.append(dict(buffer=Buffer.A, rows=per_tap, dram_addr=slot_at,
+                                                          sram_addr=half * a_half + x * a_words + ti * per_tap,
+                                                          dram_stride=aw))
+                                        loads.append(dict(buffer=Buffer.IDX, rows=per_tap_idx, dram_addr=idx_at,
+                                                          sram_addr=half * idx_half + x * idx_words + ti * per_tap_idx,
+                                                          dram_stride=aw))
+                                    continue
                                 loads.append(dict(buffer=Buffer.A, sram_addr=half * a_half + x * a_words, rows=a_words,
                                                   dram_addr=a_addr + tile_a, dram_stride=aw))
                                 if plan.pattern:
@@ -380,6 +405,16 @@ def walk_blocks(cfg: SATConfig, plan: ConvPlan, *, a_addr: int, src_addr: int, d
                             for t, (x, mi, a, b) in enumerate(tiles):
                                 py, px = (a - y0) * walk.rows.istride, (b - x0) * walk.cols.istride
                                 units = cb if plan.pattern is None else cb // plan.pattern[1]
+                                if split:  # one GEMM per tap, its slots and indices on their own words
+                                    for ti in range(plan.taps):
+                                        i, j = divmod(ti, walk.cols.taps)
+                                        gemms.append(gemm_args(
+                                            plan.pattern, units, half * idx_half + x * idx_words + ti * per_tap_idx,
+                                            a_addr=half * a_half + x * a_words + ti * per_tap,
+                                            b_addr=(half * b_half + (py * ww + px) * cb + i * walk_fields["tap_h_stride"]
+                                                    + j * walk_fields["tap_w_stride"]),
+                                            acc_addr=acc_base + t * R, accumulate=int(cblk > 0 or ti > 0)))
+                                    continue
                                 gemms.append(gemm_args(plan.pattern, units, half * idx_half + x * idx_words,
                                                        a_addr=half * a_half + x * a_words,
                                                        b_addr=half * b_half + (py * ww + px) * cb,
@@ -817,3 +852,64 @@ def compile_sparsified_walk(cfg: SATConfig, weight: np.ndarray, x_bits: np.ndarr
     memory[src_addr:src_addr + packed.size] = packed
     memory[program_addr:program_addr + len(blob)] = blob
     return ConvProgram(cfg, [plan], [words], memory, [(program_addr, len(words))], src, dst, dst_addr)
+
+
+def compile_sparsified_bp_walk(cfg: SATConfig, weight: np.ndarray, dy_bits: np.ndarray, n: int, m: int, size: int, *,
+                               stride: int = 1, padding: int = 0) -> ConvProgram:
+    """Pre-generation feeding BP: SPARSIFY the master weights ``weight [Cout, Cin, k, k]`` (fp32, BDWP's
+    ``[Cout, K]`` layout) into their BP form, then the conv's BP walks (every phase) on it, one program.  A BP
+    record holds one K-tile's slots along Cout (a tap's ``rows`` input channels: Cin in whole tiles), so the
+    walks' A comes a LOAD per tap (``walk_blocks``' ``a_taps``) from the records of the flipped taps.  ``size``:
+    the input's (dX's) height and width.  Walks longer than the instruction memory continue in more runs."""
+    from .sparsify import layout_sparsify, pack_master, _directions
+    cout, cin, kh, kw = weight.shape
+    R, aw = cfg.rows, cfg.a_word_bytes
+    if cin % R:
+        raise ValueError(f"conv: a BP walk on the sparsifier's records needs Cin ({cin}) in whole tiles of {R}")
+    batch = dy_bits.shape[0]
+    plans = plan_conv(cfg, batch, cin, cout, size, kh, stride, padding, "BP", (n, m), weight=weight)
+    src, dst = plans[0].src, plans[0].dst
+    if dy_bits.shape != (batch, cout, src.h, src.w):
+        raise ValueError(f"conv: dY is {dy_bits.shape}, the convolution's output is {(batch, cout, src.h, src.w)}")
+    if src.blocks > 1 and src.cb // m * n % IDX_SLOTS_PER_WORD:
+        # a later block's slots start inside a record's IDX word: one block of all Cout instead
+        src = dataclasses.replace(src, cb=-(-cout // m) * m)
+        plans = [plan_walk(cfg, p.walk, src, dst, (n, m) if p.walk.weights is not None else None) for p in plans]
+    per_block = src.cb // m * n
+    lay = layout_sparsify(cfg, cout, kh * kw * cin, n, m)
+    sparsify = [word for word, d in zip(lay.instructions(), _directions(lay)) if d == "BP"]
+    sparsify[-1] |= 1 << 7  # push_next (p2l): the BP forms are written
+    zero_addr = _align_up(lay.end)
+    src_addr = _align_up(zero_addr + max(aw, cfg.b_word_bytes))
+    dst_addr = _align_up(src_addr + src.nbytes(cfg))
+    blocks = []
+    for plan in plans:
+        walk = plan.walk
+
+        def a_taps(mi, cblk, ti, walk=walk):
+            i, j = divmod(ti, walk.cols.taps)
+            tap = walk.kernel_taps[0][i] * kw + walk.kernel_taps[1][j]
+            record = lay.bp_record(0, (tap * cin + mi * R) // R)
+            return (record + cblk * per_block * aw,
+                    record + (lay.slots(cout) + cblk * per_block // IDX_SLOTS_PER_WORD) * aw)
+        blocks += walk_blocks(cfg, plan, a_addr=zero_addr, src_addr=src_addr, dst_addr=dst_addr,
+                              first_step=sum(len(b[0]) for b in blocks), first_block=len(blocks),
+                              a_taps=a_taps if walk.weights is not None else None)
+    run_words = _runs_of(cfg, blocks, cfg.imem_depth - len(sparsify))  # the SPARSIFYs go first, in the first run
+    first_load = next(i for i, word in enumerate(run_words[0]) if word & 0xF == Opcode.LOAD.value)
+    run_words[0][first_load] |= 1 << 4  # pop_prev: wait for the sparsifier
+    run_words[0] = sparsify + run_words[0]
+    addr, runs, blobs = _align_up(dst_addr + dst.nbytes(cfg)), [], []
+    for words in run_words:
+        blobs.append(np.frombuffer(to_bytes(words), dtype=np.uint8))
+        runs.append((addr, len(words)))
+        addr = _align_up(addr + len(blobs[-1]))
+    memory = np.zeros(addr, dtype=np.uint8)
+    master = pack_master(lay, np.ascontiguousarray(np.asarray(weight, np.float32).transpose(0, 2, 3, 1)
+                                                   .reshape(cout, -1))).view(np.uint8).ravel()
+    memory[lay.base:lay.base + master.size] = master
+    packed = pack_act(cfg, src, dy_bits).reshape(-1).view(np.uint8)
+    memory[src_addr:src_addr + packed.size] = packed
+    for (at, _), blob in zip(runs, blobs):
+        memory[at:at + len(blob)] = blob
+    return ConvProgram(cfg, plans, run_words, memory, runs, src, dst, dst_addr)

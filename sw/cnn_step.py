@@ -15,12 +15,12 @@ over transposed tiles), the fc layer's three GEMMs, the residual add and the for
 the ReLU gradients as VECTOR RELU_GRAD, and per layer WEIGHT_UPDATE then the SPARSIFYs of its next forms
 (``nmsat.dataflow.sparsify.compile_weight_update``).
 
-The sparse layers' FF walks read the forms the sparsifier writes from the master weights in the same
-program (``compile_sparsified_walk``).  On the host (named, not charged here; ``nmsat.sw.iteration``
-charges them by the stream rule): the batch norms forward and backward (fp32 batch statistics), the average
-pool and its gradient, the softmax cross-entropy and its gradient, packing the BP walks' (and the dense
-layer's FF walk's) weight forms from the updated master weights, and moving tensors between programs (each program has its own
-memory image).  Activations between programs are bf16, as the STOREs leave them.
+The sparse layers' FF and BP walks read the forms the sparsifier writes from the master weights in the
+same program (``compile_sparsified_walk``, ``compile_sparsified_bp_walk``: BP's A a LOAD per tap from the
+records of the flipped taps).  On the host (named, not charged here; ``nmsat.sw.iteration`` charges them by
+the stream rule): the batch norms forward and backward (fp32 batch statistics), the average pool and its
+gradient, the softmax cross-entropy and its gradient, packing the dense first layer's FF and BP walk forms
+(bf16 of its master weights), and moving tensors between programs (each program has its own memory image).  Activations between programs are bf16, as the STOREs leave them.
 """
 
 from __future__ import annotations
@@ -171,6 +171,10 @@ def cnn_iteration(cfg: SATConfig, state: CnnState, x: np.ndarray, labels: np.nda
                     conv.ActLayout(batch, weight.shape[0], ho, ho, 0, cfg.rows), pat, relu)
 
     def bp(name, weight, dy_bits, size_in, stride, pat):
+        if pat is not None:  # the sparsifier writes the BP form from the master weights, the walks read it
+            prog = conv.compile_sparsified_bp_walk(cfg, weight, dy_bits, *pat, size_in, stride=stride, padding=1)
+            memory = run(Job(f"{name} BP", prog.memory, list(prog.runs)))
+            return prog.read_output(memory)
         ho = dy_bits.shape[-1]
         return walk(f"{name} BP", conv.bp_walks(weight, size_in, size_in, stride, 1, 1),
                     conv.ActLayout(batch, weight.shape[0], ho, ho, conv.bp_pad(3, stride, 1, 1), c), dy_bits,

@@ -237,3 +237,37 @@ def test_a_walk_on_the_sparsifiers_records_is_the_walk_on_host_packed_forms(shap
     blocks = conv.ActLayout(n, 16, size, size, 1, 8)
     with pytest.raises(ValueError, match="one channel block"):
         conv.walk_blocks(TINY, dataclasses.replace(plan, src=blocks), a_addr=0, src_addr=0, dst_addr=0, a_tile_stride=64)
+
+
+#: (batch, cin, cout, size, kernel, stride, padding, pattern): a GEMM per tap (2 slots a tap), one walk GEMM
+#: (4 slots), phases of stride 2, a 1×1 stride-2 conv (a phase with no tap), several channel blocks
+BP_RECORD_SHAPES = [(3, 8, 8, 5, 3, 1, 1, (2, 8)), (2, 8, 8, 4, 3, 1, 1, (4, 8)), (3, 8, 16, 6, 3, 2, 1, (2, 8)),
+                    (2, 8, 8, 4, 1, 2, 0, (2, 8)), (2, 8, 16, 4, 3, 1, 1, (4, 8)), (3, 4, 8, 5, 3, 1, 1, (1, 4))]
+
+
+@pytest.mark.parametrize("shape", BP_RECORD_SHAPES)
+def test_bp_walks_on_the_sparsifiers_records_are_the_walks_on_host_packed_forms(shape):
+    """Pre-generation feeding BP: SPARSIFY of the master weights into the BP form (slots along Cout per K-tile),
+    then every phase's BP walk loading its A tap by tap from the records of the flipped taps: race-free, and
+    bit-identical to the walks on forms the host packs (weights bf16-valued, so both select on the same
+    magnitudes)."""
+    n, cin, cout, size, k, stride, pad, pattern = shape
+    rng = np.random.default_rng(sum(shape[:7]))
+    w = bf16(rng.standard_normal((cout, cin, k, k)))
+    ho = (size + 2 * pad - k) // stride + 1
+    dy = f32_to_bf16_bits(rng.standard_normal((n, cout, ho, ho)).astype(np.float32))
+    pregen = conv.compile_sparsified_bp_walk(TINY, w, dy, *pattern, size, stride=stride, padding=pad)
+    dx, result = run(pregen)
+    assert result.busy["sparsify"] > 0
+    host = conv.compile_walks(TINY, conv.bp_walks(w, size, size, stride, pad, 1), pregen.src, dy, pregen.dst, pattern)
+    expected = run(host)[0]
+    assert np.array_equal(dx, expected) and np.count_nonzero(expected)
+
+
+def test_bp_walks_on_the_records_refuse_what_they_cannot_read():
+    w = np.ones((8, 6, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="whole tiles"):
+        conv.compile_sparsified_bp_walk(TINY, w, np.zeros((2, 8, 4, 4), np.uint16), 2, 8, 4, stride=1, padding=1)
+    with pytest.raises(ValueError, match="dY is"):
+        conv.compile_sparsified_bp_walk(TINY, np.ones((8, 8, 3, 3), np.float32), np.zeros((2, 8, 3, 3), np.uint16),
+                                        2, 8, 4, stride=1, padding=1)

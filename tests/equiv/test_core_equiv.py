@@ -650,6 +650,16 @@ def verilator_results():
                                             2, 8, stride=2, padding=1)
         jobs.append(RtlJob(prog.memory, prog.program_addr, prog.length, serial))
         names.append(f"sparsified walk{' serial' if serial else ''}")
+    for i, (n_, cin, cout, hw, k, s, pad, pattern) in enumerate(  # pre-generation feeding BP: per-tap A loads
+            [(3, 8, 8, 5, 3, 1, 1, (2, 8)), (2, 8, 16, 6, 3, 2, 1, (4, 8))]):
+        rng_w = np.random.default_rng(980 + i)
+        ho = (hw + 2 * pad - k) // s + 1
+        prog = conv.compile_sparsified_bp_walk(
+            TINY, rng_w.standard_normal((cout, cin, k, k)).astype(np.float32),
+            f32_to_bf16_bits(rng_w.standard_normal((n_, cout, ho, ho)).astype(np.float32)), *pattern, hw, stride=s,
+            padding=pad)
+        jobs.append(RtlJob(prog.memory, *prog.runs[0], more_runs=tuple(prog.runs[1:])))
+        names.append(f"sparsified bp walk {pattern} stride {s}")
     for i, shape in enumerate(WU_WALKS):  # WU on the kernel walk over transposed tiles
         prog = wu_walk_program(TINY, shape, seed=950 + i)
         for serial in (False, True):
