@@ -31,7 +31,7 @@ from ..hw.sparsity import check_pattern, compress
 
 __all__ = ["GemmPlan", "plan_gemm", "GemmLayout", "layout_gemm", "Program", "compile_gemm", "read_c", "emit_gemm", "gemm_steps", "gemm_blocks",
            "pack_a", "pack_b", "unpack_b", "unpack_c", "read_tiles", "program_instructions", "block_instructions", "software_pipelined",
-           "compile_sparse_gemm", "pack_indices", "gemm_args", "place_tokens"]
+           "compile_sparse_gemm", "pack_indices", "gemm_args", "place_tokens", "link_runs"]
 
 
 @dataclass(frozen=True)
@@ -631,3 +631,18 @@ def software_pipelined(step_loads: list[list], step_gemms: list[list], step_stor
     if step_stores:
         out += step_stores[-1]
     return out
+
+
+def link_runs(memory: np.ndarray, runs: list[tuple[int, int]]) -> tuple[int, int]:
+    """Link programs that run one after another into one run of the core: each one's closing FINISH (in the
+    memory image, rewritten in place) names the next (``nmsat.hw.isa.FinishArgs``).  Returns the first
+    ``(program_addr, program_len)``: START it once, and the core fetches and runs the rest itself."""
+    for (addr, length), (next_addr, next_len) in zip(runs, runs[1:]):
+        at = addr + (length - 1) * INSTRUCTION_BYTES
+        word = int.from_bytes(memory[at:at + INSTRUCTION_BYTES].tobytes(), "little")
+        if word & 0xF != Opcode.FINISH.value or word >> 4:
+            raise ValueError(f"link_runs: the program at {addr:#x} does not end in a plain FINISH")
+        memory[at:at + INSTRUCTION_BYTES] = np.frombuffer(
+            encode(Opcode.FINISH, next_addr=next_addr, next_len=next_len).to_bytes(INSTRUCTION_BYTES, "little"),
+            dtype=np.uint8)
+    return runs[0]

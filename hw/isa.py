@@ -35,7 +35,7 @@ class Opcode(enum.Enum, shape=4):
     LOAD = 1  # DRAM -> A, B or ACC buffer, 2-D strided
     STORE = 2  # ACC buffer -> DRAM, 2-D strided
     GEMM = 3  # acc[acc_addr + r] (+)= sum_k A[a_addr + k][r] * B[b_addr + k][:]
-    FINISH = 4  # wait for every unit to drain, then raise done
+    FINISH = 4  # wait for every unit to drain, then raise done (or, with next_len, fetch and run the next program)
     SPARSE_GEMM = 5  # acc[acc_addr + r] (+)= sum_j A[a_addr + j][r] * B[b_addr + (j//n)*m + idx_j[r]][:]
     SPARSIFY = 6  # fp32 weights in memory -> N:M compressed slot values + IDX words in memory (the sparsifier)
     WEIGHT_UPDATE = 7  # SGD with momentum and weight decay on fp32 master weights in memory
@@ -209,6 +209,16 @@ class VectorArgs(data.Struct):
     bf16: 1  # elements are bf16 (computed in fp32, rounded to nearest even), else fp32
 
 
+class FinishArgs(data.Struct):
+    """FINISH: with ``next_len`` 0 the run is DONE; otherwise the core goes on with the program of ``next_len``
+    instructions at ``next_addr`` (bus aligned), fetched and started as START would (the units reset, no
+    tokens, the buffers kept), in the same run: CYCLES goes on counting and ERROR_PC counts the instructions of
+    the programs before."""
+
+    next_addr: 40
+    next_len: 21
+
+
 class Args(data.Union):
     mem: MemArgs
     gemm: GemmArgs
@@ -216,6 +226,7 @@ class Args(data.Union):
     sparsify: SparsifyArgs
     update: WeightUpdateArgs
     vector: VectorArgs
+    finish: FinishArgs
 
 
 class Instruction(data.Struct):
@@ -278,6 +289,8 @@ class Decoded:
     taps_w: int = 0
     tap_h_stride: int = 0
     tap_w_stride: int = 0
+    next_addr: int = 0
+    next_len: int = 0
 
 
 def _field_offsets() -> dict[str, tuple[int, int]]:
@@ -290,7 +303,8 @@ def _field_offsets() -> dict[str, tuple[int, int]]:
         out[name] = (deps_off + f.offset, f.width)
     args_off = inst["args"].offset
     for group, layout in (("mem", MemArgs), ("gemm", GemmArgs), ("sparse", SparseGemmArgs),
-                          ("sparsify", SparsifyArgs), ("update", WeightUpdateArgs), ("vector", VectorArgs)):
+                          ("sparsify", SparsifyArgs), ("update", WeightUpdateArgs), ("vector", VectorArgs),
+                          ("finish", FinishArgs)):
         base = args_off + Args.as_shape()[group].offset
         for name, f in layout.as_shape():
             if name.startswith("_"):  # padding

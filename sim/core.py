@@ -341,23 +341,45 @@ class CoreModel:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 1 << bits:
                 raise ValueError(f"{name} must be an int in 0..2^{bits}-1 (a {bits}-bit register), got {value!r}")
         program_addr, program_len = int(program_addr), int(program_len)
+        results, base = [], 0
+        while True:  # a FINISH with a next program goes on with it, in the same run
+            result, chained = self._run_one(memory, program_addr, program_len, serial, numerics, check_hazards)
+            if base:
+                result = dataclasses.replace(result, error_pc=result.error_pc + base if not result.ok else 0, hazards=[
+                    dataclasses.replace(h, first_pc=h.first_pc + base, second_pc=h.second_pc + base)
+                    for h in result.hazards])
+            results.append(result)
+            if chained is None:
+                return _combine(results)
+            base += program_len
+            program_addr, program_len = chained
+
+    def _run_one(self, memory: np.ndarray, program_addr: int, program_len: int, serial: bool, numerics: bool,
+                 check_hazards: bool) -> tuple[RunResult, tuple[int, int] | None]:
+        """One program of a run: its result, and the next program of the FINISH that ended it (None: none)."""
+        cfg = self.cfg
         if not 1 <= program_len <= cfg.imem_depth:
-            return RunResult(Status.ERROR, ErrorCode.PROGRAM_TOO_LONG, cycles=1)
+            return RunResult(Status.ERROR, ErrorCode.PROGRAM_TOO_LONG, cycles=1), None
         nbytes = program_len * INSTRUCTION_BYTES
         if program_addr % cfg.bus_bytes or program_addr + nbytes > 1 << cfg.addr_bits:
-            return RunResult(Status.ERROR, ErrorCode.DRAM_RANGE, cycles=1)
+            return RunResult(Status.ERROR, ErrorCode.DRAM_RANGE, cycles=1), None
         fetch_beats = -(-nbytes // cfg.bus_bytes)
         bad = _first_bad_beat(cfg, self._limit(memory), program_addr, 1, fetch_beats * cfg.bus_bytes,
                               fetch_beats * cfg.bus_bytes)
         if bad is not None:  # fetch beat j arrives in cycle Lr + j and carries DECERR
-            return RunResult(Status.ERROR, ErrorCode.AXI_ERROR, cycles=cfg.mem_read_latency + bad[0] + 1)
+            return RunResult(Status.ERROR, ErrorCode.AXI_ERROR, cycles=cfg.mem_read_latency + bad[0] + 1), None
         fields = decode_program(memory[program_addr:program_addr + nbytes].tobytes())
         result, sched = self._schedule(fields, cfg.mem_read_latency + fetch_beats, serial, self._limit(memory))
         if check_hazards:
             result.hazards = find_hazards(cfg, fields, sched)
         if numerics:
             self._execute(memory, fields, sched.executed)
-        return result
+        chained = None
+        if result.ok:  # the dispatcher stopped at its first FINISH
+            at = int(np.flatnonzero(fields["opcode"] == _OP_FINISH)[0])
+            if fields["next_len"][at]:
+                chained = int(fields["next_addr"][at]), int(fields["next_len"][at])
+        return result, chained
 
     def time_program(self, words: list[int], *, serial: bool = False) -> RunResult:
         """Timing only, from the instruction words (no memory image, so no bus errors): what ``run`` would report.

@@ -33,6 +33,7 @@ class Dispatcher(wiring.Component):
             "to_load": Out(1), "to_compute": Out(1), "to_store": Out(1), "to_sparsify": Out(1),
             "dispatch": Out(1),
             "finish": Out(1),  # FINISH retires this cycle
+            "next_addr": Out(40), "next_len": Out(21),  # the current FINISH's next program (0: none)
             "static_error": Out(1), "static_code": Out(ErrorCode),
             "pc": Out(PC_BITS),
         })
@@ -181,5 +182,6 @@ class Dispatcher(wiring.Component):
                      self.entry.inst.eq(cur), self.entry.pc.eq(pc),
                      self.to_load.eq(dispatch & is_load), self.to_compute.eq(dispatch & is_gemm),
                      self.to_store.eq(dispatch & is_store), self.to_sparsify.eq(dispatch & to_vector),
-                     self.finish.eq(self.running & ~self.static_error & is_finish & self.all_idle)]
+                     self.finish.eq(self.running & ~self.static_error & is_finish & self.all_idle),
+                     self.next_addr.eq(cur.args.finish.next_addr), self.next_len.eq(cur.args.finish.next_len)]
         return m

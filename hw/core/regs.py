@@ -8,7 +8,7 @@ live in the ``sync`` domain: START resets every other unit, not these.
 Not here: the units that do the work.
 """
 
-from amaranth.hdl import Const, Module, Signal
+from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -36,7 +36,7 @@ class Registers(wiring.Component):
             "status": In(Status),
             "error": In(ErrorCode),
             "cycles": In(64),
-            "error_pc": In(PC_BITS),
+            "error_pc": In(32),
             "lr": Out(32), "momentum": Out(32), "decay": Out(32),  # WEIGHT_UPDATE's hyperparameters (fp32 bits)
         })
 
@@ -88,19 +88,25 @@ class Registers(wiring.Component):
 
 class RunControl(wiring.Component):
     """The run's state: START makes it BUSY; the first error latches code and PC and stops new work
-    (``stopping``), and STATUS turns ERROR once nothing is busy; FINISH makes it DONE.  CYCLES counts
-    from START to the retiring or error cycle."""
+    (``stopping``), and STATUS turns ERROR once nothing is busy; FINISH makes it DONE, or with a next
+    program (``next_len``) pulses ``chain`` (the units reset as at START) and the run goes on with that
+    program (``program_addr`` / ``program_len``: the host's registers, then the chained ones).  CYCLES counts
+    from START to the retiring or error cycle; ERROR_PC adds the lengths of the programs before."""
 
     def __init__(self):
         super().__init__({
             "start": In(1),
+            "host_addr": In(64), "host_len": In(32),  # the host's PROGRAM_ADDR / PROGRAM_LEN
+            "next_addr": In(40), "next_len": In(21),  # the retiring FINISH's next program
+            "program_addr": Out(64), "program_len": Out(32),  # the program being run
+            "chain": Out(1),  # a FINISH with a next program retires: reset the units, fetch it
             "fetch_active": In(1),  # the fetch phase of the run
             "error_raised": In(1), "error_code": In(ErrorCode), "error_at": In(PC_BITS),
             "finish": In(1),  # FINISH retires this cycle
             "busy": In(1),  # some unit still has work on the bus or in flight
             "status": Out(Status),
             "error": Out(ErrorCode),
-            "error_pc": Out(PC_BITS),
+            "error_pc": Out(32),
             "cycles": Out(64),
             "fetching": Out(1),
             "running": Out(1),  # instructions may be dispatched and started
@@ -111,16 +117,24 @@ class RunControl(wiring.Component):
         m = Module()
         stopping = Signal()  # an error was raised: nothing new starts; STATUS turns ERROR once quiet
         busy_state = self.status == Status.BUSY
+        chained = Signal()  # the program is a chained one, not the host's
+        seg_addr, seg_len, base = Signal(40), Signal(21), Signal(32)
+        m.d.comb += [self.program_addr.eq(Mux(chained, seg_addr, self.host_addr)),
+                     self.program_len.eq(Mux(chained, seg_len, self.host_len)),
+                     self.chain.eq(busy_state & ~stopping & ~self.error_raised & self.finish & (self.next_len != 0))]
+        with m.If(self.chain):
+            m.d.sync += [chained.eq(1), seg_addr.eq(self.next_addr), seg_len.eq(self.next_len),
+                         base.eq(base + self.program_len)]
         m.d.comb += [self.fetching.eq(busy_state & self.fetch_active), self.alive.eq(busy_state),
                      self.running.eq(busy_state & ~self.fetch_active & ~stopping)]
         with m.If(busy_state & ~stopping):
             m.d.sync += self.cycles.eq(self.cycles + 1)
         with m.If(self.start):
             m.d.sync += [self.status.eq(Status.BUSY), self.cycles.eq(0), self.error.eq(ErrorCode.NONE),
-                         self.error_pc.eq(0), stopping.eq(0)]
+                         self.error_pc.eq(0), stopping.eq(0), chained.eq(0), base.eq(0)]
         with m.If(busy_state & ~stopping & self.error_raised):
-            m.d.sync += [stopping.eq(1), self.error.eq(self.error_code), self.error_pc.eq(self.error_at)]
-        with m.Elif(busy_state & self.finish):
+            m.d.sync += [stopping.eq(1), self.error.eq(self.error_code), self.error_pc.eq(base + self.error_at)]
+        with m.Elif(busy_state & self.finish & (self.next_len == 0)):
             m.d.sync += self.status.eq(Status.DONE)
         # after an error, STATUS turns ERROR once every transfer already on the bus has finished
         with m.If(busy_state & stopping & ~self.busy & ~self.fetch_active):

@@ -92,7 +92,8 @@ class Core(wiring.Component):
         # Everything but the registers and the run control lives in the `core` domain: the same clock, and a
         # reset that START asserts, so a run begins from the same state whatever the previous one left.
         m.domains.core = core_domain = ClockDomain("core", local=True)
-        m.d.comb += [core_domain.clk.eq(ClockSignal("sync")), core_domain.rst.eq(ResetSignal("sync") | regs.start)]
+        m.d.comb += [core_domain.clk.eq(ClockSignal("sync")),
+                     core_domain.rst.eq(ResetSignal("sync") | regs.start | ctl.chain)]
 
         def unit(name, elaboratable):
             m.submodules[name] = DomainRenamer("core")(elaboratable)
@@ -150,13 +151,15 @@ class Core(wiring.Component):
         accs_r = [bank.read_port(domain="core") for bank in acc_s]
 
         # fetch and dispatch
-        m.d.comb += [fetch.fetching.eq(ctl.fetching), fetch.program_addr.eq(regs.program_addr),
-                     fetch.program_len.eq(regs.program_len), ctl.fetch_active.eq(fetch.active),
+        m.d.comb += [ctl.host_addr.eq(regs.program_addr), ctl.host_len.eq(regs.program_len),
+                     ctl.next_addr.eq(dispatch.next_addr), ctl.next_len.eq(dispatch.next_len),
+                     fetch.fetching.eq(ctl.fetching), fetch.program_addr.eq(ctl.program_addr),
+                     fetch.program_len.eq(ctl.program_len), ctl.fetch_active.eq(fetch.active),
                      fetch.ar_ready.eq(mem.arready), fetch.r_valid.eq(mem.rvalid), fetch.r_data.eq(mem.rdata),
                      fetch.r_resp.eq(mem.rresp),
                      imem_w.addr.eq(fetch.imem_addr), imem_w.data.eq(fetch.imem_data), imem_w.en.eq(fetch.imem_en),
                      dispatch.running.eq(running), dispatch.fetching.eq(ctl.fetching), dispatch.serial.eq(regs.serial),
-                     dispatch.program_len.eq(regs.program_len),
+                     dispatch.program_len.eq(ctl.program_len),
                      imem_r.addr.eq(dispatch.imem_addr), dispatch.imem_data.eq(imem_r.data)]
         for name, q in queues.items():
             m.d.comb += [q.w_data.eq(dispatch.entry.as_value()), q.w_en.eq(getattr(dispatch, f"to_{name}")),

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from random_programs import VARIANTS, random_cases
 
-from nmsat.dataflow.gemm import compile_gemm, compile_sparse_gemm
+from nmsat.dataflow.gemm import compile_gemm, compile_sparse_gemm, link_runs
 from nmsat.dataflow.layers import conv2d_gemms
 from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify, compile_weight_update
 from nmsat.dataflow import conv
@@ -187,8 +187,31 @@ def words_memory(words, size=0x3000, data=None):
 
 ONES = np.array([0x3F80] * 4, dtype=np.uint16).tobytes()  # bf16 1.0 x 4: one A or B word at tiny
 
+def chained_memory(next_addr, next_len, second=(), size=0x3000):
+    """A run whose first program (at 0) computes a tile of ones and STOREs it at 0x2000, then chains to
+    ``next_len`` instructions at ``next_addr`` (``second``: the words put there)."""
+    first = [encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000, dram_stride=8),
+             encode(Opcode.LOAD, buffer=Buffer.B, rows=1, dram_addr=0x1000, dram_stride=8, push_next=1),
+             encode(Opcode.GEMM, k=1, pop_prev=1, push_next=1),
+             encode(Opcode.STORE, buffer=Buffer.ACC, rows=4, dram_addr=0x2000, dram_stride=16, pop_prev=1),
+             encode(Opcode.FINISH, next_addr=next_addr, next_len=next_len)]
+    data = {0x1000: ONES}
+    if second:
+        data[next_addr] = to_bytes(list(second))
+    return words_memory(first, size=size, data=data)
+
+
 #: hand-made runs that end in an error after some work has been done (the issue 7 reproducers among them)
 ERROR_RUNS = {
+    # a FINISH chaining to a program too long for the instruction memory, one not on a bus word, one past
+    # the end of the memory (its fetch gets DECERR), and one whose second instruction is illegal: the error
+    # PC counts the first program's five instructions
+    "chain-too-long": (chained_memory(0x800, TINY.imem_depth + 1), 5, ErrorCode.PROGRAM_TOO_LONG),
+    "chain-unaligned": (chained_memory(0x804, 4), 5, ErrorCode.DRAM_RANGE),
+    "chain-past-memory": (chained_memory(0x2F80, 16), 5, ErrorCode.AXI_ERROR),
+    "chain-bad-opcode": (chained_memory(0x800, 3, [encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000,
+                                                          dram_stride=8), 0, encode(Opcode.FINISH)]),
+                         5, ErrorCode.BAD_OPCODE),
     # both units deadlock at PC 4 after a STORE has written C: the bytes it wrote stay
     "store-then-deadlock": (words_memory([
         encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000, dram_stride=8),
@@ -266,6 +289,37 @@ def test_amaranth_core_matches_simulator_on_errors(words, code):
     assert expected.error is code
     rtl = run_core_amaranth(TINY, words_memory(words, size=4096), 0, len(words))
     assert_same(expected, memory, rtl)
+
+
+def test_a_chained_run_is_its_programs_run_one_after_another_in_the_core():
+    """Programs linked by their FINISHes (``link_runs``: a GEMM's program, then a copy of it elsewhere): one
+    START, the core fetches the second itself; the same bytes and the same cycles as the host running them in
+    turn, and the Amaranth core agrees in everything."""
+    prog = gemm_program(TINY, 6, 9, 5, seed=98)
+    (addr, length), = prog.runs
+    copy = addr + 0x1000
+    image = np.zeros(copy + 0x1000, np.uint8)
+    image[:prog.memory.size] = prog.memory
+    image[copy:copy + length * 16] = prog.memory[addr:addr + length * 16]
+    runs = [(addr, length), (copy, length)]
+    apart = image.copy()
+    one_by_one = CoreModel(TINY).run_sequence(apart, runs)
+    linked = image.copy()
+    first = link_runs(linked, runs)
+    memory = linked.copy()
+    chained = CoreModel(TINY).run(memory, *first)
+    assert chained.ok and chained.cycles == one_by_one.cycles and chained.instructions == 2 * (length - 1)
+    assert np.array_equal(memory[:addr], apart[:addr])
+    assert_same(chained, memory, run_core_amaranth(TINY, linked, *first))
+    with pytest.raises(ValueError, match="plain FINISH"):
+        link_runs(linked, runs)  # already linked
+
+
+def test_chain_errors_count_the_programs_before():
+    for name, pc in (("chain-too-long", 5), ("chain-bad-opcode", 6)):
+        image, length, code = ERROR_RUNS[name]
+        result = CoreModel(TINY).run(image.copy(), 0, length)
+        assert (result.error, result.error_pc) == (code, pc), name
 
 
 @pytest.mark.parametrize("name", list(ERROR_RUNS))
@@ -682,6 +736,9 @@ def verilator_results():
     assert len(long.runs) > 1
     jobs.append(RtlJob(long.memory, *long.runs[0], more_runs=tuple(long.runs[1:])))
     names.append(f"gemm 64x200x40 in {len(long.runs)} programs")
+    linked = long.memory.copy()
+    jobs.append(RtlJob(linked, *link_runs(linked, long.runs)))
+    names.append(f"gemm 64x200x40 in {len(long.runs)} programs linked by their FINISHes")
     for case in random_cases(TINY, seed=7, count=RANDOM_PER_VARIANT * len(VARIANTS)):
         jobs.append(RtlJob(case.memory, case.program_addr, case.program_len, case.serial,
                            registers=tuple((int(r), v) for r, v in case.registers)))
