@@ -738,7 +738,7 @@ def verilator_results():
     names.append(f"gemm 64x200x40 in {len(long.runs)} programs")
     linked = long.memory.copy()
     jobs.append(RtlJob(linked, *link_runs(linked, long.runs)))
-    names.append(f"gemm 64x200x40 in {len(long.runs)} programs linked by their FINISHes")
+    names.append(f"linked: gemm 64x200x40 in {len(long.runs)} programs, one START")
     for case in random_cases(TINY, seed=7, count=RANDOM_PER_VARIANT * len(VARIANTS)):
         jobs.append(RtlJob(case.memory, case.program_addr, case.program_len, case.serial,
                            registers=tuple((int(r), v) for r, v in case.registers)))
