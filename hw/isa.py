@@ -102,7 +102,7 @@ class Csr(enum.IntEnum):
     PROGRAM_LEN = 0x18  # RW: number of instructions
     CYCLES = 0x1C  # RO: cycles from start to done/error (low 32 bits)
     CYCLES_HI = 0x20
-    ERROR_PC = 0x24  # RO: index of the instruction that raised the error
+    ERROR_PC = 0x24  # RO: index of the instruction that raised the error (in a chained run: counting the programs before)
     LR = 0x28  # RW: WEIGHT_UPDATE's learning rate (fp32 bits)
     MOMENTUM = 0x2C  # RW: its momentum (fp32 bits)
     WEIGHT_DECAY = 0x30  # RW: its weight decay (fp32 bits)
