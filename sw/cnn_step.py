@@ -18,9 +18,11 @@ the ReLU gradients as VECTOR RELU_GRAD, and per layer WEIGHT_UPDATE then the SPA
 The sparse layers' FF and BP walks read the forms the sparsifier writes from the master weights in the
 same program (``compile_sparsified_walk``, ``compile_sparsified_bp_walk``: BP's A a LOAD per tap from the
 records of the flipped taps).  On the host (named, not charged here; ``nmsat.sw.iteration`` charges them by
-the stream rule): the batch norms forward and backward (fp32 batch statistics), the average pool and its
-gradient, the softmax cross-entropy and its gradient, packing the dense first layer's FF and BP walk forms
-(bf16 of its master weights), and moving tensors between programs (each program has its own memory image).  Activations between programs are bf16, as the STOREs leave them.
+the stream rule): the batch norms forward and backward (fp32 batch statistics), the softmax cross-entropy
+and its gradient, and moving tensors between programs (each program has its own memory image).  The dense
+first layer's FF walk reads the m:m form the sparsifier writes (every value kept, in order); the average pool
+and its gradient are the FF and BP walks of a convolution whose taps take each channel to itself with weight
+bf16(1/P).  Activations between programs are bf16, as the STOREs leave them.
 """
 
 from __future__ import annotations
@@ -160,15 +162,11 @@ def cnn_iteration(cfg: SATConfig, state: CnnState, x: np.ndarray, labels: np.nda
         return prog.read_output(memory)
 
     def ff(name, weight, bits, stride, pat, relu=False):
-        h = bits.shape[-1]
-        if pat is not None:  # the sparsifier writes the FF form from the master weights, the walk reads it
-            prog = conv.compile_sparsified_walk(cfg, weight, bits, *pat, stride=stride, padding=1, relu=relu)
-            memory = run(Job(f"{name} FF", prog.memory, list(prog.runs)))
-            return prog.read_output(memory)
-        walk_ = conv.ff_walk(weight, h, h, stride, 1, 1)
-        ho = walk_.rows.count
-        return walk(f"{name} FF", [walk_], conv.ActLayout(batch, weight.shape[1], h, h, 1, c), bits,
-                    conv.ActLayout(batch, weight.shape[0], ho, ho, 0, cfg.rows), pat, relu)
+        # the sparsifier writes the FF form from the master weights and the walk reads it; a dense layer's
+        # form is the m:m one (every value kept, in order: the dense walk's products in the dense walk's order)
+        prog = conv.compile_sparsified_walk(cfg, weight, bits, *(pat or (m, m)), stride=stride, padding=1, relu=relu)
+        memory = run(Job(f"{name} FF", prog.memory, list(prog.runs)))
+        return prog.read_output(memory)
 
     def bp(name, weight, dy_bits, size_in, stride, pat):
         if pat is not None:  # the sparsifier writes the BP form from the master weights, the walks read it
@@ -190,6 +188,26 @@ def cnn_iteration(cfg: SATConfig, state: CnnState, x: np.ndarray, labels: np.nda
         memory = run(Job(name, prog.memory, [(prog.program_addr, prog.length)]))
         return read_array(prog, memory).reshape(x_bits.shape)
 
+    def pool_kernel(channels, size):
+        """Global average pooling as a convolution: tap weights bf16(1/P) from each channel to itself."""
+        kernel = np.zeros((channels, channels, size, size), np.float32)
+        kernel[np.arange(channels), np.arange(channels)] = _f32(_bits(np.float32(1.0 / (size * size))))
+        return kernel
+
+    def avgpool(name, bits):
+        """The mean over each channel's pixels, as one walk: Σ x·bf16(1/P) in fp32, stored bf16."""
+        channels, size = bits.shape[1], bits.shape[-1]
+        kernel = pool_kernel(channels, size)
+        plan, = conv.plan_conv(cfg, batch, channels, channels, size, size, weight=kernel)
+        return walk(name, [plan.walk], plan.src, bits, plan.dst, None)[:, :, 0, 0]
+
+    def avgpool_grad(name, dpooled_bits, size):
+        """Its gradient, the BP walk of that convolution: each pixel gets dY·bf16(1/P)."""
+        channels = dpooled_bits.shape[1]
+        kernel = pool_kernel(channels, size)
+        plans = conv.plan_conv(cfg, batch, channels, channels, size, size, direction="BP", weight=kernel)
+        return walk(name, [p.walk for p in plans], plans[0].src, dpooled_bits[:, :, None, None], plans[0].dst, None)
+
     def conv_wu(name, dy_bits, x_bits, stride):
         """dW from transposed tiles of dY and X (a WU walk), fp32 ``[Cout, K]`` in BDWP's K order."""
         prog = conv.compile_wu(cfg, dy_bits, x_bits, 3, stride, 1)
@@ -206,7 +224,7 @@ def cnn_iteration(cfg: SATConfig, state: CnnState, x: np.ndarray, labels: np.nda
     s2 = vector("residual add", VectorFunc.ADD, _bits(xhat2), h1)
     h2 = _bits(np.maximum(_f32(s2), 0))
     h3 = ff("conv3", w["conv3"], h2, 2, pattern, relu=True)  # ReLU in the STOREs
-    pooled = _f32(h3).mean(axis=(2, 3))  # [N, 2c], host
+    pooled = _f32(avgpool("avgpool", h3))  # [N, 2c]
     logits = gemm("fc FF", w["fc"], pooled.T)  # [classes, N]
     z = logits - logits.max(axis=0, keepdims=True)
     p = np.exp(z) / np.exp(z).sum(axis=0, keepdims=True)
@@ -217,8 +235,7 @@ def cnn_iteration(cfg: SATConfig, state: CnnState, x: np.ndarray, labels: np.nda
     # ---- backward
     grads = {"fc": gemm("fc WU", dlogits, pooled)}
     dpooled = gemm("fc BP", w["fc"].T, dlogits)  # [2c, N]
-    hw3 = h3.shape[-1]
-    dh3 = _bits(np.broadcast_to((dpooled.T / (hw3 * hw3))[:, :, None, None], h3.shape))
+    dh3 = avgpool_grad("avgpool grad", _bits(dpooled.T), h3.shape[-1])
     dy3 = vector("conv3 relu grad", VectorFunc.RELU_GRAD, dh3, h3)
     grads["conv3"] = conv_wu("conv3", dy3, h2, 2)
     dh2 = bp("conv3", w["conv3"], dy3, size, 2, pattern)
