@@ -211,9 +211,9 @@ class VectorArgs(data.Struct):
 
 class FinishArgs(data.Struct):
     """FINISH: with ``next_len`` 0 the run is DONE; otherwise the core goes on with the program of ``next_len``
-    instructions at ``next_addr`` (bus aligned), fetched and started as START would (the units reset, no
-    tokens, the buffers kept), in the same run: CYCLES goes on counting and ERROR_PC counts the instructions of
-    the programs before."""
+    instructions at ``next_addr`` (bus aligned, and past the program's own address, so that every chain ends:
+    BAD_ARGS otherwise), fetched and started as START would (the units reset, no tokens, the buffers kept), in
+    the same run: CYCLES goes on counting and ERROR_PC counts the instructions of the programs before."""
 
     next_addr: 40
     next_len: 21

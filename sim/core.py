@@ -165,8 +165,9 @@ def tap_offsets(f: dict[str, np.ndarray], i: int) -> np.ndarray:
             + np.arange(walk_w)[None, :] * int(f["tap_w_stride"][i])).reshape(-1)
 
 
-def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorCode]:
-    """Static checks of every instruction (vectorised); returns (first bad index, code) or (-1, NONE)."""
+def check_program(cfg: SATConfig, f: dict[str, np.ndarray], program_addr: int | None = None) -> tuple[int, ErrorCode]:
+    """Static checks of every instruction (vectorised); returns (first bad index, code) or (-1, NONE).
+    ``program_addr``: where the program is (a FINISH may chain only to a later address; None: not checked)."""
     n = len(f["opcode"])
     op = f["opcode"]
     code = np.zeros(n, dtype=np.int64)
@@ -184,6 +185,8 @@ def check_program(cfg: SATConfig, f: dict[str, np.ndarray]) -> tuple[int, ErrorC
     depth = np.select([buf == b.value for b in _BUFFERS], [cfg.depth(b) for b in _BUFFERS], 0)
     # token flags that have no neighbour: the units form a ring, only FINISH has none
     no_neighbour = is_finish & ((f["pop_prev"] | f["pop_next"] | f["push_prev"] | f["push_next"]) != 0)
+    if program_addr is not None:  # a chain only goes forward in memory, so every chain ends
+        no_neighbour = no_neighbour | (is_finish & (f["next_len"] != 0) & (f["next_addr"] <= program_addr))
     flag(no_neighbour, ErrorCode.BAD_ARGS)
     # LOAD fills A, B or IDX; STORE drains ACC (the ACC buffer's ports belong to the drain and the STORE unit)
     # a transposing LOAD: into A or B of a core with rows == cols
@@ -369,7 +372,8 @@ class CoreModel:
         if bad is not None:  # fetch beat j arrives in cycle Lr + j and carries DECERR
             return RunResult(Status.ERROR, ErrorCode.AXI_ERROR, cycles=cfg.mem_read_latency + bad[0] + 1), None
         fields = decode_program(memory[program_addr:program_addr + nbytes].tobytes())
-        result, sched = self._schedule(fields, cfg.mem_read_latency + fetch_beats, serial, self._limit(memory))
+        result, sched = self._schedule(fields, cfg.mem_read_latency + fetch_beats, serial, self._limit(memory),
+                                       program_addr)
         if check_hazards:
             result.hazards = find_hazards(cfg, fields, sched)
         if numerics:
@@ -422,11 +426,12 @@ class CoreModel:
     # ------------------------------------------------------------------ timing
 
     def _schedule(self, f: dict[str, np.ndarray], dispatch_start: int, serial: bool,
-                  memory_bytes: int | None) -> tuple[RunResult, _Schedule]:
-        """Time a decoded program; ``memory_bytes`` (a multiple of the bus width) is the memory's end, None for none."""
+                  memory_bytes: int | None, program_addr: int | None = None) -> tuple[RunResult, _Schedule]:
+        """Time a decoded program; ``memory_bytes`` (a multiple of the bus width) is the memory's end, None for none;
+        ``program_addr``: where it is (None: a chain's direction is not checked)."""
         cfg = self.cfg
         n = len(f["opcode"])
-        bad_pc, bad_code = check_program(cfg, f)
+        bad_pc, bad_code = check_program(cfg, f, program_addr)
         op = f["opcode"].tolist()
         finish_pcs = np.flatnonzero(f["opcode"][: bad_pc if bad_pc >= 0 else n] == _OP_FINISH).tolist()
         # the dispatcher stops at the first FINISH, bad instruction, or the end of the program

@@ -26,6 +26,7 @@ class Dispatcher(wiring.Component):
         _, width, words = imem_geometry(cfg)
         super().__init__({
             "running": In(1), "fetching": In(1), "serial": In(1), "program_len": In(32),
+            "program_addr": In(64),  # where the program being run is (a chain only goes forward from it)
             "all_idle": In(1),  # no unit busy, every queue empty
             "imem_addr": Out(range(words)), "imem_data": In(width),
             "entry": Out(Entry),  # the instruction being dispatched and its PC
@@ -63,6 +64,8 @@ class Dispatcher(wiring.Component):
         at_end = pc == self.program_len
         # the units form a ring (load → compute → store → sparsify → load): only FINISH has no neighbours
         no_neighbour = is_finish & (deps.pop_prev | deps.pop_next | deps.push_prev | deps.push_next)
+        # a chain only goes forward in memory, so every chain ends
+        chain_back = is_finish & (cur.args.finish.next_len != 0) & (cur.args.finish.next_addr <= self.program_addr)
         buf = memargs.buffer
         transposing = memargs.tile_transpose
         mem_bad_args = (is_load | is_store) & ((is_store & (buf != Buffer.ACC)) | (is_load & (buf == Buffer.ACC)) |
@@ -165,7 +168,7 @@ class Dispatcher(wiring.Component):
             m.d.comb += code.eq(ErrorCode.NO_FINISH)
         with m.Elif(~known):
             m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
-        with m.Elif(no_neighbour | mem_bad_args | gemm_zero | sparse_bad | sparsify_bad | update_bad | vector_bad):
+        with m.Elif(no_neighbour | chain_back | mem_bad_args | gemm_zero | sparse_bad | sparsify_bad | update_bad | vector_bad):
             m.d.comb += code.eq(ErrorCode.BAD_ARGS)
         with m.Elif(sram_bad | gemm_range | sparse_range):
             m.d.comb += code.eq(ErrorCode.SRAM_RANGE)

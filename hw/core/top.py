@@ -159,7 +159,7 @@ class Core(wiring.Component):
                      fetch.r_resp.eq(mem.rresp),
                      imem_w.addr.eq(fetch.imem_addr), imem_w.data.eq(fetch.imem_data), imem_w.en.eq(fetch.imem_en),
                      dispatch.running.eq(running), dispatch.fetching.eq(ctl.fetching), dispatch.serial.eq(regs.serial),
-                     dispatch.program_len.eq(ctl.program_len),
+                     dispatch.program_len.eq(ctl.program_len), dispatch.program_addr.eq(ctl.program_addr),
                      imem_r.addr.eq(dispatch.imem_addr), dispatch.imem_data.eq(imem_r.data)]
         for name, q in queues.items():
             m.d.comb += [q.w_data.eq(dispatch.entry.as_value()), q.w_en.eq(getattr(dispatch, f"to_{name}")),

@@ -208,6 +208,7 @@ ERROR_RUNS = {
     # PC counts the first program's five instructions
     "chain-too-long": (chained_memory(0x800, TINY.imem_depth + 1), 5, ErrorCode.PROGRAM_TOO_LONG),
     "chain-unaligned": (chained_memory(0x804, 4), 5, ErrorCode.DRAM_RANGE),
+    "chain-backwards": (chained_memory(0, 5), 5, ErrorCode.BAD_ARGS),  # back to itself: it would never end
     "chain-past-memory": (chained_memory(0x2F80, 16), 5, ErrorCode.AXI_ERROR),
     "chain-bad-opcode": (chained_memory(0x800, 3, [encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000,
                                                           dram_stride=8), 0, encode(Opcode.FINISH)]),
@@ -316,7 +317,7 @@ def test_a_chained_run_is_its_programs_run_one_after_another_in_the_core():
 
 
 def test_chain_errors_count_the_programs_before():
-    for name, pc in (("chain-too-long", 5), ("chain-bad-opcode", 6)):
+    for name, pc in (("chain-too-long", 5), ("chain-bad-opcode", 6), ("chain-backwards", 4)):
         image, length, code = ERROR_RUNS[name]
         result = CoreModel(TINY).run(image.copy(), 0, length)
         assert (result.error, result.error_pc) == (code, pc), name
@@ -334,6 +335,8 @@ def test_amaranth_core_matches_simulator_after_work_then_an_error(name):
         assert memory[0x2000 - 40:0x2000 - 32].view(np.uint16).tolist() == [0x3F80] * 4  # a slot word was written
     elif name.startswith("vector-z"):
         assert memory[0x1F00:0x2000].view(np.uint16).tolist() == [0x3F80] * 128  # the bursts before the end
+    elif name == "chain-backwards":  # raised when the FINISH is current: the STORE before it never started
+        assert not memory[0x2000:0x2010].any()
     elif name not in ("load-past-memory", "sparsify-source-past-memory", "update-past-memory", "vector-y-past-memory"):
         first_row = 0x2000 - 48 if name == "store-past-memory" else 0x2000
         assert memory[first_row:first_row + 16].view(np.float32).tolist() == [1.0] * 4  # a STORE did write
@@ -516,6 +519,7 @@ def _sparsify(**args):
 #: every static check of SPARSE_GEMM and LOAD/STORE of IDX, each once, deterministically (random programs
 #: reach each only by chance)
 STATIC_CASES = [
+    (encode(Opcode.FINISH, next_addr=0, next_len=1), ErrorCode.BAD_ARGS),  # a chain back to itself
     (_sparse(groups=0), ErrorCode.BAD_ARGS), (_sparse(n=0), ErrorCode.BAD_ARGS), (_sparse(n=9), ErrorCode.BAD_ARGS),
     (_sparse(m_log2=4), ErrorCode.BAD_ARGS), (_sparse(m_log2=1), ErrorCode.BAD_ARGS),
     (_sparse(b_addr=4), ErrorCode.BAD_ARGS), (_sparse(m_log2=2, b_addr=2), ErrorCode.BAD_ARGS),
