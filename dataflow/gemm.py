@@ -638,6 +638,8 @@ def link_runs(memory: np.ndarray, runs: list[tuple[int, int]]) -> tuple[int, int
     memory image, rewritten in place) names the next (``nmsat.hw.isa.FinishArgs``).  Returns the first
     ``(program_addr, program_len)``: START it once, and the core fetches and runs the rest itself."""
     for (addr, length), (next_addr, next_len) in zip(runs, runs[1:]):
+        if next_addr <= addr:  # the core refuses a chain that goes back (BAD_ARGS): it might never end
+            raise ValueError(f"link_runs: the programs must be at increasing addresses ({next_addr:#x} after {addr:#x})")
         at = addr + (length - 1) * INSTRUCTION_BYTES
         word = int.from_bytes(memory[at:at + INSTRUCTION_BYTES].tobytes(), "little")
         if word & 0xF != Opcode.FINISH.value or word >> 4:

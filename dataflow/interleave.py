@@ -14,7 +14,8 @@ step waits only for its own stream's step two before (:func:`_encode_run`):
 two halves shared by alternating steps would leave each load only the other
 stream's compute to hide under.  It pays where BP waits on memory and WU's
 port has room (ResNet-50's 1×1 convolutions at 56²); the smaller tiles cost
-traffic elsewhere, so the compiler keeps it only where it is faster.
+traffic elsewhere, so ``nmsat.sw.iteration`` keeps it only where the
+simulator times it faster (``compile_backward`` interleaves when asked).
 
 Not here: fetching a dY tile once for both (BP reads dY with the batch in
 the lanes, WU transposed with the channels in them: two LOADs of the same
@@ -187,18 +188,36 @@ def interleave(cfg: SATConfig, first: list[tuple[list, list]], second: list[tupl
                limit: int | None = -1) -> list[list[int]]:
     """Blocks of two independent computations (each planned with ``streams=STREAMS``, writing different memory)
     as programs of one interleaved stream, each ending in FINISH and of at most ``limit`` instructions (-1: the
-    instruction memory; None: one program), cut between frames (:func:`_frames`)."""
+    instruction memory; None: one program), cut between frames (:func:`_frames`; a frame too long for one
+    program keeps the shared blocks that fit, the others run alone).  A block longer than a program is an error."""
     if not first or not second:
         raise ValueError("interleave: both streams need at least one block")
     limit = cfg.imem_depth if limit == -1 else limit
+
+    def size(frame) -> int:
+        return sum(sum(len(l) + len(g) for l, g in block[0]) + len(block[1]) for _, block in frame)
+    frames = []
+    for frame in _frames(first, second):  # a frame past the limit: the shared blocks that fit, the rest alone
+        if limit is None:
+            frames.append(frame)
+            continue
+        sizes = [size([x]) for x in frame]
+        k, total = 1, sizes[0]
+        while k < len(frame) and total + sizes[k] <= limit - 1:
+            total += sizes[k]
+            k += 1
+        frames.append(frame[:k])
+        frames += [[x] for x in frame[k:]]
     runs, current, used = [], [], 0
-    for frame in _frames(first, second):
-        size = sum(sum(len(l) + len(g) for l, g in block[0]) + len(block[1]) for _, block in frame)
-        if limit is not None and current and used + size > limit - 1:
+    for frame in frames:
+        if limit is not None and size(frame) > limit - 1:
+            raise ValueError(f"interleave: a block of {size(frame)} instructions does not fit the {limit}-instruction "
+                             f"memory")
+        if limit is not None and current and used + size(frame) > limit - 1:
             runs.append(current)
             current, used = [], 0
         current.append(frame)
-        used += size
+        used += size(frame)
     runs.append(current)
     return [_encode_run(cfg, run) for run in runs]
 

@@ -49,8 +49,8 @@ charges, per layer:
   waits on memory (planned cycles past ``INTERLEAVE_BOUND`` × its MAC
   bound: a sparse BP reads dY m/n times faster) has its BP and WU timed as
   one interleaved stream (``nmsat.dataflow.interleave``), kept where that
-  is faster than the two apart; ``LayerCycles.interleave_saved`` is the
-  difference.
+  is faster than the two apart (and not tried where the stream cannot be
+  cut into programs); ``LayerCycles.interleave_saved`` is the difference.
 
 Not here: the model shapes (``nmsat.dataflow.models``), the programs' data.
 """
@@ -275,17 +275,22 @@ class Timer:
                                        first_block=len(blocks))
         return blocks
 
-    def interleaved(self, layer: LayerWork, bp, wu, pattern, im2col: bool = True) -> int:
+    def interleaved(self, layer: LayerWork, bp, wu, pattern, im2col: bool = True) -> int | None:
         """Cycles of a layer's BP (``bp``, at ``pattern``) and WU (``wu``) interleaved in one stream
-        (``nmsat.dataflow.interleave``), each on the mapping :meth:`mapping` picks (GEMMs without ``im2col``)."""
+        (``nmsat.dataflow.interleave``), each on the mapping :meth:`mapping` picks (GEMMs without ``im2col``);
+        None when the interleaved stream cannot be cut into programs."""
         key = ("interleaved", layer.conv, (bp.m, bp.n, bp.k), (wu.m, wu.n, wu.k), pattern, im2col)
         if key not in self.memo:
             b = 1 << (self.cfg.addr_bits - self._BASE_SHIFT)
             pick = (lambda g, p: self.mapping(layer, g, p)) if im2col else (lambda g, p: "gemm")
             first = self._blocks(layer, bp, pattern, pick(bp, pattern), 0, STREAMS)
             second = self._blocks(layer, wu, None, pick(wu, None), 2 * b, STREAMS)
-            self._cycles(key, lambda: interleave(self.cfg, first, second),
-                         f"interleaved BP and WU of {layer.name}")
+            try:
+                programs = interleave(self.cfg, first, second)
+            except ValueError:  # a block too long for a program of its own: no interleaving for this layer
+                self.memo[key] = None
+                return None
+            self._cycles(key, lambda: programs, f"interleaved BP and WU of {layer.name}")
         return self.memo[key]
 
     def pregen(self, weights, pattern) -> int:
@@ -348,7 +353,8 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
             p = pattern if sparse else None
             bound = bp[0].macs / (cfg.rows * cfg.cols) * (p[0] / p[1] if p else 1)
             if estimates["BP"] > INTERLEAVE_BOUND * bound:  # BP waits on memory: try it under the WU
-                saved = max(0, stages["BP"] + stages["WU"] - timer.interleaved(layer, bp[0], wu[0], p, im2col))
+                together = timer.interleaved(layer, bp[0], wu[0], p, im2col)
+                saved = 0 if together is None else max(0, stages["BP"] + stages["WU"] - together)
         vec = {"FF": 0, "BP": 0}
         for vp in layer.passes:
             vec[vp.stage] += pass_cycles(cfg, vp)

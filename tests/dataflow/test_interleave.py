@@ -2,6 +2,8 @@
 of the two run apart (same plans), race-free; dX is the BP walk's own; the token placement is what keeps it
 race-free; a memory-bound BP hides under its WU at the vcu1525 preset; bad input."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -122,4 +124,22 @@ def test_a_memory_bound_sparse_bp_hides_under_its_wu():
     assert on.interleave_saved > 0.05 * (off.bp + off.wu) and on.gemm == off.gemm - on.interleave_saved
     timer = Timer(cfg, CoreModel(cfg))
     bp, wu = (next(g for g in layer.gemms if g.stage == s) for s in ("BP", "WU"))
-    assert timer.interleaved(layer, bp, wu, (2, 8)) == off.bp + off.wu - on.interleave_saved
+    together = timer.interleaved(layer, bp, wu, (2, 8))
+    assert together >= (bp.macs * 2 / 8 + wu.macs) / (cfg.rows * cfg.cols)  # no faster than its MACs allow
+
+
+def test_a_frame_too_long_for_one_program_is_cut_and_a_block_too_long_is_refused():
+    """18 BP blocks share one WU block: with a small instruction memory the frame keeps the BP blocks that fit
+    and the rest run alone, in as many programs as needed, still ≡ apart; a WU block longer than the memory
+    is an error (the iteration timer then keeps BP and WU apart)."""
+    w, dy, x = operands(SHAPES[4], seed=4)
+    cfg = dataclasses.replace(TINY, imem_depth=200)
+    kw = dict(stride=1, padding=0, pattern=(1, 4))
+    merged = il.compile_backward(cfg, w, dy, x, interleaved=True, **kw)
+    assert len(merged.runs) > 1 and all(length <= 200 for _, length in merged.runs)
+    apart = il.compile_backward(cfg, w, dy, x, interleaved=False, streams=il.STREAMS, **kw)
+    _, dx_m, g_m = run(merged, cfg)
+    _, dx_a, g_a = run(apart, cfg)
+    assert np.array_equal(dx_m, dx_a) and np.array_equal(g_m, g_a)
+    with pytest.raises(ValueError, match="does not fit"):
+        il.compile_backward(dataclasses.replace(TINY, imem_depth=40), w, dy, x, interleaved=True, **kw)

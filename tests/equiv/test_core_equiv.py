@@ -314,6 +314,8 @@ def test_a_chained_run_is_its_programs_run_one_after_another_in_the_core():
     assert_same(chained, memory, run_core_amaranth(TINY, linked, *first))
     with pytest.raises(ValueError, match="plain FINISH"):
         link_runs(linked, runs)  # already linked
+    with pytest.raises(ValueError, match="increasing addresses"):
+        link_runs(image.copy(), runs[::-1])
 
 
 def test_chain_errors_count_the_programs_before():
