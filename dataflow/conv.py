@@ -49,7 +49,7 @@ import numpy as np
 
 from ..hw import timing
 from ..hw.config import IDX_SLOTS_PER_WORD, SATConfig
-from ..hw.isa import Buffer, Opcode, encode, to_bytes
+from ..hw.isa import Buffer, Opcode, encode, to_bytes, with_flags
 from ..hw.sparsity import check_pattern, compress
 from .gemm import gemm_args, pack_indices, place_tokens, software_pipelined
 
@@ -819,7 +819,7 @@ def compile_sparsified_walk(cfg: SATConfig, weight: np.ndarray, x_bits: np.ndarr
     """Pre-generation feeding a walk: SPARSIFY the master weights ``weight [Cout, Cin, k, k]`` (fp32, kept in
     BDWP's ``[Cout, K]`` layout, K tap-major) into their FF form, then the conv's sparse FF walk on it, one
     program: the walk's first LOAD waits for the last SPARSIFY (``p2l``) and its A LOADs read the records."""
-    from .sparsify import layout_sparsify, pack_master, _directions
+    from .sparsify import layout_sparsify, _directions
     cout, cin, kh, kw = weight.shape
     h = x_bits.shape[-1]
     walk = ff_walk(weight, h, h, stride, padding, 1)
@@ -828,8 +828,7 @@ def compile_sparsified_walk(cfg: SATConfig, weight: np.ndarray, x_bits: np.ndarr
     dst = ActLayout(x_bits.shape[0], cout, ho, ho, 0, cfg.rows)
     plan = plan_walk(cfg, walk, src, dst, (n, m))
     lay = layout_sparsify(cfg, cout, kh * kw * cin, n, m)
-    sparsify = [word for word, d in zip(lay.instructions(push_last=True), _directions(lay)) if d == "FF"]
-    sparsify[-1] |= 1 << 7  # push_next (p2l): the forms are written
+    sparsify = [word for word, d in zip(lay.instructions(), _directions(lay)) if d == "FF"]
     record = lay.record_bytes(lay.k_g)
     src_addr = _align_up(lay.end)
     dst_addr = _align_up(src_addr + src.nbytes(cfg))
@@ -838,20 +837,36 @@ def compile_sparsified_walk(cfg: SATConfig, weight: np.ndarray, x_bits: np.ndarr
                          a_tile_stride=record, limit=cfg.imem_depth - len(sparsify), relu=relu)
     if len(runs) != 1:
         raise ValueError("compile_sparsified_walk: the walk must fit one program beside its SPARSIFYs")
-    walk_words = runs[0]
-    first_load = next(i for i, word in enumerate(walk_words) if word & 0xF == Opcode.LOAD.value)
-    walk_words[first_load] |= 1 << 4  # pop_prev: wait for the sparsifier
-    words = sparsify + walk_words
-    program_addr = _align_up(dst_addr + dst.nbytes(cfg))
-    blob = np.frombuffer(to_bytes(words), dtype=np.uint8)
-    memory = np.zeros(_align_up(program_addr + len(blob)), dtype=np.uint8)
+    run_words, runs, memory = _after_sparsify(cfg, lay, weight, sparsify, runs, src, src_addr, x_bits,
+                                              _align_up(dst_addr + dst.nbytes(cfg)))
+    return ConvProgram(cfg, [plan], run_words, memory, runs, src, dst, dst_addr)
+
+
+def _after_sparsify(cfg: SATConfig, lay, weight: np.ndarray, sparsify: list[int], run_words: list[list[int]],
+                    src: ActLayout, src_addr: int, bits: np.ndarray, program_addr: int):
+    """The memory image of walks that read a sparsifier's records: the SPARSIFYs open the first run (the last
+    pushes ``p2l``, the walks' first LOAD pops it), the runs laid out from ``program_addr``, the master weights
+    (``weight [Cout, Cin, k, k]``, BDWP's ``[Cout, K]`` layout) and the input in ``src`` in place.
+    Returns (run words, runs, memory)."""
+    from .sparsify import pack_master
+    first_load = next(i for i, word in enumerate(run_words[0]) if word & 0xF == Opcode.LOAD.value)
+    run_words[0][first_load] = with_flags(run_words[0][first_load], pop_prev=1)  # wait for the sparsifier
+    run_words[0] = sparsify[:-1] + [with_flags(sparsify[-1], push_next=1)] + run_words[0]
+    runs, blobs, addr = [], [], program_addr
+    for words in run_words:
+        blobs.append(np.frombuffer(to_bytes(words), dtype=np.uint8))
+        runs.append((addr, len(words)))
+        addr = _align_up(addr + len(blobs[-1]))
+    memory = np.zeros(addr, dtype=np.uint8)
+    cout = weight.shape[0]
     master = pack_master(lay, np.ascontiguousarray(np.asarray(weight, np.float32).transpose(0, 2, 3, 1)
                                                    .reshape(cout, -1))).view(np.uint8).ravel()
     memory[lay.base:lay.base + master.size] = master
-    packed = pack_act(cfg, src, x_bits).reshape(-1).view(np.uint8)
+    packed = pack_act(cfg, src, bits).reshape(-1).view(np.uint8)
     memory[src_addr:src_addr + packed.size] = packed
-    memory[program_addr:program_addr + len(blob)] = blob
-    return ConvProgram(cfg, [plan], [words], memory, [(program_addr, len(words))], src, dst, dst_addr)
+    for (at, _), blob in zip(runs, blobs):
+        memory[at:at + len(blob)] = blob
+    return run_words, runs, memory
 
 
 def compile_sparsified_bp_walk(cfg: SATConfig, weight: np.ndarray, dy_bits: np.ndarray, n: int, m: int, size: int, *,
@@ -861,7 +876,7 @@ def compile_sparsified_bp_walk(cfg: SATConfig, weight: np.ndarray, dy_bits: np.n
     record holds one K-tile's slots along Cout (a tap's ``rows`` input channels: Cin in whole tiles), so the
     walks' A comes a LOAD per tap (``walk_blocks``' ``a_taps``) from the records of the flipped taps.  ``size``:
     the input's (dX's) height and width.  Walks longer than the instruction memory continue in more runs."""
-    from .sparsify import layout_sparsify, pack_master, _directions
+    from .sparsify import layout_sparsify, _directions
     cout, cin, kh, kw = weight.shape
     R, aw = cfg.rows, cfg.a_word_bytes
     if cin % R:
@@ -878,7 +893,6 @@ def compile_sparsified_bp_walk(cfg: SATConfig, weight: np.ndarray, dy_bits: np.n
     per_block = src.cb // m * n
     lay = layout_sparsify(cfg, cout, kh * kw * cin, n, m)
     sparsify = [word for word, d in zip(lay.instructions(), _directions(lay)) if d == "BP"]
-    sparsify[-1] |= 1 << 7  # push_next (p2l): the BP forms are written
     zero_addr = _align_up(lay.end)
     src_addr = _align_up(zero_addr + max(aw, cfg.b_word_bytes))
     dst_addr = _align_up(src_addr + src.nbytes(cfg))
@@ -896,20 +910,6 @@ def compile_sparsified_bp_walk(cfg: SATConfig, weight: np.ndarray, dy_bits: np.n
                               first_step=sum(len(b[0]) for b in blocks), first_block=len(blocks),
                               a_taps=a_taps if walk.weights is not None else None)
     run_words = _runs_of(cfg, blocks, cfg.imem_depth - len(sparsify))  # the SPARSIFYs go first, in the first run
-    first_load = next(i for i, word in enumerate(run_words[0]) if word & 0xF == Opcode.LOAD.value)
-    run_words[0][first_load] |= 1 << 4  # pop_prev: wait for the sparsifier
-    run_words[0] = sparsify + run_words[0]
-    addr, runs, blobs = _align_up(dst_addr + dst.nbytes(cfg)), [], []
-    for words in run_words:
-        blobs.append(np.frombuffer(to_bytes(words), dtype=np.uint8))
-        runs.append((addr, len(words)))
-        addr = _align_up(addr + len(blobs[-1]))
-    memory = np.zeros(addr, dtype=np.uint8)
-    master = pack_master(lay, np.ascontiguousarray(np.asarray(weight, np.float32).transpose(0, 2, 3, 1)
-                                                   .reshape(cout, -1))).view(np.uint8).ravel()
-    memory[lay.base:lay.base + master.size] = master
-    packed = pack_act(cfg, src, dy_bits).reshape(-1).view(np.uint8)
-    memory[src_addr:src_addr + packed.size] = packed
-    for (at, _), blob in zip(runs, blobs):
-        memory[at:at + len(blob)] = blob
+    run_words, runs, memory = _after_sparsify(cfg, lay, weight, sparsify, run_words, src, src_addr, dy_bits,
+                                              _align_up(dst_addr + dst.nbytes(cfg)))
     return ConvProgram(cfg, plans, run_words, memory, runs, src, dst, dst_addr)

@@ -210,14 +210,14 @@ def interleave(cfg: SATConfig, first: list[tuple[list, list]], second: list[tupl
         frames += [[x] for x in frame[k:]]
     runs, current, used = [], [], 0
     for frame in frames:
-        if limit is not None and size(frame) > limit - 1:
-            raise ValueError(f"interleave: a block of {size(frame)} instructions does not fit the {limit}-instruction "
-                             f"memory")
-        if limit is not None and current and used + size(frame) > limit - 1:
+        n = size(frame)
+        if limit is not None and n > limit - 1:
+            raise ValueError(f"interleave: a block of {n} instructions does not fit the {limit}-instruction memory")
+        if limit is not None and current and used + n > limit - 1:
             runs.append(current)
             current, used = [], 0
         current.append(frame)
-        used += size(frame)
+        used += n
     runs.append(current)
     return [_encode_run(cfg, run) for run in runs]
 

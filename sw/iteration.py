@@ -76,6 +76,10 @@ __all__ = ["HIDE_SHARE", "LayerCycles", "IterationReport", "Timer", "time_iterat
 #: benchmarks/sparsify_resnet18.py fills each host GEMM up to 90%)
 HIDE_SHARE = 0.9
 
+#: a layer's BP whose planned cycles exceed its MAC-bound cycles by this factor waits on memory: a candidate
+#: for interleaving with its WU
+INTERLEAVE_BOUND = 2.0
+
 
 @dataclass(frozen=True)
 class LayerCycles:
@@ -293,6 +297,24 @@ class Timer:
             self._cycles(key, lambda: programs, f"interleaved BP and WU of {layer.name}")
         return self.memo[key]
 
+    def interleave_saving(self, layer: LayerWork, pattern, im2col: bool, apart: int) -> int:
+        """Cycles interleaving a layer's BP (at ``pattern``) and WU saves against ``apart``, their cycles one after
+        the other: tried only where BP's plan waits on memory (past ``INTERLEAVE_BOUND`` × its MAC bound)."""
+        bp = [g for g in layer.gemms if g.stage == "BP"]
+        wu = [g for g in layer.gemms if g.stage == "WU"]
+        if not (len(bp) == len(wu) == 1 and bp[0].count == wu[0].count == 1):
+            return 0
+        g = bp[0]
+        if im2col and self.mapping(layer, g, pattern) == "walk":
+            estimate = self.walk_estimate(layer.conv, "BP", pattern)
+        else:
+            estimate = plan_gemm(self.cfg, g.m, g.n, g.k, pattern=pattern).estimated_cycles
+        bound = g.macs / (self.cfg.rows * self.cfg.cols) * (pattern[0] / pattern[1] if pattern else 1)
+        if estimate <= INTERLEAVE_BOUND * bound:
+            return 0
+        together = self.interleaved(layer, g, wu[0], pattern, im2col)
+        return 0 if together is None else max(0, apart - together)
+
     def pregen(self, weights, pattern) -> int:
         cout, k_g, groups = weights
         key = ("pregen", weights, pattern)
@@ -312,11 +334,6 @@ class Timer:
         return self.memo[key]
 
 
-#: a layer's BP whose planned cycles exceed its MAC-bound cycles by this factor waits on memory: a candidate
-#: for interleaving with its WU
-INTERLEAVE_BOUND = 2.0
-
-
 def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, int] | None = None, *,
                    pregeneration: bool = True, im2col: bool = True, offline: bool = True, interleave: bool = True,
                    core: CoreModel | None = None) -> IterationReport:
@@ -332,29 +349,17 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
     for layer in layers:
         sparse = pattern is not None and layer.sparse
         stages = {"FF": 0, "BP": 0, "WU": 0}
-        estimates = {}
         for g in layer.gemms:
             p = pattern if sparse and g.stage in ("FF", "BP") else None
             if im2col and timer.mapping(layer, g, p) == "walk":
                 cycles = timer.walk(layer.conv, g.stage, p) if g.stage != "WU" else timer.wu_walk(layer.conv)
-                estimates[g.stage] = (timer.wu_estimate(layer.conv) if g.stage == "WU"
-                                      else timer.walk_estimate(layer.conv, g.stage, p))
             elif offline:  # the independent GEMMs of a stage (heads, groups) in one program
                 cycles = timer.gemm_batch(g.m, g.n, g.k, p, g.stage != "WU", g.count)
-                estimates[g.stage] = g.count * plan_gemm(cfg, g.m, g.n, g.k, pattern=p).estimated_cycles
             else:
                 cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
-                estimates[g.stage] = g.count * plan_gemm(cfg, g.m, g.n, g.k, pattern=p).estimated_cycles
             stages[g.stage] += cycles
-        saved = 0
-        bp = [g for g in layer.gemms if g.stage == "BP"]
-        wu = [g for g in layer.gemms if g.stage == "WU"]
-        if interleave and len(bp) == len(wu) == 1 and bp[0].count == wu[0].count == 1:
-            p = pattern if sparse else None
-            bound = bp[0].macs / (cfg.rows * cfg.cols) * (p[0] / p[1] if p else 1)
-            if estimates["BP"] > INTERLEAVE_BOUND * bound:  # BP waits on memory: try it under the WU
-                together = timer.interleaved(layer, bp[0], wu[0], p, im2col)
-                saved = 0 if together is None else max(0, stages["BP"] + stages["WU"] - together)
+        saved = (timer.interleave_saving(layer, pattern if sparse else None, im2col, stages["BP"] + stages["WU"])
+                 if interleave else 0)
         vec = {"FF": 0, "BP": 0}
         for vp in layer.passes:
             vec[vp.stage] += pass_cycles(cfg, vp)
