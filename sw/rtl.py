@@ -27,8 +27,9 @@ import numpy as np
 from ..hw.config import SATConfig
 from ..hw.isa import ErrorCode, Status
 from ..hw.verilog import TOPLEVEL, verilog_source
+from .driver import RunOutcome
 
-__all__ = ["TOPLEVEL", "verilog_source", "verilator_binary", "ToolMissing", "RtlJob", "RtlResult", "run_programs",
+__all__ = ["TOPLEVEL", "verilog_source", "verilator_binary", "ToolMissing", "RtlJob", "run_programs",
            "build_dir_root"]
 
 class ToolMissing(RuntimeError):
@@ -80,21 +81,6 @@ class RtlJob:
     @property
     def runs(self) -> list[tuple[int, int]]:
         return [(int(self.program_addr), int(self.program_len))] + [(int(a), int(n)) for a, n in self.more_runs]
-
-
-@dataclass
-class RtlResult:
-    status: Status
-    error: ErrorCode
-    cycles: int
-    error_pc: int
-    id: int
-    memory: np.ndarray
-    timed_out: bool = False  # the core was still BUSY after the job's max_cycles (then reset)
-
-    @property
-    def ok(self) -> bool:
-        return self.status is Status.DONE
 
 
 def _environment() -> dict[str, str]:
@@ -161,7 +147,7 @@ def _build(cfg: SATConfig) -> tuple[Path, str]:
     return build_dir, digest
 
 
-def run_programs(cfg: SATConfig, jobs: list[RtlJob], *, memory_model: str = "fixed") -> list[RtlResult]:
+def run_programs(cfg: SATConfig, jobs: list[RtlJob], *, memory_model: str = "fixed") -> list[RunOutcome]:
     """Run ``jobs`` one after another on the Verilated core (built once, cached) and return their results.
 
     The jobs share one core, so buffers persist from one job to the next, as on a device.
@@ -213,8 +199,8 @@ def run_programs(cfg: SATConfig, jobs: list[RtlJob], *, memory_model: str = "fix
         results = []
         for spec in manifest["jobs"]:
             res = json.loads(Path(spec["result"]).read_text())
-            results.append(RtlResult(Status(res["status"]), ErrorCode(res["error"]), res["cycles"], res["error_pc"],
-                                     res["id"], np.load(spec["memory_out"]), res["timed_out"]))
+            results.append(RunOutcome(Status(res["status"]), ErrorCode(res["error"]), res["cycles"], res["error_pc"],
+                                      timed_out=res["timed_out"], memory=np.load(spec["memory_out"]), id=res["id"]))
         return results
     finally:
         if not os.environ.get("NMSAT_KEEP_JOBS"):

@@ -11,8 +11,6 @@ status, error code, error PC, cycles and all of memory, errors included.
 """
 
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,10 +28,18 @@ from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Buffer, Csr, ErrorCode, Opcode, Status, VectorFunc, encode, to_bytes
 from nmsat.sim.core import CoreModel
 
-sys.path.insert(0, str(Path(__file__).parent))
-from amaranth_bench import run_core_amaranth  # noqa: E402
+from nmsat.sw.driver import Device
+from nmsat.sw.transports.amaranth import AmaranthTransport
 
 TINY = SATConfig.tiny()
+
+
+def run_core_amaranth(cfg, memory, program_addr, program_len, *, serial=False, max_cycles=200_000, registers=None):
+    """The gateware in Amaranth's simulator through the driver, on a device memory of the image's size (beats
+    past it get DECERR): the outcome with the memory it leaves."""
+    device = Device(cfg, AmaranthTransport(cfg, memory_size=memory.size))
+    return device.run_image(memory, [(program_addr, program_len)], serial=serial, registers=registers,
+                            max_cycles=max_cycles, check=False)
 
 
 def gemm_program(cfg, m, n, k, seed):
