@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .layers import GemmShape, conv2d_gemms, conv_output_size, linear_gemms
 
-__all__ = ["VectorPass", "ConvGeometry", "LayerWork", "MODELS", "build_model", "resnet18_cifar", "vgg16_cifar", "resnet50_imagenet",
+__all__ = ["VectorPass", "ConvGeometry", "LayerWork", "WorkBuilder", "MODELS", "build_model", "resnet18_cifar", "vgg16_cifar", "resnet50_imagenet",
            "vit_s16"]
 
 
@@ -75,7 +75,7 @@ class LayerWork:
 
 
 @dataclass
-class _Builder:
+class WorkBuilder:
     batch: int
     layers: list[LayerWork] = field(default_factory=list)
 
@@ -142,7 +142,7 @@ class _Builder:
 
 def resnet18_cifar(batch: int = 32) -> list[LayerWork]:
     """ResNet-18 for CIFAR-10: 3×3 stem, four stages of two basic blocks, global average pool, fc 512 → 10."""
-    b = _Builder(batch)
+    b = WorkBuilder(batch)
     size = b.conv("conv1", 3, 64, 32, 3, padding=1, first=True)
     b.norm("bn1", batch * 64 * size * size)
     cin = 64
@@ -172,7 +172,7 @@ VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512
 
 def vgg16_cifar(batch: int = 32) -> list[LayerWork]:
     """VGG-16 with batch norm for CIFAR-10: 13 3×3 convs, five 2×2 max pools, one fc 512 → 10."""
-    b = _Builder(batch)
+    b = WorkBuilder(batch)
     cin, size, n = 3, 32, 0
     for item in VGG16:
         if item == "M":
@@ -191,7 +191,7 @@ def vgg16_cifar(batch: int = 32) -> list[LayerWork]:
 def resnet50_imagenet(batch: int = 32) -> list[LayerWork]:
     """ResNet-50 (torchvision's v1.5: stride on the 3×3) on 224 × 224: 7×7 stem, max pool, 3-4-6-3 bottlenecks,
     global average pool, fc 2048 → 1000."""
-    b = _Builder(batch)
+    b = WorkBuilder(batch)
     size = b.conv("conv1", 3, 64, 224, 7, 2, 3, first=True)
     b.norm("bn1", batch * 64 * size * size)
     b.pool("maxpool", batch * 64 * size * size, batch * 64 * (size // 2) ** 2, "max")
@@ -224,7 +224,7 @@ def resnet50_imagenet(batch: int = 32) -> list[LayerWork]:
 def vit_s16(batch: int = 32) -> list[LayerWork]:
     """ViT-S/16 on 224 × 224: 16 × 16 patches (196 + the class token = 197 tokens of 384), 12 blocks of
     6-head attention and a 1536-wide MLP, pre-norm, head 384 → 1000."""
-    b = _Builder(batch)
+    b = WorkBuilder(batch)
     tokens, dim, heads, hidden = 197, 384, 6, 1536
     head_dim = dim // heads
     t = batch * tokens

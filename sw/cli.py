@@ -1,4 +1,4 @@
-"""The ``nmsat`` command line: one kebab-case verb per user task.
+"""The ``nmsat`` command line (click): one kebab-case verb per user task.
 
 Holds argument parsing, the checks of arguments and output paths done
 before any work starts, and the glue to the library; the work itself lives
@@ -8,7 +8,6 @@ status 2, never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -16,9 +15,14 @@ import threading
 import time
 from pathlib import Path
 
+import click
+
 #: largest M the digits sweep accepts: its sparse layers reduce over K = 288 and 576, so a larger group
 #: would only pad every row out to M
 MAX_DIGITS_M = 64
+
+#: the built-in models ``simulate`` takes (``nmsat.dataflow.models.MODELS``)
+SIMULATE_MODELS = ("resnet18", "vgg16", "resnet50", "vit")
 
 
 class UsageError(ValueError):
@@ -70,10 +74,28 @@ def heartbeat(what: str, every: float = 15.0):
     print(f"  {what}: done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
 
 
-def _cmd_train_digits(args: argparse.Namespace) -> int:
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """N:M sparse training accelerator toolkit: simulate workloads, train through the accelerator, generate
+    its Verilog."""
+
+
+@cli.command("train-digits")
+@click.option("--patterns", default="dense,1:8,2:8,4:8,2:4", show_default=True,
+              help="comma-separated list of 'dense' and N:M patterns")
+@click.option("--seeds", type=int, default=5, show_default=True, help="seeds per pattern")
+@click.option("--epochs", type=int, default=30, show_default=True, help="epochs per run")
+@click.option("--decay", type=float, default=0.0, show_default=True, help="SR-STE decay on pruned weights")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="torch intra-op threads (the model is small, and more threads thrash when the machine is busy)")
+@click.option("--output", "-o", help="also write the Markdown table to this file")
+@click.option("--force", is_flag=True, help="overwrite the output file if it exists")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train_digits(patterns, seeds, epochs, decay, threads, output, force, quiet) -> None:
+    """Train a small CNN on sklearn digits, dense vs BDWP N:M; print accuracy."""
     from .digits import format_results, parse_pattern, sweep
 
-    patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
+    patterns = [p.strip() for p in patterns.split(",") if p.strip()]
     if not patterns:
         raise UsageError("--patterns is empty: give 'dense' and/or N:M patterns, e.g. dense,2:8")
     for p in patterns:
@@ -81,30 +103,34 @@ def _cmd_train_digits(args: argparse.Namespace) -> int:
         if parsed and parsed[1] > MAX_DIGITS_M:
             raise UsageError(f"pattern {p!r}: M must be at most {MAX_DIGITS_M} for the digits CNN (its sparse "
                              f"layers reduce over K = 288 and 576)")
-    if args.seeds < 1 or args.epochs < 1:
-        raise UsageError(f"--seeds and --epochs must be >= 1, got {args.seeds} and {args.epochs}")
-    if args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    output = _output_path(args.output, args.force)
+    if seeds < 1 or epochs < 1:
+        raise UsageError(f"--seeds and --epochs must be >= 1, got {seeds} and {epochs}")
+    if threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    output = _output_path(output, force)
     import torch
 
-    torch.set_num_threads(args.threads)
-    seeds = list(range(args.seeds))
-    results = sweep(patterns, seeds, epochs=args.epochs, decay=args.decay, progress=not args.quiet)
-    table = format_results(results, seeds)
+    torch.set_num_threads(threads)
+    seed_list = list(range(seeds))
+    results = sweep(patterns, seed_list, epochs=epochs, decay=decay, progress=not quiet)
+    table = format_results(results, seed_list)
     print(table)
     if output:
         _write(output, table + "\n")
         print(f"written to {output}")
-    return 0
 
 
-def _cmd_verilog(args: argparse.Namespace) -> int:
+@cli.command("verilog")
+@click.option("--preset", default="tiny", show_default=True, help="configuration preset: tiny or vcu1525")
+@click.option("--output", "-o", default="-", help="output file ('-' for stdout, the default)")
+@click.option("--force", is_flag=True, help="overwrite the output file if it exists")
+def verilog(preset, output, force) -> None:
+    """Write the core's Verilog for a configuration preset."""
     from ..hw.config import SATConfig
     from ..hw.verilog import verilog_source
 
-    cfg = SATConfig.preset(args.preset)
-    output = _output_path(args.output, args.force)
+    cfg = SATConfig.preset(preset)
+    output = _output_path(output, force)
     print(f"nmsat verilog: generating the core for preset {cfg.name!r} ({cfg.rows}x{cfg.cols})"
           + ("; an array this large takes minutes" if cfg.rows * cfg.cols > 256 else ""), file=sys.stderr, flush=True)
     with heartbeat("generating Verilog"):
@@ -115,45 +141,87 @@ def _cmd_verilog(args: argparse.Namespace) -> int:
         _write(output, text)
         print(f"{output}: core for preset {cfg.name!r} ({cfg.rows}x{cfg.cols}), ID {cfg.hash32:#010x}, "
               f"{len(text.splitlines())} lines", file=sys.stderr)
-    return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nmsat", description="N:M sparse training accelerator toolkit")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+@cli.command("simulate")
+@click.argument("model", type=click.Choice(SIMULATE_MODELS), metavar="MODEL")
+@click.option("--nm", default="2:8", show_default=True, help="BDWP's N:M pattern")
+@click.option("--dense", is_flag=True, help="simulate the dense iteration only (no BDWP, no comparison)")
+@click.option("--preset", default="vcu1525", show_default=True, help="accelerator configuration preset")
+@click.option("--batch", type=int, default=32, show_default=True, help="training batch size")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON (fields: docs/cli.md)")
+@click.option("--plot", type=click.Path(dir_okay=False), help="draw per-layer stacked bars, dense beside sparse, "
+              "to this PNG file")
+@click.option("--force", is_flag=True, help="overwrite the plot file if it exists")
+@click.option("--no-pregeneration", is_flag=True, help="switch pre-generation off (update + sparsify serial)")
+@click.option("--no-im2col", is_flag=True, help="switch on-chip im2col off (convolutions as im2col GEMMs)")
+@click.option("--no-offline", is_flag=True, help="switch offline scheduling off")
+@click.option("--no-interleave", is_flag=True, help="switch interleave mapping off")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def simulate_cmd(model, nm, dense, preset, batch, as_json, plot, force, no_pregeneration, no_im2col, no_offline,
+                 no_interleave, quiet) -> None:
+    """Simulate one training iteration of a built-in MODEL on the accelerator: per-layer cycles, the totals
+    and the speedup over dense."""
+    from ..hw.config import SATConfig
+    from .simulate import parse_nm, simulate
 
-    p = sub.add_parser("train-digits", help="train a small CNN on sklearn digits, dense vs BDWP N:M; print accuracy")
-    p.add_argument("--patterns", default="dense,1:8,2:8,4:8,2:4",
-                   help="comma-separated list of 'dense' and N:M patterns (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per pattern (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs per run (default: %(default)s)")
-    p.add_argument("--decay", type=float, default=0.0, help="SR-STE decay on pruned weights (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default: %(default)s: the model is small, and more threads "
-                        "thrash when the machine is busy)")
-    p.add_argument("--output", "-o", help="also write the Markdown table to this file")
-    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train_digits)
+    cfg = SATConfig.preset(preset)
+    pattern = None if dense else parse_nm(nm)
+    if pattern is not None and (pattern[1] not in cfg.sparse_m):
+        raise UsageError(f"--nm {nm}: the {cfg.name} core runs N:M with M in {', '.join(map(str, cfg.sparse_m))}")
+    if batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {batch}")
+    plot_path = _output_path(plot, force)
+    if plot_path is not None and plot_path.suffix.lower() != ".png":
+        raise UsageError(f"--plot {plot}: give a .png file")
+    from ..dataflow.models import build_model
 
-    p = sub.add_parser("verilog", help="write the core's Verilog for a configuration preset")
-    p.add_argument("--preset", default="tiny", help="configuration preset: tiny or vcu1525 (default: %(default)s)")
-    p.add_argument("--output", "-o", default="-", help="output file ('-' for stdout, the default)")
-    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
-    p.set_defaults(func=_cmd_verilog)
-    return parser
+    layers = build_model(model, batch)
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        runs = 1 if pattern is None else 2
+        bar = tqdm(total=runs * len(layers), desc=f"simulating {model}", unit="layer", file=sys.stderr,
+                   leave=False)
+    try:
+        report = simulate(layers, pattern, cfg=cfg, batch=batch, name=model, pregeneration=not no_pregeneration,
+                          im2col=not no_im2col, offline=not no_offline, interleave=not no_interleave,
+                          progress=(lambda layer: bar.update()) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(report.to_json() if as_json else report.format_table())
+    if plot_path is not None:
+        report.plot(plot_path)
+        print(f"plot written to {plot_path}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the CLI; returns the exit status (0, 2 for bad input, 130 interrupted)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in args if not a.startswith("-")), "")
     try:
-        return args.func(args)
+        result = cli.main(args=args, prog_name="nmsat", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else str(exc), file=sys.stderr)
+        return 2
+    except click.UsageError as exc:
+        print(f"nmsat {command}: error: {exc.format_message()}".replace("  ", " "), file=sys.stderr)
+        if exc.ctx is not None:
+            print(f"(see `nmsat {command} --help`)".replace("nmsat  ", "nmsat "), file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        print(f"nmsat {command}: interrupted", file=sys.stderr)
+        return 130
     except ValueError as exc:  # bad input: one clear line, no traceback
-        print(f"nmsat {args.command}: error: {exc}", file=sys.stderr)
+        print(f"nmsat {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"nmsat {args.command}: interrupted", file=sys.stderr)
+        print(f"nmsat {command}: interrupted", file=sys.stderr)
         return 130
 
 

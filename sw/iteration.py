@@ -66,7 +66,7 @@ from ..dataflow.interleave import STREAMS, interleave
 from ..dataflow.models import LayerWork, VectorPass
 from ..dataflow.sparsify import layout_sparsify, update_instructions
 from ..hw.config import SATConfig
-from ..hw.isa import Opcode, encode
+from ..hw.isa import ErrorCode, Opcode, encode
 from ..hw.timing import UPDATE_STREAMS, stream_cycles
 from ..sim.core import CoreModel
 
@@ -158,6 +158,11 @@ def pass_cycles(cfg: SATConfig, p: VectorPass) -> int:
     return stream_cycles(cfg, beats, (p.reads, p.writes))[2] + 1
 
 
+class WalkTooLong(RuntimeError):
+    """A kernel walk whose output block's program does not fit the instruction memory (the GEMM mapping,
+    cut into runs, is used instead)."""
+
+
 class Timer:
     """Times the pieces of an iteration on one simulator, memoised by shape (programs without data)."""
 
@@ -168,6 +173,8 @@ class Timer:
         """Cycles of the programs ``programs()`` makes, run one after another (memoised under ``key``)."""
         if key not in self.memo:
             result = self.core.time_programs(programs())
+            if result.error is ErrorCode.PROGRAM_TOO_LONG:
+                raise WalkTooLong(f"{what}: one of its programs does not fit the instruction memory")
             if not result.ok:
                 raise RuntimeError(f"{what}: {result.error.name}")
             self.memo[key] = result.cycles
@@ -336,10 +343,10 @@ class Timer:
 
 def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, int] | None = None, *,
                    pregeneration: bool = True, im2col: bool = True, offline: bool = True, interleave: bool = True,
-                   core: CoreModel | None = None) -> IterationReport:
+                   core: CoreModel | None = None, progress=None) -> IterationReport:
     """Cycles of one iteration of ``layers`` (``nmsat.dataflow.models``) with BDWP at ``pattern`` (None: dense);
     ``pregeneration`` / ``im2col`` / ``offline`` / ``interleave`` switch those optimisations (see the module
-    docstring)."""
+    docstring).  ``progress(layer)`` is called after each layer is timed."""
     if pattern is not None:
         n, m = pattern
         if m not in cfg.sparse_m or not 1 <= n <= m:
@@ -351,11 +358,15 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
         stages = {"FF": 0, "BP": 0, "WU": 0}
         for g in layer.gemms:
             p = pattern if sparse and g.stage in ("FF", "BP") else None
+            cycles = None
             if im2col and timer.mapping(layer, g, p) == "walk":
-                cycles = timer.walk(layer.conv, g.stage, p) if g.stage != "WU" else timer.wu_walk(layer.conv)
-            elif offline:  # the independent GEMMs of a stage (heads, groups) in one program
+                try:
+                    cycles = timer.walk(layer.conv, g.stage, p) if g.stage != "WU" else timer.wu_walk(layer.conv)
+                except WalkTooLong:  # a small instruction memory (the tiny preset) and a deep reduction: GEMMs
+                    cycles = None
+            if cycles is None and offline:  # the independent GEMMs of a stage (heads, groups) in one program
                 cycles = timer.gemm_batch(g.m, g.n, g.k, p, g.stage != "WU", g.count)
-            else:
+            elif cycles is None:
                 cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
             stages[g.stage] += cycles
         saved = (timer.interleave_saving(layer, pattern if sparse else None, im2col, stages["BP"] + stages["WU"])
@@ -366,6 +377,8 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
         pregen = timer.pregen(layer.weights, pattern if sparse else None) if layer.weights else 0
         report.layers.append(LayerCycles(layer.name, layer.kind, sparse, stages["FF"], stages["BP"], stages["WU"],
                                          vec["FF"], vec["BP"], pregen, layer.macs, interleave_saved=saved))
+        if progress is not None:
+            progress(layer)
     if offline:  # backward order: a weighted layer's WU hides the passes before it in forward order
         budget = 0
         for index in reversed(range(len(report.layers))):

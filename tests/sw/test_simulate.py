@@ -1,0 +1,135 @@
+"""``nmsat simulate`` and :mod:`nmsat.sw.simulate`: a model's iteration, layer by layer, dense beside sparse;
+a user's own ``nn.Module`` traced into the same work; the JSON report's documented fields; bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nmsat.dataflow.models import build_model
+from nmsat.hw.config import SATConfig
+from nmsat.sw.cli import main
+from nmsat.sw.simulate import JSON_FIELDS, LAYER_FIELDS, simulate, simulate_module
+from nmsat.sw.workload import module_work
+
+VCU = SATConfig.vcu1525()
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.down = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + (self.down(x) if self.down is not None else x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for CIFAR as a user would write it (batch norms, functional ReLUs, a flatten)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64)
+        blocks, cin = [], 64
+        for stage, cout in enumerate((64, 128, 256, 512)):
+            for block in range(2):
+                blocks.append(Block(cin, cout, 2 if stage and not block else 1))
+                cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(512, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.layers(torch.relu(self.bn1(self.conv1(x))))), 1))
+
+
+def signature(layer):
+    return (layer.kind, layer.sparse, layer.weights, layer.conv,
+            [(g.stage, g.m, g.n, g.k, g.count) for g in layer.gemms], [(p.op, p.elements) for p in layer.passes])
+
+
+def test_a_traced_torch_resnet18_is_the_built_in_resnet18_work():
+    work = module_work(ResNet18(), torch.zeros(32, 3, 32, 32))
+    assert work.unsupported == [] and work.batch == 32
+    assert [signature(x) for x in work.layers] == [signature(x) for x in build_model("resnet18", 32)]
+
+
+def test_a_users_module_is_simulated_and_what_it_cannot_map_is_named():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.Linear(32, 4)
+
+        def forward(self, x):
+            y = torch.cumsum(torch.relu(self.conv(x)), dim=1)
+            return self.fc(y.mean(dim=(2, 3)))
+
+    with pytest.warns(UserWarning, match=r"not timed on the accelerator.*cumsum"):
+        report = simulate_module(Odd(), torch.zeros(8, 16, 8, 8), (2, 8), cfg=VCU)
+    assert [x.name for x in report.layers if x.ff] == ["conv", "fc"]
+    assert report.cycles > 0 and report.dense_cycles >= report.cycles
+    # conv and fc are BDWP's first and last layers: dense in both runs
+    assert report.layers[0].sparse is False
+
+
+def test_a_model_without_layers_the_accelerator_runs_is_a_clear_error():
+    with pytest.raises(ValueError, match="no Conv2d or Linear"):
+        module_work(nn.Sequential(nn.ReLU()), torch.zeros(2, 4))
+
+
+def test_the_report_adds_up_and_the_speedup_is_dense_over_sparse():
+    report = simulate("resnet18", (2, 8), cfg=VCU, batch=32)
+    assert report.speedup_over_dense == pytest.approx(report.dense_cycles / report.cycles)
+    assert 1.5 < report.speedup_over_dense <= report.ideal_speedup <= 2.0
+    assert sum(x.cycles for x in report.layers) + report.totals["pregeneration_charged"] == report.cycles
+    for x in report.layers:
+        if x.utilisation is not None:
+            assert 0 < x.utilisation <= 1.0
+    table = report.format_table()
+    assert "layer1.0.conv1" in table and f"speedup over dense {report.speedup_over_dense:.3f}x" in table
+    assert "batchnorm statistics" in table  # the passes charged without a VECTOR function are named
+
+
+def test_cli_json_has_the_documented_fields(capsys):
+    assert main(["simulate", "resnet18", "--nm", "2:8", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == set(JSON_FIELDS)
+    assert set(out["layers"][0]) == set(LAYER_FIELDS)
+    assert out["speedup_over_dense"] == pytest.approx(out["dense_cycles"] / out["cycles"])
+    assert out["pattern"] == "2:8" and out["batch"] == 32 and out["preset"] == "vcu1525"
+    doc = DOCS.read_text()
+    for name in list(JSON_FIELDS) + list(LAYER_FIELDS):
+        assert f"`{name}`" in doc, f"docs/cli.md does not describe {name}"
+
+
+def test_cli_dense_and_plot(tmp_path, capsys):
+    plot = tmp_path / "bars.png"
+    assert main(["simulate", "vgg16", "--dense", "--json", "--quiet", "--plot", str(plot)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pattern"] == "dense" and out["dense_cycles"] is None and out["speedup_over_dense"] == 1.0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["simulate", "vgg16", "--dense", "--quiet", "--plot", str(plot)]) == 2  # no silent overwrite
+    assert "exists; pass --force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["resnet1"], "'resnet1' is not one of"),
+    (["resnet18", "--nm", "9:8"], "need 1 <= N <= M"),
+    (["resnet18", "--nm", "two:eight"], "two whole numbers"),
+    (["resnet18", "--nm", "2:6"], "M in 4, 8"),
+    (["resnet18", "--batch", "0"], "--batch must be >= 1"),
+    (["resnet18", "--preset", "huge"], "unknown preset 'huge'"),
+    (["resnet18", "--plot", "bars.svg"], "give a .png file"),
+    (["resnet18", "--plot", "/nonexistent-folder/b.png"], "does not exist"),
+    ([], "Missing argument 'MODEL'"),
+])
+def test_cli_bad_input_is_a_usage_error(args, message, capsys):
+    assert main(["simulate", "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
