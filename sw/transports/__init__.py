@@ -3,6 +3,8 @@
 * ``sim`` (:class:`SimTransport`): the cycle-exact simulator (``nmsat.sim``);
 * ``amaranth`` (:class:`AmaranthTransport`): the gateware in Amaranth's simulator, with the memory model
   of ``docs/architecture.md`` §6 on its two AXI4 ports;
+* ``verilator`` (:class:`VerilatorTransport`): the core's Verilog under Verilator, driven from a C++ harness
+  (memory model and bus transactions in C++, loaded with ctypes);
 * ``xdma`` (:class:`XdmaTransport`): a VCU1525 over PCIe through the Xilinx XDMA character devices.
 
 :func:`open_device` opens a :class:`nmsat.sw.driver.Device` on one by name.  Each module imports what it
@@ -17,7 +19,7 @@ from ..driver import Device
 __all__ = ["TRANSPORTS", "open_transport", "open_device"]
 
 #: the transport names :func:`open_transport` takes
-TRANSPORTS = ("sim", "amaranth", "xdma")
+TRANSPORTS = ("sim", "amaranth", "verilator", "xdma")
 
 
 def open_transport(name: str, cfg: SATConfig, **options):
@@ -28,6 +30,9 @@ def open_transport(name: str, cfg: SATConfig, **options):
     if name == "amaranth":
         from .amaranth import AmaranthTransport
         return AmaranthTransport(cfg, **options)
+    if name == "verilator":
+        from .verilator import VerilatorTransport
+        return VerilatorTransport(cfg, **options)
     if name == "xdma":
         from .xdma import XdmaTransport
         return XdmaTransport(cfg, **options)

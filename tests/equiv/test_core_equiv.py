@@ -629,9 +629,8 @@ def verilator_results():
     """One batch on one core: GEMMs (pipelined, then serial), random programs of every variant, hand-made
     error runs.  Buffers persist from job to job on the core, so the simulator runs the same jobs in the same
     order on one CoreModel."""
-    pytest.importorskip("cocotb_tools.runner")
     needs_cxx()
-    from nmsat.sw.rtl import RtlJob, run_programs
+    from nmsat.sw.rtl import RtlJob
 
     rng = np.random.default_rng(2026)
     jobs, names = [], []
@@ -761,7 +760,23 @@ def verilator_results():
     for i, (word, code) in enumerate(STATIC_CASES):
         jobs.append(RtlJob(static_case_memory(word), 0, 3))
         names.append(f"static case {i} ({code.name})")
-    return jobs, names, run_programs(TINY, jobs)
+    return jobs, names, run_on_verilator(TINY, jobs)
+
+
+def run_on_verilator(cfg, jobs):
+    """The jobs in turn on one Verilated core through the driver (the ``verilator`` transport: memory model and
+    bus transactions in its C++ harness), each on a device memory of its image's size."""
+    from nmsat.sw.transports.verilator import VerilatorTransport
+
+    transport = VerilatorTransport(cfg, memory_size=4096)
+    device = Device(cfg, transport)
+    results = []
+    for job in jobs:
+        transport.resize(job.memory.size)
+        results.append(device.run_image(job.memory, job.runs, serial=job.serial, registers=dict(job.registers),
+                                        max_cycles=job.max_cycles, check=False))
+    transport.close()
+    return results
 
 
 def test_verilator_core_id_register_reads_the_config_hash(verilator_results):

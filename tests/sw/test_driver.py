@@ -114,13 +114,23 @@ def test_memory_allocation_and_ranges():
 
 
 def test_unknown_transport_names_the_choices():
-    with pytest.raises(ValueError, match="sim, amaranth, xdma"):
+    with pytest.raises(ValueError, match="sim, amaranth, verilator, xdma"):
         open_transport("pcie", TINY)
 
 
-def test_on_the_gateware_a_hanging_run_times_out_writes_while_busy_are_refused_and_reset_recovers():
+def needs_cxx():
+    import shutil
+
+    if not (shutil.which("g++") or shutil.which("c++")) or not shutil.which("make"):
+        pytest.skip("the verilator transport needs make and a C++ compiler, and this machine has none")
+
+
+@pytest.mark.parametrize("transport", ["amaranth", "verilator"])
+def test_on_the_gateware_a_hanging_run_times_out_writes_while_busy_are_refused_and_reset_recovers(transport):
+    if transport == "verilator":
+        needs_cxx()
     prog = gemm(seed=1, m=8, k=64, n=8)
-    device = open_device("amaranth", TINY, memory_size=prog.memory.size)
+    device = open_device(transport, TINY, memory_size=prog.memory.size)
     device.write(0, prog.memory)
     with pytest.raises(DeviceTimeout) as info:
         device.run(prog.program_addr, prog.length, max_cycles=50)
@@ -134,6 +144,17 @@ def test_on_the_gateware_a_hanging_run_times_out_writes_while_busy_are_refused_a
     expected = CoreModel(TINY).run(memory, prog.program_addr, prog.length)
     out = device.run_image(prog.memory, [(prog.program_addr, prog.length)])
     assert (out.status, out.cycles) == (Status.DONE, expected.cycles) and np.array_equal(out.memory, memory)
+
+
+def test_verilator_transport_names_the_failing_instruction_as_the_simulator_does():
+    needs_cxx()
+    words = [encode(Opcode.FINISH, next_addr=0x800, next_len=3)]
+    for name in ("sim", "verilator"):
+        device = open_device(name, TINY, memory_size=0x3000)
+        device.write(0, to_bytes(words))
+        device.write(0x800, to_bytes(bad_program()))
+        with pytest.raises(ERROR_CLASSES[ErrorCode.BAD_ARGS], match=r"instruction 2 \(LOAD of the program at 0x800\)"):
+            device.run(0, 1)
 
 
 # ---------------------------------------------------------------- xdma
