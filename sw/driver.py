@@ -224,7 +224,9 @@ class Device:
             if cycles >= max_cycles or (deadline is not None and time.monotonic() > deadline):
                 return RunOutcome(status, ErrorCode(self.transport.read_register(Csr.ERROR)), cycles,
                                   timed_out=True, id=self.id)
-            self.transport.wait(min(self.poll_cycles, max(1, max_cycles - cycles)))
+            # polls grow with the run (a quarter of the cycles so far), so a long run is not mostly polling
+            interval = max(self.poll_cycles, min(cycles // 4, 64 * self.poll_cycles))
+            self.transport.wait(min(interval, max(1, max_cycles - cycles)))
         return RunOutcome(status, ErrorCode(self.transport.read_register(Csr.ERROR)),
                           self._read64(Csr.CYCLES, Csr.CYCLES_HI), self.transport.read_register(Csr.ERROR_PC),
                           id=self.id, stats=getattr(self.transport, "last_stats", None))

@@ -151,17 +151,17 @@ struct Device {
         }                                                                                           \
     } while (0)
 
-// one clock cycle: the memory's responses, the core settles, the requests are taken, the rising edge
+// one clock cycle: the memory's responses, the core settles (the falling edge and the new inputs in one
+// evaluation: the core uses only the rising edge), the requests are taken, the rising edge
 void step(Device& d) {
     Vnmsat_core& t = *d.top;
     DRIVE(mem, 0);
     DRIVE(spmem, 1);
+    t.clk = 0;
     t.eval();
     SAMPLE(mem, 0);
     SAMPLE(spmem, 1);
     t.clk = 1;
-    t.eval();
-    t.clk = 0;
     t.eval();
     d.cycle++;
 }
