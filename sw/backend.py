@@ -40,7 +40,8 @@ from torch import nn
 from ..dataflow.gemm import compile_gemm, compile_sparse_gemm, read_c
 from ..hw.config import SATConfig
 from .bdwp import BDWPConv2d, BDWPLinear, bp_mask, conv_weight_as_gemm, ff_mask, gemm_as_conv_weight
-from .driver import Device
+from ..sim.core import CoreModel
+from .driver import DEFAULT_MAX_CYCLES, Device
 
 __all__ = ["TARGETS", "Offload", "OffloadedLinear", "OffloadedConv2d", "offload"]
 
@@ -63,6 +64,7 @@ class Offload:
     cycles: dict = field(default_factory=lambda: defaultdict(lambda: {"FF": 0, "BP": 0, "WU": 0}))
     on_cpu: list[str] = field(default_factory=list)
     transport_options: dict = field(default_factory=dict)
+    _timer: CoreModel | None = field(default=None, repr=False)
 
     def reset_cycles(self) -> None:
         self.cycles.clear()
@@ -98,7 +100,12 @@ class Offload:
         """``C = A · B`` on the device (A pruned N:M along K if ``pattern``), fp32; cycles recorded."""
         prog = (compile_sparse_gemm(self.cfg, a, b, *pattern) if pattern else compile_gemm(self.cfg, a, b))
         device = self._open(prog.memory.size)
-        out = device.run_image(prog.memory, prog.runs)
+        limit = DEFAULT_MAX_CYCLES
+        if self.target != "sim":  # the hardware's bound: twice what the simulator says the runs take
+            if self._timer is None:
+                self._timer = CoreModel(self.cfg)
+            limit = 2 * self._timer.time_programs(prog.run_words).cycles + 100_000
+        out = device.run_image(prog.memory, prog.runs, max_cycles=limit)
         self.cycles[layer][stage] += out.cycles
         return read_c(prog, out.memory[:prog.memory.size])
 

@@ -197,8 +197,77 @@ def simulate_cmd(model, nm, dense, preset, batch, as_json, plot, force, no_prege
         print(f"plot written to {plot_path}", file=sys.stderr)
 
 
+@cli.command("train")
+@click.option("--target", type=click.Choice(["reference", "sim", "rtl", "fpga"]), default="sim", show_default=True,
+              help="where the Linear and Conv2d layers run: PyTorch's BDWP, the simulator, the Verilated core, a VCU1525")
+@click.option("--nm", default="2:8", show_default=True, help="BDWP's N:M pattern")
+@click.option("--dense", is_flag=True, help="train dense (no BDWP)")
+@click.option("--preset", default=None, help="accelerator preset (default: tiny for rtl, vcu1525 otherwise)")
+@click.option("--epochs", type=int, default=1, show_default=True, help="epochs over the 1,257 training images")
+@click.option("--steps", type=int, default=None, help="stop after this many steps")
+@click.option("--batch", type=int, default=64, show_default=True, help="batch size")
+@click.option("--seed", type=int, default=0, show_default=True, help="initialisation and shuffling seed")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train_cmd(target, nm, dense, preset, epochs, steps, batch, seed, as_json, quiet) -> None:
+    """Train the digits CNN through a target (its Linear and Conv2d layers offloaded); report the test
+    accuracy and the simulated time."""
+    import json
+
+    import torch
+
+    from ..hw.config import SATConfig
+    from .digits import load_split, train_through
+    from .simulate import parse_nm
+
+    pattern = None if dense else parse_nm(nm)
+    cfg = SATConfig.preset(preset or ("tiny" if target == "rtl" else "vcu1525"))
+    if pattern is not None and pattern[1] not in cfg.sparse_m:
+        raise UsageError(f"--nm {nm}: the {cfg.name} core runs N:M with M in {', '.join(map(str, cfg.sparse_m))}")
+    if epochs < 1 or batch < 1 or (steps is not None and steps < 1):
+        raise UsageError("--epochs, --batch and --steps must be >= 1")
+    if target == "fpga":  # no card: say so before anything starts
+        from .transports.xdma import XdmaTransport
+
+        XdmaTransport(cfg).close()
+    torch.set_num_threads(1)
+    data = load_split()
+    total = min(epochs * -(-len(data[0]) // batch), steps or 1 << 30)
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"train through {target}", unit="step", file=sys.stderr)
+    try:
+        result = train_through(target, pattern, cfg=cfg, epochs=epochs, max_steps=steps, batch_size=batch, seed=seed,
+                               data=data, on_step=(lambda loss: (bar.update(), bar.set_postfix(loss=f"{loss:.3f}")))
+                               if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    label = "dense" if pattern is None else f"{pattern[0]}:{pattern[1]}"
+    summary = {"target": target, "pattern": label, "preset": result.preset, "steps": result.steps,
+               "batch": batch, "test_accuracy": result.accuracy, "final_loss": result.losses[-1],
+               "train_cycles": result.train_cycles, "train_cycles_total": result.train_total,
+               "simulated_seconds": result.simulated_seconds, "test_cycles": result.test_cycles,
+               "wall_seconds": result.wall_seconds, "on_cpu": "batch norms, max pools, ReLUs, biases, the loss"}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    where = "PyTorch (BDWP reference)" if target == "reference" else f"{target}, preset {result.preset}"
+    print(f"digits CNN, {label}, {result.steps} steps of {batch} through {where}: test accuracy "
+          f"{result.accuracy:.2f}%, final loss {result.losses[-1]:.4f}")
+    if target != "reference":
+        c = result.train_cycles
+        print(f"core time for training: {result.train_total:,} cycles (FF {c['FF']:,}, BP {c['BP']:,}, WU {c['WU']:,}) "
+              f"= {1e3 * result.simulated_seconds:.2f} ms at {result.clock_mhz:g} MHz; the test pass "
+              f"{result.test_cycles:,} cycles")
+    print(f"on the CPU: {summary['on_cpu']}; host wall time {result.wall_seconds:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0, 2 for bad input, 130 interrupted)."""
+    """Run the CLI; returns the exit status (0; 1 when a card or tool is missing or the core stopped with an
+    error; 2 for bad input; 130 interrupted)."""
     args = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in args if not a.startswith("-")), "")
     try:
@@ -220,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # bad input: one clear line, no traceback
         print(f"nmsat {command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # what the command needs is missing (a card, a tool) or the core failed
+        from .driver import CoreError, DeviceError
+        from .rtl import ToolMissing
+
+        if not isinstance(exc, (DeviceError, ToolMissing, CoreError)):
+            raise
+        print(f"nmsat {command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"nmsat {command}: interrupted", file=sys.stderr)
         return 130

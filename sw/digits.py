@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from .bdwp import check_nm, sparsify
 from .cost import count_training_macs
 
-__all__ = ["DigitsCNN", "load_split", "train_once", "parse_pattern", "PatternResult", "sweep"]
+__all__ = ["DigitsCNN", "load_split", "train_once", "parse_pattern", "PatternResult", "sweep", "TargetTraining",
+           "train_through"]
 
 
 class DigitsCNN(nn.Module):
@@ -150,3 +151,78 @@ def format_results(results: Sequence[PatternResult], seeds: Sequence[int]) -> st
         gap = f"{r.mean - dense.mean:+.2f}" if dense else "n/a"
         lines.append(f"| {r.pattern} | {r.mean:.2f} ± {r.std:.2f} | {gap} | {r.ideal_speedup:.3f}× |")
     return "\n".join(lines)
+
+
+@dataclass
+class TargetTraining:
+    """What :func:`train_through` did: steps, the test accuracy, the core's cycles of training and of the test
+    pass (``{layer: {"FF", "BP", "WU"}}`` summed), the config, and the host's wall time."""
+
+    target: str
+    pattern: tuple[int, int] | None
+    preset: str
+    clock_mhz: float
+    steps: int
+    batch_size: int
+    accuracy: float
+    losses: list[float]
+    train_cycles: dict[str, int]
+    test_cycles: int
+    wall_seconds: float
+
+    @property
+    def train_total(self) -> int:
+        return sum(self.train_cycles.values())
+
+    @property
+    def simulated_seconds(self) -> float:
+        return self.train_total / (self.clock_mhz * 1e6)
+
+
+def train_through(target: str, pattern: tuple[int, int] | None, *, cfg=None, epochs: int = 1,
+                  max_steps: int | None = None, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
+                  on_step: Callable[[float], None] | None = None, data=None) -> TargetTraining:
+    """Train the digits CNN (BDWP at ``pattern``, or dense) with its Linear and Conv2d layers offloaded to
+    ``target`` (``nmsat.sw.backend``): AdamW and cosine decay as :func:`train_once`, ``epochs`` epochs or
+    ``max_steps`` steps; then the test accuracy through the same target."""
+    import time
+    import warnings
+
+    from .backend import offload
+
+    t0 = time.perf_counter()
+    x_tr, y_tr, x_te, y_te = data or load_split()
+    torch.manual_seed(seed)
+    model = DigitsCNN()
+    if pattern is not None:
+        sparsify(model, *pattern)
+    with warnings.catch_warnings():  # batch norm stays on the CPU: the CLI says so once
+        warnings.simplefilter("ignore")
+        session = offload(model, target, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    gen = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(x_tr), generator=gen)
+        for i in range(0, len(order), batch_size):
+            if max_steps is not None and len(losses) >= max_steps:
+                break
+            idx = order[i:i + batch_size]
+            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if on_step:
+                on_step(losses[-1])
+        sched.step()
+    train_cycles = {s: sum(c[s] for c in session.cycles.values()) for s in ("FF", "BP", "WU")}
+    session.reset_cycles()
+    model.eval()
+    with torch.no_grad():
+        accuracy = 100.0 * (model(x_te).argmax(1) == y_te).float().mean().item()
+    test_cycles = sum(sum(c.values()) for c in session.cycles.values())
+    return TargetTraining(target, pattern, session.cfg.name, session.cfg.clock_mhz, len(losses), batch_size, accuracy,
+                          losses, train_cycles, test_cycles, time.perf_counter() - t0)

@@ -66,6 +66,11 @@ class SimTransport:
         self._cycles = result.cycles
         self.last_stats = result
 
+    def resize(self, memory_size: int) -> None:
+        """A zeroed memory of ``memory_size`` bytes (beats past it get DECERR); registers and core state kept."""
+        self.memory_size = int(memory_size)
+        self.memory = np.zeros(self.memory_size, dtype=np.uint8)
+
     def read_memory(self, addr: int, length: int) -> bytes:
         return self.memory[addr:addr + length].tobytes()
 

@@ -133,3 +133,36 @@ def test_cli_bad_input_is_a_usage_error(args, message, capsys):
     assert main(["simulate", "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- nmsat train
+
+
+def test_cli_train_through_the_simulator_reports_accuracy_and_core_time(capsys):
+    assert main(["train", "--target", "sim", "--steps", "2", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 2 and out["target"] == "sim" and out["preset"] == "vcu1525" and out["pattern"] == "2:8"
+    assert out["train_cycles_total"] == sum(out["train_cycles"].values()) > 0
+    assert out["simulated_seconds"] == pytest.approx(out["train_cycles_total"] / 200e6)
+    assert 0 <= out["test_accuracy"] <= 100 and out["test_cycles"] > 0
+
+
+def test_cli_train_on_fpga_without_a_card_says_what_is_missing(capsys):
+    import os
+
+    if os.path.exists("/dev/xdma0_user"):
+        pytest.skip("a card is present")
+    assert main(["train", "--target", "fpga", "--steps", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "no VCU1525 card" in err and "/dev/xdma0_user" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--target", "gpu"], "'gpu' is not one of"),
+    (["--nm", "2:7"], "M in 4, 8"),
+    (["--steps", "0"], "must be >= 1"),
+])
+def test_cli_train_bad_input(args, message, capsys):
+    assert main(["train", "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
