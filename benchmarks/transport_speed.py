@@ -11,7 +11,7 @@ one simulator start per call).  Every one must give the simulator's cycles
 and bytes (checked).  Cycles per second count the core's CYCLES register
 over the wall time of the run (image transfer, START, polling and read-back
 included; builds are cached and timed apart).  Medians of ``--repeat`` runs.
-Writes benchmarks/results/transport_speed_<preset>.md.
+Writes benchmarks/results/transport_speed_<preset>_<m>x<n>x<k>.md.
 """
 
 import argparse
@@ -85,7 +85,7 @@ def main():
     print(text)
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / f"transport_speed_{cfg.name}.md").write_text(text)
+    (out_dir / f"transport_speed_{cfg.name}_{args.m}x{args.n}x{args.k}.md").write_text(text)
 
 
 if __name__ == "__main__":
