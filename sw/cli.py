@@ -265,11 +265,58 @@ def train_cmd(target, nm, dense, preset, epochs, steps, batch, seed, as_json, qu
     print(f"on the CPU: {summary['on_cpu']}; host wall time {result.wall_seconds:.1f} s")
 
 
+@cli.group("fpga")
+def fpga() -> None:
+    """The VCU1525 flow: the Vivado project and bitstream, Yosys estimates."""
+
+
+@fpga.command("build")
+@click.option("--board", type=click.Choice(["vcu1525"]), default="vcu1525", show_default=True)
+@click.option("--preset", default="vcu1525", show_default=True, help="the core's configuration preset")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="project folder (default: build/<board>-<preset>)")
+def fpga_build(board, preset, out) -> None:
+    """Write the core's Verilog, the shell, its IP Tcl and XDC and an edalize Vivado project; run Vivado
+    (synthesis to bitstream and .mcs) when it is on PATH, else stop after the project (exit status 3)."""
+    from ..fpga.vivado import NO_VIVADO, build
+    from ..hw.config import SATConfig
+
+    cfg = SATConfig.preset(preset)
+    folder = Path(out or f"build/{board}-{cfg.name}")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder}: not a folder")
+    print(f"nmsat fpga build: {board} shell around the {cfg.name} core ({cfg.rows}x{cfg.cols}) in {folder}"
+          + ("; generating a core this large takes minutes" if cfg.rows * cfg.cols > 256 else ""), file=sys.stderr)
+    with heartbeat("writing the project"):
+        result = build(cfg, folder, board)
+    print(f"project: {result.project.folder} ({', '.join(result.project.files)})")
+    print(result.message)
+    if not result.ran_vivado and not result.cached:
+        raise click.exceptions.Exit(NO_VIVADO)
+
+
+@fpga.command("estimate")
+@click.option("--preset", default="tiny", show_default=True, help="the core's configuration preset")
+def fpga_estimate(preset) -> None:
+    """Yosys's resource estimate of the core (synth_xilinx, UltraScale+) against the VU9P and its three SLRs."""
+    from ..fpga.estimate import VU9P, estimate
+    from ..hw.config import SATConfig
+
+    cfg = SATConfig.preset(preset)
+    with heartbeat(f"Yosys on the {cfg.name} core"):
+        est = estimate(cfg)
+    used = {"LUT": est.lut, "FF": est.ff, "DSP": est.dsp, "BRAM36": est.bram36, "URAM": est.uram}
+    print(f"{'resource':<8} {'used':>12} {'VU9P':>10} {'of VU9P':>8} {'of one SLR':>11}")
+    for key, value in used.items():
+        print(f"{key:<8} {value:>12,.0f} {VU9P[key]:>10,} {value / VU9P[key]:>8.1%} {3 * value / VU9P[key]:>11.1%}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0; 1 when a card or tool is missing or the core stopped with an
     error; 2 for bad input; 130 interrupted)."""
     args = sys.argv[1:] if argv is None else list(argv)
-    command = next((a for a in args if not a.startswith("-")), "")
+    words = [a for a in args if not a.startswith("-")]
+    command = " ".join(words[:2]) if words[:1] == ["fpga"] else (words[0] if words else "")
     try:
         result = cli.main(args=args, prog_name="nmsat", standalone_mode=False)
         return result if isinstance(result, int) else 0
