@@ -13,10 +13,22 @@ __all__ = ["TOPLEVEL", "verilog_source"]
 TOPLEVEL = "nmsat_core"
 
 
+class _SharedPe:
+    """The "platform" the core elaborates for in Verilog: the PE array as instances of one PE module."""
+
+    shared_pe = True
+
+
 def verilog_source(cfg: SATConfig) -> str:
-    """The core's Verilog for ``cfg`` (top module ``nmsat_core``)."""
+    """The core's Verilog for ``cfg`` (top module ``nmsat_core``): the PE (``Bf16Mac``) written once as module
+    ``nmsat_pe`` and instantiated ``rows × cols`` times, the rest as Amaranth elaborates it.  (Amaranth
+    writes every instance of a component as a module of its own; one shared PE keeps the Verilog, the
+    Verilator build and the Yosys run of a 32 × 32 array from growing with it.)"""
     from amaranth.back import verilog
 
     from .core import Core
+    from .core.compute import PE_MODULE
+    from .fp import Bf16Mac
 
-    return verilog.convert(Core(cfg), name=TOPLEVEL, emit_src=False)
+    core = verilog.convert(Core(cfg), name=TOPLEVEL, platform=_SharedPe(), emit_src=False)
+    return core + verilog.convert(Bf16Mac(), name=PE_MODULE, emit_src=False)

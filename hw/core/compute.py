@@ -21,7 +21,7 @@ when it starts, pushes ``c2l``/``c2s`` when its drain ends.
 Not here: the buffers (the top level's memories) or the fp units (:mod:`nmsat.hw.fp`).
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Const, Instance, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,7 +31,11 @@ from ..isa import Opcode
 from ..timing import DRAIN_PIPELINE, DRAIN_ROWS, SRAM_READ_LATENCY
 from .common import PC_BITS, Entry, queue_signature
 
-__all__ = ["ComputeUnit"]
+__all__ = ["ComputeUnit", "PE_MODULE"]
+
+#: the Verilog module name of one PE (a ``Bf16Mac``) when the array is written with the PE shared
+#: (``nmsat.hw.verilog``): one definition, ``rows × cols`` instances
+PE_MODULE = "nmsat_pe"
 
 
 class ComputeUnit(wiring.Component):
@@ -183,12 +187,17 @@ class ComputeUnit(wiring.Component):
             row_b = Signal(word_bits, name=f"row_b_{r}")
             m.d.comb += row_b.eq(self.b_data.word_select(bank, word_bits) if banks > 1 else self.b_data)
             for c in range(C):
-                mac = Bf16Mac()
-                m.submodules[f"pe_{r}_{c}"] = mac
-                m.d.comb += [mac.acc_in.eq(Mux(mac_first, 0, acc[r][c])), mac.a.eq(self.a_data[16 * r:16 * r + 16]),
-                             mac.b.eq(row_b[16 * c:16 * c + 16])]
+                acc_in, a, b = Mux(mac_first, 0, acc[r][c]), self.a_data[16 * r:16 * r + 16], row_b[16 * c:16 * c + 16]
+                if getattr(platform, "shared_pe", False):  # Verilog: one PE module, instantiated R × C times
+                    acc_out = Signal(32, name=f"pe_{r}_{c}_out")
+                    m.submodules[f"pe_{r}_{c}"] = Instance(PE_MODULE, i_acc_in=acc_in, i_a=a, i_b=b, o_acc_out=acc_out)
+                else:
+                    mac = Bf16Mac()
+                    m.submodules[f"pe_{r}_{c}"] = mac
+                    m.d.comb += [mac.acc_in.eq(acc_in), mac.a.eq(a), mac.b.eq(b)]
+                    acc_out = mac.acc_out
                 with m.If(mac_valid):
-                    m.d.sync += acc[r][c].eq(mac.acc_out)
+                    m.d.sync += acc[r][c].eq(acc_out)
         # transfer and drain, two rows a step: reads in t+1 .. t+steps, writes in t+2 .. t+steps+1
         with m.If(transfer):
             m.d.sync += [drain_active.eq(1), drain_count.eq(0), drain_info.eq(cur_info)]
