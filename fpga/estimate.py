@@ -83,23 +83,46 @@ def parse_stat(text: str) -> dict[str, int]:
     return cells
 
 
-def estimate(cfg: SATConfig, *, workdir: Path | None = None, log: Path | None = None) -> Estimate:
-    """Synthesise the core for ``cfg`` with Yosys and return its cell counts."""
-    from ..hw.verilog import TOPLEVEL, verilog_source
+def _synth(work: Path, vfile: str, top: str, log: Path | None) -> dict[str, int]:
+    # files named relative to the working directory: YoWASP sees nothing else
+    script = f"read_verilog {vfile}; synth_xilinx -family xcup -noiopad -flatten -top {top}; stat"
+    proc = subprocess.run([*yosys_command(), "-p", script], capture_output=True, text=True, cwd=work)
+    if log:
+        Path(log).write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or "Number of cells" not in proc.stdout:
+        raise RuntimeError(f"Yosys failed (exit {proc.returncode}); last output: {(proc.stdout + proc.stderr)[-1500:]}")
+    return parse_stat(proc.stdout)
+
+
+def estimate(cfg: SATConfig, *, workdir: Path | None = None, log: Path | None = None,
+             hierarchical: bool = False) -> Estimate:
+    """Synthesise the core for ``cfg`` with Yosys and return its cell counts.  ``hierarchical``: the PE
+    (``nmsat_pe``) synthesised once and counted ``rows × cols`` times, the rest with the PE as a black box
+    (minutes at vcu1525, where one flat run takes hours; the PE's logic is not optimised across its ports)."""
+    from ..hw.verilog import TOPLEVEL, verilog_parts, verilog_source
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        vfile = work / f"{TOPLEVEL}_{cfg.name}.v"
-        vfile.write_text(verilog_source(cfg))
-        # files named relative to the working directory: YoWASP sees nothing else
-        script = f"read_verilog {vfile.name}; synth_xilinx -family xcup -noiopad -flatten -top {TOPLEVEL}; stat"
-        proc = subprocess.run([*yosys_command(), "-p", script], capture_output=True, text=True, cwd=work)
-        if log:
-            Path(log).write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0 or "Number of cells" not in proc.stdout:
-            raise RuntimeError(f"Yosys failed (exit {proc.returncode}); last output: {(proc.stdout + proc.stderr)[-1500:]}")
-        return Estimate(cfg.name, parse_stat(proc.stdout))
+        if not hierarchical:
+            vfile = work / f"{TOPLEVEL}_{cfg.name}.v"
+            vfile.write_text(verilog_source(cfg))
+            return Estimate(cfg.name, _synth(work, vfile.name, TOPLEVEL, log))
+        from ..hw.core.compute import PE_MODULE
+
+        core, pe = verilog_parts(cfg)
+        (work / "pe.v").write_text(pe)
+        stub = (f"(* blackbox *) module {PE_MODULE}(input [31:0] acc_in, input [15:0] a, input [15:0] b, "
+                f"output [31:0] acc_out); endmodule\n")
+        (work / "core.v").write_text(core + stub)
+        pe_cells = _synth(work, "pe.v", PE_MODULE, log and Path(f"{log}.pe"))
+        cells = _synth(work, "core.v", TOPLEVEL, log)
+        count = cells.pop(PE_MODULE, 0)
+        if count != cfg.rows * cfg.cols:
+            raise RuntimeError(f"the core has {count} PE instances, expected {cfg.rows * cfg.cols}")
+        for name, n in pe_cells.items():
+            cells[name] = cells.get(name, 0) + count * n
+        return Estimate(cfg.name, cells)
 
 
 def yosys_command() -> list[str]:

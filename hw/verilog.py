@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .config import SATConfig
 
-__all__ = ["TOPLEVEL", "verilog_source"]
+__all__ = ["TOPLEVEL", "verilog_source", "verilog_parts"]
 
 #: the top module's name in every generated file
 TOPLEVEL = "nmsat_core"
@@ -24,11 +24,17 @@ def verilog_source(cfg: SATConfig) -> str:
     ``nmsat_pe`` and instantiated ``rows × cols`` times, the rest as Amaranth elaborates it.  (Amaranth
     writes every instance of a component as a module of its own; one shared PE keeps the Verilog, the
     Verilator build and the Yosys run of a 32 × 32 array from growing with it.)"""
+    core, pe = verilog_parts(cfg)
+    return core + pe
+
+
+def verilog_parts(cfg: SATConfig) -> tuple[str, str]:
+    """The core's Verilog in two parts: everything but the PE (instances of ``nmsat_pe``), and the PE module."""
     from amaranth.back import verilog
 
     from .core import Core
     from .core.compute import PE_MODULE
     from .fp import Bf16Mac
 
-    core = verilog.convert(Core(cfg), name=TOPLEVEL, platform=_SharedPe(), emit_src=False)
-    return core + verilog.convert(Bf16Mac(), name=PE_MODULE, emit_src=False)
+    return (verilog.convert(Core(cfg), name=TOPLEVEL, platform=_SharedPe(), emit_src=False),
+            verilog.convert(Bf16Mac(), name=PE_MODULE, emit_src=False))

@@ -39,3 +39,18 @@ def test_estimate_arithmetic():
     assert est.lut == 1759 + 2657 + 8 * (40 + 38)
     assert est.ff == 2650 and est.dsp == 18 and est.bram36 == 7 and est.uram == 3
     assert est.utilisation()["DSP"] == pytest.approx(18 / VU9P["DSP"])
+
+
+def test_the_verilog_has_one_pe_module_instantiated_rows_times_cols():
+    """The hierarchical estimate and the Verilator builds rest on it: the PE written once, the array of
+    instances of it (the Amaranth simulation keeps its own PEs)."""
+    import re
+
+    from nmsat.hw.config import SATConfig
+    from nmsat.hw.core.compute import PE_MODULE
+    from nmsat.hw.verilog import verilog_parts
+
+    cfg = SATConfig.tiny()
+    core, pe = verilog_parts(cfg)
+    assert len(re.findall(rf"^\s*{PE_MODULE} \S+ \(", core, flags=re.M)) == cfg.rows * cfg.cols
+    assert f"module {PE_MODULE}(" in pe and f"module {PE_MODULE}(" not in core
