@@ -41,7 +41,7 @@ from ..dataflow.gemm import compile_gemm, compile_sparse_gemm, read_c
 from ..hw.config import SATConfig
 from .bdwp import BDWPConv2d, BDWPLinear, bp_mask, conv_weight_as_gemm, ff_mask, gemm_as_conv_weight
 from ..sim.core import CoreModel
-from .driver import DEFAULT_MAX_CYCLES, Device
+from .driver import DEFAULT_MAX_CYCLES, Device, DeviceTimeout
 
 __all__ = ["TARGETS", "Offload", "OffloadedLinear", "OffloadedConv2d", "offload"]
 
@@ -66,6 +66,13 @@ class Offload:
     transport_options: dict = field(default_factory=dict)
     _timer: CoreModel | None = field(default=None, repr=False)
 
+    def close(self) -> None:
+        """Release the device and forget the session (its layers then raise a clear error)."""
+        if self.device is not None:
+            self.device.close()
+            self.device = None
+        _SESSIONS.pop(self.key, None)
+
     def reset_cycles(self) -> None:
         self.cycles.clear()
 
@@ -85,9 +92,10 @@ class Offload:
         from .transports import open_transport
 
         if self.device is None:
-            size = max(nbytes, 1 << 20)
-            self.device = Device(self.cfg, open_transport(_TRANSPORTS[self.target], self.cfg, memory_size=size,
-                                                          **self.transport_options))
+            options = dict(self.transport_options)
+            if self.target != "fpga":  # the card has its whole memory; the models start small and grow
+                options.setdefault("memory_size", max(nbytes, 1 << 20))
+            self.device = Device(self.cfg, open_transport(_TRANSPORTS[self.target], self.cfg, **options))
         elif self.device.memory_size < nbytes:
             resize = getattr(self.device.transport, "resize", None)
             if resize is None:
@@ -105,7 +113,12 @@ class Offload:
             if self._timer is None:
                 self._timer = CoreModel(self.cfg)
             limit = 2 * self._timer.time_programs(prog.run_words).cycles + 100_000
-        out = device.run_image(prog.memory, prog.runs, max_cycles=limit)
+        try:
+            out = device.run_image(prog.memory, prog.runs, max_cycles=limit)
+        except DeviceTimeout:
+            if hasattr(device.transport, "reset"):
+                device.reset()  # the next layer's run finds the core idle
+            raise
         self.cycles[layer][stage] += out.cycles
         return read_c(prog, out.memory[:prog.memory.size])
 
@@ -122,7 +135,7 @@ def _pattern(n: int, m: int):
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float32).contiguous().numpy()
+    return t.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
 # ---------------------------------------------------------------- linear: Y = X Wᵀ, dX = dY W, dW = dYᵀ X
@@ -134,7 +147,7 @@ def linear_ff(x: torch.Tensor, w: torch.Tensor, n: int, m: int, decay: float, se
     if s.target == "reference":
         return F.linear(x, w * ff_mask(w, n, m) if n < m else w)
     c = s.gemm(layer, "FF", _f32(w), _f32(x).T, _pattern(n, m))  # [Cout, tokens]
-    return torch.from_numpy(np.ascontiguousarray(c.T)).to(x.dtype)
+    return torch.from_numpy(np.ascontiguousarray(c.T)).to(x.device, x.dtype)
 
 
 @linear_ff.register_fake
@@ -148,7 +161,7 @@ def linear_bp(dy: torch.Tensor, w: torch.Tensor, n: int, m: int, session: str, l
     if s.target == "reference":
         return dy @ (w * bp_mask(w, n, m) if n < m else w)
     c = s.gemm(layer, "BP", _f32(w).T, _f32(dy).T, _pattern(n, m))  # [K, tokens]: Wᵀ pruned along Cout
-    return torch.from_numpy(np.ascontiguousarray(c.T)).to(dy.dtype)
+    return torch.from_numpy(np.ascontiguousarray(c.T)).to(dy.device, dy.dtype)
 
 
 @linear_bp.register_fake
@@ -161,7 +174,7 @@ def linear_wu(dy: torch.Tensor, x: torch.Tensor, session: str, layer: str) -> to
     s = _session(session)
     if s.target == "reference":
         return dy.t() @ x
-    return torch.from_numpy(s.gemm(layer, "WU", _f32(dy).T, _f32(x), None)).to(dy.dtype)  # [Cout, K]
+    return torch.from_numpy(s.gemm(layer, "WU", _f32(dy).T, _f32(x), None)).to(dy.device, dy.dtype)  # [Cout, K]
 
 
 @linear_wu.register_fake
@@ -227,7 +240,7 @@ def conv_ff(x: torch.Tensor, w: torch.Tensor, n: int, m: int, decay: float, stri
     a = _f32(conv_weight_as_gemm(w, 1)[0])  # [Cout, K]
     c = s.gemm(layer, "FF", a, _f32(_columns(x, kernel, stride, padding, dilation)), _pattern(n, m))
     y = torch.from_numpy(c).reshape(w.shape[0], x.shape[0], ho, wo).permute(1, 0, 2, 3)
-    return y.contiguous().to(x.dtype)
+    return y.contiguous().to(x.device, x.dtype)
 
 
 @conv_ff.register_fake
@@ -247,7 +260,7 @@ def conv_bp(dy: torch.Tensor, w: torch.Tensor, x_shape: list[int], n: int, m: in
     a = _f32(conv_weight_as_gemm(w, 1)[0]).T  # [K, Cout], pruned along Cout
     dy_mat = _f32(dy.permute(1, 0, 2, 3).reshape(w.shape[0], -1))  # [Cout, N·L]
     cols = torch.from_numpy(s.gemm(layer, "BP", a, dy_mat, _pattern(n, m)))
-    return _fold(cols, x_shape, kernel, stride, padding, dilation).to(dy.dtype)
+    return _fold(cols, x_shape, kernel, stride, padding, dilation).to(dy.device, dy.dtype)
 
 
 @conv_bp.register_fake
@@ -265,7 +278,7 @@ def conv_wu(dy: torch.Tensor, x: torch.Tensor, w_shape: list[int], stride: list[
     dy_mat = _f32(dy.permute(1, 0, 2, 3).reshape(w_shape[0], -1))  # [Cout, N·L]
     cols = _f32(_columns(x, kernel, stride, padding, dilation)).T  # [N·L, K]
     dw = torch.from_numpy(s.gemm(layer, "WU", dy_mat, cols, None))
-    return gemm_as_conv_weight(dw.unsqueeze(0), torch.Size(w_shape)).contiguous().to(dy.dtype)
+    return gemm_as_conv_weight(dw.unsqueeze(0), torch.Size(w_shape)).contiguous().to(dy.device, dy.dtype)
 
 
 @conv_wu.register_fake
@@ -355,9 +368,14 @@ def offload(model: nn.Module, target: str = "sim", cfg: SATConfig | None = None,
     session = Offload(target, cfg, key, transport_options=transport_options)
     if target in _TRANSPORTS:
         session._open(1 << 20)  # fail now, not in the first step, when the target is missing (no card, no tool)
+    if isinstance(model, (nn.Linear, nn.Conv2d)):
+        raise ValueError("offload: the model is a single layer; put it in a container (nn.Sequential(layer)) "
+                         "so that it can be swapped")
     for name, module in list(model.named_modules()):
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             reason = _offloadable(module)
+            if reason is None and getattr(module, "mask_interval", 1) != 1:
+                reason = f"mask_interval={module.mask_interval} (offloaded layers take their masks afresh every call)"
             if reason is None:
                 for (n, m) in ([(module.n, module.m)] if isinstance(module, (BDWPLinear, BDWPConv2d)) else []):
                     if m not in cfg.sparse_m:

@@ -336,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # bad input: one clear line, no traceback
         print(f"nmsat {command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the command cannot use
+        print(f"nmsat {command}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
     except RuntimeError as exc:  # what the command needs is missing (a card, a tool) or the core failed
         from .driver import CoreError, DeviceError
         from .rtl import ToolMissing

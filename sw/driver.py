@@ -140,6 +140,7 @@ class Device:
         self.cfg, self.transport, self.poll_cycles = cfg, transport, poll_cycles
         self.id = transport.read_register(Csr.ID)
         if check_id and self.id != cfg.hash32:
+            transport.close()
             raise IdMismatch(f"{transport.name}: the core's ID is {self.id:#010x}, the config's hash is "
                              f"{cfg.hash32:#010x}: another preset or bitstream")
         self._align = cfg.max_burst_beats * cfg.bus_bytes
@@ -173,7 +174,11 @@ class Device:
 
     def write(self, addr: int, data) -> None:
         """Bytes, or a numpy array's raw bytes (little-endian, as the core reads them), to ``addr``."""
-        raw = np.ascontiguousarray(data).view(np.uint8).tobytes() if isinstance(data, np.ndarray) else bytes(data)
+        if isinstance(data, np.ndarray):
+            little = data.dtype.newbyteorder("<")  # the core reads little-endian words
+            raw = np.ascontiguousarray(data, dtype=little).view(np.uint8).tobytes()
+        else:
+            raw = bytes(data)
         self._check_range("write", addr, len(raw))
         self.transport.write_memory(int(addr), raw)
 
@@ -190,6 +195,8 @@ class Device:
     def write_register(self, register: Csr, value: int) -> None:
         """A host register write; those a run reads are refused while the core is BUSY."""
         register = Csr(register)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{register.name}: {value!r} is not an integer (write fp32 values as their bit pattern)")
         if not 0 <= int(value) < 1 << 32:
             raise ValueError(f"{register.name}: {value!r} is not a 32-bit value")
         if register in _RUNNING_REGISTERS and self.status() is Status.BUSY:
@@ -197,7 +204,12 @@ class Device:
         self.transport.write_register(register, int(value))
 
     def _read64(self, lo: Csr, hi: Csr) -> int:
-        return self.transport.read_register(lo) | self.transport.read_register(hi) << 32
+        """A 64-bit counter read while it runs: high, low, high again until the high word held still."""
+        while True:
+            high = self.transport.read_register(hi)
+            low = self.transport.read_register(lo)
+            if self.transport.read_register(hi) == high:
+                return low | high << 32
 
     # ---------------------------------------------------------------- runs
 
@@ -279,6 +291,8 @@ class Device:
 
     def _name_instruction(self, program_addr: int, program_len: int, pc: int) -> str | None:
         """The opcode (and program) of instruction ``pc`` of the run, following its chain of FINISHes."""
+        if program_addr % self.cfg.bus_bytes:
+            return None  # the fetch itself failed: no instruction ran
         try:
             for hop in range(64):
                 if not 1 <= program_len <= self.cfg.imem_depth:

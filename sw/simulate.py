@@ -183,13 +183,11 @@ class SimulationReport:
         if self.dense_iteration is not None:
             runs = [(self.dense_iteration, -0.2, "dense"), (self.iteration, 0.2, self.pattern)]
         width = 0.4 if len(runs) == 2 else 0.8
-        by_name = {}
-        for report, _, _ in runs:
-            by_name[id(report)] = {x.name: x for x in report.layers}
+        shown = [i for i, x in enumerate(self.layers) if x.cycles or (x.dense_cycles or 0)]
         for r, (report, shift, label) in enumerate(runs):
             bottom = [0.0] * len(layers)
             for (key, name), colour in zip(parts, colours):
-                values = [_part(by_name[id(report)][x.name], key) for x in layers]
+                values = [_part(report.layers[i], key) for i in shown]  # the runs list the layers in one order
                 ax.bar([i + shift for i in range(len(layers))], values, width, bottom=bottom, color=colour,
                        alpha=0.55 if label == "dense" else 1.0, edgecolor="none",
                        label=f"{name} ({label})" if len(runs) == 2 or r == 0 else None)
@@ -253,15 +251,14 @@ def simulate(model: str | list[LayerWork], pattern: tuple[int, int] | None = (2,
     sparse = time_iteration(cfg, layers, pattern, core=core, progress=progress, **options)
     dense = time_iteration(cfg, layers, None, core=core, progress=progress, **options) \
         if compare_dense and pattern is not None else None
-    dense_rows = {x.name: x for x in dense.layers} if dense else {}
     pes = cfg.rows * cfg.cols
     rows = []
-    for work, x in zip(layers, sparse.layers):
+    for index, (work, x) in enumerate(zip(layers, sparse.layers)):
         macs = _useful_macs(work, pattern)
         rows.append(LayerReport(x.name, x.kind, x.sparse, x.ff, x.bp, x.wu, x.vector_ff, x.vector_bp, x.vector_hidden,
                                 x.pregen, x.interleave_saved, macs, _layer_cycles(x),
                                 macs / (x.gemm * pes) if x.gemm else None, _bound(x),
-                                _layer_cycles(dense_rows[x.name]) if dense else None))
+                                _layer_cycles(dense.layers[index]) if dense else None))  # same order: by position
     dense_macs = sum(x.macs for x in layers)
     ideal = dense_macs / sum(_useful_macs(x, pattern) for x in layers) if pattern else 1.0
     totals = {"gemm_ff": sum(x.ff for x in sparse.layers), "gemm_bp": sum(x.bp for x in sparse.layers),

@@ -74,6 +74,10 @@ def module_work(module: nn.Module, example: torch.Tensor) -> ModelWork:
     """The work of one training iteration of ``module`` on a batch like ``example`` (``[N, ...]``)."""
     if not isinstance(example, torch.Tensor) or example.dim() < 2:
         raise ValueError("module_work: the example must be a batch tensor [N, ...]")
+    import copy
+
+    module = copy.deepcopy(module)  # tracing runs the model once: the user's own (batch-norm statistics,
+    module.eval()                   # BDWP step counters) stays as it was
     try:
         graph = fx.symbolic_trace(module)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds; the user needs one clear line
@@ -86,8 +90,12 @@ def module_work(module: nn.Module, example: torch.Tensor) -> ModelWork:
     unsupported: list[tuple[str, str]] = []
     inputs = {n for n in graph.graph.nodes if n.op == "placeholder"}
     output_shape = None
+    seen: dict[str, int] = {}
     for node in graph.graph.nodes:
         name = str(node.target) if node.op == "call_module" else node.name
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:  # a module called again (a shared activation): a layer of its own
+            name = f"{name}#{seen[name]}"
         try:
             if node.op == "call_module":
                 sub = modules[node.target]
@@ -100,6 +108,8 @@ def module_work(module: nn.Module, example: torch.Tensor) -> ModelWork:
                         b.relu_grad(name, _elements(node))
                 elif node.target in ("add", "add_") and _tensor_args(node) == 2:
                     b.add(name, _elements(node))
+                elif node.target == "mean":  # a global average pool written as x.mean(dims)
+                    b.pool(name, _elements(node.args[0]), _elements(node), "avg")
                 elif node.target not in _FREE_METHODS:
                     unsupported.append((name, f"Tensor.{node.target}"))
             elif node.op == "output":

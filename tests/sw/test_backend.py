@@ -129,3 +129,17 @@ def test_fpga_without_a_card_and_unknown_targets_are_clear_errors():
         offload(nn.Linear(4, 4), "fpga")
     with pytest.raises(ValueError, match=", ".join(TARGETS)):
         offload(nn.Linear(4, 4), "gpu")
+
+
+def test_what_offload_cannot_swap_is_said():
+    with pytest.raises(ValueError, match="single layer"):
+        offload(nn.Linear(8, 4), "reference")
+    from nmsat.sw.bdwp import BDWPLinear
+
+    model = nn.Sequential(nn.Linear(8, 8), BDWPLinear(8, 8, mask_interval=10), nn.Linear(8, 4))
+    with pytest.warns(UserWarning, match=r"1 \(BDWPLinear: mask_interval=10"):
+        session = offload(model, "reference")
+    assert type(model[1]) is BDWPLinear  # its masks live for ten steps: it stays as it is
+    session.close()
+    with pytest.raises(ValueError, match="closed or unknown"):
+        model(torch.zeros(2, 8))

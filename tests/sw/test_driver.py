@@ -256,3 +256,11 @@ def test_xdma_transport_on_a_simulated_card_byte_order_and_register_sequence(tmp
 
 def test_the_transports_satisfy_the_protocol():
     assert isinstance(SimTransport(TINY, memory_size=4096), Transport)
+
+
+def test_register_values_must_be_integers_and_arrays_go_little_endian():
+    device = open_device("sim", TINY, memory_size=4096)
+    with pytest.raises(ValueError, match="not an integer"):
+        device.write_register(Csr.LR, 0.01)
+    device.write(0, np.array([1], dtype=">u4"))  # a big-endian array is written as the core reads words
+    assert device.read(0, 4).tolist() == [1, 0, 0, 0]

@@ -1,6 +1,7 @@
 """``nmsat simulate`` and :mod:`nmsat.sw.simulate`: a model's iteration, layer by layer, dense beside sparse;
 a user's own ``nn.Module`` traced into the same work; the JSON report's documented fields; bad input."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -166,3 +167,31 @@ def test_cli_train_bad_input(args, message, capsys):
     assert main(["train", "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_tracing_leaves_the_users_model_alone_and_shared_modules_keep_their_own_rows():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.c3 = (nn.Conv2d(16, 16, 3, padding=1, bias=False) for _ in range(3))
+            self.bn, self.act, self.fc = nn.BatchNorm2d(16), nn.GELU(), nn.Linear(16, 4)
+
+        def forward(self, x):
+            x = self.act(self.c2(self.act(self.bn(self.c1(x)))))
+            return self.fc(self.c3(x).mean(dim=(2, 3)))
+
+    net = Shared()
+    before = copy.deepcopy(net.state_dict())
+    report = simulate_module(net, torch.randn(8, 16, 8, 8), (2, 8), cfg=VCU, offline=False)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # batch-norm statistics untouched
+    acts = [i for i, x in enumerate(report.layers) if x.kind == "gelu"]
+    assert len(acts) == 2 and report.layers[acts[0]].name != report.layers[acts[1]].name
+    for x, dense in zip(report.layers, report.dense_iteration.layers):
+        assert x.dense_cycles == dense.gemm + dense.vector - dense.vector_hidden
+
+
+def test_cli_a_path_it_cannot_use_is_one_line(capsys):
+    assert main(["fpga", "build", "--preset", "tiny", "--out", "/etc/hostname/x"]) == 2
+    err = capsys.readouterr().err
+    assert "Not a directory" in err and "Traceback" not in err
