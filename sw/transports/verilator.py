@@ -3,7 +3,8 @@
 A small C++ harness (``verilator_harness.cpp``) holds the Verilated model,
 the memory model of ``docs/architecture.md`` §6 on both AXI4 master ports
 and the AXI4-Lite register transactions; it is built once per config into a
-shared library (cached by a digest of the Verilog, the harness and the tool,
+shared library (Verilator's hierarchical mode, the PE one block: :func:`hier_pe`; cached by a digest
+of the Verilog, the harness and the tool,
 under ``~/.cache/nmsat`` or ``NMSAT_BUILD_DIR``) and loaded with ctypes, so
 Python is called per register access or wait, not per cycle.  Memory is the
 harness's own, seen from Python as a numpy array.
@@ -17,12 +18,14 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from ...hw.config import SATConfig
+from ...hw.core.compute import PE_MODULE
 from ...hw.verilog import TOPLEVEL, verilog_source
 from ..driver import DeviceError
 from ..rtl import ToolMissing, _environment, _locked, build_dir_root, verilator_binary
@@ -33,9 +36,18 @@ HARNESS = Path(__file__).with_name("verilator_harness.cpp")
 LIBRARY = "libnmsat_device.so"
 
 
+def hier_pe(source: str) -> str:
+    """The core's Verilog with its PE module marked as a Verilator hierarchical block: verilated and compiled
+    once, not once per instance (the 32 × 32 array's C++ would otherwise hold 1,024 copies)."""
+    marked, count = re.subn(rf"(module {PE_MODULE}\([^;]*\);)", r"\1\n  /*verilator hier_block*/", source, count=1)
+    if not count:
+        raise DeviceError(f"the core's Verilog has no module {PE_MODULE}")
+    return marked
+
+
 def build_harness(cfg: SATConfig) -> Path:
     """The harness library for ``cfg``, built if missing (locked: concurrent callers share one build)."""
-    source = verilog_source(cfg)
+    source = hier_pe(verilog_source(cfg))
     tool = verilator_binary()
     harness = HARNESS.read_text()
     digest = hashlib.sha256((source + harness + str(tool.resolve()) + str(cfg.bus_bytes)).encode()).hexdigest()[:16]
@@ -47,7 +59,8 @@ def build_harness(cfg: SATConfig) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         vfile = folder / f"{TOPLEVEL}.v"
         vfile.write_text(source)
-        command = [str(tool), "--cc", str(vfile), "--top-module", TOPLEVEL, "--exe", str(HARNESS), "--build",
+        command = [str(tool), "--cc", str(vfile), "--top-module", TOPLEVEL, "--hierarchical", "--exe", str(HARNESS),
+                   "--build",
                    "-Mdir", str(folder / "obj"), "-j", str(os.cpu_count() or 2), "-Wno-fatal", "-O3", "--x-assign", "0", "--x-initial", "0",
                    "-CFLAGS", f"-fPIC -O2 -DBUS_BYTES={cfg.bus_bytes}", "-LDFLAGS", "-shared", "-o", LIBRARY]
         try:
