@@ -16,7 +16,6 @@ Writes benchmarks/results/transport_speed_<preset>_<m>x<n>x<k>.md.
 
 import argparse
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -29,15 +28,7 @@ from nmsat.sw.driver import Device
 from nmsat.sw.rtl import RtlJob, _build, run_programs
 from nmsat.sw.transports import open_transport
 from nmsat.sw.transports.verilator import build_harness
-
-
-def median_time(fn, repeat):
-    times, value = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), value
+from sim_vs_verilator import timed as median_time  # the benchmarks' median-of-runs timer (same folder)
 
 
 def main():
