@@ -40,32 +40,6 @@ def _net(m: Module, name: str, expr) -> Signal:
     return sig
 
 
-def _leading_zeros(x: Value) -> tuple[Value, Value]:
-    """Leading-zero count of ``x`` as a balanced tree.
-
-    Returns ``(count, nonzero)``.  ``x`` is padded at the bottom to a power of
-    two; ``count`` is only meaningful when ``nonzero`` is 1.
-    """
-    width = len(x)
-    padded = 1
-    while padded < width:
-        padded *= 2
-    if padded > width:
-        x = Cat(Const(0, padded - width), x)
-
-    def tree(v: Value) -> tuple[Value, Value]:
-        if len(v) == 1:
-            return Cat(), v[0]
-        half = len(v) // 2
-        count_hi, any_hi = tree(v[half:])
-        count_lo, any_lo = tree(v[:half])
-        # top half has a one: count in it; else half + count in the low half
-        count = Mux(any_hi, Cat(count_hi, Const(0, 1)), Cat(count_lo, Const(1, 1)))
-        return count, any_hi | any_lo
-
-    return tree(x)
-
-
 def _classify(x: Value, frac_bits: int):
     """(sign, biased exponent, fraction, zero-or-subnormal, NaN, inf) of a float with an 8-bit exponent."""
     exp, frac = x[frac_bits:frac_bits + 8], x[:frac_bits]
@@ -141,16 +115,22 @@ class Fp32Adder(wiring.Component):
     range is ±inf.  A NaN operand or inf − inf gives the canonical NaN
     ``0x7FC00000``; other infinities follow IEEE 754.
 
-    Datapath: the operands are ordered by magnitude; the smaller significand
-    is aligned in a 27-bit field (24 bits + guard + round + sticky) and every
-    bit shifted out of it is ORed into the sticky bit (an AND with a
-    thermometer mask of the shift amount: the same bit a 51-bit alignment
-    shifter would give, for less logic; shifts of 27 or more are clamped, as
-    they move everything into the sticky bit); the 28-bit sum or
-    difference is normalised by a leading-zero count and one left shift; the
+    Datapath (built for LUT count: the array repeats it rows × cols times):
+    the operands are ordered by their raw magnitude bits (a subnormal orders
+    like the zero it is read as); the significands get their hidden bit, or
+    are zero for an exponent of 0; the smaller one is aligned in a 27-bit
+    field (24 bits + guard + round + sticky) by a five-stage right shifter
+    that ORs what each stage shifts out into the sticky bit (an exponent
+    difference above 27 moves all of it there); one 28-bit adder adds it, or
+    its complement plus one; a five-stage normalising shifter moves the
+    leading one to the top, each stage shifting when the bits it would pass
+    are zero, so the stages' decisions are the leading-zero count; the
     fraction is rounded by adding the round-up bit to the packed exponent and
     fraction, so a carry out of the fraction lands in the exponent (and
-    ``0x7F7FFFFF`` + 1 becomes inf).
+    ``0x7F7FFFFF`` + 1 becomes inf).  Any correct round-to-nearest-even adder
+    gives the same bits; this one is ≈ 40% smaller under Yosys than the
+    comparator-mask and leading-zero-tree form it replaced
+    (``benchmarks/pe_logic_depth.py``).
 
     Attributes
     ----------
@@ -167,46 +147,53 @@ class Fp32Adder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        def unpack(x, n):
-            exp, frac = x[23:31], x[0:23]
-            is_zero = exp == 0  # zero or subnormal (flushed)
-            is_max = exp == 0xFF
-            # magnitude after flush to zero (exponent and fraction, 31 bits)
-            mag = _net(m, f"mag_{n}", Mux(is_zero, 0, x[0:31]))
-            return x[31], mag, is_max & (frac == 0), is_max & (frac != 0)
-
-        sign_a, mag_a, inf_a, nan_a = unpack(self.a, "a")
-        sign_b, mag_b, inf_b, nan_b = unpack(self.b, "b")
+        a, b = self.a, self.b
+        sign_a, sign_b = a[31], b[31]
+        top_a, top_b = a[23:31] == 0xFF, b[23:31] == 0xFF
+        inf_a, nan_a = top_a & (a[0:23] == 0), top_a & (a[0:23] != 0)
+        inf_b, nan_b = top_b & (b[0:23] == 0), top_b & (b[0:23] != 0)
 
         # order by magnitude: x is the larger, y the smaller
-        swap = _net(m, "swap", mag_b > mag_a)
+        swap = _net(m, "swap", b[0:31] > a[0:31])
         sign_x = Mux(swap, sign_b, sign_a)
-        mag_x = _net(m, "mag_x", Mux(swap, mag_b, mag_a))
-        mag_y = _net(m, "mag_y", Mux(swap, mag_a, mag_b))
+        mag_x = _net(m, "mag_x", Mux(swap, b[0:31], a[0:31]))
+        mag_y = _net(m, "mag_y", Mux(swap, a[0:31], b[0:31]))
         exp_x, exp_y = mag_x[23:31], mag_y[23:31]
-        sig_x = Cat(mag_x[0:23], exp_x != 0)  # 24 bits with the hidden one
-        sig_y = Cat(mag_y[0:23], exp_y != 0)  # 0 when y is a (flushed) zero
+
+        def significand(mag, exp, name):  # 24 bits with the hidden one; 0 for a (flushed) zero
+            normal = exp != 0
+            return _net(m, name, Cat(mag[0:23], Const(1, 1)) & Cat(*([normal] * 24)))
+
+        sig_x, sig_y = significand(mag_x, exp_x, "sig_x"), significand(mag_y, exp_y, "sig_y")
         subtract = sign_a ^ sign_b
 
-        # alignment: y's significand with 3 extra bits, shifted right by the
-        # exponent difference; every shift of 27 or more moves all of it out
+        # alignment: y's significand with 3 extra bits, shifted right by the exponent difference one power
+        # of two a stage, each stage ORing the bits it shifts out into the sticky bit
         diff = _net(m, "diff", exp_x - exp_y)  # 0 .. 254 (exp_x >= exp_y)
-        shift = _net(m, "shift", Mux(diff > 27, 27, diff[0:5]))
-        y_ext = _net(m, "y_ext", Cat(Const(0, 3), sig_y))  # 27 bits
-        y_kept = y_ext >> shift
-        # sticky: y bits below the shift, y_ext & ((1 << shift) - 1) != 0
-        lost_mask = Cat(*(shift > i for i in range(27)))
-        sticky = (y_ext & lost_mask) != 0
-        y_aligned = _net(m, "y_aligned", y_kept | sticky)
+        field = Cat(Const(0, 3), sig_y)  # 27 bits
+        sticky = Const(0, 1)
+        for bit in (4, 3, 2, 1, 0):
+            step = 1 << bit
+            take = diff[bit]
+            sticky = _net(m, f"sticky_{bit}", sticky | (take & (field[0:step] != 0)))
+            field = _net(m, f"align_{bit}", Mux(take, field >> step, field))
+        y_aligned = _net(m, "y_aligned", Mux(diff > 27, Cat(sig_y != 0, Const(0, 26)), field | sticky))
         x_ext = Cat(Const(0, 3), sig_x)  # 27 bits
 
-        # 28-bit sum / difference (x >= y, so the difference is not negative)
-        total = _net(m, "total", Mux(subtract, x_ext - y_aligned, x_ext + y_aligned)[0:28])
+        # 28-bit sum / difference in one adder (x >= y, so the difference is not negative)
+        flip = Cat(*([subtract] * 28))
+        total = _net(m, "total", (x_ext + (Cat(y_aligned, Const(0, 1)) ^ flip) + subtract)[0:28])
 
-        # normalise: shift the leading one to bit 27
-        lz, nonzero = _leading_zeros(total)
-        lz = _net(m, "lz", lz)
-        norm = _net(m, "norm", (total << lz)[0:28])
+        # normalise: shift the leading one to bit 27, one power of two a stage
+        norm = total
+        zero_stages = []
+        for bit in (4, 3, 2, 1, 0):
+            step = 1 << bit
+            passed = norm[28 - step:28] == 0
+            zero_stages.append(passed)
+            norm = _net(m, f"norm_{bit}", Mux(passed, (norm << step)[0:28], norm))
+        lz = _net(m, "lz", Cat(*reversed(zero_stages)))
+        nonzero = total != 0
         mant = norm[4:27]  # 23 fraction bits below the leading one
         guard = norm[3]
         rest = norm[0:3] != 0
