@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..hw.config import SATConfig
 
-__all__ = ["VU9P", "Estimate", "estimate", "parse_stat"]
+__all__ = ["VU9P", "Estimate", "estimate", "parse_stat", "parse_module_stats", "unit_cells"]
 
 #: XCVU9P-L2FSGD2104E (the VCU1525's part): capacity used for percentages.
 VU9P = {"LUT": 1_182_240, "FF": 2_364_480, "DSP": 6_840, "BRAM36": 2_160, "URAM": 960}
@@ -34,6 +34,9 @@ _FF_CELLS = ("FDRE", "FDSE", "FDCE", "FDPE")
 class Estimate:
     config: str
     cells: dict[str, int]
+    #: cell counts per unit of the core (``compute``, ``update``, ... and ``pe array``; ``top`` is the
+    #: top level's own cells: buffers and glue), when the estimate was made by module
+    units: dict[str, dict[str, int]] | None = None
 
     @property
     def lut(self) -> int:
@@ -83,22 +86,51 @@ def parse_stat(text: str) -> dict[str, int]:
     return cells
 
 
-def _synth(work: Path, vfile: str, top: str, log: Path | None) -> dict[str, int]:
+def parse_module_stats(text: str) -> dict[str, dict[str, int]]:
+    """Each module's own cell counts (its submodules' instances among them, by module name) from a ``stat``
+    report of a design that was not flattened."""
+    modules = {}
+    for match in re.finditer(r"^=== (\S+) ===$", text, flags=re.M):
+        if match.group(1) == "design hierarchy":
+            break
+        end = text.find("\n=== ", match.end())
+        modules[match.group(1)] = parse_stat(text[match.end():end if end >= 0 else len(text)])
+    return modules
+
+
+def unit_cells(modules: dict[str, dict[str, int]], top: str) -> dict[str, dict[str, int]]:
+    """Leaf cells (instances of the design's own modules left out) summed per unit: the first level below
+    ``top`` (``top.compute.drain_add_0_1`` counts in ``compute``); the top module's own cells as ``top``."""
+    units: dict[str, dict[str, int]] = {}
+    for name, cells in modules.items():
+        unit = "top" if name == top else name[len(top) + 1:].split(".")[0].split("$")[0]
+        into = units.setdefault(unit, {})
+        for cell, n in cells.items():
+            if cell not in modules:
+                into[cell] = into.get(cell, 0) + n
+    return units
+
+
+def _synth(work: Path, vfile: str, top: str, log: Path | None, *, flatten: bool = True) -> str:
+    """Yosys's ``stat`` report (of the hierarchy's totals and each module when not ``flatten``)."""
     # files named relative to the working directory: YoWASP sees nothing else
-    script = f"read_verilog {vfile}; synth_xilinx -family xcup -noiopad -flatten -top {top}; stat"
+    how = "-flatten" if flatten else ""
+    script = f"read_verilog {vfile}; synth_xilinx -family xcup -noiopad {how} -top {top}; stat -top {top}"
     proc = subprocess.run([*yosys_command(), "-p", script], capture_output=True, text=True, cwd=work)
     if log:
         Path(log).write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or "Number of cells" not in proc.stdout:
         raise RuntimeError(f"Yosys failed (exit {proc.returncode}); last output: {(proc.stdout + proc.stderr)[-1500:]}")
-    return parse_stat(proc.stdout)
+    return proc.stdout
 
 
 def estimate(cfg: SATConfig, *, workdir: Path | None = None, log: Path | None = None,
              hierarchical: bool = False) -> Estimate:
     """Synthesise the core for ``cfg`` with Yosys and return its cell counts.  ``hierarchical``: the PE
-    (``nmsat_pe``) synthesised once and counted ``rows × cols`` times, the rest with the PE as a black box
-    (minutes at vcu1525, where one flat run takes hours; the PE's logic is not optimised across its ports)."""
+    (``nmsat_pe``) synthesised once and counted ``rows × cols`` times, the rest module by module with the
+    PE as a black box, so each unit's cells are known (``Estimate.units``) and no one ABC run sees the
+    whole core (a flat run of the vcu1525 core did not finish in an hour; logic is not optimised across
+    module ports)."""
     from ..hw.verilog import TOPLEVEL, verilog_parts, verilog_source
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +139,7 @@ def estimate(cfg: SATConfig, *, workdir: Path | None = None, log: Path | None = 
         if not hierarchical:
             vfile = work / f"{TOPLEVEL}_{cfg.name}.v"
             vfile.write_text(verilog_source(cfg))
-            return Estimate(cfg.name, _synth(work, vfile.name, TOPLEVEL, log))
+            return Estimate(cfg.name, parse_stat(_synth(work, vfile.name, TOPLEVEL, log)))
         from ..hw.core.compute import PE_MODULE
 
         core, pe = verilog_parts(cfg)
@@ -115,14 +147,19 @@ def estimate(cfg: SATConfig, *, workdir: Path | None = None, log: Path | None = 
         stub = (f"(* blackbox *) module {PE_MODULE}(input [31:0] acc_in, input [15:0] a, input [15:0] b, "
                 f"output [31:0] acc_out); endmodule\n")
         (work / "core.v").write_text(core + stub)
-        pe_cells = _synth(work, "pe.v", PE_MODULE, log and Path(f"{log}.pe"))
-        cells = _synth(work, "core.v", TOPLEVEL, log)
+        pe_cells = parse_stat(_synth(work, "pe.v", PE_MODULE, log and Path(f"{log}.pe")))
+        report = _synth(work, "core.v", TOPLEVEL, log, flatten=False)
+        cells = parse_stat(report)
         count = cells.pop(PE_MODULE, 0)
         if count != cfg.rows * cfg.cols:
             raise RuntimeError(f"the core has {count} PE instances, expected {cfg.rows * cfg.cols}")
         for name, n in pe_cells.items():
             cells[name] = cells.get(name, 0) + count * n
-        return Estimate(cfg.name, cells)
+        units = unit_cells(parse_module_stats(report), TOPLEVEL)
+        for into in units.values():
+            into.pop(PE_MODULE, None)
+        units["pe array"] = {name: count * n for name, n in pe_cells.items()}
+        return Estimate(cfg.name, cells, units)
 
 
 def yosys_command() -> list[str]:

@@ -297,17 +297,28 @@ def fpga_build(board, preset, out) -> None:
 
 @fpga.command("estimate")
 @click.option("--preset", default="tiny", show_default=True, help="the core's configuration preset")
-def fpga_estimate(preset) -> None:
+@click.option("--flat", is_flag=True, help="one flat Yosys run of the whole core (small presets only: the "
+              "default synthesises the PE once and the rest module by module, and gives the cells per unit)")
+def fpga_estimate(preset, flat) -> None:
     """Yosys's resource estimate of the core (synth_xilinx, UltraScale+) against the VU9P and its three SLRs."""
-    from ..fpga.estimate import VU9P, estimate
+    from ..fpga.estimate import VU9P, Estimate, estimate
     from ..hw.config import SATConfig
 
     cfg = SATConfig.preset(preset)
     with heartbeat(f"Yosys on the {cfg.name} core"):
-        est = estimate(cfg)
-    used = {"LUT": est.lut, "FF": est.ff, "DSP": est.dsp, "BRAM36": est.bram36, "URAM": est.uram}
+        est = estimate(cfg, hierarchical=not flat)
+    keys = ("LUT", "FF", "DSP", "BRAM36", "URAM")
+
+    def used(e: Estimate) -> dict:
+        return {"LUT": e.lut, "FF": e.ff, "DSP": e.dsp, "BRAM36": e.bram36, "URAM": e.uram}
+
+    if est.units:
+        print(f"{'unit':<16}" + "".join(f"{k:>10}" for k in keys))
+        for unit, cells in sorted(est.units.items(), key=lambda item: -Estimate(item[0], item[1]).lut):
+            print(f"{unit:<16}" + "".join(f"{v:>10,.0f}" for v in used(Estimate(unit, cells)).values()))
+        print()
     print(f"{'resource':<8} {'used':>12} {'VU9P':>10} {'of VU9P':>8} {'of one SLR':>11}")
-    for key, value in used.items():
+    for key, value in used(est).items():
         print(f"{key:<8} {value:>12,.0f} {VU9P[key]:>10,} {value / VU9P[key]:>8.1%} {3 * value / VU9P[key]:>11.1%}")
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nmsat.fpga.estimate import VU9P, Estimate, parse_stat
+from nmsat.fpga.estimate import VU9P, Estimate, parse_module_stats, parse_stat, unit_cells
 
 STAT = """
 3. Printing statistics.
@@ -39,6 +39,56 @@ def test_estimate_arithmetic():
     assert est.lut == 1759 + 2657 + 8 * (40 + 38)
     assert est.ff == 2650 and est.dsp == 18 and est.bram36 == 7 and est.uram == 3
     assert est.utilisation()["DSP"] == pytest.approx(18 / VU9P["DSP"])
+
+
+BY_MODULE = """
+=== nmsat_core ===
+
+   Number of cells:               9
+     FDRE                           4
+     LUT6                           3
+     RAMB36E2                       1
+     nmsat_core.compute              1
+     nmsat_core.dispatch$563         1
+     nmsat_pe                       16
+
+=== nmsat_core.compute ===
+
+   Number of cells:               7
+     LUT3                           5
+     nmsat_core.compute.drain_add_0_0      1
+
+=== nmsat_core.compute.drain_add_0_0 ===
+
+   Number of cells:               2
+     LUT6                           2
+
+=== nmsat_core.dispatch$563 ===
+
+   Number of cells:               1
+     DSP48E2                        1
+
+=== design hierarchy ===
+
+   nmsat_core                        1
+     nmsat_core.compute              1
+
+   Number of cells:              17
+     FDRE                           4
+     LUT3                           5
+     LUT6                           5
+"""
+
+
+def test_cells_by_unit_of_a_design_not_flattened():
+    modules = parse_module_stats(BY_MODULE)
+    assert sorted(modules) == ["nmsat_core", "nmsat_core.compute", "nmsat_core.compute.drain_add_0_0",
+                               "nmsat_core.dispatch$563"]
+    units = unit_cells(modules, "nmsat_core")
+    # a unit holds its submodules' cells; the top keeps its own, its black boxes among them
+    assert units == {"top": {"FDRE": 4, "LUT6": 3, "RAMB36E2": 1, "nmsat_pe": 16},
+                     "compute": {"LUT3": 5, "LUT6": 2}, "dispatch": {"DSP48E2": 1}}
+    assert parse_stat(BY_MODULE) == {"FDRE": 4, "LUT3": 5, "LUT6": 5}  # the hierarchy's totals
 
 
 def test_the_verilog_has_one_pe_module_instantiated_rows_times_cols():
