@@ -3,8 +3,9 @@
     python benchmarks/yosys_estimate.py [--preset tiny vcu1525] [--hierarchical]
 
 Writes benchmarks/results/yosys_<preset>[_hier].md (and the Yosys log beside it).  ``--hierarchical``
-synthesises the PE once and counts it rows × cols times (the rest with the PE as a black box): the PE's
-logic is not optimised across its ports, so it counts some LUTs more than a flat run (12% at tiny).
+synthesises the PE once and counts it rows × cols times and the rest module by module with the PE as a
+black box, and adds a table per unit: no logic is optimised across module ports, so it counts some LUTs
+more than a flat run.
 The vcu1525 preset takes long (tens of minutes to hours on 2 cores): a
 benchmark, not a test.  Targets (brief §4): ≤ 60% LUT and ≤ 80% DSP of the VU9P.
 """
@@ -14,7 +15,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from nmsat.fpga.estimate import VU9P, estimate, yosys_command
+from nmsat.fpga.estimate import VU9P, Estimate, estimate, yosys_command
 from nmsat.hw.config import SATConfig
 from nmsat.sw.cli import heartbeat
 
@@ -48,6 +49,11 @@ def main():
         for key, count in (("LUT", est.lut), ("FF", est.ff), ("DSP", est.dsp), ("BRAM36", est.bram36),
                            ("URAM", est.uram)):
             lines.append(f"| {key} | {count:g} | {VU9P[key]} | {util[key]:.2%} |")
+        if est.units:
+            lines += ["", "| unit | LUT | FF | DSP | BRAM36 |", "|---|---|---|---|---|"]
+            for unit, cells in sorted(est.units.items(), key=lambda item: -Estimate(item[0], item[1]).lut):
+                e = Estimate(unit, cells)
+                lines.append(f"| {unit} | {e.lut:,} | {e.ff:,} | {e.dsp} | {e.bram36:g} |")
         lines += ["", f"Yosys wall time: {wall:.0f} s.", "", "Cells: " +
                   ", ".join(f"{k} {v}" for k, v in sorted(est.cells.items()))]
         text = "\n".join(lines)
