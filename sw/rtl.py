@@ -1,7 +1,7 @@
 """The core as Verilog under Verilator, driven by cocotb with cocotbext-axi bus models.
 
 Holds the Verilator build of the core's Verilog (:mod:`nmsat.hw.verilog`), cached
-by a digest of the Verilog and the toolchain, and :func:`run_programs`,
+by a digest of what the Verilog is made from and the toolchain, and :func:`run_programs`,
 which runs a batch of programs on one built model (one simulator start per
 batch, in a temporary folder of its own; ``NMSAT_KEEP_JOBS=1`` keeps it) and
 returns, per program, what the core's registers say and the memory it leaves.  The cocotb side is :mod:`nmsat.sw.cocotb_device`.
@@ -26,7 +26,7 @@ import numpy as np
 
 from ..hw.config import SATConfig
 from ..hw.isa import ErrorCode, Status
-from ..hw.verilog import TOPLEVEL, verilog_source
+from ..hw.verilog import TOPLEVEL, generator_digest, verilog_source
 from .driver import RunOutcome
 
 __all__ = ["TOPLEVEL", "verilog_source", "verilator_binary", "ToolMissing", "RtlJob", "run_programs",
@@ -124,12 +124,12 @@ def _locked(path: Path):
 
 
 def _build(cfg: SATConfig) -> tuple[Path, str]:
-    """The Verilated model for ``cfg``, built once per digest of the Verilog and the tool (locked while building)."""
+    """The Verilated model for ``cfg``, built once per digest of what the Verilog is made from
+    (:func:`~nmsat.hw.verilog.generator_digest`) and the tool (locked while building)."""
     from cocotb_tools.runner import get_runner
 
-    source = verilog_source(cfg)
     tool = verilator_binary()
-    digest = hashlib.sha256((source + str(tool.resolve())).encode()).hexdigest()[:16]
+    digest = hashlib.sha256((generator_digest(cfg) + str(tool.resolve())).encode()).hexdigest()[:16]
     build_dir = build_dir_root() / f"verilator-{cfg.name}-{digest}"
     stamp = build_dir / "built.ok"
     with _locked(build_dir_root() / f"verilator-{cfg.name}-{digest}.lock"):
@@ -137,7 +137,7 @@ def _build(cfg: SATConfig) -> tuple[Path, str]:
             return build_dir, digest
         build_dir.mkdir(parents=True, exist_ok=True)
         vfile = build_dir / f"{TOPLEVEL}.v"
-        vfile.write_text(source)
+        vfile.write_text(verilog_source(cfg))
         with _tool_environment():
             runner = get_runner("verilator")
             runner.build(sources=[vfile], hdl_toplevel=TOPLEVEL, build_dir=build_dir,

@@ -27,7 +27,7 @@ import numpy as np
 
 from ...hw.config import SATConfig
 from ...hw.core.compute import PE_MODULE
-from ...hw.verilog import TOPLEVEL, verilog_source
+from ...hw.verilog import TOPLEVEL, generator_digest, verilog_source
 from ..driver import DeviceError
 from ..rtl import ToolMissing, _environment, _locked, build_dir_root, verilator_binary
 
@@ -47,17 +47,20 @@ def hier_pe(source: str) -> str:
 
 
 def build_harness(cfg: SATConfig) -> Path:
-    """The harness library for ``cfg``, built if missing (locked: concurrent callers share one build)."""
-    source = hier_pe(verilog_source(cfg))
+    """The harness library for ``cfg``, built if missing (locked: concurrent callers share one build).  Keyed
+    by what the Verilog is made from (:func:`~nmsat.hw.verilog.generator_digest`), the harness and the
+    tool, so a cached library is found without making the Verilog."""
     tool = verilator_binary()
     harness = HARNESS.read_text()
-    digest = hashlib.sha256((source + harness + str(tool.resolve()) + str(cfg.bus_bytes)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256((generator_digest(cfg) + harness + str(tool.resolve()) + str(cfg.bus_bytes))
+                            .encode()).hexdigest()[:16]
     folder = build_dir_root() / f"device-{cfg.name}-{digest}"
     library = folder / LIBRARY
     with _locked(build_dir_root() / f"device-{cfg.name}-{digest}.lock"):
         if library.exists():
             return library
         folder.mkdir(parents=True, exist_ok=True)
+        source = hier_pe(verilog_source(cfg))
         vfile = folder / f"{TOPLEVEL}.v"
         vfile.write_text(source)
         command = [str(tool), "--cc", str(vfile), "--top-module", TOPLEVEL, "--hierarchical", "--exe", str(HARNESS),

@@ -104,3 +104,26 @@ def test_the_verilog_has_one_pe_module_instantiated_rows_times_cols():
     core, pe = verilog_parts(cfg)
     assert len(re.findall(rf"^\s*{PE_MODULE} \S+ \(", core, flags=re.M)) == cfg.rows * cfg.cols
     assert f"module {PE_MODULE}(" in pe and f"module {PE_MODULE}(" not in core
+
+
+def test_generator_digest_follows_the_config_and_the_rtl_sources(tmp_path, monkeypatch):
+    """The build caches are keyed by it: another config, or an edited RTL file, gives another digest."""
+    import dataclasses
+    from pathlib import Path
+
+    import nmsat.hw.verilog as verilog
+    from nmsat.hw.config import SATConfig
+
+    tiny = SATConfig.tiny()
+    assert verilog.generator_digest(tiny) == verilog.generator_digest(SATConfig.tiny())
+    assert verilog.generator_digest(dataclasses.replace(tiny, mem_read_latency=tiny.mem_read_latency + 1)) != \
+        verilog.generator_digest(tiny)
+    copy = tmp_path / "hw"
+    for path in Path(verilog.__file__).parent.rglob("*.py"):
+        target = copy / path.relative_to(Path(verilog.__file__).parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    monkeypatch.setattr(verilog, "__file__", str(copy / "verilog.py"))
+    same = verilog.generator_digest(tiny)
+    (copy / "fp.py").write_text((copy / "fp.py").read_text() + "\n# edited\n")
+    assert verilog.generator_digest(tiny) != same
