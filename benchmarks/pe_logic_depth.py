@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 from nmsat.fpga.estimate import parse_stat, yosys_command
-from nmsat.hw.config import SATConfig
 from nmsat.hw.core.compute import PE_MODULE
-from nmsat.hw.verilog import verilog_parts
+from nmsat.hw.verilog import pe_verilog
 
 
 def main():
-    _, pe = verilog_parts(SATConfig.tiny())  # the PE does not depend on the preset
+    pe = pe_verilog()  # the PE does not depend on the preset
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "pe.v").write_text(pe)
         t0 = time.perf_counter()

@@ -134,7 +134,7 @@ def estimate(cfg: SATConfig, *, workdir: Path | None = None, log: Path | None = 
     whole core (a flat run of the vcu1525 core did not finish in an hour; logic is not optimised across
     module ports)."""
     from ..hw.core.compute import PE_MODULE
-    from ..hw.verilog import TOPLEVEL, rtlil_core, verilog_parts
+    from ..hw.verilog import TOPLEVEL, pe_blackbox, pe_verilog, rtlil_core
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(workdir or tmp)
@@ -146,9 +146,8 @@ def estimate(cfg: SATConfig, *, workdir: Path | None = None, log: Path | None = 
             return Estimate(cfg.name, parse_stat(_synth(work, f"{TOPLEVEL}_{cfg.name}.il", TOPLEVEL, log)))
         # the PE as Verilog, as nmsat_pe is everywhere else (benchmarks/pe_logic_depth.py): ABC's count of
         # the same logic read from RTLIL differs (578 against 489 LUT)
-        (work / "pe.v").write_text(verilog_parts(cfg, core=False)[1])
-        (work / "stub.v").write_text(f"(* blackbox *) module {PE_MODULE}(input [31:0] acc_in, input [15:0] a, "
-                                     f"input [15:0] b, output [31:0] acc_out); endmodule\n")
+        (work / "pe.v").write_text(pe_verilog())
+        (work / "stub.v").write_text(pe_blackbox())
         (work / "core.il").write_text(rtlil_core(cfg))
         pe_cells = parse_stat(_synth(work, "pe.v", PE_MODULE, log and Path(f"{log}.pe")))
         report = _synth(work, "stub.v core.il", TOPLEVEL, log, flatten=False)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .config import SATConfig
 
-__all__ = ["TOPLEVEL", "verilog_source", "verilog_parts", "rtlil_core", "generator_digest"]
+__all__ = ["TOPLEVEL", "verilog_source", "verilog_parts", "pe_verilog", "pe_blackbox", "rtlil_core",
+           "generator_digest"]
 
 #: the top module's name in every generated file
 TOPLEVEL = "nmsat_core"
@@ -32,17 +33,36 @@ def verilog_source(cfg: SATConfig) -> str:
     return core + pe
 
 
-def verilog_parts(cfg: SATConfig, *, core: bool = True) -> tuple[str, str]:
-    """The core's Verilog in two parts: everything but the PE (instances of ``nmsat_pe``), and the PE module
-    (``core=False``: the first part left empty, the PE alone)."""
+def verilog_parts(cfg: SATConfig) -> tuple[str, str]:
+    """The core's Verilog in two parts: everything but the PE (instances of ``nmsat_pe``), and the PE module."""
     from amaranth.back import verilog
 
     from .core import Core
+
+    return verilog.convert(Core(cfg), name=TOPLEVEL, platform=_SharedPe(), emit_src=False), pe_verilog()
+
+
+def pe_verilog() -> str:
+    """The PE module ``nmsat_pe`` (a ``Bf16Mac``) alone; it does not depend on the config."""
+    from amaranth.back import verilog
+
     from .core.compute import PE_MODULE
     from .fp import Bf16Mac
 
-    return (verilog.convert(Core(cfg), name=TOPLEVEL, platform=_SharedPe(), emit_src=False) if core else "",
-            verilog.convert(Bf16Mac(), name=PE_MODULE, emit_src=False))
+    return verilog.convert(Bf16Mac(), name=PE_MODULE, emit_src=False)
+
+
+def pe_blackbox() -> str:
+    """A Verilog black box of ``nmsat_pe`` (its ports read off ``Bf16Mac``'s signature), for tools that
+    synthesise the rest of the core without it."""
+    from .core.compute import PE_MODULE
+    from amaranth.hdl import Shape
+
+    from .fp import Bf16Mac
+
+    ports = ", ".join(f"{'input' if member.flow.name == 'In' else 'output'} [{Shape.cast(member.shape).width - 1}:0] {name}"
+                      for name, member in Bf16Mac().signature.members.items())
+    return f"(* blackbox *) module {PE_MODULE}({ports}); endmodule\n"
 
 
 def rtlil_core(cfg: SATConfig, *, shared_pe: bool = True) -> str:

@@ -127,3 +127,20 @@ def test_generator_digest_follows_the_config_and_the_rtl_sources(tmp_path, monke
     same = verilog.generator_digest(tiny)
     (copy / "fp.py").write_text((copy / "fp.py").read_text() + "\n# edited\n")
     assert verilog.generator_digest(tiny) != same
+
+
+def test_the_pe_black_box_has_the_pe_modules_ports():
+    """The estimate synthesises the core around this stub: its ports must be the PE's own."""
+    import re
+
+    from nmsat.hw.verilog import pe_blackbox, pe_verilog
+
+    def ports(text):
+        return sorted(re.findall(r"(input|output) (?:wire )?\[(\d+):0\] (\w+)", text))
+
+    from nmsat.hw.core.compute import PE_MODULE
+
+    pe = pe_verilog()
+    pe = pe[pe.index(f"module {PE_MODULE}("):]
+    pe = pe[:pe.index("endmodule")]  # the PE module itself, not its multiplier and adder
+    assert ports(pe_blackbox()) == ports(pe) and len(ports(pe)) == 4
