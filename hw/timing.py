@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import IDX_SLOTS_PER_WORD as IDX_SLOTS, SATConfig
 
-__all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "transpose_tail", "gemm_mac_cycles", "drain_cycles", "LOADS_IN_FLIGHT",
+__all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "transpose_tail", "gemm_mac_cycles", "GEMM_TAIL", "drain_cycles", "LOADS_IN_FLIGHT",
            "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES", "SparsifyShape",
            "sparsify_shape", "sparsify_chunk_groups", "sparsify_emit_cycles", "sparsify_read_beats", "SparsifyTimes", "sparsify_cycles",
            "sparsify_events", "UPDATE_FIRST_CHUNK", "UPDATE_STREAMS", "VECTOR_STREAMS", "stream_chunks",
@@ -37,6 +37,11 @@ SRAM_READ_LATENCY = 1
 DRAIN_PIPELINE = 2
 #: Accumulator rows the drain reads, adds and writes per cycle (the ACC buffer is banked by row parity).
 DRAIN_ROWS = 2
+
+#: Cycles from a GEMM's last data cycle to its result in the accumulators: each PE registers the product
+#: (1) and adds in four pipelined stages (``nmsat.hw.fp.ADDER_STAGES``), so the last step's sum and the
+#: four partials are out by cycle 5; the pairs start in 3 and 5, their sum in 9, ready in 13.
+GEMM_TAIL = 13
 
 #: AXI: a burst never crosses a boundary of this many bytes
 PAGE_BYTES = 4096
@@ -106,13 +111,15 @@ def transpose_tail(cfg: SATConfig) -> int:
 
 
 def gemm_mac_cycles(k: int) -> int:
-    """Cycles from a GEMM's start to the cycle after its last MAC: ``k`` buffer reads, then the SRAM latency.
+    """Cycles from a GEMM's start to its transfer at the earliest: ``k`` buffer reads, the SRAM latency, then
+    the PEs' tail (:data:`GEMM_TAIL`: the last product through the adder and the four partial sums
+    added pairwise, rule 5 of ``nmsat.hw.numerics``).
 
     In cycle ``start + gemm_mac_cycles(k)`` at the earliest the accumulators
     move to the shadow registers (the transfer); the next GEMM may start in
-    the transfer cycle (its first MAC is one cycle later).
+    the transfer cycle.
     """
-    return k + SRAM_READ_LATENCY
+    return k + SRAM_READ_LATENCY + GEMM_TAIL
 
 
 def drain_cycles(cfg: SATConfig) -> int:

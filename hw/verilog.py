@@ -6,6 +6,7 @@ Not here: building or running it (:mod:`nmsat.sw.rtl`, :mod:`nmsat.fpga`).
 from __future__ import annotations
 
 import hashlib
+import re
 from importlib import metadata
 from pathlib import Path
 
@@ -25,7 +26,7 @@ class _SharedPe:
 
 
 def verilog_source(cfg: SATConfig) -> str:
-    """The core's Verilog for ``cfg`` (top module ``nmsat_core``): the PE (``Bf16Mac``) written once as module
+    """The core's Verilog for ``cfg`` (top module ``nmsat_core``): the PE (``PipelinedMac``) written once as module
     ``nmsat_pe`` and instantiated ``rows × cols`` times, the rest as Amaranth elaborates it.  (Amaranth
     writes every instance of a component as a module of its own; one shared PE keeps the Verilog, the
     Verilator build and the Yosys run of a 32 × 32 array from growing with it.)"""
@@ -43,26 +44,26 @@ def verilog_parts(cfg: SATConfig) -> tuple[str, str]:
 
 
 def pe_verilog() -> str:
-    """The PE module ``nmsat_pe`` (a ``Bf16Mac``) alone; it does not depend on the config."""
+    """The PE module ``nmsat_pe`` (a ``PipelinedMac``) alone; it does not depend on the config."""
     from amaranth.back import verilog
 
     from .core.compute import PE_MODULE
-    from .fp import Bf16Mac
+    from .fp import PipelinedMac
 
-    return verilog.convert(Bf16Mac(), name=PE_MODULE, emit_src=False)
+    return verilog.convert(PipelinedMac(), name=PE_MODULE, emit_src=False)
 
 
 def pe_blackbox() -> str:
-    """A Verilog black box of ``nmsat_pe`` (its ports read off ``Bf16Mac``'s signature), for tools that
-    synthesise the rest of the core without it."""
+    """A Verilog black box of ``nmsat_pe`` (its ports, clock and reset included, read off the PE's Verilog),
+    for tools that synthesise the rest of the core without it."""
     from .core.compute import PE_MODULE
-    from amaranth.hdl import Shape
 
-    from .fp import Bf16Mac
-
-    ports = ", ".join(f"{'input' if member.flow.name == 'In' else 'output'} [{Shape.cast(member.shape).width - 1}:0] {name}"
-                      for name, member in Bf16Mac().signature.members.items())
-    return f"(* blackbox *) module {PE_MODULE}({ports}); endmodule\n"
+    text = pe_verilog()
+    body = text[text.index(f"module {PE_MODULE}("):]
+    body = body[:body.index("endmodule")]
+    ports = [f"{kind} {width or ''}{name}".replace("  ", " ")
+             for kind, width, name in re.findall(r"^\s*(input|output)\s+(\[\d+:0\]\s+)?(\w+);", body, re.M)]
+    return f"(* blackbox *) module {PE_MODULE}({', '.join(ports)}); endmodule\n"
 
 
 def rtlil_core(cfg: SATConfig, *, shared_pe: bool = True) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..hw.isa import VectorFunc
-from ..hw.numerics import CANONICAL_NAN_BF16, CANONICAL_NAN_F32, bf16_bits_to_f32, f32_to_bf16_bits, flush_f32
+from ..hw.numerics import PARTIAL_SUMS, partial_of, CANONICAL_NAN_BF16, CANONICAL_NAN_F32, bf16_bits_to_f32, f32_to_bf16_bits, flush_f32
 
 __all__ = [
     "CANONICAL_NAN_F32", "CANONICAL_NAN_BF16", "f32_to_bf16_bits", "bf16_bits_to_f32", "flush_f32",
@@ -128,14 +128,16 @@ def _widen(bits):
 
 
 def _mac_gathered(a, b, rows, out):
-    """out[t, r, :] += a[t, j, r] · b[t, rows[t, j, r], :] for j in order."""
+    """out[t, p, r, :] += a[t, j, r] · b[t, rows[t, j, r], :] for j in order, p the partial of step j."""
+    shift = PARTIAL_SUMS - a.shape[1] % PARTIAL_SUMS
     for t in _prange(a.shape[0]):
         for r in range(a.shape[2]):
             for j in range(a.shape[1]):
+                p = (j + shift) % PARTIAL_SUMS
                 x = a[t, j, r]
                 w = rows[t, j, r]
                 for c in range(b.shape[2]):
-                    out[t, r, c] += x * b[t, w, c]
+                    out[t, p, r, c] += x * b[t, w, c]
 
 
 def _canonical_nans(bits):
@@ -147,27 +149,32 @@ def _canonical_nans(bits):
 
 
 def _mac_dense(a, b, out):
-    """out[t, r, :] += a[t, k, r] · b[t, k, :] for k in order (fp32 products and sums, one rounding each)."""
+    """out[t, p, r, :] += a[t, k, r] · b[t, k, :] for k in order, p the partial of step k (rule 5; fp32
+    products and sums, one rounding each)."""
+    shift = PARTIAL_SUMS - a.shape[1] % PARTIAL_SUMS
     for t in _prange(a.shape[0]):
         for r in range(a.shape[2]):
             for k in range(a.shape[1]):
+                p = (k + shift) % PARTIAL_SUMS
                 x = a[t, k, r]
                 for c in range(b.shape[2]):
-                    out[t, r, c] += x * b[t, k, c]
+                    out[t, p, r, c] += x * b[t, k, c]
 
 
 def _mac_per_row(a, b, out):
-    """out[t, r, :] += a[t, j, r] · b[t, j, r, :] for j in order."""
+    """out[t, p, r, :] += a[t, j, r] · b[t, j, r, :] for j in order, p the partial of step j."""
+    shift = PARTIAL_SUMS - a.shape[1] % PARTIAL_SUMS
     for t in _prange(a.shape[0]):
         for r in range(a.shape[2]):
             for j in range(a.shape[1]):
+                p = (j + shift) % PARTIAL_SUMS
                 x = a[t, j, r]
                 for c in range(b.shape[3]):
-                    out[t, r, c] += x * b[t, j, r, c]
+                    out[t, p, r, c] += x * b[t, j, r, c]
 
 
 # The fast path's loops compiled (numba, both cores): bf16 × bf16 products are exact in fp32, so a fused
-# multiply-add would round exactly as a product then a sum does; each output adds in increasing k either way.
+# multiply-add would round exactly as a product then a sum does; each partial adds in increasing k either way.
 try:
     from numba import njit, prange as _prange
 except ImportError:  # numpy's loop below does it
@@ -181,7 +188,8 @@ else:
 
 
 def mac_sequence(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
-    """``out[..., r, c] = Σ_k a[..., k, r] · b[..., k, c]`` in the rule's order (rule 5).
+    """``out[..., r, c] = Σ_k a[..., k, r] · b[..., k, c]`` in the rule's order (rule 5: four partial sums
+    over the steps, then ``(p0 + p1) + (p2 + p3)``).
 
     ``a_bits``: ``[..., K, R]`` and ``b_bits``: ``[..., K, C]`` bf16 bit patterns.
     Returns fp32 ``[..., R, C]``.  Vectorised over every output; one numpy step per k.
@@ -215,11 +223,10 @@ def mac_sequence_gathered(a_bits: np.ndarray, b_words: np.ndarray, rows: np.ndar
             k, r = a_bits.shape[-2:]
             w, c = b_words.shape[-2:]
             lead = a_bits.shape[:-2]
-            out = np.zeros(lead + (r, c), dtype=np.float32)
+            parts = np.zeros((int(np.prod(lead, dtype=np.int64)), PARTIAL_SUMS, r, c), dtype=np.float32)
             _KERNELS.mac_gathered(a.reshape(-1, k, r), b.reshape(-1, w, c),
-                        np.ascontiguousarray(rows, dtype=np.int64).reshape(-1, k, r), out.reshape(-1, r, c))
-            _KERNELS.canonical_nans(out.reshape(-1).view(np.uint32))
-            return out
+                                  np.ascontiguousarray(rows, dtype=np.int64).reshape(-1, k, r), parts)
+            return _combine_fast(parts).reshape(lead + (r, c))
     return _sequence(a_bits, _gather(b_words, rows), per_row=True)
 
 
@@ -230,6 +237,22 @@ def _gather(b_words: np.ndarray, rows: np.ndarray) -> np.ndarray:
     flat_rows = np.asarray(rows).reshape((flat_b.shape[0],) + rows.shape[-2:])
     out = flat_b[np.arange(flat_b.shape[0])[:, None, None], flat_rows]
     return out.reshape(lead + rows.shape[-2:] + b_words.shape[-1:])
+
+
+def _combine_fast(parts: np.ndarray) -> np.ndarray:
+    """Rule 5's ``(p0 + p1) + (p2 + p3)`` of ``parts[n, 4, R, C]`` on the fast path (no sum is subnormal),
+    NaNs made canonical once."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (parts[:, 0] + parts[:, 1]) + (parts[:, 2] + parts[:, 3])
+    if _KERNELS is not None:
+        _KERNELS.canonical_nans(out.reshape(-1).view(np.uint32))
+        return out
+    return flush_f32(out)
+
+
+def _combine(parts: np.ndarray) -> np.ndarray:
+    """Rule 5's ``(p0 + p1) + (p2 + p3)`` of ``parts[4, ...]``, every sum under the rule."""
+    return add_f32(add_f32(parts[0], parts[1]), add_f32(parts[2], parts[3]))
 
 
 def _sequence(a_bits: np.ndarray, b_bits: np.ndarray, *, per_row: bool) -> np.ndarray:
@@ -245,17 +268,19 @@ def _sequence(a_bits: np.ndarray, b_bits: np.ndarray, *, per_row: bool) -> np.nd
         min_a = abs_a[abs_a > 0].min(initial=np.inf)
         min_b = abs_b[abs_b > 0].min(initial=np.inf)
     k = a.shape[-2]
-    acc = np.zeros(a.shape[:-2] + (a.shape[-1], b.shape[-1]), dtype=np.float32)
+    out_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-3] if per_row else b.shape[:-2]) + (a.shape[-1], b.shape[-1])
+    # the partial sums of rule 5: parts[p] holds steps t with (t - k) mod 4 == p
+    parts = np.zeros((PARTIAL_SUMS,) + out_shape, dtype=np.float32)
 
     def b_at(i):
         return b[..., i, :, :] if per_row else b[..., i, None, :]
 
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         if np.float64(min_a) * np.float64(min_b) >= _SAFE_PRODUCT:
-            if _KERNELS is not None and acc.size:
-                lead = acc.shape[:-2]
-                r, c = acc.shape[-2:]
-                flat = acc.reshape(-1, r, c)
+            if _KERNELS is not None and parts[0].size:
+                lead = out_shape[:-2]
+                r, c = out_shape[-2:]
+                flat = np.zeros((int(np.prod(lead, dtype=np.int64)), PARTIAL_SUMS, r, c), dtype=np.float32)
                 a3 = np.ascontiguousarray(np.broadcast_to(a, lead + a.shape[-2:])).reshape(-1, k, r)
                 if per_row:
                     b4 = np.ascontiguousarray(np.broadcast_to(b, lead + b.shape[-3:])).reshape(-1, k, r, c)
@@ -263,14 +288,15 @@ def _sequence(a_bits: np.ndarray, b_bits: np.ndarray, *, per_row: bool) -> np.nd
                 else:
                     b3 = np.ascontiguousarray(np.broadcast_to(b, lead + b.shape[-2:])).reshape(-1, k, c)
                     _KERNELS.mac_dense(a3, b3, flat)
-                _KERNELS.canonical_nans(flat.reshape(-1).view(np.uint32))  # NaNs canonical (nothing else to flush here)
-                return flat.reshape(acc.shape)
-            prod = np.empty_like(acc)
+                return _combine_fast(flat).reshape(out_shape)
+            prod = np.empty(out_shape, dtype=np.float32)
             for i in range(k):
                 np.multiply(a[..., i, :, None], b_at(i), out=prod)
-                np.add(acc, prod, out=acc)
-            return flush_f32(acc)
+                part = parts[partial_of(i, k)]
+                np.add(part, prod, out=part)
+            flat = np.moveaxis(parts, 0, -3).reshape((-1, PARTIAL_SUMS) + out_shape[-2:])
+            return _combine_fast(flat).reshape(out_shape)
         for i in range(k):
-            prod = flush_f32(a[..., i, :, None] * b_at(i))
-            acc = flush_f32(acc + prod)
-    return acc
+            p = partial_of(i, k)
+            parts[p] = flush_f32(parts[p] + flush_f32(a[..., i, :, None] * b_at(i)))
+    return _combine(parts)

@@ -21,19 +21,19 @@ when it starts, pushes ``c2l``/``c2s`` when its drain ends.
 Not here: the buffers (the top level's memories) or the fp units (:mod:`nmsat.hw.fp`).
 """
 
-from amaranth.hdl import Const, Instance, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import SATConfig
-from ..fp import Bf16Mac, Fp32Adder
+from ..fp import ADDER_STAGES, Fp32Adder, PipelinedMac
 from ..isa import Opcode
-from ..timing import DRAIN_PIPELINE, DRAIN_ROWS, SRAM_READ_LATENCY
+from ..timing import DRAIN_PIPELINE, DRAIN_ROWS, GEMM_TAIL, SRAM_READ_LATENCY
 from .common import PC_BITS, Entry, queue_signature
 
 __all__ = ["ComputeUnit", "PE_MODULE"]
 
-#: the Verilog module name of one PE (a ``Bf16Mac``) when the array is written with the PE shared
+#: the Verilog module name of one PE (a ``PipelinedMac``) when the array is written with the PE shared
 #: (``nmsat.hw.verilog``): one definition, ``rows × cols`` instances
 PE_MODULE = "nmsat_pe"
 
@@ -96,7 +96,9 @@ class ComputeUnit(wiring.Component):
         mac_valid = Signal()  # registered: data of a read is at the array this cycle
         mac_first = Signal()
         mac_last = Signal()
-        pending = Signal()  # last MAC done, waiting for the transfer
+        pending = Signal()  # the result latched, waiting for the transfer
+        tail = Signal(range(GEMM_TAIL + 1))  # the cycles after the last MAC's data (the PEs' combine)
+        combining = Signal()
         cur_info = Entry(Signal(Entry.as_shape().size))  # the GEMM between start and transfer
         drain_active = Signal()
         drain_count = Signal(range(R + 3))
@@ -104,7 +106,7 @@ class ComputeUnit(wiring.Component):
         transfer = Signal()
         m.d.comb += transfer.eq(pending & ~drain_active)
         tokens_ok = (~head.inst.deps.pop_prev | self.l2c_available) & (~head.inst.deps.pop_next | self.s2c_available)
-        free = ~reading & ~mac_valid & (~pending | transfer)
+        free = ~reading & ~mac_valid & ~combining & (~pending | transfer)
         start = self.start
         m.d.comb += [start.eq(self.running & self.queue.valid & free & tokens_ok),
                      self.queue.ready.eq(start), self.l2c_pop.eq(start & head.inst.deps.pop_prev),
@@ -170,7 +172,35 @@ class ComputeUnit(wiring.Component):
                      mac_last.eq(Mux(start, mac_steps == 1, reading & (k_left == 1))),
                      mac_bank.eq(b_word[:max(1, bank_bits)] if banks > 1 else 0), mac_nibble.eq(cur_nibble),
                      mac_sparse.eq(cur["sparse"]), mac_mask.eq(cur["mask"])]
+        # the PEs' pipeline (rule 5): a step's product is registered in its data cycle and enters the adder
+        # the next cycle, the first four on +0, so step t adds into the partial sum of t mod 4.  The tail
+        # after the last data cycle d (tail = j in cycle d + j) adds the four partials that come out of the
+        # adder in cycles d+2 .. d+5 (q0 .. q3, q_i holding the steps t with (t - T) mod 4 = i) pairwise:
+        # q0 fed into the product register (d+2), q1 + q0 started (d+3); q2 fed (d+4), q3 + q2 (d+5);
+        # q01 fed (d+7), q23 + q01 (d+9); the output is the sum in d+13, latched into the accumulators.
+        # A GEMM of T < 4 steps leaves q0 .. q_{3-T} empty: +0 instead.
+        assert ADDER_STAGES == 4 and GEMM_TAIL == 13, "the tail below is built for a four-stage adder"
+        early = Signal(3)  # steps seen, saturating at 4: the first four enter the adder on +0
+        issue_zero = Signal()  # the step entering the adder this cycle is one of the first four
+        short = Signal(3)  # T <= 1, T <= 2, T <= 3: the empty partials
+        with m.If(start):
+            m.d.sync += short.eq(Cat(mac_steps <= 1, mac_steps <= 2, mac_steps <= 3))
+        m.d.sync += issue_zero.eq(mac_valid & (mac_first | (early < 4)))
+        with m.If(mac_valid):
+            m.d.sync += early.eq(Mux(mac_first, 1, Mux(early < 4, early + 1, early)))
         with m.If(mac_valid & mac_last):
+            m.d.sync += tail.eq(1)
+        with m.Elif(tail == GEMM_TAIL):
+            m.d.sync += tail.eq(0)
+        with m.Elif(tail != 0):
+            m.d.sync += tail.eq(tail + 1)
+        m.d.comb += combining.eq(tail != 0)
+        feed = (tail == 2) | (tail == 4) | (tail == 7)
+        pe_load = mac_valid | feed
+        pe_feed_zero = ((tail == 2) & short[2]) | ((tail == 4) & short[0])
+        pe_zero_acc = issue_zero | ((tail == 3) & short[1])
+        latch = tail == GEMM_TAIL
+        with m.If(latch):
             m.d.sync += pending.eq(1)
         with m.Elif(transfer):
             m.d.sync += pending.eq(0)
@@ -187,17 +217,20 @@ class ComputeUnit(wiring.Component):
             row_b = Signal(word_bits, name=f"row_b_{r}")
             m.d.comb += row_b.eq(self.b_data.word_select(bank, word_bits) if banks > 1 else self.b_data)
             for c in range(C):
-                acc_in, a, b = Mux(mac_first, 0, acc[r][c]), self.a_data[16 * r:16 * r + 16], row_b[16 * c:16 * c + 16]
+                ports = dict(a=self.a_data[16 * r:16 * r + 16], b=row_b[16 * c:16 * c + 16], load=pe_load, feed=feed,
+                             feed_zero=pe_feed_zero, zero_acc=pe_zero_acc)
                 if getattr(platform, "shared_pe", False):  # Verilog: one PE module, instantiated R × C times
-                    acc_out = Signal(32, name=f"pe_{r}_{c}_out")
-                    m.submodules[f"pe_{r}_{c}"] = Instance(PE_MODULE, i_acc_in=acc_in, i_a=a, i_b=b, o_acc_out=acc_out)
+                    pe_sum = Signal(32, name=f"pe_{r}_{c}_sum")
+                    m.submodules[f"pe_{r}_{c}"] = Instance(
+                        PE_MODULE, i_clk=ClockSignal(), i_rst=ResetSignal(), o_sum=pe_sum,
+                        **{f"i_{name}": value for name, value in ports.items()})
                 else:
-                    mac = Bf16Mac()
-                    m.submodules[f"pe_{r}_{c}"] = mac
-                    m.d.comb += [mac.acc_in.eq(acc_in), mac.a.eq(a), mac.b.eq(b)]
-                    acc_out = mac.acc_out
-                with m.If(mac_valid):
-                    m.d.sync += acc[r][c].eq(acc_out)
+                    pe = PipelinedMac()
+                    m.submodules[f"pe_{r}_{c}"] = pe
+                    m.d.comb += [getattr(pe, name).eq(value) for name, value in ports.items()]
+                    pe_sum = pe.sum
+                with m.If(latch):
+                    m.d.sync += acc[r][c].eq(pe_sum)
         # transfer and drain, two rows a step: reads in t+1 .. t+steps, writes in t+2 .. t+steps+1
         with m.If(transfer):
             m.d.sync += [drain_active.eq(1), drain_count.eq(0), drain_info.eq(cur_info)]
@@ -248,5 +281,5 @@ class ComputeUnit(wiring.Component):
                      self.c2l_push.eq(drain_end & drain_info.inst.deps.push_prev),
                      self.c2s_push.eq(drain_end & drain_info.inst.deps.push_next),
                      self.draining_pc.eq(drain_info.pc),
-                     self.busy.eq(reading | mac_valid | pending | drain_active)]
+                     self.busy.eq(reading | mac_valid | combining | pending | drain_active)]
         return m

@@ -68,7 +68,8 @@ def test_relu_mlp_chain_is_the_gemms_one_by_one(cfg, shape):
 
 @pytest.mark.parametrize("flag", ["pop_prev", "push_next", "b_wait"])
 def test_a_chain_without_its_tokens_races(flag):
-    w1, w2, x, dy = operands((10, 13, 7, 9), seed=1)
+    # a reduction of 21: with 13 the GEMMs' 13-cycle tail happens to delay the LOAD behind the relay past it
+    w1, w2, x, dy = operands((10, 21, 7, 9), seed=1)
     prog = compile_relu_mlp(TINY, w1, w2, x, dy)
     words = list(prog.words)
     vectors = [i for i, w in enumerate(words) if decode(w).opcode == Opcode.VECTOR.value]

@@ -136,11 +136,12 @@ def test_the_pe_black_box_has_the_pe_modules_ports():
     from nmsat.hw.verilog import pe_blackbox, pe_verilog
 
     def ports(text):
-        return sorted(re.findall(r"(input|output) (?:wire )?\[(\d+):0\] (\w+)", text))
+        return sorted(re.findall(r"(input|output) (?:wire )?(?:\[(\d+):0\] )?(\w+)[;,)]", text))
 
     from nmsat.hw.core.compute import PE_MODULE
 
     pe = pe_verilog()
     pe = pe[pe.index(f"module {PE_MODULE}("):]
     pe = pe[:pe.index("endmodule")]  # the PE module itself, not its multiplier and adder
-    assert ports(pe_blackbox()) == ports(pe) and len(ports(pe)) == 4
+    # a, b, the four controls, clock, reset and the sum
+    assert ports(pe_blackbox()) == ports(pe) and len(ports(pe)) == 9

@@ -6,11 +6,12 @@ compares bit patterns with the numpy reference.
 """
 
 import numpy as np
+import pytest
 from amaranth.back import verilog
 from amaranth.sim import Simulator
 from hypothesis import Phase, given, settings, strategies as st
 
-from nmsat.hw.fp import CANONICAL_NAN_F32, Bf16Mac, Bf16Multiplier, Fp32Adder, Fp32Multiplier
+from nmsat.hw.fp import CANONICAL_NAN_F32, Bf16Mac, Bf16Multiplier, Fp32Adder, Fp32Multiplier, PipelinedMac
 from nmsat.sim import numerics
 
 U32 = st.integers(0, 2**32 - 1)
@@ -350,3 +351,68 @@ def test_fp32_multiplier_random_values_near_one_and_small_weights():
     a = (rng.standard_normal(3000) * 10.0 ** rng.integers(-4, 2, 3000)).astype(np.float32)
     b = (rng.standard_normal(3000) * 10.0 ** rng.integers(-40, 1, 3000)).astype(np.float32)
     check_fp32_multiplier(a.view(np.uint32), b.view(np.uint32))
+
+
+# ---------------------------------------------------------------- the pipelined adder and the PE
+
+
+def run_clocked(dut, rows: list[dict[str, int]], output: str, settle: int) -> list[int]:
+    """Drive one row of inputs per clock cycle into ``dut``; return ``output`` sampled in each cycle, then
+    ``settle`` more cycles with the last inputs held."""
+    out_port = getattr(dut, output)
+    samples = []
+
+    async def testbench(ctx):
+        for row in rows + [rows[-1]] * settle:
+            for name, value in row.items():
+                ctx.set(getattr(dut, name), int(value))
+            samples.append(ctx.get(out_port))  # before the edge: what the registers hold this cycle
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    return samples
+
+
+@settings(max_examples=3, deadline=None, phases=NO_SHRINK)
+@given(st.lists(st.tuples(U32, U32), min_size=60, max_size=60))
+def test_pipelined_adder_takes_a_pair_every_cycle_and_answers_four_later(pairs):
+    """The PE's adder: pairs one per cycle (random bits and the edge values), each sum out ADDER_STAGES
+    cycles later, the bits of the combinational adder's and the rule's."""
+    from nmsat.hw.fp import ADDER_STAGES
+    edges = np.array(ADDER_EDGE_VALUES, dtype=np.uint64)
+    a = np.concatenate([np.array([p[0] for p in pairs], np.uint64), edges, edges[::-1]]).astype(np.uint32)
+    b = np.concatenate([np.array([p[1] for p in pairs], np.uint64), edges[::-1], edges]).astype(np.uint32)
+    got = run_clocked(Fp32Adder(pipelined=True), [{"a": x, "b": y} for x, y in zip(a, b)], "sum", ADDER_STAGES)
+    got = np.array(got[ADDER_STAGES:], dtype=np.uint64).astype(np.uint32)
+    assert_same(got, numerics.add_f32(a.view(np.float32), b.view(np.float32)), {"a": a, "b": b})
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8, 11])
+def test_pe_driven_through_a_gemm_and_its_combine_gives_rule_5(steps):
+    """A PipelinedMac fed ``steps`` products on consecutive cycles (the first four on +0), then the combine
+    the compute unit runs (feed q0, q1 + q0, feed q2, q3 + q2, feed q01, q23 + q01; +0 for the empty
+    partials of a short GEMM): the sum 13 cycles after the last product is rule 5's, as
+    ``numerics.mac_sequence`` computes it."""
+    rng = np.random.default_rng(steps)
+    x = (rng.standard_normal(steps) * 2.0 ** rng.integers(-20, 20, steps)).astype(np.float32)
+    a_bits, b_bits = numerics.f32_to_bf16_bits(x), numerics.f32_to_bf16_bits(rng.standard_normal(steps).astype(np.float32))
+    idle = {"a": 0, "b": 0, "load": 0, "feed": 0, "feed_zero": 0, "zero_acc": 0}
+    rows = [dict(idle, a=a_bits[t], b=b_bits[t], load=1) for t in range(steps)]  # data cycles d_0 .. d_last
+    zero_next = [t < 4 for t in range(steps)]  # the cycle after a data cycle, its product enters on +0?
+    tail = [dict(idle) for _ in range(13)]  # tail[j - 1] is cycle d_last + j
+    for j, row in enumerate(tail, start=1):
+        row["feed"] = row["load"] = int(j in (2, 4, 7))
+        row["feed_zero"] = int((j == 2 and steps <= 3) or (j == 4 and steps <= 1))
+        row["zero_acc"] = int(j == 3 and steps <= 2)
+    rows += tail
+    for t, zero in enumerate(zero_next):  # a step's product enters the adder in the cycle after its data
+        rows[t + 1]["zero_acc"] |= int(zero)
+    # an earlier GEMM's products first: the ring holds its sums, which the first four steps must not add
+    junk = [dict(idle, a=0x3F80 + i, b=0x4040, load=1) for i in range(6)]
+    got = run_clocked(PipelinedMac(), junk + rows, "sum", 1)
+    final = np.uint32(got[len(junk) + steps - 1 + 13])
+    want = numerics.mac_sequence(a_bits[:, None], b_bits[:, None])[0, 0]
+    assert final == want.view(np.uint32), (hex(final), hex(want.view(np.uint32)))

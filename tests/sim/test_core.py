@@ -42,26 +42,26 @@ def test_hand_computed_cycle_count():
 
     fetch: 5 instructions = 10 beats, first at cycle 4 → dispatch from cycle 14 (d = 14, 15, 16, 17; FINISH 18).
     LOAD A starts 15, data 19..22.  LOAD B starts 16 (one AR after A), data 23..26, pushes at 26.
-    GEMM starts 27: reads 27..30, last MAC 31, transfer 32, drain of 4 rows two a cycle (reads 33, 34;
-    writes 34, 35) ends 35.  STORE starts 36, 4 words × 2 beats, last response 36 + 8 + 2 = 46.
-    FINISH retires in 47 → 48 cycles.
+    GEMM starts 27: reads 27..30, last MAC data 31, the PEs' tail 32..44 (the partial sums added, the
+    result latched in 44), transfer 45, drain of 4 rows two a cycle (reads 46, 47; writes 47, 48) ends 48.
+    STORE starts 49, 4 words × 2 beats, last response 49 + 8 + 2 = 59.  FINISH retires in 60 → 61 cycles.
     """
     result, _ = run_words(small_program())
-    assert result.status is Status.DONE and result.cycles == 48
-    assert result.token_stall == {"load": 0, "compute": 10, "store": 18, "sparsify": 0}
-    assert result.busy["compute"] == 9
+    assert result.status is Status.DONE and result.cycles == 61
+    assert result.token_stall == {"load": 0, "compute": 10, "store": 31, "sparsify": 0}
+    assert result.busy["compute"] == 22
 
 
 def test_small_program_numerics():
-    """Against an independent reference: a plain loop of fp32 scalar sums in increasing k.
+    """Against an independent reference: rule 5 by hand in fp32 scalars (four partials, then paired).
 
-    Row 0 of A is [2^24, 1, -2^24, 1] down k with B all ones: in increasing k the sum is
-    ((2^24 + 1) - 2^24) + 1 = 0 + 1 = 1 (2^24 + 1 rounds to 2^24); any other order gives another value
-    (reversed: 2).  The other rows are random; every output must match the loop bit for bit.
+    Row 0 of A is [2^24, 1, 1, -2^24] down k with B all ones: the partials give
+    (2^24 + 1) + (1 - 2^24) = 2^24 - (2^24 - 1) = 1 (2^24 + 1 rounds to 2^24); one chain in increasing k
+    gives 0, reversed 2.  The other rows are random; every output must match the reference bit for bit.
     """
     rng = np.random.default_rng(1)
     a = rng.standard_normal((4, 4)).astype(np.float32)  # buffer words: a[k] is the A column for step k
-    a[:, 0] = [2.0 ** 24, 1.0, -2.0 ** 24, 1.0]
+    a[:, 0] = [2.0 ** 24, 1.0, 1.0, -2.0 ** 24]
     b = np.ones((4, 4), dtype=np.float32)
     b[:, 1:] = rng.standard_normal((4, 3))
     abits, bbits = nx.f32_to_bf16_bits(a), nx.f32_to_bf16_bits(b)
@@ -71,10 +71,8 @@ def test_small_program_numerics():
     ref = np.zeros((4, 4), dtype=np.float32)
     for r in range(4):
         for c in range(4):
-            acc = np.float32(0.0)
-            for k in range(4):
-                acc = np.float32(acc + np.float32(av[k, r] * bv[k, c]))  # numpy fp32 scalars round to nearest even
-            ref[r, c] = acc
+            parts = [np.float32(av[k, r] * bv[k, c]) for k in range(4)]  # k = 4: step k is partial k
+            ref[r, c] = np.float32(np.float32(parts[0] + parts[1]) + np.float32(parts[2] + parts[3]))
     assert result.ok and out[0, 0] == 1.0
     assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
 
@@ -177,10 +175,11 @@ def test_queue_depth_changes_timing_as_the_rules_say():
     """A STORE waiting for its token holds the only store-queue entry, so the dispatcher stops in front of
     the next STORE and the LOAD behind it waits.  5 instructions = 10 beats: dispatch from 14.
 
-    depth 4: d = 14, 15, 16, 17; GEMM starts 15, transfer 24, drain ends 27 (push); STORE0 28..32,
-    STORE1 30..34; LOAD starts 18, data 22; FINISH retires 35: 36 cycles.
-    depth 1: STORE1 is dispatched when STORE0 has started (28) in 29, the LOAD in 30; it starts 31,
-    its data arrives in 35; FINISH retires 36: 37 cycles.
+    depth 4: d = 14, 15, 16, 17; GEMM starts 15, transfer 37 (8 reads, the SRAM latency, the PEs' tail of
+    13), drain ends 40 (push); STORE0 41..45, STORE1 43..47; LOAD starts 18, data 22; FINISH retires 48:
+    49 cycles.
+    depth 1: STORE1 is dispatched when STORE0 has started (41) in 42, the LOAD in 43; it starts 44,
+    its data arrives in 48; FINISH retires 49: 50 cycles.
     """
     words = [encode(Opcode.GEMM, push_next=1, k=8),
              encode(Opcode.STORE, pop_prev=1, buffer=Buffer.ACC, rows=1, dram_addr=0x3000, dram_stride=16),
@@ -189,7 +188,7 @@ def test_queue_depth_changes_timing_as_the_rules_say():
              encode(Opcode.FINISH)]
     deep, _ = run_words(words)
     shallow, _ = run_words(words, cfg=dataclasses.replace(TINY, queue_depth=1))
-    assert (deep.cycles, shallow.cycles) == (36, 37)
+    assert (deep.cycles, shallow.cycles) == (49, 50)
 
 
 def test_time_program_matches_run_and_is_memoised_safely():
@@ -236,8 +235,10 @@ def _without_flag(prog, opcode, flag):
 def test_a_dropped_token_is_a_hazard(opcode, flag, storage):
     """Without the RTL: a GEMM that does not wait for its LOADs, a STORE that does not wait for its GEMM."""
     rng = np.random.default_rng(0)
+    # B three tiles wide: the LOADs of B, not the GEMMs, set the pace, so a GEMM that takes its successor's
+    # token starts before its operands are in
     prog = compile_gemm(TINY, rng.standard_normal((9, 40)).astype(np.float32),
-                        rng.standard_normal((40, 9)).astype(np.float32))
+                        rng.standard_normal((40, 17)).astype(np.float32))
     assert CoreModel(TINY).run(prog.memory.copy(), prog.program_addr, prog.length).race_free
     result = CoreModel(TINY).run(_without_flag(prog, opcode, flag), prog.program_addr, prog.length)
     assert result.hazards and {h.storage for h in result.hazards} <= storage
@@ -320,12 +321,13 @@ def test_kernel_walk_reads_each_taps_words_in_walk_order():
     ref = np.zeros((4, 4), np.float32)
     for r in range(4):
         for c in range(4):
-            acc = np.float32(0.0)
+            parts = [np.float32(0.0)] * 4  # rule 5: 12 steps, step j into partial j mod 4
             for t in range(6):
                 th, tw = divmod(t, 3)
                 for i in range(2):
-                    acc = np.float32(acc + np.float32(av[t * 2 + i, r] * bv[th * 10 + tw * 3 + i, c]))
-            ref[r, c] = acc
+                    j = t * 2 + i
+                    parts[j % 4] = np.float32(parts[j % 4] + np.float32(av[j, r] * bv[th * 10 + tw * 3 + i, c]))
+            ref[r, c] = np.float32(np.float32(parts[0] + parts[1]) + np.float32(parts[2] + parts[3]))
     assert np.array_equal(mem[0x3000:0x3040].view(np.uint32).reshape(4, 4), ref.view(np.uint32))
     # a walk of T taps costs what a GEMM of T·k words does
     plain, _ = run_words(words[:2] + [encode(Opcode.GEMM, pop_prev=1, push_next=1, k=12)] + words[3:],

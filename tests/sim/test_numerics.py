@@ -57,6 +57,17 @@ def test_products_exact_or_flushed():
     assert bits(p[1:]).tolist() == [0, 0x7F800000, 0x7FC00000, 0xFF800000]
 
 
+def _rule5_scalar(products):
+    """Rule 5 on a list of exact products (float64), by hand: four partials from +0, step t into partial
+    (t - T) mod 4, one fp32 rounding per sum, then (p0 + p1) + (p2 + p3)."""
+    parts = [F32(0.0)] * 4
+    for t, product in enumerate(products):
+        i = (t - len(products)) % 4
+        parts[i] = F32(np.float64(parts[i]) + product)
+    return F32(np.float64(F32(np.float64(parts[0]) + np.float64(parts[1])))
+               + np.float64(F32(np.float64(parts[2]) + np.float64(parts[3]))))
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 40), st.integers(0, 2**32 - 1))
 def test_mac_sequence_equals_scalar_loop(k, seed):
@@ -67,19 +78,29 @@ def test_mac_sequence_equals_scalar_loop(k, seed):
     af, bf = nx.bf16_bits_to_f32(a), nx.bf16_bits_to_f32(b)
     for r in range(3):
         for c in range(2):
-            acc = F32(0.0)
-            for i in range(k):
-                # float64 product is exact; one rounding per sum, as in the rule
-                acc = F32(np.float64(acc) + np.float64(af[i, r]) * np.float64(bf[i, c]))
-            assert bits(out[r, c]) == bits(acc)
+            # float64 products are exact
+            expected = _rule5_scalar([np.float64(af[i, r]) * np.float64(bf[i, c]) for i in range(k)])
+            assert bits(out[r, c]) == bits(expected)
+
+
+def test_mac_sequence_order_is_four_partials_not_a_chain():
+    """[2^24, 1, 1, -2^24] · ones: the four partials give (2^24 + 1) + (1 - 2^24) = 1; one chain in increasing
+    k gives 0 (2^24 + 1 rounds to 2^24 twice), the partials paired otherwise 2; five steps move the deal."""
+    a = nx.f32_to_bf16_bits(np.array([[2.0 ** 24], [1.0], [1.0], [-2.0 ** 24]], dtype=F32))
+    ones = nx.f32_to_bf16_bits(np.ones((4, 1), dtype=F32))
+    assert nx.mac_sequence(a, ones)[0, 0] == F32(1.0)
+    # five steps: step 0 and step 4 share partial 3 (2^24 + -2^24 = 0), the ones stand alone: 2
+    a5 = nx.f32_to_bf16_bits(np.array([[2.0 ** 24], [1.0], [1.0], [1.0], [-2.0 ** 24]], dtype=F32))
+    assert nx.mac_sequence(a5, nx.f32_to_bf16_bits(np.ones((5, 1), dtype=F32)))[0, 0] == F32(3.0)
 
 
 def _rule_loop(a_bits, b_bits):
     """mac_sequence written with the elementwise rule functions only (no fast path)."""
-    acc = np.zeros((a_bits.shape[1], b_bits.shape[1]), dtype=F32)
-    for i in range(a_bits.shape[0]):
-        acc = nx.add_f32(acc, nx.mul_bf16(a_bits[i][:, None], b_bits[i][None, :]))
-    return acc
+    k = a_bits.shape[0]
+    parts = [np.zeros((a_bits.shape[1], b_bits.shape[1]), dtype=F32) for _ in range(4)]
+    for i in range(k):
+        parts[(i - k) % 4] = nx.add_f32(parts[(i - k) % 4], nx.mul_bf16(a_bits[i][:, None], b_bits[i][None, :]))
+    return nx.add_f32(nx.add_f32(parts[0], parts[1]), nx.add_f32(parts[2], parts[3]))
 
 
 @pytest.mark.parametrize("scale_exp", [0, -100, -118, -124, 60, 64])
