@@ -1,5 +1,7 @@
 """Parsing of Yosys reports and the resource arithmetic (synthesis itself is a benchmark, not a test)."""
 
+import shutil
+
 import pytest
 
 from nmsat.fpga.estimate import VU9P, Estimate, parse_module_stats, parse_stat, unit_cells
@@ -145,3 +147,73 @@ def test_the_pe_black_box_has_the_pe_modules_ports():
     pe = pe[:pe.index("endmodule")]  # the PE module itself, not its multiplier and adder
     # a, b, the four controls, clock, reset and the sum
     assert ports(pe_blackbox()) == ports(pe) and len(ports(pe)) == 9
+
+
+def _cell(kind, inputs, outputs, **parameters):
+    ports = {**{p: "input" for p in inputs}, **{p: "output" for p in outputs}}
+    return {"type": kind, "parameters": parameters, "port_directions": ports, "connections": {**inputs, **outputs}}
+
+
+def test_register_depths_count_cells_between_registers():
+    """A hand-made mapped netlist: FF q0 → LUT → CARRY4 → LUT → FF q1 (3 cells, one carry); q1 → DSP with
+    its output register → FF q2 (the DSP's register starts the path: 0); an input → LUT → FF q3 (1); FF q1's
+    output feeds FF q0 through one LUT as well (a loop through registers is no loop)."""
+    from nmsat.fpga.estimate import register_depths
+
+    cells = {
+        "ff0": _cell("FDRE", {"D": [10], "C": [1]}, {"Q": [2]}),
+        "lut_a": _cell("LUT2", {"I0": [2], "I1": [2]}, {"O": [3]}),
+        "carry": _cell("CARRY4", {"DI": [3]}, {"CO": [4]}),
+        "lut_b": _cell("LUT2", {"I0": [4], "I1": [2]}, {"O": [5]}),
+        "ff1": _cell("FDRE", {"D": [5], "C": [1]}, {"Q": [6]}),
+        "dsp": _cell("DSP48E2", {"A": [6]}, {"P": [7]}, PREG="00000000000000000000000000000001"),
+        "ff2": _cell("FDRE", {"D": [7], "C": [1]}, {"Q": [8]}),
+        "lut_c": _cell("LUT1", {"I0": [9]}, {"O": [11]}),
+        "ff3": _cell("FDRE", {"D": [11], "C": [1]}, {"Q": [12]}),
+        "lut_d": _cell("LUT1", {"I0": [6]}, {"O": [10]}),
+    }
+    netnames = {name: {"bits": [bit]} for name, bit in
+                (("clk", 1), ("q0", 2), ("q1", 6), ("q2", 8), ("inp", 9), ("q3", 12), ("$auto$x", 5))}
+    depths = register_depths({"modules": {"top": {"cells": cells, "netnames": netnames}}}, "top")
+    assert depths == {"q0": (1, 0), "q1": (3, 1), "q2": (0, 0), "q3": (1, 0)}
+    # without its output register the DSP is a level of logic
+    cells["dsp"]["parameters"]["PREG"] = "0"
+    assert register_depths({"modules": {"top": {"cells": cells, "netnames": netnames}}}, "top")["q2"] == (1, 0)
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="needs a native Yosys (apt-get install yosys)")
+def test_the_pipelined_pe_is_shallow_where_the_one_cycle_mac_was_deep(tmp_path):
+    """Yosys maps the PE; no stage of it is deeper than 16 cells, while the one-cycle MAC it replaced (its
+    product and sum in one combinational path, registered here at its output) is over 40."""
+    import json
+    import subprocess
+
+    from amaranth.back import verilog
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    from nmsat.fpga.estimate import register_depths
+    from nmsat.hw.fp import Bf16Mac
+    from nmsat.hw.verilog import pe_verilog
+
+    class RegisteredMac(wiring.Component):  # the old PE: acc <= acc + a * b
+        a: In(16)
+        b: In(16)
+        acc: Out(32)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.mac = mac = Bf16Mac()
+            m.d.comb += [mac.a.eq(self.a), mac.b.eq(self.b), mac.acc_in.eq(self.acc)]
+            m.d.sync += self.acc.eq(mac.acc_out)
+            return m
+
+    def deepest(text, top):
+        (tmp_path / f"{top}.v").write_text(text)
+        subprocess.run(["yosys", "-q", "-p", f"read_verilog {top}.v; synth_xilinx -family xcup -noiopad -flatten "
+                        f"-top {top}; write_json {top}.json"], cwd=tmp_path, check=True, capture_output=True)
+        return max(d for d, _ in register_depths(json.loads((tmp_path / f"{top}.json").read_text()), top).values())
+
+    assert deepest(pe_verilog(), "nmsat_pe") <= 16
+    assert deepest(verilog.convert(RegisteredMac(), name="old_pe", emit_src=False), "old_pe") > 40
