@@ -10,8 +10,10 @@ SPARSE_GEMM reads one A word of slot values and one IDX word (four slots'
 indices) per cycle, for ``groups · n`` cycles; the B buffer's banks deliver a
 group's ``m`` words at once and every PE row takes the word its own slot
 index names (an ``banks``:1 mux per row), so a group of m reduction steps
-takes n cycles.  One
-cycle after its last MAC the accumulators move to the shadow registers (the
+takes n cycles.  Each PE (``nmsat.hw.fp.PipelinedMac``) keeps four partial
+sums in its pipelined adder; ``GEMM_TAIL`` cycles after the last MAC's data
+they are added pairwise and latched (rule 5 of ``nmsat.hw.numerics``), and
+the next cycle at the earliest the accumulators move to the shadow registers (the
 transfer, once the previous drain has ended) and the next GEMM may start
 while the drain writes ``DRAIN_ROWS`` (two) accumulator rows per cycle,
 one to each row-parity bank of ACC, through a read-add-write pipeline of
