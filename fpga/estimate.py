@@ -214,36 +214,34 @@ def register_depths(netlist: dict, top: str) -> dict[str, tuple[int, int]]:
         preg = str(cell["parameters"].get("PREG", "1")) if cell["type"] == "DSP48E2" else "0"
         return int(preg, 2 if set(preg) <= {"0", "1"} else 10) == 1
 
-    depth_of: dict[str, tuple[int, int]] = {}
-
-    def cell_depth(cell_name, cell) -> tuple[int, int]:  # at the cell's output (iterative: cones are deep)
-        stack = [(cell_name, cell)]
-        while stack:
-            name, c = stack[-1]
-            if name in depth_of:
-                stack.pop()
-                continue
-            pending, best = [], (0, 0)
-            for port, bits in c["connections"].items():
-                if c.get("port_directions", {}).get(port) != "input":
-                    continue
+    # the combinational cells in topological order (Kahn): each one's depth is one more than its deepest
+    # combinational driver's
+    comb = {name: cell for name, cell in module["cells"].items() if not starts(cell) and cell["type"] not in _FF_CELLS}
+    sources: dict[str, set[str]] = {name: set() for name in comb}
+    for name, cell in comb.items():
+        for port, bits in cell["connections"].items():
+            if cell.get("port_directions", {}).get(port) == "input":
                 for bit in bits:
-                    if not isinstance(bit, int) or bit not in driver:
-                        continue
-                    src_name, src = driver[bit]
-                    if starts(src):
-                        continue
-                    if src_name in depth_of:
-                        best = max(best, depth_of[src_name])
-                    else:
-                        pending.append((src_name, src))
-            if pending:
-                stack.extend(pending)
-                continue
-            carry = c["type"].startswith("CARRY")
-            depth_of[name] = (best[0] + 1, best[1] + carry)
-            stack.pop()
-        return depth_of[cell_name]
+                    if isinstance(bit, int) and bit in driver and driver[bit][0] in comb:
+                        sources[name].add(driver[bit][0])
+    users: dict[str, list[str]] = {name: [] for name in comb}
+    for name, srcs in sources.items():
+        for src in srcs:
+            users[src].append(name)
+    waiting = {name: len(srcs) for name, srcs in sources.items()}
+    ready = [name for name, n in waiting.items() if n == 0]
+    depth_of: dict[str, tuple[int, int]] = {}
+    while ready:
+        name = ready.pop()
+        best = max((depth_of[src] for src in sources[name]), default=(0, 0))
+        depth_of[name] = (best[0] + 1, best[1] + comb[name]["type"].startswith("CARRY"))
+        for user in users[name]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                ready.append(user)
+
+    def cell_depth(cell_name, cell) -> tuple[int, int]:  # a cell on a combinational loop counts nothing
+        return depth_of.get(cell_name, (0, 0))
 
     out: dict[str, tuple[int, int]] = {}
     for cell_name, cell in module["cells"].items():
