@@ -33,16 +33,19 @@ CANONICAL_NAN_F32 = 0x7FC00000
 _INF_F32 = 0x7F800000
 
 
-def _net(m: Module, name: str, expr) -> Signal:
-    """A named signal driven by ``expr``.
+def _net(m: Module, name: str, expr, *, register: bool = False) -> Signal:
+    """A named signal driven by ``expr``, or with ``register`` its register (no reset: data only).
 
     Amaranth inlines an expression at every use, so an intermediate that is
     used more than once is given its own signal (keeps elaboration and the
     emitted netlist linear in the design size).
     """
     expr = Value.cast(expr)
-    sig = Signal(expr.shape(), name=name)
-    m.d.comb += sig.eq(expr)
+    sig = Signal(expr.shape(), name=name, reset_less=register)
+    if register:
+        m.d.sync += sig.eq(expr)
+    else:
+        m.d.comb += sig.eq(expr)
     return sig
 
 
@@ -160,13 +163,9 @@ class Fp32Adder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        domain = m.d.sync if self.pipelined else m.d.comb
 
-        def cut(name, expr):  # a stage boundary: a register (no reset: data only) when pipelined, else a wire
-            expr = Value.cast(expr)
-            sig = Signal(expr.shape(), name=name, reset_less=True)
-            domain.__iadd__(sig.eq(expr))
-            return sig
+        def cut(name, expr):  # a stage boundary: a register when pipelined, else a wire
+            return _net(m, name, expr, register=self.pipelined)
 
         a, b = self.a, self.b
         sign_a, sign_b = a[31], b[31]
@@ -255,7 +254,10 @@ class Fp32Adder(wiring.Component):
         with m.Else():
             m.d.comb += result.eq(Cat(rounded[0:31], sign_x))
         # stage 4 ends: the registered sum
-        domain.__iadd__(self.sum.eq(result))
+        if self.pipelined:
+            m.d.sync += self.sum.eq(result)
+        else:
+            m.d.comb += self.sum.eq(result)
         return m
 
 
