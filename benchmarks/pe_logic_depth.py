@@ -25,9 +25,9 @@ from nmsat.hw.verilog import pe_verilog
 
 #: the PE's register stages, by the names of the nets their registers drive
 STAGES = {"product register": ("product", "add.b"), "adder stage 1 (order, exponent difference)": ("sig_x", "sig_y", "diff", "keep_1"),
-          "adder stage 2 (alignment)": ("y_aligned", "x_ext", "keep_2"),
-          "adder stage 3 (add, normalise by 16 and 8)": ("norm_high", "add.lz", "nonzero", "keep_3"),
-          "adder stage 4 (normalise by 4, 2, 1; round; special cases)": ("add.sum",)}
+          "adder stage 2 (alignment: a product, then by 16)": ("y_aligned", "x_ext", "keep_2"),
+          "adder stage 3 (add, leading zeros, normalise by 8·k)": ("norm_high", "add.lz", "nonzero", "keep_3"),
+          "adder stage 4 (normalise by 0 .. 7 as a product; round; special cases)": ("add.sum",)}
 
 
 def main():

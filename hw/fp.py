@@ -118,9 +118,9 @@ class Fp32Adder(wiring.Component):
 
     Combinational (latency 0), or with ``pipelined=True`` in :data:`ADDER_STAGES` (four) register stages,
     latency 4, a new pair of operands every cycle: (1) order, exponent difference and significands;
-    (2) alignment; (3) the add and the first two normalising stages; (4) the last three, rounding and the
-    special cases, into the registered ``sum``.  The PE uses the pipelined form
-    (``nmsat.hw.core.compute``); the drain and the weight-update engine the combinational one.
+    (2) alignment; (3) the add, the leading-zero count and the normalising shift by its multiple of 8;
+    (4) the rest of the shift, rounding and the special cases, into the registered ``sum``.  The PE uses the
+    pipelined form (``nmsat.hw.core.compute``); the drain and the weight-update engine the combinational one.
 
     Subnormal operands are read as zeros of the same sign and subnormal sums
     are flushed to a zero with the sign of the sum.  An exact zero sum of
@@ -128,22 +128,19 @@ class Fp32Adder(wiring.Component):
     range is ±inf.  A NaN operand or inf − inf gives the canonical NaN
     ``0x7FC00000``; other infinities follow IEEE 754.
 
-    Datapath (built for LUT count: the array repeats it rows × cols times):
-    the operands are ordered by their raw magnitude bits (a subnormal orders
-    like the zero it is read as); the significands get their hidden bit, or
-    are zero for an exponent of 0; the smaller one is aligned in a 27-bit
-    field (24 bits + guard + round + sticky) by a five-stage right shifter
-    that ORs what each stage shifts out into the sticky bit (an exponent
-    difference above 27 moves all of it there); one 28-bit adder adds it, or
-    its complement plus one; a five-stage normalising shifter moves the
-    leading one to the top, each stage shifting when the bits it would pass
-    are zero, so the stages' decisions are the leading-zero count; the
-    fraction is rounded by adding the round-up bit to the packed exponent and
-    fraction, so a carry out of the fraction lands in the exponent (and
-    ``0x7F7FFFFF`` + 1 becomes inf).  Any correct round-to-nearest-even adder
-    gives the same bits; this one is ≈ 40% smaller under Yosys than the
-    comparator-mask and leading-zero-tree form it replaced
-    (``benchmarks/pe_logic_depth.py``).
+    Datapath (built for LUT count: the array repeats it rows × cols times, and a VU9P has about six
+    DSP48E2 slices per thousand LUTs, so two shifters are multiplications by a power of two, each
+    one DSP slice's 27 × 18 multiplier instead of a tree of LUT multiplexers): the operands are ordered by
+    their raw magnitude bits (a subnormal orders like the zero it is read as); the significands get their
+    hidden bit, or are zero for an exponent of 0; the smaller one is aligned in a 27-bit field (24 bits +
+    guard + round + sticky): its significand times 2^(15 − d mod 16) holds it shifted right by d mod 16 with
+    what was shifted out below, a shift by 16 more takes the product's upper bits, and the bits left below
+    the field are ORed into the sticky bit (an exponent difference above 27 moves all of it there); one
+    28-bit adder adds it, or its complement plus one; the sum's leading zeros are counted, a shift by
+    their multiple of 8 is a multiplexer and the rest (0 .. 7) a product with 2^rest; the fraction is
+    rounded by adding the round-up bit to the packed exponent and fraction, so a carry out of the
+    fraction lands in the exponent (and ``0x7F7FFFFF`` + 1 becomes inf).  Any correct
+    round-to-nearest-even adder gives the same bits (``benchmarks/pe_logic_depth.py`` has the PE's cost).
 
     Attributes
     ----------
@@ -194,14 +191,14 @@ class Fp32Adder(wiring.Component):
 
         # alignment: y's significand with 3 extra bits, shifted right by the exponent difference one power
         # of two a stage, each stage ORing the bits it shifts out into the sticky bit
-        field = Cat(Const(0, 3), sig_y)  # 27 bits
-        sticky = Const(0, 1)
-        for bit in (4, 3, 2, 1, 0):
-            step = 1 << bit
-            take = diff[bit]
-            sticky = _net(m, f"sticky_{bit}", sticky | (take & (field[0:step] != 0)))
-            field = _net(m, f"align_{bit}", Mux(take, field >> step, field))
-        # stage 2 ends: the aligned operands
+        # the shift by the low four bits of d as a product (a DSP slice's multiplier, not a LUT shifter):
+        # sig_y * 2^(15 - d mod 16) holds (sig_y << 3) >> (d mod 16) in bits 12 .. 38 and what was shifted out
+        # below them; a shift by 16 more (d[4]) takes bits 28 .. 38
+        onehot = _net(m, "align_onehot", Const(1, 16) << (15 - diff[0:4])[0:4])
+        shifted = _net(m, "align_product", sig_y * onehot[0:16])  # 40 bits
+        far = diff[4]
+        field = Mux(far, shifted[28:40], shifted[12:39])
+        sticky = (shifted[0:12] != 0) | (far & (shifted[12:28] != 0))
         y_aligned = cut("y_aligned", Mux(diff > 27, Cat(sig_y != 0, Const(0, 26)), field | sticky))
         x_ext = cut("x_ext", Cat(Const(0, 3), sig_x))  # 27 bits
         keep = cut("keep_2", keep)
@@ -211,21 +208,25 @@ class Fp32Adder(wiring.Component):
         flip = Cat(*([subtract] * 28))
         total = _net(m, "total", (x_ext + (Cat(y_aligned, Const(0, 1)) ^ flip) + subtract)[0:28])
 
-        # normalise: shift the leading one to bit 27, one power of two a stage (the first two in stage 3)
-        norm = total
-        zero_stages = []
-        for bit in (4, 3, 2, 1, 0):
-            if bit == 2:  # stage 3 ends
-                norm = cut("norm_high", norm)
-                zero_stages = [cut(f"lz_{4 - i}", z) for i, z in enumerate(zero_stages)]
-                nonzero = cut("nonzero", total != 0)
-                keep = cut("keep_3", keep)
-                exp_x, sign_x, special = keep[0:8], keep[8], keep[10:14]
-            step = 1 << bit
-            passed = norm[28 - step:28] == 0
-            zero_stages.append(passed)
-            norm = _net(m, f"norm_{bit}", Mux(passed, (norm << step)[0:28], norm))
-        lz = _net(m, "lz", Cat(*reversed(zero_stages)))
+        # normalise: the leading-zero count, a shift by its multiple of 8 (LUTs) in stage 3, and the rest (0 .. 7)
+        # as a product in stage 4 (a DSP slice's multiplier)
+        lz_full = Signal(5)
+        for bit in range(28):  # priority: the highest one bit decides
+            with m.If(total[bit]):
+                m.d.comb += lz_full.eq(27 - bit)
+        coarse = Signal(28)
+        m.d.comb += coarse.eq(Mux(lz_full[4], Mux(lz_full[3], total << 24, total << 16),
+                                  Mux(lz_full[3], total << 8, total))[0:28])
+        coarse = cut("norm_high", coarse)
+        lz = cut("lz", lz_full)
+        nonzero = cut("nonzero", total != 0)
+        keep = cut("keep_3", keep)
+        exp_x, sign_x, special = keep[0:8], keep[8], keep[10:14]
+        fine = lz[0:3]
+        low = _net(m, "norm_product", coarse[0:26] * (Const(1, 8) << fine)[0:8])  # 34 bits
+        # the top two bits: shifting by lz never moves a one out, so they only matter for fine = 0 or 1
+        top = Mux(fine == 0, Cat(Const(0, 26), coarse[26:28]), Mux(fine == 1, Cat(Const(0, 27), coarse[26]), 0))
+        norm = _net(m, "norm", low[0:28] | top)
         mant = norm[4:27]  # 23 fraction bits below the leading one
         guard = norm[3]
         rest = norm[0:3] != 0
