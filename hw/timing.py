@@ -33,8 +33,9 @@ LOADS_IN_FLIGHT = 1
 STORES_IN_FLIGHT = 1
 #: Buffers are synchronous RAMs: data is out one cycle after the address.
 SRAM_READ_LATENCY = 1
-#: A GEMM drains the shadow registers through a read-add-write pipeline of this many stages.
-DRAIN_PIPELINE = 2
+#: A GEMM drains its accumulator registers through a read-add-write pipeline of this many stages: the ACC
+#: read, the four stages of the pipelined fp32 adder (``nmsat.hw.fp``), the write.
+DRAIN_PIPELINE = 6
 #: Accumulator rows the drain reads, adds and writes per cycle (the ACC buffer is banked by row parity).
 DRAIN_ROWS = 2
 
@@ -115,9 +116,8 @@ def gemm_mac_cycles(k: int) -> int:
     the PEs' tail (:data:`GEMM_TAIL`: the last product through the adder and the four partial sums
     added pairwise, rule 5 of ``nmsat.hw.numerics``).
 
-    In cycle ``start + gemm_mac_cycles(k)`` at the earliest the accumulators
-    move to the shadow registers (the transfer); the next GEMM may start in
-    the transfer cycle.
+    In cycle ``start + gemm_mac_cycles(k)`` (the transfer) the drain of the
+    accumulators begins; the next GEMM may start in the transfer cycle.
     """
     return k + SRAM_READ_LATENCY + GEMM_TAIL
 
@@ -126,8 +126,9 @@ def drain_cycles(cfg: SATConfig) -> int:
     """Cycles from the transfer to the last accumulator-buffer write: ``ceil(rows / DRAIN_ROWS)`` reads (two
     rows a cycle), then the add and write stages.
 
-    A transfer waits until the previous GEMM's drain has finished (one set of
-    shadow registers).
+    The drain reads the accumulator registers, so a GEMM starts no earlier
+    than ``drain end + 1 − gemm_mac_cycles(k)`` of the previous one: its
+    transfer comes after the previous drain's last write.
     """
     return -(-cfg.rows // DRAIN_ROWS) + DRAIN_PIPELINE - 1
 

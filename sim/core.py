@@ -284,7 +284,7 @@ class _Schedule:
     bursts: list[int]  # LOAD: number of bursts
     start: list[int | None]
     end: list[int | None]  # last busy cycle (pushes happen here)
-    transfer: list[int | None]  # GEMM: the cycle the accumulators move to the shadow registers
+    transfer: list[int | None]  # GEMM: the cycle its drain begins
     executed: list[int]  # program indices that started by the stop cycle, in program order
     sparsify: dict[int, timing.SparsifyTimes] = field(default_factory=dict)  # SPARSIFY: its cycles from its start
 

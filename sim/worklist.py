@@ -71,8 +71,8 @@ def _worklist(unit, qpos, qstart, qidx, qlen, pops, pushes, beats, bursts, vecto
                 ready = d[i] + 1
                 if ptr[u] > 0:
                     prev = qidx[qstart[u] + ptr[u] - 1]
-                    if u == COMPUTE:
-                        ready = max(ready, transfer[prev])
+                    if u == COMPUTE:  # after the previous transfer, and its own after the previous drain
+                        ready = max(ready, transfer[prev], e[prev] + 1 - beats[i])
                     elif u == SPARSIFY:
                         ready = max(ready, e[prev] + 1)
                     elif u == LOAD:
@@ -104,8 +104,7 @@ def _worklist(unit, qpos, qstart, qidx, qlen, pops, pushes, beats, bursts, vecto
                         pop_at[ch, n_pop[ch]] = start
                         n_pop[ch] += 1
                 if u == COMPUTE:
-                    prev_drain = e[qidx[qstart[u] + ptr[u] - 1]] if ptr[u] > 0 else -1
-                    transfer[i] = max(start + beats[i], prev_drain + 1)
+                    transfer[i] = start + beats[i]
                     end = transfer[i] + drain
                 elif u == SPARSIFY:
                     end = start + vector_end[i]

@@ -1,4 +1,4 @@
-"""The GEMM unit: the PE array of ``rows × cols`` bf16 MACs and the shadow-register drain.
+"""The GEMM unit: the PE array of ``rows × cols`` bf16 MACs and the drain of their accumulators.
 
 A GEMM reads one A and one B word per cycle for ``k`` cycles per kernel tap
 (operands broadcast along rows and down columns), the array accumulates in
@@ -12,12 +12,13 @@ group's ``m`` words at once and every PE row takes the word its own slot
 index names (an ``banks``:1 mux per row), so a group of m reduction steps
 takes n cycles.  Each PE (``nmsat.hw.fp.PipelinedMac``) keeps four partial
 sums in its pipelined adder; ``GEMM_TAIL`` cycles after the last MAC's data
-they are added pairwise and latched (rule 5 of ``nmsat.hw.numerics``), and
-the next cycle at the earliest the accumulators move to the shadow registers (the
-transfer, once the previous drain has ended) and the next GEMM may start
-while the drain writes ``DRAIN_ROWS`` (two) accumulator rows per cycle,
-one to each row-parity bank of ACC, through a read-add-write pipeline of
-``DRAIN_PIPELINE`` stages.  Pops ``l2c``/``s2c``
+they are added pairwise and latched into the accumulator registers (rule 5
+of ``nmsat.hw.numerics``); the next cycle (the transfer) the next GEMM may
+start while the drain writes ``DRAIN_ROWS`` (two) accumulator rows per
+cycle, picked by a multiplexer, one to each row-parity bank of ACC, through
+a read-add-write pipeline of ``DRAIN_PIPELINE`` stages.  The drain reads the
+accumulator registers themselves, so a GEMM starts only if its latch comes
+after the previous drain's last write.  Pops ``l2c``/``s2c``
 when it starts, pushes ``c2l``/``c2s`` when its drain ends.
 
 Not here: the buffers (the top level's memories) or the fp units (:mod:`nmsat.hw.fp`).
@@ -66,7 +67,7 @@ class ComputeUnit(wiring.Component):
         m = Module()
         cfg = self.cfg
         R, C = cfg.rows, cfg.cols
-        assert SRAM_READ_LATENCY == 1 and DRAIN_PIPELINE == 2 and DRAIN_ROWS == 2, \
+        assert SRAM_READ_LATENCY == 1 and DRAIN_PIPELINE == 2 + ADDER_STAGES and DRAIN_ROWS == 2, \
             "the pipeline below is built for these latencies"
         steps = -(-R // DRAIN_ROWS)  # drain steps: two rows each
         banks = cfg.b_banks
@@ -103,14 +104,21 @@ class ComputeUnit(wiring.Component):
         combining = Signal()
         cur_info = Entry(Signal(Entry.as_shape().size))  # the GEMM between start and transfer
         drain_active = Signal()
-        drain_count = Signal(range(R + 3))
+        drain_count = Signal(range(R + DRAIN_PIPELINE + 1))
         drain_info = Entry(Signal(Entry.as_shape().size))
         transfer = Signal()
         m.d.comb += transfer.eq(pending & ~drain_active)
         tokens_ok = (~head.inst.deps.pop_prev | self.l2c_available) & (~head.inst.deps.pop_next | self.s2c_available)
         free = ~reading & ~mac_valid & ~combining & (~pending | transfer)
+        # the drain reads the accumulators themselves (no second set of registers), so a GEMM starts only if its
+        # transfer (gemm_mac_cycles after the start) comes after the previous drain's last write: cycles from
+        # now to that write, 0 without a drain
+        drain_last = steps + DRAIN_PIPELINE - 2  # drain_count of the last write
+        drain_due = Signal(range(drain_last + 2))
+        m.d.comb += drain_due.eq(Mux(transfer, drain_last + 1, Mux(drain_active, drain_last - drain_count, 0)))
+        drain_clear = mac_steps + (SRAM_READ_LATENCY + GEMM_TAIL) > drain_due
         start = self.start
-        m.d.comb += [start.eq(self.running & self.queue.valid & free & tokens_ok),
+        m.d.comb += [start.eq(self.running & self.queue.valid & free & tokens_ok & drain_clear),
                      self.queue.ready.eq(start), self.l2c_pop.eq(start & head.inst.deps.pop_prev),
                      self.s2c_pop.eq(start & head.inst.deps.pop_next)]
         # reads: cycles s .. s+steps-1.  B: every bank reads the row of the current word (dense) or group
@@ -208,7 +216,6 @@ class ComputeUnit(wiring.Component):
             m.d.sync += pending.eq(0)
         # the array
         acc = [[Signal(32, name=f"acc_{r}_{c}") for c in range(C)] for r in range(R)]
-        shadow = [[Signal(32, name=f"shadow_{r}_{c}") for c in range(C)] for r in range(R)]
         word_bits = 16 * C
         for r in range(R):
             # this row's B word: the current word's bank, plus the row's slot index (the low log2(m) bits of
@@ -233,24 +240,28 @@ class ComputeUnit(wiring.Component):
                     pe_sum = pe.sum
                 with m.If(latch):
                     m.d.sync += acc[r][c].eq(pe_sum)
-        # transfer and drain, two rows a step: reads in t+1 .. t+steps, writes in t+2 .. t+steps+1
+        # transfer and drain, two rows a step: reads in t+1 .. t+steps, each read's rows a cycle later into the
+        # pipelined adders with the step's two accumulator rows (a multiplexer by the step), their sums written
+        # ADDER_STAGES cycles after that, in t+6 .. t+steps+5
+        lag = DRAIN_PIPELINE - 1  # from a step's read to its write
         with m.If(transfer):
             m.d.sync += [drain_active.eq(1), drain_count.eq(0), drain_info.eq(cur_info)]
-            for r in range(R):
-                for c in range(C):
-                    m.d.sync += shadow[r][c].eq(acc[r][c])
         drain_args = drain_info.inst.args.gemm
-        drain_write = drain_active & (drain_count >= 1)
-        drain_end = drain_active & (drain_count == steps)
+        drain_write = drain_active & (drain_count >= lag)
+        drain_end = drain_active & (drain_count == drain_last)
         with m.If(drain_active):
             m.d.sync += drain_count.eq(drain_count + 1)
-            with m.If(drain_write):  # shift the next two rows up
-                for r in range(R):
-                    for c in range(C):
-                        if r + 2 < R:
-                            m.d.sync += shadow[r][c].eq(shadow[r + 2][c])
             with m.If(drain_end):
                 m.d.sync += drain_active.eq(0)
+        add_step = Signal(range(steps + 1))
+        m.d.comb += add_step.eq(drain_count - 1)
+        zero_row = Const(0, 32 * C)
+        step_rows = []  # the first and the second accumulator row of the step whose old rows arrive
+        for j in range(DRAIN_ROWS):
+            rows = [Cat(*acc[r]) if r < R else zero_row for r in range(j, DRAIN_ROWS * steps, DRAIN_ROWS)]
+            row = Signal(32 * C, name=f"drain_acc_{j}")
+            m.d.comb += row.eq(Cat(*rows).word_select(add_step, 32 * C) if steps > 1 else rows[0])
+            step_rows.append(row)
         # rows p and p + 1 of a step: p in the bank of the GEMM's first row's parity, p + 1 in the other
         odd = drain_args.acc_addr[0]
         read_first = Signal(17)
@@ -260,20 +271,23 @@ class ComputeUnit(wiring.Component):
                      self.acc_read_addr_odd.eq(Mux(odd, read_first, read_second) >> 1)]
         old_first = Mux(odd, self.acc_read_data_odd, self.acc_read_data_even)  # the rows read a cycle ago
         old_second = Mux(odd, self.acc_read_data_even, self.acc_read_data_odd)
+        # without accumulate the old rows are replaced by -0: x + (-0) is x for every sum an adder gives (no
+        # subnormal, the one NaN, -0 + -0 = -0), so the accumulator rows are written unchanged
         rows_out = []
         for j, old in enumerate((old_first, old_second)):
             row = Signal(32 * C, name=f"drain_row_{j}")
             for c in range(C):
-                adder = Fp32Adder()
+                adder = Fp32Adder(pipelined=True)
                 m.submodules[f"drain_add_{j}_{c}"] = adder
-                m.d.comb += [adder.a.eq(old[32 * c:32 * c + 32]), adder.b.eq(shadow[j][c] if j < R else 0),
-                             row[32 * c:32 * c + 32].eq(Mux(drain_args.accumulate, adder.sum,
-                                                             shadow[j][c] if j < R else 0))]
+                m.d.comb += [adder.a.eq(Mux(drain_args.accumulate, old[32 * c:32 * c + 32], 1 << 31)),
+                             adder.b.eq(step_rows[j][32 * c:32 * c + 32]), row[32 * c:32 * c + 32].eq(adder.sum)]
             rows_out.append(row)
+        write_step = Signal(range(steps + lag + 1))
+        m.d.comb += write_step.eq(drain_count - lag)
         write_first = Signal(17)
-        m.d.comb += write_first.eq(drain_args.acc_addr + 2 * (drain_count - 1))
+        m.d.comb += write_first.eq(drain_args.acc_addr + 2 * write_step)
         write_second = write_first + 1
-        second_valid = (2 * (drain_count - 1) + 1) < R  # an odd row count: the last step writes one row
+        second_valid = (2 * write_step + 1) < R  # an odd row count: the last step writes one row
         m.d.comb += [self.acc_write_addr_even.eq(Mux(odd, write_second, write_first) >> 1),
                      self.acc_write_addr_odd.eq(Mux(odd, write_first, write_second) >> 1),
                      self.acc_write_data_even.eq(Mux(odd, rows_out[1], rows_out[0])),

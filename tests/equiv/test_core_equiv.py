@@ -23,6 +23,7 @@ from nmsat.dataflow import conv
 from nmsat.dataflow.chain import compile_relu_mlp
 from nmsat.dataflow.step import compile_linear_step
 from nmsat.dataflow.vector import compile_vector
+from nmsat.hw import timing
 from nmsat.hw.numerics import bf16_bits_to_f32, f32_to_bf16_bits
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Buffer, Csr, ErrorCode, Opcode, Status, VectorFunc, encode, to_bytes
@@ -863,6 +864,34 @@ def test_amaranth_core_matches_simulator_on_other_configs(cfg):
     expected = CoreModel(cfg).run(memory, prog.program_addr, prog.length)
     assert expected.ok
     assert_same(expected, memory, run_core_amaranth(cfg, prog.memory, prog.program_addr, prog.length))
+
+
+def test_amaranth_core_matches_simulator_when_short_gemms_wait_for_the_drain():
+    """32 rows drain in 17 cycles, longer than a GEMM of two steps takes to its latch: back-to-back GEMMs wait
+    for the drain reading the accumulator registers (the simulator's rule, which costs cycles here), else a
+    result would overwrite rows still being written."""
+    cfg = SATConfig(name="tall", rows=32, cols=4, a_depth=64, b_depth=64, acc_depth=128, bus_bytes=8,
+                    max_burst_beats=16, queue_depth=8, imem_depth=64, mem_read_latency=2, mem_write_latency=1)
+    k, gemms = 2, 4
+    assert timing.drain_cycles(cfg) + 1 > timing.gemm_mac_cycles(k)  # the case this test is for
+    rng = np.random.default_rng(5)
+    memory = np.zeros(0x4000, np.uint8)
+    for addr, shape in ((0, (k, cfg.rows)), (0x1000, (gemms * k, cfg.cols))):
+        bits = f32_to_bf16_bits(rng.standard_normal(shape).astype(np.float32)).astype("<u2").view(np.uint8).ravel()
+        memory[addr:addr + bits.size] = bits
+    program = [encode(Opcode.LOAD, buffer=Buffer.A, sram_addr=0, rows=k, dram_addr=0, dram_stride=cfg.a_word_bytes),
+               encode(Opcode.LOAD, buffer=Buffer.B, sram_addr=0, rows=gemms * k, dram_addr=0x1000,
+                      dram_stride=cfg.b_word_bytes, push_next=1)]
+    program += [encode(Opcode.GEMM, a_addr=0, b_addr=g * k, acc_addr=g * cfg.rows, k=k, pop_prev=int(g == 0),
+                       push_next=int(g == gemms - 1)) for g in range(gemms)]
+    program += [encode(Opcode.STORE, buffer=Buffer.ACC, sram_addr=0, rows=gemms * cfg.rows, dram_addr=0x2000,
+                       dram_stride=cfg.acc_word_bytes, pop_prev=1), encode(Opcode.FINISH)]
+    blob = np.frombuffer(to_bytes(program), np.uint8)
+    memory[0x3000:0x3000 + blob.size] = blob
+    expected_memory = memory.copy()
+    expected = CoreModel(cfg).run(expected_memory, 0x3000, len(program))
+    assert expected.ok and expected.race_free
+    assert_same(expected, expected_memory, run_core_amaranth(cfg, memory, 0x3000, len(program)))
 
 
 @pytest.mark.slow

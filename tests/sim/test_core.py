@@ -43,13 +43,14 @@ def test_hand_computed_cycle_count():
     fetch: 5 instructions = 10 beats, first at cycle 4 → dispatch from cycle 14 (d = 14, 15, 16, 17; FINISH 18).
     LOAD A starts 15, data 19..22.  LOAD B starts 16 (one AR after A), data 23..26, pushes at 26.
     GEMM starts 27: reads 27..30, last MAC data 31, the PEs' tail 32..44 (the partial sums added, the
-    result latched in 44), transfer 45, drain of 4 rows two a cycle (reads 46, 47; writes 47, 48) ends 48.
-    STORE starts 49, 4 words × 2 beats, last response 49 + 8 + 2 = 59.  FINISH retires in 60 → 61 cycles.
+    result latched in 44), transfer 45, drain of 4 rows two a cycle (reads 46, 47; through the four adder
+    stages; writes 51, 52) ends 52.  STORE starts 53, 4 words × 2 beats, last response 53 + 8 + 2 = 63.
+    FINISH retires in 64 → 65 cycles.
     """
     result, _ = run_words(small_program())
-    assert result.status is Status.DONE and result.cycles == 61
-    assert result.token_stall == {"load": 0, "compute": 10, "store": 31, "sparsify": 0}
-    assert result.busy["compute"] == 22
+    assert result.status is Status.DONE and result.cycles == 65
+    assert result.token_stall == {"load": 0, "compute": 10, "store": 35, "sparsify": 0}
+    assert result.busy["compute"] == 26
 
 
 def test_small_program_numerics():
@@ -176,10 +177,10 @@ def test_queue_depth_changes_timing_as_the_rules_say():
     the next STORE and the LOAD behind it waits.  5 instructions = 10 beats: dispatch from 14.
 
     depth 4: d = 14, 15, 16, 17; GEMM starts 15, transfer 37 (8 reads, the SRAM latency, the PEs' tail of
-    13), drain ends 40 (push); STORE0 41..45, STORE1 43..47; LOAD starts 18, data 22; FINISH retires 48:
-    49 cycles.
-    depth 1: STORE1 is dispatched when STORE0 has started (41) in 42, the LOAD in 43; it starts 44,
-    its data arrives in 48; FINISH retires 49: 50 cycles.
+    13), drain ends 44 (push: 2 reads, the four adder stages); STORE0 45..49, STORE1 47..51; LOAD starts 18,
+    data 22; FINISH retires 52: 53 cycles.
+    depth 1: STORE1 is dispatched when STORE0 has started (45) in 46, the LOAD in 47; it starts 48,
+    its data arrives in 52; FINISH retires 53: 54 cycles.
     """
     words = [encode(Opcode.GEMM, push_next=1, k=8),
              encode(Opcode.STORE, pop_prev=1, buffer=Buffer.ACC, rows=1, dram_addr=0x3000, dram_stride=16),
@@ -188,7 +189,7 @@ def test_queue_depth_changes_timing_as_the_rules_say():
              encode(Opcode.FINISH)]
     deep, _ = run_words(words)
     shallow, _ = run_words(words, cfg=dataclasses.replace(TINY, queue_depth=1))
-    assert (deep.cycles, shallow.cycles) == (49, 50)
+    assert (deep.cycles, shallow.cycles) == (53, 54)
 
 
 def test_time_program_matches_run_and_is_memoised_safely():
