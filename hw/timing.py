@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import IDX_SLOTS_PER_WORD as IDX_SLOTS, SATConfig
 
-__all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "transpose_tail", "gemm_mac_cycles", "GEMM_TAIL", "drain_cycles", "LOADS_IN_FLIGHT",
+__all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "transpose_tail", "gemm_mac_cycles", "GEMM_TAIL", "drain_cycles", "drain_gap", "LOADS_IN_FLIGHT",
            "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES", "SparsifyShape",
            "sparsify_shape", "sparsify_chunk_groups", "sparsify_emit_cycles", "sparsify_read_beats", "SparsifyTimes", "sparsify_cycles",
            "sparsify_events", "UPDATE_FIRST_CHUNK", "UPDATE_STREAMS", "VECTOR_STREAMS", "stream_chunks",
@@ -126,11 +126,19 @@ def drain_cycles(cfg: SATConfig) -> int:
     """Cycles from the transfer to the last accumulator-buffer write: ``ceil(rows / DRAIN_ROWS)`` reads (two
     rows a cycle), then the add and write stages.
 
-    The drain reads the accumulator registers, so a GEMM starts no earlier
-    than ``drain end + 1 − gemm_mac_cycles(k)`` of the previous one: its
-    transfer comes after the previous drain's last write.
+    Drains overlap: the next may begin before this one's last write (:func:`drain_gap`).
     """
     return -(-cfg.rows // DRAIN_ROWS) + DRAIN_PIPELINE - 1
+
+
+def drain_gap(cfg: SATConfig) -> int:
+    """Cycles from one GEMM's transfer to the next one's at the earliest: the drain reads the accumulator
+    registers themselves, into the adders until ``ceil(rows / DRAIN_ROWS) + 1`` cycles after the transfer,
+    and the next result is latched a cycle before its transfer; and the next drain reads a row only after
+    this one has written it (``DRAIN_PIPELINE``).  A GEMM waits before it starts so that its transfer
+    keeps this gap.
+    """
+    return max(-(-cfg.rows // DRAIN_ROWS) + 2, DRAIN_PIPELINE)
 
 
 # ---------------------------------------------------------------------- the sparsifier

@@ -27,7 +27,7 @@ CHANNELS = 8
 
 
 def _worklist(unit, qpos, qstart, qidx, qlen, pops, pushes, beats, bursts, vector_end, queue_depth, read_latency,
-              write_latency, drain, serial, dispatch_start, loads_in_flight, stores_in_flight):
+              write_latency, drain, drain_gap, serial, dispatch_start, loads_in_flight, stores_in_flight):
     n = unit.shape[0]
     d = np.full(n, -1, np.int64)
     s = np.full(n, -1, np.int64)
@@ -71,8 +71,8 @@ def _worklist(unit, qpos, qstart, qidx, qlen, pops, pushes, beats, bursts, vecto
                 ready = d[i] + 1
                 if ptr[u] > 0:
                     prev = qidx[qstart[u] + ptr[u] - 1]
-                    if u == COMPUTE:  # after the previous transfer, and its own after the previous drain
-                        ready = max(ready, transfer[prev], e[prev] + 1 - beats[i])
+                    if u == COMPUTE:  # after the previous transfer, its own transfer drain_gap after that one
+                        ready = max(ready, transfer[prev], transfer[prev] + drain_gap - beats[i])
                     elif u == SPARSIFY:
                         ready = max(ready, e[prev] + 1)
                     elif u == LOAD:
@@ -153,7 +153,7 @@ def run_worklist(cfg, unit, qpos, pops, pushes, beats, bursts, vector_end, seria
         unit, np.asarray(qpos, np.int64), qstart, order.astype(np.int64), qlen, np.asarray(pops, np.int64),
         np.asarray(pushes, np.int64), np.asarray(beats, np.int64), np.asarray(bursts, np.int64),
         np.asarray(vector_end, np.int64), int(cfg.queue_depth), int(cfg.mem_read_latency), int(cfg.mem_write_latency),
-        int(timing.drain_cycles(cfg)), bool(serial), int(dispatch_start), int(timing.LOADS_IN_FLIGHT),
+        int(timing.drain_cycles(cfg)), int(timing.drain_gap(cfg)), bool(serial), int(dispatch_start), int(timing.LOADS_IN_FLIGHT),
         int(timing.STORES_IN_FLIGHT))
     pushes_by_channel = [push_at[ch, :n_push[ch]] for ch in range(CHANNELS)]
     pops_by_channel = [pop_at[ch, :n_pop[ch]] for ch in range(CHANNELS)]

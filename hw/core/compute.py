@@ -31,7 +31,7 @@ from amaranth.lib.wiring import In, Out
 from ..config import SATConfig
 from ..fp import ADDER_STAGES, Fp32Adder, PipelinedMac
 from ..isa import Opcode
-from ..timing import DRAIN_PIPELINE, DRAIN_ROWS, GEMM_TAIL, SRAM_READ_LATENCY
+from ..timing import DRAIN_PIPELINE, DRAIN_ROWS, GEMM_TAIL, SRAM_READ_LATENCY, drain_gap
 from .common import PC_BITS, Entry, queue_signature
 
 __all__ = ["ComputeUnit", "PE_MODULE"]
@@ -103,20 +103,22 @@ class ComputeUnit(wiring.Component):
         tail = Signal(range(GEMM_TAIL + 1))  # the cycles after the last MAC's data (the PEs' combine)
         combining = Signal()
         cur_info = Entry(Signal(Entry.as_shape().size))  # the GEMM between start and transfer
-        drain_active = Signal()
-        drain_count = Signal(range(R + DRAIN_PIPELINE + 1))
+        drain_active = Signal()  # the drain's read side: ACC reads and the adders' inputs
+        drain_count = Signal(range(steps + 1))
         drain_info = Entry(Signal(Entry.as_shape().size))
         transfer = Signal()
         m.d.comb += transfer.eq(pending & ~drain_active)
         tokens_ok = (~head.inst.deps.pop_prev | self.l2c_available) & (~head.inst.deps.pop_next | self.s2c_available)
         free = ~reading & ~mac_valid & ~combining & (~pending | transfer)
-        # the drain reads the accumulators themselves (no second set of registers), so a GEMM starts only if its
-        # transfer (gemm_mac_cycles after the start) comes after the previous drain's last write: cycles from
-        # now to that write, 0 without a drain
-        drain_last = steps + DRAIN_PIPELINE - 2  # drain_count of the last write
-        drain_due = Signal(range(drain_last + 2))
-        m.d.comb += drain_due.eq(Mux(transfer, drain_last + 1, Mux(drain_active, drain_last - drain_count, 0)))
-        drain_clear = mac_steps + (SRAM_READ_LATENCY + GEMM_TAIL) > drain_due
+        # the drain reads the accumulator registers themselves (no second set), so a GEMM starts only if its
+        # transfer (gemm_mac_cycles after the start) is at least drain_gap after the previous one
+        gap = drain_gap(cfg)
+        since = Signal(range(gap + 1), init=gap)  # cycles since the last transfer, saturating
+        with m.If(transfer):
+            m.d.sync += since.eq(1)
+        with m.Elif(since != gap):
+            m.d.sync += since.eq(since + 1)
+        drain_clear = mac_steps + (SRAM_READ_LATENCY + GEMM_TAIL) + Mux(transfer, 0, since) >= gap
         start = self.start
         m.d.comb += [start.eq(self.running & self.queue.valid & free & tokens_ok & drain_clear),
                      self.queue.ready.eq(start), self.l2c_pop.eq(start & head.inst.deps.pop_prev),
@@ -241,17 +243,16 @@ class ComputeUnit(wiring.Component):
                 with m.If(latch):
                     m.d.sync += acc[r][c].eq(pe_sum)
         # transfer and drain, two rows a step: reads in t+1 .. t+steps, each read's rows a cycle later into the
-        # pipelined adders with the step's two accumulator rows (a multiplexer by the step), their sums written
-        # ADDER_STAGES cycles after that, in t+6 .. t+steps+5
-        lag = DRAIN_PIPELINE - 1  # from a step's read to its write
+        # pipelined adders with the step's two accumulator rows (a multiplexer by the step); the write side
+        # (addresses, enables, the last step's pushes) goes down a delay line beside the adders' stages, so
+        # the sums are written in t+6 .. t+steps+5 while the next drain may already read
         with m.If(transfer):
             m.d.sync += [drain_active.eq(1), drain_count.eq(0), drain_info.eq(cur_info)]
         drain_args = drain_info.inst.args.gemm
-        drain_write = drain_active & (drain_count >= lag)
-        drain_end = drain_active & (drain_count == drain_last)
+        adding = drain_active & (drain_count >= 1)  # the adders take step drain_count - 1
         with m.If(drain_active):
             m.d.sync += drain_count.eq(drain_count + 1)
-            with m.If(drain_end):
+            with m.If(drain_count == steps):
                 m.d.sync += drain_active.eq(0)
         add_step = Signal(range(steps + 1))
         m.d.comb += add_step.eq(drain_count - 1)
@@ -262,6 +263,20 @@ class ComputeUnit(wiring.Component):
             row = Signal(32 * C, name=f"drain_acc_{j}")
             m.d.comb += row.eq(Cat(*rows).word_select(add_step, 32 * C) if steps > 1 else rows[0])
             step_rows.append(row)
+        # the write side of the step entering the adders, and its copies ADDER_STAGES cycles down
+        write_fields = [("valid", 1), ("first", 17), ("odd", 1), ("second", 1), ("push_prev", 1), ("push_next", 1),
+                        ("pc", PC_BITS)]
+        last_step = drain_count == steps
+        entering = dict(valid=adding, first=drain_args.acc_addr + 2 * add_step, odd=drain_args.acc_addr[0],
+                        second=(2 * add_step + 1) < R, push_prev=last_step & drain_info.inst.deps.push_prev,
+                        push_next=last_step & drain_info.inst.deps.push_next, pc=drain_info.pc)
+        line, in_flight = entering, []
+        for stage in range(ADDER_STAGES):
+            regs = {name: Signal(width, name=f"drain_w{stage}_{name}") for name, width in write_fields}
+            m.d.sync += [regs[name].eq(line[name]) for name, _ in write_fields]
+            line = regs
+            in_flight.append(regs["valid"])
+        writing = line
         # rows p and p + 1 of a step: p in the bank of the GEMM's first row's parity, p + 1 in the other
         odd = drain_args.acc_addr[0]
         read_first = Signal(17)
@@ -282,20 +297,18 @@ class ComputeUnit(wiring.Component):
                 m.d.comb += [adder.a.eq(Mux(drain_args.accumulate, old[32 * c:32 * c + 32], 1 << 31)),
                              adder.b.eq(step_rows[j][32 * c:32 * c + 32]), row[32 * c:32 * c + 32].eq(adder.sum)]
             rows_out.append(row)
-        write_step = Signal(range(steps + lag + 1))
-        m.d.comb += write_step.eq(drain_count - lag)
-        write_first = Signal(17)
-        m.d.comb += write_first.eq(drain_args.acc_addr + 2 * write_step)
+        odd_w, write_first = writing["odd"], writing["first"]
         write_second = write_first + 1
-        second_valid = (2 * write_step + 1) < R  # an odd row count: the last step writes one row
-        m.d.comb += [self.acc_write_addr_even.eq(Mux(odd, write_second, write_first) >> 1),
-                     self.acc_write_addr_odd.eq(Mux(odd, write_first, write_second) >> 1),
-                     self.acc_write_data_even.eq(Mux(odd, rows_out[1], rows_out[0])),
-                     self.acc_write_data_odd.eq(Mux(odd, rows_out[0], rows_out[1])),
-                     self.acc_write_en_even.eq(self.alive & drain_write & Mux(odd, second_valid, 1)),
-                     self.acc_write_en_odd.eq(self.alive & drain_write & Mux(odd, 1, second_valid)),
-                     self.c2l_push.eq(drain_end & drain_info.inst.deps.push_prev),
-                     self.c2s_push.eq(drain_end & drain_info.inst.deps.push_next),
-                     self.draining_pc.eq(drain_info.pc),
-                     self.busy.eq(reading | mac_valid | combining | pending | drain_active)]
+        second_valid = writing["second"]  # an odd row count: the last step writes one row
+        drain_write = writing["valid"]
+        m.d.comb += [self.acc_write_addr_even.eq(Mux(odd_w, write_second, write_first) >> 1),
+                     self.acc_write_addr_odd.eq(Mux(odd_w, write_first, write_second) >> 1),
+                     self.acc_write_data_even.eq(Mux(odd_w, rows_out[1], rows_out[0])),
+                     self.acc_write_data_odd.eq(Mux(odd_w, rows_out[0], rows_out[1])),
+                     self.acc_write_en_even.eq(self.alive & drain_write & Mux(odd_w, second_valid, 1)),
+                     self.acc_write_en_odd.eq(self.alive & drain_write & Mux(odd_w, 1, second_valid)),
+                     self.c2l_push.eq(drain_write & writing["push_prev"]),
+                     self.c2s_push.eq(drain_write & writing["push_next"]),
+                     self.draining_pc.eq(writing["pc"]),
+                     self.busy.eq(reading | mac_valid | combining | pending | drain_active | Cat(*in_flight).any())]
         return m
