@@ -24,6 +24,8 @@ OPERAND_BYTES = {"bf16": 2}
 #: slot indices per 16-bit lane of an index (IDX) word: 4 bits each, so m <= 16
 IDX_SLOTS_PER_WORD = 4
 ACCUMULATOR_BYTES = {"fp32": 4}
+#: the sparsifier's elements per lane at most, unless the largest m or a bus beat of fp32 needs more
+SPARSIFY_CHUNK_CAP = 16
 
 
 def _is_pow2(x: int) -> bool:
@@ -174,8 +176,10 @@ class SATConfig:
     @property
     def sparsify_chunk(self) -> int:
         """Elements along the reduction the sparsifier holds per lane at a time (its tile is ``rows`` lanes ×
-        this many fp32): the power of two at least ``rows``, the largest m and one bus beat of fp32."""
-        need = max(self.rows, max(self.sparse_m, default=1), self.bus_bytes // 4)
+        this many fp32 registers): the power of two at least the largest m, one bus beat of fp32 and ``rows``
+        up to 16.  Capped for LUTs, not for function: the tile's registers and their multiplexers are about
+        2 LUT a bit, so a 32 × 32 tile cost 64 k LUT of the VU9P's budget and 32 × 16 costs half."""
+        need = max(min(self.rows, SPARSIFY_CHUNK_CAP), max(self.sparse_m, default=1), self.bus_bytes // 4)
         return 1 << (need - 1).bit_length()
 
     def word_bytes(self, buffer: "object") -> int:

@@ -361,6 +361,19 @@ def test_amaranth_core_matches_simulator_on_sparsify(pattern, serial):
     assert_same(expected, memory, rtl)
 
 
+def test_amaranth_core_matches_simulator_on_sparsify_with_more_lanes_than_chunk_elements():
+    """32 lanes, chunks of 16 elements (the cap of ``SATConfig.sparsify_chunk``): a chunk's BP read is fewer
+    source rows than lanes, its FF read shorter rows than lanes; both forms, ragged lengths."""
+    cfg = SATConfig(name="tall", rows=32, cols=4, a_depth=64, b_depth=64, acc_depth=128, bus_bytes=8,
+                    max_burst_beats=16, queue_depth=8, imem_depth=256, mem_read_latency=2, mem_write_latency=1)
+    assert cfg.sparsify_chunk < cfg.rows  # the case this test is for
+    prog = sparsify_program(cfg, 35, 21, (2, 8), 1, seed=9)
+    memory = prog.memory.copy()
+    expected = CoreModel(cfg).run(memory, prog.program_addr, prog.length)
+    assert expected.ok and expected.race_free
+    assert_same(expected, memory, run_core_amaranth(cfg, prog.memory, prog.program_addr, prog.length))
+
+
 def test_amaranth_core_matches_simulator_on_a_weight_update_then_sparsify():
     prog = update_program(TINY, 10, 21, (2, 8), 1, seed=8)
     memory = prog.memory.copy()
