@@ -11,11 +11,13 @@ Vivado's report on the card is the authority.  Not here: the Vivado project
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,13 +114,17 @@ def unit_cells(modules: dict[str, dict[str, int]], top: str) -> dict[str, dict[s
     return units
 
 
-def _synth(work: Path, files: str, top: str, log: Path | None, *, flatten: bool = True) -> str:
+def _synth(work: Path, files: str, top: str, log: Path | None, *, flatten: bool = True,
+           blackboxes: tuple[str, ...] = ()) -> str:
     """Yosys's ``stat`` report (of the hierarchy's totals and each module when not ``flatten``) of the
-    design in ``files`` (RTLIL ``.il`` or Verilog ``.v``, separated by spaces)."""
+    design in ``files`` (RTLIL ``.il`` or Verilog ``.v``, separated by spaces) below ``top``, the modules
+    ``blackboxes`` left out as black boxes."""
     # files named relative to the working directory: YoWASP sees nothing else
     how = "-flatten" if flatten else ""
     reads = "; ".join(f"read_rtlil {f}" if f.endswith(".il") else f"read_verilog {f}" for f in files.split())
-    script = f"{reads}; synth_xilinx -family xcup -noiopad {how} -top {top}; stat -top {top}"
+    boxes = f"; blackbox {' '.join(blackboxes)}" if blackboxes else ""
+    script = (f"{reads}; hierarchy -top {top}{boxes}; synth_xilinx -family xcup -noiopad {how} -top {top}; "
+              f"stat -top {top}")
     proc = subprocess.run([*yosys_command(), "-p", script], capture_output=True, text=True, cwd=work)
     if log:
         Path(log).write_text(proc.stdout + proc.stderr)
@@ -127,13 +133,19 @@ def _synth(work: Path, files: str, top: str, log: Path | None, *, flatten: bool 
     return proc.stdout
 
 
+#: the units synthesised each in a Yosys process of its own by the hierarchical estimate, largest first (the
+#: rest, with these as black boxes, in one more)
+SEPARATE_UNITS = ("compute", "sparsify", "update", "load", "store")
+
+
 def estimate(cfg: SATConfig, *, workdir: Path | None = None, log: Path | None = None,
-             hierarchical: bool = False) -> Estimate:
+             hierarchical: bool = False, jobs: int | None = None) -> Estimate:
     """Synthesise the core for ``cfg`` with Yosys and return its cell counts.  ``hierarchical``: the PE
     (``nmsat_pe``) synthesised once and counted ``rows × cols`` times, the rest module by module with the
     PE as a black box, so each unit's cells are known (``Estimate.units``) and no one ABC run sees the
     whole core (a flat run of the vcu1525 core did not finish in an hour; logic is not optimised across
-    module ports)."""
+    module ports); the large units (:data:`SEPARATE_UNITS`) each in a Yosys process of their own, ``jobs``
+    at a time (default: one per CPU), since Yosys itself runs on one core."""
     from ..hw.core.compute import PE_MODULE
     from ..hw.verilog import TOPLEVEL, pe_blackbox, pe_verilog, rtlil_core
 
@@ -150,18 +162,38 @@ def estimate(cfg: SATConfig, *, workdir: Path | None = None, log: Path | None = 
         (work / "pe.v").write_text(pe_verilog())
         (work / "stub.v").write_text(pe_blackbox())
         (work / "core.il").write_text(rtlil_core(cfg))
-        pe_cells = parse_stat(_synth(work, "pe.v", PE_MODULE, log and Path(f"{log}.pe")))
-        report = _synth(work, "stub.v core.il", TOPLEVEL, log, flatten=False)
-        cells = parse_stat(report)
-        count = cells.pop(PE_MODULE, 0)
+        separate = {unit: f"\\{TOPLEVEL}.{unit}" for unit in SEPARATE_UNITS}
+        runs = [("pe", "pe.v", PE_MODULE, (), True)]
+        runs += [(unit, "stub.v core.il", module, (), False) for unit, module in separate.items()]
+        runs.append(("rest", "stub.v core.il", TOPLEVEL, tuple(separate.values()), False))
+
+        def run(job):
+            name, files, top, boxes, flat = job
+            return name, _synth(work, files, top, log and Path(f"{log}.{name}"), flatten=flat, blackboxes=boxes)
+
+        with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+            reports = dict(pool.map(run, runs))
+        # each run buffers its own clock: one BUFG, the rest's
+        pe_cells = {cell: n for cell, n in parse_stat(reports.pop("pe")).items() if cell != "BUFG"}
+        cells: dict[str, int] = {}
+        units: dict[str, dict[str, int]] = {}
+        for name, report in reports.items():
+            top = TOPLEVEL if name == "rest" else f"{TOPLEVEL}.{name}"
+            for unit, counts in unit_cells(parse_module_stats(report), top).items():
+                unit = name if name != "rest" else unit
+                into = units.setdefault(unit, {})
+                for cell, n in counts.items():
+                    boxed = cell.lstrip("\\") in (f"{TOPLEVEL}.{u}" for u in separate)
+                    if boxed or (cell == "BUFG" and name != "rest"):
+                        continue  # a black box, counted in its own run; a unit's own clock buffer
+                    into[cell] = into.get(cell, 0) + n
+        count = sum(into.pop(PE_MODULE, 0) for into in units.values())
         if count != cfg.rows * cfg.cols:
             raise RuntimeError(f"the core has {count} PE instances, expected {cfg.rows * cfg.cols}")
-        for name, n in pe_cells.items():
-            cells[name] = cells.get(name, 0) + count * n
-        units = unit_cells(parse_module_stats(report), TOPLEVEL)
-        for into in units.values():
-            into.pop(PE_MODULE, None)
         units["pe array"] = {name: count * n for name, n in pe_cells.items()}
+        for into in units.values():
+            for cell, n in into.items():
+                cells[cell] = cells.get(cell, 0) + n
         return Estimate(cfg.name, cells, units)
 
 
