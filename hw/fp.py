@@ -119,8 +119,8 @@ class Fp32Adder(wiring.Component):
     Combinational (latency 0), or with ``pipelined=True`` in :data:`ADDER_STAGES` (four) register stages,
     latency 4, a new pair of operands every cycle: (1) order, exponent difference and significands;
     (2) alignment; (3) the add, the leading-zero count and the normalising shift by its multiple of 8;
-    (4) the rest of the shift, rounding and the special cases, into the registered ``sum``.  The PE uses the
-    pipelined form (``nmsat.hw.core.compute``); the drain and the weight-update engine the combinational one.
+    (4) the rest of the shift, rounding and the special cases, into the registered ``sum``.  The PE and the
+    drain use the pipelined form (``nmsat.hw.core.compute``); the weight-update engine the combinational one.
 
     Subnormal operands are read as zeros of the same sign and subnormal sums
     are flushed to a zero with the sign of the sum.  An exact zero sum of
@@ -137,10 +137,10 @@ class Fp32Adder(wiring.Component):
     what was shifted out below, a shift by 16 more takes the product's upper bits, and the bits left below
     the field are ORed into the sticky bit (an exponent difference above 27 moves all of it there); one
     28-bit adder adds it, or its complement plus one; the sum's leading zeros are counted byte by byte
-    (the first byte with a one, and the count within it: 424 LUT for the PE against 462 with one priority
-    chain over 28 bits, and 7 LUT levels against 11), a shift by their multiple of 8 is a multiplexer and the rest (0 .. 7) a product with 2^rest; the fraction is
-    rounded by adding the round-up bit to the packed exponent and fraction, so a carry out of the
-    fraction lands in the exponent (and ``0x7F7FFFFF`` + 1 becomes inf).  Any correct
+    (the first byte with a one, and the count within it: fewer LUTs and levels than one priority chain
+    over 28 bits), a shift by their multiple of 8 is a multiplexer and the rest (0 .. 7) a product with
+    2^rest; the fraction is rounded by adding the round-up bit to the packed exponent and fraction, so a
+    carry out of the fraction lands in the exponent (and ``0x7F7FFFFF`` + 1 becomes inf).  Any correct
     round-to-nearest-even adder gives the same bits (``benchmarks/pe_logic_depth.py`` has the PE's cost).
 
     Attributes

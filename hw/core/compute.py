@@ -16,9 +16,10 @@ they are added pairwise and latched into the accumulator registers (rule 5
 of ``nmsat.hw.numerics``); the next cycle (the transfer) the next GEMM may
 start while the drain writes ``DRAIN_ROWS`` (two) accumulator rows per
 cycle, picked by a multiplexer, one to each row-parity bank of ACC, through
-a read-add-write pipeline of ``DRAIN_PIPELINE`` stages.  The drain reads the
-accumulator registers themselves, so a GEMM starts only if its latch comes
-after the previous drain's last write.  Pops ``l2c``/``s2c``
+a read-add-write pipeline of ``DRAIN_PIPELINE`` stages (the write side down
+a delay line, so drains overlap).  The drain reads the accumulator registers
+themselves, so a GEMM starts only if its transfer comes ``drain_gap`` after
+the previous one, once that drain has read them.  Pops ``l2c``/``s2c``
 when it starts, pushes ``c2l``/``c2s`` when its drain ends.
 
 Not here: the buffers (the top level's memories) or the fp units (:mod:`nmsat.hw.fp`).
