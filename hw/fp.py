@@ -24,10 +24,12 @@ from amaranth.lib.wiring import In, Out
 
 from .numerics import PARTIAL_SUMS
 
-__all__ = ["ADDER_STAGES", "CANONICAL_NAN_F32", "Bf16Multiplier", "Fp32Adder", "Bf16Mac", "PipelinedMac", "Fp32Multiplier"]
+__all__ = ["ADDER_STAGES", "MULTIPLIER_STAGES", "CANONICAL_NAN_F32", "Bf16Multiplier", "Fp32Adder", "Bf16Mac", "PipelinedMac", "Fp32Multiplier"]
 
 #: register stages of the pipelined :class:`Fp32Adder` (the PE's): one partial sum of rule 5 in flight per stage
 ADDER_STAGES = PARTIAL_SUMS
+#: register stages of the pipelined :class:`Fp32Multiplier` (the weight-update engine's)
+MULTIPLIER_STAGES = 2
 #: The only NaN any unit produces (quiet, positive, zero payload beyond the quiet bit).
 CANONICAL_NAN_F32 = 0x7FC00000
 _INF_F32 = 0x7F800000
@@ -56,16 +58,23 @@ def _classify(x: Value, frac_bits: int):
     return x[frac_bits + 8], exp, frac, exp == 0, top & (frac != 0), top & (frac == 0)
 
 
-def _product_out(m: Module, out, sign, a, b, overflow, underflow, normal) -> None:
-    """Drive a multiplier's fp32 result from the operands' classes (``_classify``): NaN (a NaN operand or
-    0 × inf), ±inf, ±0 (a zero operand or ``underflow``), else ``normal``."""
+def _product_cases(a, b) -> Value:
+    """The special cases of a product from its operands' classes (``_classify``), as bits (NaN: a NaN operand
+    or 0 × inf; inf: an infinite operand; zero: a zero operand)."""
     _, _, _, zero_a, nan_a, inf_a = a
     _, _, _, zero_b, nan_b, inf_b = b
-    with m.If(nan_a | nan_b | (zero_a & inf_b) | (inf_a & zero_b)):
+    return Cat(nan_a | nan_b | (zero_a & inf_b) | (inf_a & zero_b), inf_a | inf_b, zero_a | zero_b)
+
+
+def _product_out(m: Module, out, sign, cases, overflow, underflow, normal) -> None:
+    """Drive a multiplier's fp32 result: NaN, ±inf (an infinite operand or ``overflow``), ±0 (a zero operand
+    or ``underflow``), else ``normal`` (``cases`` from :func:`_product_cases`)."""
+    nan, inf, zero = cases[0], cases[1], cases[2]
+    with m.If(nan):
         m.d.comb += out.eq(CANONICAL_NAN_F32)
-    with m.Elif(inf_a | inf_b | overflow):
+    with m.Elif(inf | overflow):
         m.d.comb += out.eq(Cat(Const(_INF_F32, 31), sign))
-    with m.Elif(zero_a | zero_b | underflow):
+    with m.Elif(zero | underflow):
         m.d.comb += out.eq(Cat(Const(0, 31), sign))
     with m.Else():
         m.d.comb += out.eq(normal)
@@ -109,7 +118,7 @@ class Bf16Multiplier(wiring.Component):
 
         # biased exponent of the product: ea + eb - 127 (+1 when sig >= 2), range -125 .. 382
         exp = _net(m, "exp", (exp_a + exp_b + top - 127).as_signed())
-        _product_out(m, self.product, sign, a, b, exp >= 0xFF, exp <= 0, Cat(frac, exp[0:8], sign))
+        _product_out(m, self.product, sign, _product_cases(a, b), exp >= 0xFF, exp <= 0, Cat(frac, exp[0:8], sign))
         return m
 
 
@@ -120,7 +129,7 @@ class Fp32Adder(wiring.Component):
     latency 4, a new pair of operands every cycle: (1) order, exponent difference and significands;
     (2) alignment; (3) the add, the leading-zero count and the normalising shift by its multiple of 8;
     (4) the rest of the shift, rounding and the special cases, into the registered ``sum``.  The PE and the
-    drain use the pipelined form (``nmsat.hw.core.compute``); the weight-update engine the combinational one.
+    drain use the pipelined form (``nmsat.hw.core.compute``) and the weight-update engine's lanes (``nmsat.hw.core.update``).
 
     Subnormal operands are read as zeros of the same sign and subnormal sums
     are flushed to a zero with the sign of the sum.  An exact zero sum of
@@ -359,7 +368,10 @@ class PipelinedMac(wiring.Component):
 class Fp32Multiplier(wiring.Component):
     """fp32 × fp32 rounded to nearest, ties to even (``nmsat.sim.numerics.mul_f32``).
 
-    Combinational: latency 0.
+    Combinational (latency 0), or with ``pipelined=True`` in :data:`MULTIPLIER_STAGES` (two) register
+    stages, latency 2, a new pair of operands every cycle: (1) the significand product (DSP slices), the
+    exponent and the special cases; (2) normalising, rounding and the special cases, into the registered
+    ``product``.  The weight-update engine's lanes use the pipelined form (``nmsat.hw.core.update``).
 
     Subnormal operands are read as zeros of the same sign.  The 24 × 24-bit
     significand product is exact; a product whose exact value is below fp32's
@@ -379,14 +391,23 @@ class Fp32Multiplier(wiring.Component):
     b: In(32)
     product: Out(32)
 
+    def __init__(self, *, pipelined: bool = False):
+        self.pipelined = pipelined
+        super().__init__()
+
     def elaborate(self, platform):
         m = Module()
-        a, b = _classify(self.a, 23), _classify(self.b, 23)
-        sign = a[0] ^ b[0]
-        exp_a, exp_b, frac_a, frac_b = a[1], b[1], a[2], b[2]
 
-        # 24 x 24 -> 48-bit significand product, value in [1, 4)
-        sig = _net(m, "sig", Cat(frac_a, Const(1, 1)) * Cat(frac_b, Const(1, 1)))
+        def cut(name, expr):  # a stage boundary: a register when pipelined, else a wire
+            return _net(m, name, expr, register=self.pipelined)
+
+        a, b = _classify(self.a, 23), _classify(self.b, 23)
+        exp_a, exp_b, frac_a, frac_b = a[1], b[1], a[2], b[2]
+        # stage 1 ends: the 24 x 24 -> 48-bit significand product (value in [1, 4)), the exponent, the cases
+        sig = cut("sig", Cat(frac_a, Const(1, 1)) * Cat(frac_b, Const(1, 1)))
+        exp_sum = cut("exp_sum", exp_a + exp_b)  # 9 bits
+        sign = cut("sign", a[0] ^ b[0])
+        cases = cut("cases", _product_cases(a, b))
         top = sig[47]
         # normalised: the leading one at bit 47, then 23 kept bits, the guard bit and the sticky bits
         norm = _net(m, "norm", Mux(top, sig, sig << 1)[:48])
@@ -396,9 +417,15 @@ class Fp32Multiplier(wiring.Component):
         round_up = guard & (sticky | kept[0])
         rounded = _net(m, "rounded", kept + round_up)  # 24 bits: a carry out means 2.0
         carry = rounded[23]
-        exp = _net(m, "exp", (exp_a + exp_b + top - 127).as_signed())  # biased exponent before rounding
+        exp = _net(m, "exp", (exp_sum + top - 127).as_signed())  # biased exponent before rounding
         exp_rounded = _net(m, "exp_rounded", exp + carry)
         underflow = exp <= 0  # the exact product is below 2^-126
         overflow = (exp_rounded >= 0xFF) & ~underflow
-        _product_out(m, self.product, sign, a, b, overflow, underflow, Cat(rounded[0:23], exp_rounded[0:8], sign))
+        result = Signal(32)
+        _product_out(m, result, sign, cases, overflow, underflow, Cat(rounded[0:23], exp_rounded[0:8], sign))
+        # stage 2 ends: the registered product
+        if self.pipelined:
+            m.d.sync += self.product.eq(result)
+        else:
+            m.d.comb += self.product.eq(result)
         return m

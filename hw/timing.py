@@ -24,7 +24,7 @@ from .config import IDX_SLOTS_PER_WORD as IDX_SLOTS, SATConfig
 __all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "transpose_tail", "gemm_mac_cycles", "GEMM_TAIL", "drain_cycles", "drain_gap", "LOADS_IN_FLIGHT",
            "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES", "SparsifyShape",
            "sparsify_shape", "sparsify_chunk_groups", "sparsify_emit_cycles", "sparsify_read_beats", "SparsifyTimes", "sparsify_cycles",
-           "sparsify_events", "UPDATE_FIRST_CHUNK", "UPDATE_STREAMS", "VECTOR_STREAMS", "stream_chunks",
+           "sparsify_events", "STREAM_LANE_LATENCY", "UPDATE_FIRST_CHUNK", "UPDATE_STREAMS", "VECTOR_STREAMS", "stream_chunks",
            "StreamChunk", "stream_schedule", "stream_cycles", "stream_events", "update_beats", "update_chunks", "update_cycles", "update_events"]
 
 #: A LOAD may issue its addresses while at most this many earlier LOADs still receive data.
@@ -268,6 +268,10 @@ def sparsify_events(cfg: SATConfig, shape: SparsifyShape, src_addr: int, src_str
 # ---------------------------------------------------------------------- the stream engine: WEIGHT_UPDATE, VECTOR
 
 
+#: Cycles from a stream instruction's computing beat to its results in the engine's result buffers: the
+#: lane's pipelined units in series, λ·w, g + λ·w, μ·v + d, η·v', w − η·v' (two multipliers of
+#: ``nmsat.hw.fp.MULTIPLIER_STAGES`` and three adders of ``ADDER_STAGES``; VECTOR's results wait as long).
+STREAM_LANE_LATENCY = 16
 #: the cycle (from its start) a stream instruction (WEIGHT_UPDATE, VECTOR) addresses its first bursts
 UPDATE_FIRST_CHUNK = 1
 #: (arrays read, arrays written) per chunk: WEIGHT_UPDATE reads w, v, g and writes w, v; VECTOR reads x, y, writes z
@@ -317,9 +321,10 @@ def stream_schedule(cfg: SATConfig, beats: int, streams: tuple[int, int]) -> tup
     cycle after chunk c−2's last write beat freed its half; each burst's
     beats arrive from max(its address + Lr, the previous burst's last beat
     + 1), one a cycle (the last array's beats compute their elements as they
-    arrive; last in L_c); chunk c's write beats (one burst per array
-    written, one after the other) go out from S_c = max(L_c + 2,
-    F_{c−1} + 2) to F_c = S_c + W·nb − 1.
+    arrive; last in L_c; their results are in the result buffers
+    :data:`STREAM_LANE_LATENCY` (Λ) later); chunk c's write beats (one
+    burst per array written, one after the other) go out from
+    S_c = max(L_c + Λ + 2, F_{c−1} + 2) to F_c = S_c + W·nb − 1.
     """
     reads, writes = streams
     out: list[StreamChunk] = []
@@ -334,7 +339,9 @@ def stream_schedule(cfg: SATConfig, beats: int, streams: tuple[int, int]) -> tup
             firsts.append(first)
             data_free = first + nb
         last_read = data_free - 1
-        first_write = last_read + 2 if c == 0 else max(last_read + 2, out[-1].last_write + 2)
+        first_write = last_read + STREAM_LANE_LATENCY + 2
+        if c:
+            first_write = max(first_write, out[-1].last_write + 2)
         out.append(StreamChunk(nb, address, tuple(firsts), last_read, first_write, first_write + writes * nb - 1))
     return tuple(out)
 

@@ -5,9 +5,11 @@ It shares the sparsifier's queue and memory port (one of the two runs at a
 time, in program order, so a layer's SPARSIFY follows its update without a
 token).  Chunk by chunk (the schedule of :func:`nmsat.hw.timing.stream_cycles`):
 a burst of each array read; all but the last array's beats go into chunk
-buffers, and as each beat of the last arrives the lanes compute with the
-buffered beats and write the results back into the buffers; then the result
-bursts go out.
+buffers, and as each beat of the last arrives it enters the lanes with the
+buffered beats; the lanes are pipelined (fp32 multipliers of two stages,
+adders of four: :data:`nmsat.hw.timing.STREAM_LANE_LATENCY` cycles from a
+beat to its results), whose results go into result buffers of their own;
+then the result bursts go out.
 
 * WEIGHT_UPDATE reads w, v, g; ``bus_bytes / 4`` lanes compute
   ``d = g + λ·w``, ``v' = μ·v + d``, ``w' = w − η·v'`` (fp32, the rule of
@@ -27,8 +29,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In
 
 from ..config import SATConfig
-from ..fp import Fp32Adder, Fp32Multiplier
+from ..fp import ADDER_STAGES, MULTIPLIER_STAGES, Fp32Adder, Fp32Multiplier
 from ..isa import Opcode, VectorFunc
+from ..timing import STREAM_LANE_LATENCY as LANE_LATENCY
 from .common import Entry, axi_master_constants, bf16_round, vector_engine_end, vector_engine_ports, vector_tokens_ok
 
 __all__ = ["UpdateEngine"]
@@ -128,60 +131,94 @@ class UpdateEngine(wiring.Component):
 
         m.submodules.buf_w = buf_w = Memory(shape=unsigned(8 * bus), depth=2 * B, init=[])
         m.submodules.buf_v = buf_v = Memory(shape=unsigned(8 * bus), depth=2 * B, init=[])
+        # the lanes' results (w', v'; VECTOR: z in res_w), written LANE_LATENCY after their beat arrived
+        m.submodules.res_w = res_w = Memory(shape=unsigned(8 * bus), depth=2 * B, init=[])
+        m.submodules.res_v = res_v = Memory(shape=unsigned(8 * bus), depth=2 * B, init=[])
         w_wr, v_wr = buf_w.write_port(), buf_v.write_port()
+        rw_wr, rv_wr = res_w.write_port(), res_v.write_port()
         # compute ports (the buffered operands of the beat arriving) and write-side ports (the results going out)
         w_rd, v_rd = buf_w.read_port(transparent_for=(w_wr,)), buf_v.read_port(transparent_for=(v_wr,))
-        w_out, v_out = buf_w.read_port(), buf_v.read_port()
+        w_out, v_out = res_w.read_port(), res_v.read_port()
         rx_half, wr_half = rx_chunks[0], wr_chunks[0]
         lb = (B - 1).bit_length()  # index bits within a half
 
         def at(index, half_bit):
             """Buffer address of beat ``index`` (< B) of the half ``half_bit``."""
             return Cat(index[:lb], half_bit)
+
+        def delayed(name, value, cycles, *, reset=False):
+            """``value`` ``cycles`` cycles ago (registers; ``reset``: cleared with the core, for controls)."""
+            for k in range(cycles):
+                reg = Signal(Value.cast(value).shape(), name=f"{name}_d{k + 1}", reset_less=not reset)
+                m.d.sync += reg.eq(value)
+                value = reg
+            return value
         g_beat = beat_in & (rx_stream == last_stream)
-        # the lanes: one fp32 element per 4 bytes of a beat (VECTOR bf16: two elements, even and odd)
+        # the lanes, each a pipeline of LANE_LATENCY stages taking a beat every cycle: one fp32 element per 4
+        # bytes of a beat (VECTOR bf16: two elements, even and odd).  Cycle k after the beat (k = 0: its
+        # operands w_q, v_q from the buffers and g_q from the bus):
+        #   WEIGHT_UPDATE  0: λ·w, μ·v   2: g + λ·w   6: μ·v + d   10: η·v'   12: w − η·v'   16: w', v' out
+        #   VECTOR         0: x·y (MUL) and the compares; 2: x0 ± y0 (even), 6: x1 ± y1 (odd); 10: picked,
+        #                  rounded to bf16 (bf16 elements), then on to 16
+        Lm, La = MULTIPLIER_STAGES, ADDER_STAGES
+        assert LANE_LATENCY == 2 * Lm + 3 * La
         w_new, v_new, z_out = [], [], []
+        func = vec.func
+        addsub = (func == VectorFunc.ADD) | (func == VectorFunc.SUB)
+        negate = (func == VectorFunc.SUB) << 31  # SUB: the adders take y with its sign flipped
         for q in range(P):
             w_q, v_q, g_q = (x[32 * q:32 * q + 32] for x in (w_rd.data, v_rd.data, axi.rdata))
-            # VECTOR's operands: element pairs (x0, y0) and (x1, y1) of this lane, widened to fp32
-            x0 = Mux(half, Cat(Const(0, 16), w_q[:16]), w_q)
-            y0 = Mux(half, Cat(Const(0, 16), g_q[:16]), g_q)
-            x1, y1 = Cat(Const(0, 16), w_q[16:]), Cat(Const(0, 16), g_q[16:])
+            w_at, g_at = {0: w_q}, {0: g_q}  # the operands k cycles after the beat
+            for k in (Lm, Lm + La, 2 * Lm + 2 * La):
+                w_at[k] = delayed(f"w_{q}_{k}", w_at[max(w_at)], k - max(w_at))
+            for k in (Lm, Lm + La):
+                g_at[k] = delayed(f"g_{q}_{k}", g_at[max(g_at)], k - max(g_at))
+
+            def elements(k):
+                """VECTOR's operands k cycles after the beat: (x0, y0), (x1, y1), widened to fp32."""
+                wk, gk = w_at[k], g_at[k]
+                return ((Mux(half, Cat(Const(0, 16), wk[:16]), wk), Mux(half, Cat(Const(0, 16), gk[:16]), gk)),
+                        (Cat(Const(0, 16), wk[16:]), Cat(Const(0, 16), gk[16:])))
             units = {}
             for name in ("decay_w", "mom_v", "lr_v"):
-                units[name] = m.submodules[f"{name}_{q}"] = Fp32Multiplier()
+                units[name] = m.submodules[f"{name}_{q}"] = Fp32Multiplier(pipelined=True)
             for name in ("d", "v", "w"):
-                units[name] = m.submodules[f"add_{name}_{q}"] = Fp32Adder()
-            negate = (vec.func == VectorFunc.SUB) << 31  # SUB: the adders take y with its sign flipped
+                units[name] = m.submodules[f"add_{name}_{q}"] = Fp32Adder(pipelined=True)
+            (x0, y0), (x1, y1) = elements(0)
+            (x0_d, y0_d), _ = elements(Lm)
+            _, (x1_v, y1_v) = elements(Lm + La)
+            mom_v = delayed(f"mom_v_{q}", units["mom_v"].product, La)  # μ·v beside d (cycle Lm + La)
             m.d.comb += [units["decay_w"].a.eq(Mux(is_vec, x0, self.decay)), units["decay_w"].b.eq(Mux(is_vec, y0, w_q)),
-                         units["d"].a.eq(Mux(is_vec, x0, g_q)),
-                         units["d"].b.eq(Mux(is_vec, y0 ^ negate, units["decay_w"].product)),
                          units["mom_v"].a.eq(Mux(is_vec, x1, self.momentum)), units["mom_v"].b.eq(Mux(is_vec, y1, v_q)),
-                         units["v"].a.eq(Mux(is_vec, x1, units["mom_v"].product)),
-                         units["v"].b.eq(Mux(is_vec, y1 ^ negate, units["d"].sum)),
+                         units["d"].a.eq(Mux(is_vec, x0_d, g_at[Lm])),
+                         units["d"].b.eq(Mux(is_vec, y0_d ^ negate, units["decay_w"].product)),
+                         units["v"].a.eq(Mux(is_vec, x1_v, mom_v)),
+                         units["v"].b.eq(Mux(is_vec, y1_v ^ negate, units["d"].sum)),
                          units["lr_v"].a.eq(self.lr), units["lr_v"].b.eq(units["v"].sum),
-                         units["w"].a.eq(w_q), units["w"].b.eq(units["lr_v"].product ^ 0x80000000)]
-            w_new.append(units["w"].sum)
-            v_new.append(units["v"].sum)
-            results = []
-            for x, y, mul, add in ((x0, y0, units["decay_w"], units["d"]), (x1, y1, units["mom_v"], units["v"])):
+                         units["w"].a.eq(w_at[2 * Lm + 2 * La]), units["w"].b.eq(units["lr_v"].product ^ 0x80000000)]
+            # VECTOR's compares (cycle 0), per element
+            compared = []
+            for x, y in ((x0, y0), (x1, y1)):
                 fx, fy = _flush(x), _flush(y)
                 passes = ~((fy[:31] == 0) | (fy[31] & ~_is_nan(fy)))  # y ≤ 0 stops x; a NaN y passes it
-                larger = Mux(_is_nan(x) | _is_nan(y), 0x7FC00000,
-                             Mux(_order_key(fx) >= _order_key(fy), fx, fy))
-                r = Signal(32, name=f"vec_{q}_{len(results)}")
-                with m.Switch(vec.func):
-                    with m.Case(VectorFunc.ADD, VectorFunc.SUB):
-                        m.d.comb += r.eq(add.sum)
-                    with m.Case(VectorFunc.MUL):
-                        m.d.comb += r.eq(mul.product)
-                    with m.Case(VectorFunc.RELU_GRAD):
-                        m.d.comb += r.eq(Mux(passes, fx, 0))
-                    with m.Case(VectorFunc.MAX):
-                        m.d.comb += r.eq(larger)
-                results.append(r)
-            z_out.append(Mux(half, Cat(bf16_round(m, f"z_{q}_0", results[0]), bf16_round(m, f"z_{q}_1", results[1])),
-                             results[0]))
+                larger = Mux(_is_nan(x) | _is_nan(y), 0x7FC00000, Mux(_order_key(fx) >= _order_key(fy), fx, fy))
+                compared.append(Mux(func == VectorFunc.RELU_GRAD, Mux(passes, fx, 0), larger))
+            # each element's result goes down a line of registers; a unit's result replaces it where it is out
+            even, odd = compared
+            picked = Lm + 2 * La  # 10: the odd sum is out; the results are picked and rounded here
+            for k in range(LANE_LATENCY):
+                if k == Lm:
+                    even = Mux(is_vec & (func == VectorFunc.MUL), units["decay_w"].product, even)
+                    odd = Mux(is_vec & (func == VectorFunc.MUL), units["mom_v"].product, odd)
+                if k == Lm + La:
+                    even = Mux(addsub, units["d"].sum, even)
+                if k == picked:  # v' (WEIGHT_UPDATE) or the odd element's sum
+                    odd = Mux(~is_vec | addsub, units["v"].sum, odd)
+                    even = Mux(half, Cat(bf16_round(m, f"z_{q}_0", even), bf16_round(m, f"z_{q}_1", odd)), even)
+                even, odd = delayed(f"even_{q}_{k}", even, 1), delayed(f"odd_{q}_{k}", odd, 1)
+            w_new.append(units["w"].sum)
+            v_new.append(odd)
+            z_out.append(even)
         g_count = Signal(range(B + 1))  # computing beats of this chunk received before this cycle
         with m.If(g_beat):
             m.d.sync += g_count.eq(Mux(last_of_stream, 0, g_count + 1))
@@ -190,11 +227,21 @@ class UpdateEngine(wiring.Component):
         slot = Signal(range(B + 1))
         m.d.comb += slot.eq(Mux(g_beat, g_count, rx_beat))
         m.d.comb += [w_wr.addr.eq(at(slot, rx_half)), v_wr.addr.eq(at(slot, rx_half)),
-                     w_wr.data.eq(Mux(g_beat, Mux(is_vec, Cat(*z_out), Cat(*w_new)), axi.rdata)),
-                     v_wr.data.eq(Mux(g_beat, Cat(*v_new), axi.rdata)),
-                     w_wr.en.eq(beat_in & ((rx_stream == 0) | g_beat)),
-                     v_wr.en.eq(beat_in & ~is_vec & ((rx_stream == 1) | g_beat)),
+                     w_wr.data.eq(axi.rdata), v_wr.data.eq(axi.rdata),
+                     w_wr.en.eq(beat_in & (rx_stream == 0)),
+                     v_wr.en.eq(beat_in & ~is_vec & (rx_stream == 1)),
                      w_rd.addr.eq(at(operand, rx_half)), v_rd.addr.eq(at(operand, rx_half))]
+        # the results of the beat that arrived LANE_LATENCY cycles ago, into its slot of the result buffers
+        out_valid = delayed("result_valid", g_beat, LANE_LATENCY, reset=True)
+        out_addr = delayed("result_addr", at(g_count, rx_half), LANE_LATENCY)
+        m.d.comb += [rw_wr.addr.eq(out_addr), rv_wr.addr.eq(out_addr),
+                     rw_wr.data.eq(Mux(is_vec, Cat(*z_out), Cat(*w_new))), rv_wr.data.eq(Cat(*v_new)),
+                     rw_wr.en.eq(out_valid), rv_wr.en.eq(out_valid & ~is_vec)]
+        # a chunk is computed when the results of its last beat are in the result buffers
+        computed = delayed("computed", received, LANE_LATENCY, reset=True)
+        done_chunks = Signal(32)
+        with m.If(computed):
+            m.d.sync += done_chunks.eq(done_chunks + 1)
         with m.If(received):
             m.d.sync += [rx_stream.eq(0), rx_done.eq(rx_done + nb_rx), rx_chunks.eq(rx_chunks + 1)]
 
@@ -221,9 +268,9 @@ class UpdateEngine(wiring.Component):
         m.d.comb += [w_out.addr.eq(at(out_idx, wr_half)), v_out.addr.eq(at(out_idx, wr_half))]
         with m.If(axi.awvalid & axi.awready):
             m.d.sync += aw_count.eq(aw_count + 1)
-        # chunk `wr_chunks` (or the one after it) is read, counting the chunk whose last beat arrives now
-        ready_now = (rx_chunks > wr_chunks) | (received & (rx_chunks == wr_chunks))
-        ready_next = (rx_chunks > wr_chunks + 1) | (received & (rx_chunks == wr_chunks + 1))
+        # chunk `wr_chunks` (or the one after it) is computed, counting the chunk whose last results go in now
+        ready_now = (done_chunks > wr_chunks) | (computed & (done_chunks == wr_chunks))
+        ready_next = (done_chunks > wr_chunks + 1) | (computed & (done_chunks == wr_chunks + 1))
         with m.If(running & (wphase == WIDLE) & ready_now):
             m.d.sync += wphase.eq(PREWRITE)
         with m.If(wphase == PREWRITE):
@@ -241,7 +288,7 @@ class UpdateEngine(wiring.Component):
                 m.d.sync += [phase.eq(DRAIN), wphase.eq(WIDLE)]
         with m.If(start):
             m.d.sync += [ar_done.eq(0), rx_done.eq(0), wr_done.eq(0), ar_chunks.eq(0), rx_chunks.eq(0),
-                         wr_chunks.eq(0), ar_step.eq(0), rx_beat.eq(0), rx_stream.eq(0), g_count.eq(0),
+                         wr_chunks.eq(0), done_chunks.eq(0), ar_step.eq(0), rx_beat.eq(0), rx_stream.eq(0), g_count.eq(0),
                          wphase.eq(WIDLE)]
 
         # --- responses, the end

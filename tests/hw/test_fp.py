@@ -390,6 +390,23 @@ def test_pipelined_adder_takes_a_pair_every_cycle_and_answers_four_later(pairs):
     assert_same(got, numerics.add_f32(a.view(np.float32), b.view(np.float32)), {"a": a, "b": b})
 
 
+def test_pipelined_multiplier_takes_a_pair_every_cycle_and_answers_two_later():
+    """The weight-update engine's multiplier: pairs one per cycle (the rounding corners, the edge values
+    pairwise, random values), each product out MULTIPLIER_STAGES cycles later with the rule's bits."""
+    from nmsat.hw.fp import MULTIPLIER_STAGES
+    edges = np.array(ADDER_EDGE_VALUES, dtype=np.uint64)
+    ea, eb = np.meshgrid(edges, edges)
+    rng = np.random.default_rng(11)
+    ra = (rng.standard_normal(100) * 10.0 ** rng.integers(-4, 2, 100)).astype(np.float32).view(np.uint32)
+    rb = (rng.standard_normal(100) * 10.0 ** rng.integers(-40, 1, 100)).astype(np.float32).view(np.uint32)
+    a = np.concatenate([ea.ravel(), [0x3FFFFFFF, 0x00FFFFFF, 0x7F7FFFFF], ra]).astype(np.uint32)
+    b = np.concatenate([eb.ravel(), [0x3FFFFFFF, 0x3F000001, 0x3F800001], rb]).astype(np.uint32)
+    got = run_clocked(Fp32Multiplier(pipelined=True), [{"a": x, "b": y} for x, y in zip(a, b)], "product",
+                      MULTIPLIER_STAGES)
+    got = np.array(got[MULTIPLIER_STAGES:], dtype=np.uint64).astype(np.uint32)
+    assert_same(got, numerics.mul_f32(a.view(np.float32), b.view(np.float32)), {"a": a, "b": b})
+
+
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8, 11])
 def test_pe_driven_through_a_gemm_and_its_combine_gives_rule_5(steps):
     """A PipelinedMac fed ``steps`` products on consecutive cycles (the first four on +0), then the combine
