@@ -17,12 +17,13 @@ tiling, or the programs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .layers import GemmShape, conv2d_gemms, conv_output_size, linear_gemms
 
 __all__ = ["VectorPass", "ConvGeometry", "LayerWork", "WorkBuilder", "MODELS", "build_model", "resnet18_cifar", "vgg16_cifar", "resnet50_imagenet",
-           "vit_s16"]
+           "vit_s16", "mobilenet_v1", "resnext50", "GROUPED_MODELS", "group_count", "fggc_twin"]
 
 
 @dataclass(frozen=True)
@@ -257,13 +258,124 @@ def vit_s16(batch: int = 32) -> list[LayerWork]:
     return b.done()
 
 
-MODELS = {"resnet18": resnet18_cifar, "vgg16": vgg16_cifar, "resnet50": resnet50_imagenet, "vit": vit_s16}
+def group_count(channels: int, group_size: int | None = None, groups: int | None = None) -> int:
+    """Groups of a grouped convolution over ``channels``: ``channels / group_size`` (E2GC's constant group
+    size) or ``groups`` (a fixed number of groups, FgGC); exactly one is given, and it divides ``channels``."""
+    if (group_size is None) == (groups is None):
+        raise ValueError("give exactly one of group_size (E2GC) and groups (FgGC)")
+    for what, value in (("group_size", group_size), ("groups", groups)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{what} must be a positive whole number, got {value!r}")
+    count = channels // group_size if group_size is not None else groups
+    if count < 1 or channels % count or (group_size is not None and channels % group_size):
+        what = f"group size {group_size}" if group_size is not None else f"{groups} groups"
+        raise ValueError(f"{what} does not divide {channels} channels")
+    return count
 
 
-def build_model(name: str, batch: int = 32) -> list[LayerWork]:
-    """The layers of a built-in model (:data:`MODELS`) at ``batch``."""
+MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1),
+                (512, 1), (1024, 2), (1024, 1))
+
+
+def mobilenet_v1(batch: int = 32, *, group_size: int | None = 1, groups: int | None = None) -> list[LayerWork]:
+    """MobileNet-V1 on 224 × 224: a 3×3 stride-2 stem, 13 separable blocks (a grouped 3×3, batch norm, ReLU, a
+    pointwise 1×1, batch norm, ReLU), global average pool, fc 1024 → 1000.  The 3×3 of every block is a group
+    convolution of ``group_size`` channels a group (E2GC; 1 is the original depthwise) or of ``groups`` groups
+    (FgGC: give ``group_size=None``)."""
+    b = WorkBuilder(batch)
+    size = b.conv("conv1", 3, 32, 224, 3, 2, 1, first=True)
+    b.norm("bn1", batch * 32 * size * size)
+    cin = 32
+    for i, (cout, stride) in enumerate(MOBILENET_V1, start=1):
+        name = f"block{i}"
+        out = b.conv(f"{name}.group", cin, cin, size, 3, stride, 1, groups=group_count(cin, group_size, groups))
+        b.norm(f"{name}.bn1", batch * cin * out * out)
+        b.conv(f"{name}.pointwise", cin, cout, out, 1)
+        b.norm(f"{name}.bn2", batch * cout * out * out)
+        cin, size = cout, out
+    b.pool("avgpool", batch * cin * size * size, batch * cin, "avg")
+    b.linear("fc", batch, cin, 1000)
+    b.loss(1000)
+    return b.done()
+
+
+def resnext50(batch: int = 32, *, group_size: int | None = None, groups: int | None = 32) -> list[LayerWork]:
+    """ResNeXt-50 (32×4d) on 224 × 224: ResNet-50's stem and 3-4-6-3 bottlenecks with widths 128, 256, 512,
+    1024, the 3×3 of each a group convolution of ``groups`` groups (FgGC, 32 in the original) or of
+    ``group_size`` channels a group (E2GC: give ``groups=None``)."""
+    b = WorkBuilder(batch)
+    size = b.conv("conv1", 3, 64, 224, 7, 2, 3, first=True)
+    b.norm("bn1", batch * 64 * size * size)
+    b.pool("maxpool", batch * 64 * size * size, batch * 64 * (size // 2) ** 2, "max")
+    size //= 2
+    cin = 64
+    for stage, (blocks, width) in enumerate(((3, 128), (4, 256), (6, 512), (3, 1024)), start=1):
+        for block in range(blocks):
+            stride = 2 if (stage > 1 and block == 0) else 1
+            name = f"layer{stage}.{block}"
+            cout = 2 * width
+            b.conv(f"{name}.conv1", cin, width, size, 1)
+            b.norm(f"{name}.bn1", batch * width * size * size)
+            out = b.conv(f"{name}.conv2", width, width, size, 3, stride, 1, groups=group_count(width, group_size, groups))
+            b.norm(f"{name}.bn2", batch * width * out * out)
+            b.conv(f"{name}.conv3", width, cout, out, 1)
+            e = batch * cout * out * out
+            b.norm(f"{name}.bn3", e)
+            if block == 0:
+                b.conv(f"{name}.downsample", cin, cout, size, 1, stride)
+                b.norm(f"{name}.downsample.bn", e)
+            b.add(f"{name}.add", e)
+            b.relu_grad(f"{name}.relu", e)
+            cin, size = cout, out
+    b.pool("avgpool", batch * cin * size * size, batch * cin, "avg")
+    b.linear("fc", batch, cin, 1000)
+    b.loss(1000)
+    return b.done()
+
+
+#: the models with grouped convolutions, each with its grouping keywords (``group_size`` for E2GC,
+#: ``groups`` for FgGC)
+GROUPED_MODELS = {"mobilenet_v1": mobilenet_v1, "resnext50": resnext50}
+
+
+def fggc_twin(name: str, group_size: int, batch: int = 32) -> tuple[int, float]:
+    """The fixed number of groups g whose FgGC model (``name`` in :data:`GROUPED_MODELS`) has the FF MACs of
+    its E2GC model with ``group_size`` most nearly (g a power of two dividing every grouped layer), and the
+    ratio of their total FF MACs (FgGC / E2GC)."""
+    build = GROUPED_MODELS[name]
+    e2gc = _ff_macs(build(batch, group_size=group_size, groups=None))
+    best = None
+    g = 1
+    while True:
+        try:
+            macs = _ff_macs(build(batch, group_size=None, groups=g))
+        except ValueError:  # g no longer divides every grouped layer
+            break
+        ratio = macs / e2gc
+        if best is None or abs(math.log(ratio)) < abs(math.log(best[1])):
+            best = (g, ratio)
+        g *= 2
+    return best
+
+
+def _ff_macs(layers: list[LayerWork]) -> int:
+    return sum(g.macs for x in layers for g in x.gemms if g.stage == "FF")
+
+
+MODELS = {"resnet18": resnet18_cifar, "vgg16": vgg16_cifar, "resnet50": resnet50_imagenet, "vit": vit_s16,
+          "mobilenet_v1": mobilenet_v1, "resnext50": resnext50}
+
+
+def build_model(name: str, batch: int = 32, *, group_size: int | None = None,
+                groups: int | None = None) -> list[LayerWork]:
+    """The layers of a built-in model (:data:`MODELS`) at ``batch``; a model of :data:`GROUPED_MODELS` with its
+    grouped convolutions of ``group_size`` channels (E2GC) or of ``groups`` groups (FgGC) if one is given."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    return MODELS[name](batch)
+    if group_size is None and groups is None:
+        return MODELS[name](batch)
+    if name not in GROUPED_MODELS:
+        raise ValueError(f"model {name!r} has no grouped convolutions; group sizes apply to {sorted(GROUPED_MODELS)}")
+    return GROUPED_MODELS[name](batch, group_size=group_size, groups=groups)

@@ -22,7 +22,7 @@ import click
 MAX_DIGITS_M = 64
 
 #: the built-in models ``simulate`` takes (``nmsat.dataflow.models.MODELS``)
-SIMULATE_MODELS = ("resnet18", "vgg16", "resnet50", "vit")
+SIMULATE_MODELS = ("resnet18", "vgg16", "resnet50", "vit", "mobilenet_v1", "resnext50")
 
 
 class UsageError(ValueError):
@@ -157,9 +157,13 @@ def verilog(preset, output, force) -> None:
 @click.option("--no-im2col", is_flag=True, help="switch on-chip im2col off (convolutions as im2col GEMMs)")
 @click.option("--no-offline", is_flag=True, help="switch offline scheduling off")
 @click.option("--no-interleave", is_flag=True, help="switch interleave mapping off")
+@click.option("--e2gc", "group_size", type=int, help="mobilenet_v1, resnext50: grouped 3x3 convolutions of this "
+              "many channels a group (E2GC's constant group size; mobilenet_v1's default is 1, depthwise)")
+@click.option("--fggc", "groups", type=int, help="mobilenet_v1, resnext50: grouped 3x3 convolutions of this many "
+              "groups (a fixed number of groups; resnext50's default is 32)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def simulate_cmd(model, nm, dense, preset, batch, as_json, plot, force, no_pregeneration, no_im2col, no_offline,
-                 no_interleave, quiet) -> None:
+                 no_interleave, group_size, groups, quiet) -> None:
     """Simulate one training iteration of a built-in MODEL on the accelerator: per-layer cycles, the totals
     and the speedup over dense."""
     from ..hw.config import SATConfig
@@ -174,9 +178,20 @@ def simulate_cmd(model, nm, dense, preset, batch, as_json, plot, force, no_prege
     plot_path = _output_path(plot, force)
     if plot_path is not None and plot_path.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: give a .png file")
-    from ..dataflow.models import build_model
+    from ..dataflow.models import GROUPED_MODELS, build_model
 
-    layers = build_model(model, batch)
+    if group_size is not None or groups is not None:
+        if model not in GROUPED_MODELS:
+            raise UsageError(f"--e2gc and --fggc apply to {' and '.join(sorted(GROUPED_MODELS))}, not {model}")
+        if group_size is not None and groups is not None:
+            raise UsageError("give --e2gc or --fggc, not both")
+        try:
+            layers = build_model(model, batch, group_size=group_size, groups=groups)
+        except ValueError as e:
+            raise UsageError(f"{'--e2gc' if group_size is not None else '--fggc'}: {e}") from None
+        model = f"{model} ({f'E2GC G={group_size}' if group_size is not None else f'FgGC g={groups}'})"
+    else:
+        layers = build_model(model, batch)
     bar = None
     if not quiet:
         from tqdm import tqdm

@@ -70,6 +70,14 @@ def _pair(value, what: str) -> int:
     return a
 
 
+class _LayerTracer(fx.Tracer):
+    """torch.fx's tracer with every subclass of the layers mapped here (``nn.Conv2d``: BDWP's, E2GC's, a
+    user's own) kept as one module call, as torch's own layers are."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.Linear, *_NORMS)) or super().is_leaf_module(m, qualname)
+
+
 def module_work(module: nn.Module, example: torch.Tensor) -> ModelWork:
     """The work of one training iteration of ``module`` on a batch like ``example`` (``[N, ...]``)."""
     if not isinstance(example, torch.Tensor) or example.dim() < 2:
@@ -79,7 +87,7 @@ def module_work(module: nn.Module, example: torch.Tensor) -> ModelWork:
     module = copy.deepcopy(module)  # tracing runs the model once: the user's own (batch-norm statistics,
     module.eval()                   # BDWP step counters) stays as it was
     try:
-        graph = fx.symbolic_trace(module)
+        graph = fx.GraphModule(module, _LayerTracer().trace(module))
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds; the user needs one clear line
         raise ValueError(f"module_work: torch.fx cannot trace {type(module).__name__}: {exc}") from None
     with torch.no_grad():
