@@ -21,6 +21,7 @@ from nmsat.dataflow.layers import conv2d_gemms
 from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify, compile_weight_update
 from nmsat.dataflow import conv
 from nmsat.dataflow.chain import compile_relu_mlp
+from nmsat.dataflow.groupconv import compile_packed_groups
 from nmsat.dataflow.step import compile_linear_step
 from nmsat.dataflow.vector import compile_vector
 from nmsat.hw import timing
@@ -404,6 +405,20 @@ def test_amaranth_core_matches_simulator_on_wu_walks(shape, serial):
     rtl = run_core_amaranth(TINY, prog.memory, *prog.runs[0], serial=serial)
     assert len(prog.runs) == 1
     assert_same(expected, memory, rtl)
+
+
+@pytest.mark.parametrize("cg,groups,kg,n", [(1, 6, 9, 7), (2, 3, 18, 5)])
+def test_amaranth_core_matches_simulator_on_packed_group_gemms(cg, groups, kg, n):
+    """Small groups packed into one pass (1:m SPARSE_GEMMs whose rows each take their own group's B word):
+    every pack's program, a last one not full among them, in the Amaranth core as in the simulator."""
+    rng = np.random.default_rng(cg * 100 + groups)
+    packed = compile_packed_groups(TINY, rng.standard_normal((groups, cg, kg)), rng.standard_normal((groups, kg, n)))
+    assert len(packed.programs) == 2
+    for prog in packed.programs:
+        memory = prog.memory.copy()
+        expected = CoreModel(TINY).run_sequence(memory, prog.runs)
+        assert expected.ok and expected.race_free and len(prog.runs) == 1
+        assert_same(expected, memory, run_core_amaranth(TINY, prog.memory, *prog.runs[0]))
 
 
 def test_amaranth_core_matches_simulator_on_an_interleaved_bp_and_wu():
