@@ -13,7 +13,10 @@ charges, per layer:
   (transposing LOADs give dY and X with channels in the lanes; Cin in
   whole tiles, so not the 3-channel stem); kernels past 7 taps a side
   (ViT's patch embedding, stride = kernel: im2col is a reshape there) and
-  grouped convolutions stay GEMMs.  A walk's lanes are the batch, so below
+  grouped convolutions stay GEMMs; a grouped convolution's dense stages
+  pack its small groups several per pass (``nmsat.dataflow.groupconv``)
+  where the planners estimate that faster, its BDWP-sparse ones (FF, BP)
+  run group by group.  A walk's lanes are the batch, so below
   ``cols`` samples it leaves lanes idle: each direction takes the mapping
   the planners estimate faster (as a compiler would), and only that one is
   simulated.  Without, every convolution is
@@ -62,6 +65,7 @@ from dataclasses import dataclass, field
 
 from ..dataflow import conv
 from ..dataflow.gemm import gemm_blocks, layout_gemm, plan_gemm
+from ..dataflow.groupconv import pack_factor
 from ..dataflow.interleave import STREAMS, interleave
 from ..dataflow.models import LayerWork, VectorPass
 from ..dataflow.sparsify import layout_sparsify, update_instructions
@@ -212,6 +216,22 @@ class Timer:
             return conv._runs_of(cfg, blocks, -1)
         return self._cycles(("gemm batch", m, n, k, pattern, out_bf16, count), programs,
                             f"{count} GEMMs {m}x{n}x{k} {pattern}")
+
+    def packed_groups(self, g, out_bf16: bool, offline: bool) -> int | None:
+        """Cycles of a dense stage of a grouped convolution with its small groups packed several per pass
+        (``nmsat.dataflow.groupconv``: P groups as one 1:m SPARSE_GEMM), or None where the planners estimate
+        the groups apart faster (or packing gains nothing)."""
+        per_pack, m = pack_factor(self.cfg, g.m)
+        if per_pack < 2:
+            return None
+        packs = -(-g.count // per_pack)
+        shape = (per_pack * g.m, g.n, g.k * m)
+        packed = packs * plan_gemm(self.cfg, *shape, pattern=(1, m)).estimated_cycles
+        if packed >= g.count * plan_gemm(self.cfg, g.m, g.n, g.k).estimated_cycles:
+            return None
+        if offline:
+            return self.gemm_batch(*shape, (1, m), out_bf16, packs)
+        return packs * self.gemm(*shape, (1, m), out_bf16)
 
     def walk_plans(self, geometry, direction, pattern):
         key = ("walk plans", geometry, direction, pattern)
@@ -364,6 +384,8 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
                     cycles = timer.walk(layer.conv, g.stage, p) if g.stage != "WU" else timer.wu_walk(layer.conv)
                 except WalkTooLong:  # a small instruction memory (the tiny preset) and a deep reduction: GEMMs
                     cycles = None
+            if cycles is None and p is None and layer.conv is not None and layer.conv.groups > 1:
+                cycles = timer.packed_groups(g, g.stage != "WU", offline)
             if cycles is None and offline:  # the independent GEMMs of a stage (heads, groups) in one program
                 cycles = timer.gemm_batch(g.m, g.n, g.k, p, g.stage != "WU", g.count)
             elif cycles is None:

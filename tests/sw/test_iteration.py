@@ -206,3 +206,29 @@ def test_offline_scheduling_runs_the_independent_gemms_of_a_stage_in_one_program
     off = time_iteration(cfg, [layer], None, offline=False).layers[0]
     heads = next(g for g in layer.gemms if g.stage == "FF")
     assert off.ff == heads.count * timer.gemm(heads.m, heads.n, heads.k, None, True) > on.ff
+
+
+def test_dense_grouped_convolutions_pack_their_small_groups():
+    """A grouped convolution's dense stages are timed with its groups packed (nmsat.dataflow.groupconv) where
+    that is faster: FF and WU of 16 groups of 4 channels (4 rows each) in fewer cycles than the groups one by
+    one (FF by 1.4x only: both are bound by reading B, an im2col word per step per group); BP's groups have 36 rows (4 channels x 9 taps), more than half the array, and stay apart."""
+    from nmsat.dataflow.models import WorkBuilder
+
+    cfg = SATConfig.vcu1525()
+    b = WorkBuilder(4)
+    b.conv("stem", 3, 64, 16, 3, padding=1, first=True)
+    b.conv("grouped", 64, 64, 16, 3, padding=1, groups=16)
+    b.linear("fc", 4, 64, 10)
+    layer = b.done()[1]
+    timer = Timer(cfg, CoreModel(cfg))
+    cycles = {}
+    for g in layer.gemms:
+        packed = timer.packed_groups(g, g.stage != "WU", True)
+        apart = timer.gemm_batch(g.m, g.n, g.k, None, g.stage != "WU", g.count)
+        if g.stage == "BP":
+            assert packed is None
+        else:
+            assert packed is not None and packed < apart, (g.stage, packed, apart)
+        cycles[g.stage] = apart if packed is None else packed
+    dense = time_iteration(cfg, b.done(), None).layers[1]
+    assert (dense.ff, dense.bp, dense.wu) == (cycles["FF"], cycles["BP"], cycles["WU"])
