@@ -21,12 +21,16 @@ import numpy as np
 
 from .config import IDX_SLOTS_PER_WORD as IDX_SLOTS, SATConfig
 
-__all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "transpose_tail", "gemm_mac_cycles", "GEMM_TAIL", "drain_cycles", "drain_gap", "LOADS_IN_FLIGHT",
+__all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "transpose_tail", "gemm_mac_cycles", "GEMM_TAIL", "drain_cycles", "drain_gap", "CHAIN_GAP", "LOADS_IN_FLIGHT",
            "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES", "SparsifyShape",
            "sparsify_shape", "sparsify_chunk_groups", "sparsify_emit_cycles", "sparsify_read_beats", "SparsifyTimes", "sparsify_cycles",
            "sparsify_events", "STREAM_LANE_LATENCY", "UPDATE_FIRST_CHUNK", "UPDATE_STREAMS", "VECTOR_STREAMS", "stream_chunks",
            "StreamChunk", "stream_schedule", "stream_cycles", "stream_events", "update_beats", "update_chunks", "update_cycles", "update_events"]
 
+#: Cycles between a FINISH that names a next program retiring and that program's cycle 0, beyond the one
+#: after it: the reset of the units is registered (it reaches every register of the core), so a chained
+#: run takes its programs' cycles plus this many per program after the first.
+CHAIN_GAP = 1
 #: A LOAD may issue its addresses while at most this many earlier LOADs still receive data.
 LOADS_IN_FLIGHT = 1
 #: A STORE may start while at most this many earlier STOREs still wait for their write responses.

@@ -347,8 +347,9 @@ class CoreModel:
         results, base = [], 0
         while True:  # a FINISH with a next program goes on with it, in the same run
             result, chained = self._run_one(memory, program_addr, program_len, serial, numerics, check_hazards)
-            if base:  # PCs in the whole chain
-                result = dataclasses.replace(result, error_pc=result.error_pc + (0 if result.ok else base), hazards=[
+            if base:  # PCs in the whole chain; the registered reset before each chained program
+                result = dataclasses.replace(result, cycles=result.cycles + timing.CHAIN_GAP,
+                                             error_pc=result.error_pc + (0 if result.ok else base), hazards=[
                     dataclasses.replace(h, first_pc=h.first_pc + base, second_pc=h.second_pc + base)
                     for h in result.hazards])
             results.append(result)

@@ -89,7 +89,7 @@ class Registers(wiring.Component):
 class RunControl(wiring.Component):
     """The run's state: START makes it BUSY; the first error latches code and PC and stops new work
     (``stopping``), and STATUS turns ERROR once nothing is busy; FINISH makes it DONE, or with a next
-    program (``next_len``) pulses ``chain`` (the units reset as at START) and the run goes on with that
+    program (``next_len``) pulses ``chain`` the cycle after (the units reset as at START) and the run goes on with that
     program (``program_addr`` / ``program_len``: the host's registers, then the chained ones).  CYCLES counts
     from START to the retiring or error cycle; ERROR_PC adds the lengths of the programs before."""
 
@@ -99,7 +99,7 @@ class RunControl(wiring.Component):
             "host_addr": In(64), "host_len": In(32),  # the host's PROGRAM_ADDR / PROGRAM_LEN
             "next_addr": In(40), "next_len": In(21),  # the retiring FINISH's next program
             "program_addr": Out(64), "program_len": Out(32),  # the program being run
-            "chain": Out(1),  # a FINISH with a next program retires: reset the units, fetch it
+            "chain": Out(1),  # a FINISH with a next program retired the cycle before: reset the units, fetch it
             "fetch_active": In(1),  # the fetch phase of the run
             "error_raised": In(1), "error_code": In(ErrorCode), "error_at": In(PC_BITS),
             "finish": In(1),  # FINISH retires this cycle
@@ -119,14 +119,19 @@ class RunControl(wiring.Component):
         busy_state = self.status == Status.BUSY
         chained = Signal()  # the program is a chained one, not the host's
         seg_addr, seg_len, base = Signal(40), Signal(21), Signal(32)
+        # a FINISH with a next program retires in cycle c: the next program is latched then, and the reset
+        # of the units comes from a register in c + 1 (``chain``; nothing is dispatched meanwhile), so the
+        # next program's cycle 0 is c + 2 (``nmsat.hw.timing.CHAIN_GAP``)
+        chaining = Signal()
         m.d.comb += [self.program_addr.eq(Mux(chained, seg_addr, self.host_addr)),
                      self.program_len.eq(Mux(chained, seg_len, self.host_len)),
-                     self.chain.eq(busy_state & ~stopping & ~self.error_raised & self.finish & (self.next_len != 0))]
-        with m.If(self.chain):
+                     chaining.eq(busy_state & ~stopping & ~self.error_raised & self.finish & (self.next_len != 0))]
+        m.d.sync += self.chain.eq(chaining)
+        with m.If(chaining):
             m.d.sync += [chained.eq(1), seg_addr.eq(self.next_addr), seg_len.eq(self.next_len),
                          base.eq(base + self.program_len)]
         m.d.comb += [self.fetching.eq(busy_state & self.fetch_active), self.alive.eq(busy_state),
-                     self.running.eq(busy_state & ~self.fetch_active & ~stopping)]
+                     self.running.eq(busy_state & ~self.fetch_active & ~stopping & ~self.chain)]
         with m.If(busy_state & ~stopping):
             m.d.sync += self.cycles.eq(self.cycles + 1)
         with m.If(self.start):

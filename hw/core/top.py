@@ -14,7 +14,7 @@ Not here: the units' insides (the sibling modules), the fp units
 FPGA shell (:mod:`nmsat.fpga`).
 """
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux, ResetSignal, Signal, unsigned
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux, ResetSignal, Signal, Value, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -46,17 +46,28 @@ def _any_waiting(queues) -> object:
 
 def first_error(m: Module, candidates) -> tuple[Signal, Signal, Signal]:
     """(raised, code, pc) of ``candidates`` ``(code, condition, pc)``: the lowest code wins, then the earlier
-    candidate (the simulator breaks ties the same way)."""
-    chain_code, chain_pc, chain_any = Const(0, 4), Const(0, PC_BITS), Const(0, 1)
+    candidate (the simulator breaks ties the same way).  Chosen pairwise in a tree (depth log2 of the
+    candidates, not their number): of two raised, the left one unless the right one's code is lower."""
+    level = []
     for i, (code, cond, where) in enumerate(candidates):
         value = Const(code.value, 4) if isinstance(code, ErrorCode) else code.as_value()
-        take = Signal(name=f"err_take_{i}")
-        m.d.comb += take.eq(cond & (~chain_any | (value < chain_code)))
-        new_code, new_pc, new_any = Signal(4, name=f"err_code_{i}"), Signal(PC_BITS, name=f"err_pc_{i}"), Signal(name=f"err_any_{i}")
-        m.d.comb += [new_code.eq(Mux(take, value, chain_code)), new_pc.eq(Mux(take, where, chain_pc)),
-                     new_any.eq(chain_any | cond)]
-        chain_code, chain_pc, chain_any = new_code, new_pc, new_any
-    return chain_any, chain_code, chain_pc
+        level.append((Value.cast(cond), value, Value.cast(where)))
+    depth = 0
+    while len(level) > 1:
+        merged = []
+        for j in range(0, len(level) - 1, 2):
+            (any_l, code_l, pc_l), (any_r, code_r, pc_r) = level[j], level[j + 1]
+            right = Signal(name=f"err_right_{depth}_{j // 2}")
+            m.d.comb += right.eq(any_r & (~any_l | (code_r < code_l)))
+            new_any, new_code = Signal(name=f"err_any_{depth}_{j // 2}"), Signal(4, name=f"err_code_{depth}_{j // 2}")
+            new_pc = Signal(PC_BITS, name=f"err_pc_{depth}_{j // 2}")
+            m.d.comb += [new_any.eq(any_l | any_r), new_code.eq(Mux(right, code_r, code_l)),
+                         new_pc.eq(Mux(right, pc_r, pc_l))]
+            merged.append((new_any, new_code, new_pc))
+        if len(level) % 2:
+            merged.append(level[-1])
+        level, depth = merged, depth + 1
+    return level[0]
 
 
 class Core(wiring.Component):
