@@ -71,11 +71,13 @@ def parse_pattern(text: str) -> tuple[int, int] | None:
 
 
 def train_once(pattern: tuple[int, int] | None, seed: int, data, *, epochs: int = 30, batch_size: int = 64,
-               lr: float = 2e-3, decay: float = 0.0, on_epoch: Callable[[], None] | None = None) -> float:
-    """Train one model from ``seed`` and return its test accuracy in percent."""
+               lr: float = 2e-3, decay: float = 0.0, on_epoch: Callable[[], None] | None = None,
+               model_factory: Callable[[], nn.Module] = DigitsCNN) -> float:
+    """Train one model (``model_factory()``, :class:`DigitsCNN` by default) from ``seed`` and return its test
+    accuracy in percent."""
     x_tr, y_tr, x_te, y_te = data
     torch.manual_seed(seed)
-    model = DigitsCNN()
+    model = model_factory()
     if pattern is not None:
         sparsify(model, *pattern, decay=decay)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
