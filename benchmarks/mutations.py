@@ -25,6 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: name -> (file, text, replacement, what it breaks)
 MUTATIONS = {
+    "update-lane-v-early": ("hw/core/update.py", "picked = Lm + 2 * La  #", "picked = Lm + 2 * La + 2  #",
+                            "the update lanes take v' (and VECTOR's odd sums) two stages late, another beat's"),
+    "update-lane-late-write": ("hw/core/update.py", 'computed = delayed("computed", received, LANE_LATENCY, reset=True)',
+                               'computed = delayed("computed", received, LANE_LATENCY + 1, reset=True)',
+                               "the stream engine writes a chunk one cycle after the stream rule says"),
+    "sim-chain-no-gap": ("sim/core.py", "cycles=result.cycles + timing.CHAIN_GAP,", "cycles=result.cycles,",
+                         "the simulator's chained programs start without the registered reset's cycle"),
+    "first-error-ties-late": ("hw/core/top.py", "m.d.comb += right.eq(any_r & (~any_l | (code_r < code_l)))",
+                              "m.d.comb += right.eq(any_r & (~any_l | (code_r <= code_l)))",
+                              "of two errors of one code raised together, the later one is reported"),
     "update-no-sign-flip": ("hw/core/update.py",
                             'units["w"].b.eq(units["lr_v"].product ^ 0x80000000)', 'units["w"].b.eq(units["lr_v"].product)',
                             "the weight update adds the step instead of subtracting it"),
@@ -116,7 +126,7 @@ MUTATIONS = {
                        "the simulator's race check"),
 }
 
-TESTS = ["tests/equiv", "tests/sim", "tests/dataflow"]
+TESTS = ["tests/equiv", "tests/sim", "tests/dataflow", "tests/hw/test_core_top.py"]
 
 
 def copy_tree(source: Path, dest: Path) -> None:
