@@ -189,23 +189,24 @@ def vgg16_cifar(batch: int = 32) -> list[LayerWork]:
     return b.done()
 
 
-def resnet50_imagenet(batch: int = 32) -> list[LayerWork]:
-    """ResNet-50 (torchvision's v1.5: stride on the 3×3) on 224 × 224: 7×7 stem, max pool, 3-4-6-3 bottlenecks,
-    global average pool, fc 2048 → 1000."""
+def _bottleneck_net(batch: int, widths, expansion: int, groups_of) -> list[LayerWork]:
+    """ResNet-50's layout on 224 × 224 (torchvision's v1.5: stride on the 3×3): 7×7 stem, max pool, 3-4-6-3
+    bottlenecks of the stage ``widths`` (out: ``expansion`` × width; the 3×3 in ``groups_of(width)`` groups),
+    global average pool, fc → 1000."""
     b = WorkBuilder(batch)
     size = b.conv("conv1", 3, 64, 224, 7, 2, 3, first=True)
     b.norm("bn1", batch * 64 * size * size)
     b.pool("maxpool", batch * 64 * size * size, batch * 64 * (size // 2) ** 2, "max")
     size //= 2
     cin = 64
-    for stage, (blocks, width) in enumerate(((3, 64), (4, 128), (6, 256), (3, 512)), start=1):
+    for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), widths), start=1):
         for block in range(blocks):
             stride = 2 if (stage > 1 and block == 0) else 1
             name = f"layer{stage}.{block}"
-            cout = 4 * width
+            cout = expansion * width
             b.conv(f"{name}.conv1", cin, width, size, 1)
             b.norm(f"{name}.bn1", batch * width * size * size)
-            out = b.conv(f"{name}.conv2", width, width, size, 3, stride, 1)
+            out = b.conv(f"{name}.conv2", width, width, size, 3, stride, 1, groups=groups_of(width))
             b.norm(f"{name}.bn2", batch * width * out * out)
             b.conv(f"{name}.conv3", width, cout, out, 1)
             e = batch * cout * out * out
@@ -216,10 +217,16 @@ def resnet50_imagenet(batch: int = 32) -> list[LayerWork]:
             b.add(f"{name}.add", e)
             b.relu_grad(f"{name}.relu", e)
             cin, size = cout, out
-    b.pool("avgpool", batch * 2048 * size * size, batch * 2048, "avg")
-    b.linear("fc", batch, 2048, 1000)
+    b.pool("avgpool", batch * cin * size * size, batch * cin, "avg")
+    b.linear("fc", batch, cin, 1000)
     b.loss(1000)
     return b.done()
+
+
+def resnet50_imagenet(batch: int = 32) -> list[LayerWork]:
+    """ResNet-50 (torchvision's v1.5: stride on the 3×3) on 224 × 224: 7×7 stem, max pool, 3-4-6-3 bottlenecks,
+    global average pool, fc 2048 → 1000."""
+    return _bottleneck_net(batch, (64, 128, 256, 512), 4, lambda width: 1)
 
 
 def vit_s16(batch: int = 32) -> list[LayerWork]:
@@ -303,34 +310,7 @@ def resnext50(batch: int = 32, *, group_size: int | None = None, groups: int | N
     """ResNeXt-50 (32×4d) on 224 × 224: ResNet-50's stem and 3-4-6-3 bottlenecks with widths 128, 256, 512,
     1024, the 3×3 of each a group convolution of ``groups`` groups (FgGC, 32 in the original) or of
     ``group_size`` channels a group (E2GC: give ``groups=None``)."""
-    b = WorkBuilder(batch)
-    size = b.conv("conv1", 3, 64, 224, 7, 2, 3, first=True)
-    b.norm("bn1", batch * 64 * size * size)
-    b.pool("maxpool", batch * 64 * size * size, batch * 64 * (size // 2) ** 2, "max")
-    size //= 2
-    cin = 64
-    for stage, (blocks, width) in enumerate(((3, 128), (4, 256), (6, 512), (3, 1024)), start=1):
-        for block in range(blocks):
-            stride = 2 if (stage > 1 and block == 0) else 1
-            name = f"layer{stage}.{block}"
-            cout = 2 * width
-            b.conv(f"{name}.conv1", cin, width, size, 1)
-            b.norm(f"{name}.bn1", batch * width * size * size)
-            out = b.conv(f"{name}.conv2", width, width, size, 3, stride, 1, groups=group_count(width, group_size, groups))
-            b.norm(f"{name}.bn2", batch * width * out * out)
-            b.conv(f"{name}.conv3", width, cout, out, 1)
-            e = batch * cout * out * out
-            b.norm(f"{name}.bn3", e)
-            if block == 0:
-                b.conv(f"{name}.downsample", cin, cout, size, 1, stride)
-                b.norm(f"{name}.downsample.bn", e)
-            b.add(f"{name}.add", e)
-            b.relu_grad(f"{name}.relu", e)
-            cin, size = cout, out
-    b.pool("avgpool", batch * cin * size * size, batch * cin, "avg")
-    b.linear("fc", batch, cin, 1000)
-    b.loss(1000)
-    return b.done()
+    return _bottleneck_net(batch, (128, 256, 512, 1024), 2, lambda width: group_count(width, group_size, groups))
 
 
 #: the models with grouped convolutions, each with its grouping keywords (``group_size`` for E2GC,

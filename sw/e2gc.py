@@ -54,7 +54,7 @@ def _grouped(channels: int, stride: int, group_size: int | None, groups: int | N
     return nn.Conv2d(channels, channels, 3, stride, 1, groups=group_count(channels, group_size, groups), bias=False)
 
 
-def _conv_bn_relu(cin: int, cout: int, conv: nn.Module) -> list[nn.Module]:
+def _conv_bn_relu(cout: int, conv: nn.Module) -> list[nn.Module]:
     return [conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=False)]
 
 
@@ -67,11 +67,11 @@ def mobilenet_v1(*, group_size: int | None = 1, groups: int | None = None, class
     """MobileNet-V1 (224 × 224 inputs): a 3×3 stride-2 stem, 13 blocks of a grouped 3×3 (``group_size``
     channels a group, E2GC, 1 being the original depthwise; or ``groups`` groups with ``group_size=None``,
     FgGC) and a pointwise 1×1, each with batch norm and ReLU; global average pool; fc to ``classes``."""
-    layers = _conv_bn_relu(3, 32, nn.Conv2d(3, 32, 3, 2, 1, bias=False))
+    layers = _conv_bn_relu(32, nn.Conv2d(3, 32, 3, 2, 1, bias=False))
     cin = 32
     for cout, stride in _MOBILENET_V1:
-        layers += _conv_bn_relu(cin, cin, _grouped(cin, stride, group_size, groups))
-        layers += _conv_bn_relu(cin, cout, nn.Conv2d(cin, cout, 1, bias=False))
+        layers += _conv_bn_relu(cin, _grouped(cin, stride, group_size, groups))
+        layers += _conv_bn_relu(cout, nn.Conv2d(cin, cout, 1, bias=False))
         cin = cout
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes))
 
@@ -129,11 +129,11 @@ class DigitsGroupCNN(nn.Module):
 
     def __init__(self, *, group_size: int | None = None, groups: int | None = None, classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(*_conv_bn_relu(1, 16, nn.Conv2d(1, 16, 3, padding=1, bias=False)))
-        self.block1 = nn.Sequential(*_conv_bn_relu(16, 16, _grouped(16, 1, group_size, groups)),
-                                    *_conv_bn_relu(16, 32, nn.Conv2d(16, 32, 1, bias=False)))
-        self.block2 = nn.Sequential(*_conv_bn_relu(32, 32, _grouped(32, 2, group_size, groups)),
-                                    *_conv_bn_relu(32, 64, nn.Conv2d(32, 64, 1, bias=False)))
+        self.stem = nn.Sequential(*_conv_bn_relu(16, nn.Conv2d(1, 16, 3, padding=1, bias=False)))
+        self.block1 = nn.Sequential(*_conv_bn_relu(16, _grouped(16, 1, group_size, groups)),
+                                    *_conv_bn_relu(32, nn.Conv2d(16, 32, 1, bias=False)))
+        self.block2 = nn.Sequential(*_conv_bn_relu(32, _grouped(32, 2, group_size, groups)),
+                                    *_conv_bn_relu(64, nn.Conv2d(32, 64, 1, bias=False)))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
 
     def forward(self, x):
