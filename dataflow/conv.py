@@ -541,22 +541,25 @@ def walkable(kernel: int, groups: int = 1) -> bool:
     return kernel <= MAX_TAPS and groups == 1
 
 
-def plan_conv(cfg: SATConfig, batch: int, cin: int, cout: int, size: int, kernel: int, stride: int = 1,
-              padding: int = 0, direction: str = "FF", pattern: tuple[int, int] | None = None,
+def plan_conv(cfg: SATConfig, batch: int, cin: int, cout: int, size: int | tuple[int, int], kernel: int,
+              stride: int = 1, padding: int = 0, direction: str = "FF", pattern: tuple[int, int] | None = None,
               weight: np.ndarray | None = None, streams: int = 1) -> list[ConvPlan]:
-    """The walks of one direction of a square convolution with their plans: the input's channel block is the
-    one of lowest estimated cycles among the channel count and its halvings (whole groups of m when sparse);
-    the output's is ``rows`` (a row of pixels per STORE).  ``weight`` (default zeros) only feeds the walks'
-    weights."""
+    """The walks of one direction of a convolution (square kernel; ``size`` the input's side, or its
+    ``(h, w)``) with their plans: the input's channel block is the one of lowest estimated cycles among the
+    channel count and its halvings (whole groups of m when sparse); the output's is ``rows`` (a row of pixels
+    per STORE).  ``weight`` (default zeros) only feeds the walks' weights."""
     if direction not in ("FF", "BP"):
         raise ValueError(f"conv: direction must be FF or BP, got {direction!r}")
     w = np.zeros((cout, cin, kernel, kernel), np.float32) if weight is None else weight
-    ho = (size + 2 * padding - kernel) // stride + 1
+    h_in, w_in = (size, size) if isinstance(size, int) else size
+    ho, wo = ((s + 2 * padding - kernel) // stride + 1 for s in (h_in, w_in))
     if direction == "FF":
-        walks, channels, h, pad, out_ch, out_h = [ff_walk(w, size, size, stride, padding, 1)], cin, size, padding, cout, ho
+        walks, channels, pad, out_ch = [ff_walk(w, h_in, w_in, stride, padding, 1)], cin, padding, cout
+        (h, wd), (out_h, out_w) = (h_in, w_in), (ho, wo)
     else:
-        walks = bp_walks(w, size, size, stride, padding, 1)
-        channels, h, pad, out_ch, out_h = cout, ho, bp_pad(kernel, stride, padding, 1), cin, size
+        walks = bp_walks(w, h_in, w_in, stride, padding, 1)
+        channels, pad, out_ch = cout, bp_pad(kernel, stride, padding, 1), cin
+        (h, wd), (out_h, out_w) = (ho, wo), (h_in, w_in)
     unit = pattern[1] if pattern else 1
     candidates, cb = [], -(-channels // unit) * unit
     while cb >= unit:
@@ -564,10 +567,10 @@ def plan_conv(cfg: SATConfig, batch: int, cin: int, cout: int, size: int, kernel
         if cb == unit:
             break
         cb = max(unit, -(-(cb // 2) // unit) * unit)
-    dst = ActLayout(batch, out_ch, out_h, out_h, 0, -(-out_ch // cfg.rows) * cfg.rows if out_ch < cfg.rows else cfg.rows)
+    dst = ActLayout(batch, out_ch, out_h, out_w, 0, -(-out_ch // cfg.rows) * cfg.rows if out_ch < cfg.rows else cfg.rows)
     best, errors = None, []
     for cb in candidates:
-        src = ActLayout(batch, channels, h, h, pad, cb)
+        src = ActLayout(batch, channels, h, wd, pad, cb)
         try:
             plans = [plan_walk(cfg, wk, src, dst, pattern if wk.weights is not None else None, streams)
                      for wk in walks]
@@ -578,7 +581,7 @@ def plan_conv(cfg: SATConfig, batch: int, cin: int, cout: int, size: int, kernel
         if best is None or cost < best[0]:
             best = (cost, plans)
     if best is None:
-        raise ValueError(f"conv {cin}→{cout} k{kernel} s{stride} at {size}²: no channel block fits ({errors[-1]})")
+        raise ValueError(f"conv {cin}→{cout} k{kernel} s{stride} at {h_in}×{w_in}: no channel block fits ({errors[-1]})")
     return best[1]
 
 

@@ -11,15 +11,18 @@ The network (:class:`SmallCNN`, the torch reference; batch norms without affine 
 
 On the accelerator (:func:`cnn_iteration`, one program per piece of work, run by a ``runner``):
 convolutions' FF, BP and WU as kernel walks (``nmsat.dataflow.conv``; ReLU fused into conv3's STOREs; WU
-over transposed tiles), the fc layer's three GEMMs, the residual add and the fork's gradient sum as VECTOR ADD,
-the ReLU gradients as VECTOR RELU_GRAD, and per layer WEIGHT_UPDATE then the SPARSIFYs of its next forms
+over transposed tiles), the batch norms forward and backward (``nmsat.dataflow.norm``: fp32 batch statistics
+as a 1×1 WU walk, the normalisation as a 1×1 FF walk with the following ReLU in its STOREs, bn2's walk adding
+the residual too), the fc layer's three GEMMs, the fork's gradient sum as VECTOR ADD, the ReLU gradients as
+VECTOR RELU_GRAD, and per layer WEIGHT_UPDATE then the SPARSIFYs of its next forms
 (``nmsat.dataflow.sparsify.compile_weight_update``).
 
 The sparse layers' FF and BP walks read the forms the sparsifier writes from the master weights in the
 same program (``compile_sparsified_walk``, ``compile_sparsified_bp_walk``: BP's A a LOAD per tap from the
 records of the flipped taps).  On the host (named, not charged here; ``nmsat.sw.iteration`` charges them by
-the stream rule): the batch norms forward and backward (fp32 batch statistics), the softmax cross-entropy
-and its gradient, and moving tensors between programs (each program has its own memory image).  The dense
+the stream rule): the batch norms' O(C) per-channel coefficients between their two walks (fp32, the rule of
+``nmsat.dataflow.norm``), the softmax cross-entropy and its gradient, and moving tensors between programs
+(each program has its own memory image; the norms' inputs stacked with constant-one channels).  The dense
 first layer's FF walk reads the m:m form the sparsifier writes (every value kept, in order); the average pool
 and its gradient are the FF and BP walks of a convolution whose taps take each channel to itself with weight
 bf16(1/P).  Activations between programs are bf16, as the STOREs leave them.
@@ -34,7 +37,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from ..dataflow import conv
+from ..dataflow import conv, norm
 from ..dataflow.gemm import compile_gemm, read_c
 from ..dataflow.sparsify import compile_weight_update, read_master
 from ..dataflow.vector import compile_vector, read_array
@@ -121,22 +124,6 @@ def _f32(bits: np.ndarray) -> np.ndarray:
     return bf16_bits_to_f32(bits)
 
 
-def _bn_forward(y: np.ndarray, eps: float = 1e-5):
-    """Batch norm without affine parameters over (N, H, W), fp32: (output, normalised input, 1/std)."""
-    mean = y.mean(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
-    var = ((y - mean) ** 2).mean(axis=(0, 2, 3), keepdims=True)
-    rstd = 1.0 / np.sqrt(var + eps)
-    xhat = ((y - mean) * rstd).astype(np.float32)
-    return xhat, rstd
-
-
-def _bn_backward(dout: np.ndarray, xhat: np.ndarray, rstd: np.ndarray) -> np.ndarray:
-    m = dout.shape[0] * dout.shape[2] * dout.shape[3]
-    s1 = dout.sum(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
-    s2 = (dout * xhat).sum(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
-    return (rstd * (dout - s1 / m - xhat * s2 / m)).astype(np.float32)
-
-
 def _as_gemm(weight: np.ndarray) -> np.ndarray:
     """Conv weight ``[Cout, Cin, kh, kw]`` → ``[Cout, K]`` in BDWP's K order (tap-major, channels innermost)."""
     return np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1))
@@ -208,6 +195,25 @@ def cnn_iteration(cfg: SATConfig, state: CnnState, x: np.ndarray, labels: np.nda
         plans = conv.plan_conv(cfg, batch, channels, channels, size, size, direction="BP", weight=kernel)
         return walk(name, [p.walk for p in plans], plans[0].src, dpooled_bits[:, :, None, None], plans[0].dst, None)
 
+    def batch_norm(name, y_bits, residual=None):
+        """relu(bn(y) [+ residual]): the batch statistics, then the normalisation, ReLU in its STOREs."""
+        sums = norm.compile_channel_sums(cfg, y_bits, y_bits)
+        memory = run(Job(f"{name} stats", sums.program.memory, list(sums.program.runs)))
+        coef = norm.bn_coefficients(*sums.read(memory), batch * y_bits.shape[2] * y_bits.shape[3])
+        terms = [(y_bits, coef.rstd)] + ([(residual, None)] if residual is not None else [])
+        prog = norm.compile_channel_affine(cfg, terms, coef.shift, relu=True)
+        memory = run(Job(f"{name} apply", prog.memory, list(prog.runs)))
+        return prog.read_output(memory), coef
+
+    def batch_norm_grad(name, dout_bits, y_bits, coef):
+        """The input gradient of bn (``y`` its input): the gradient's sums, then ``a·dout + b·y + c``."""
+        sums = norm.compile_channel_sums(cfg, dout_bits, y_bits)
+        memory = run(Job(f"{name} grad stats", sums.program.memory, list(sums.program.runs)))
+        a, b, c = norm.bn_grad_coefficients(coef, *sums.read(memory))
+        prog = norm.compile_channel_affine(cfg, [(dout_bits, a), (y_bits, b)], c)
+        memory = run(Job(f"{name} grad apply", prog.memory, list(prog.runs)))
+        return prog.read_output(memory)
+
     def conv_wu(name, dy_bits, x_bits, stride):
         """dW from transposed tiles of dY and X (a WU walk), fp32 ``[Cout, K]`` in BDWP's K order."""
         prog = conv.compile_wu(cfg, dy_bits, x_bits, 3, stride, 1)
@@ -217,12 +223,9 @@ def cnn_iteration(cfg: SATConfig, state: CnnState, x: np.ndarray, labels: np.nda
     # ---- forward
     x_bits = _bits(x)
     y1 = ff("conv1", w["conv1"], x_bits, 1, None)
-    xhat1, rstd1 = _bn_forward(_f32(y1))
-    h1 = _bits(np.maximum(xhat1, 0))
+    h1, bn1 = batch_norm("bn1", y1)
     y2 = ff("conv2", w["conv2"], h1, 1, pattern)
-    xhat2, rstd2 = _bn_forward(_f32(y2))
-    s2 = vector("residual add", VectorFunc.ADD, _bits(xhat2), h1)
-    h2 = _bits(np.maximum(_f32(s2), 0))
+    h2, bn2 = batch_norm("bn2", y2, residual=h1)  # the residual add in the same walk
     h3 = ff("conv3", w["conv3"], h2, 2, pattern, relu=True)  # ReLU in the STOREs
     pooled = _f32(avgpool("avgpool", h3))  # [N, 2c]
     logits = gemm("fc FF", w["fc"], pooled.T)  # [classes, N]
@@ -239,17 +242,17 @@ def cnn_iteration(cfg: SATConfig, state: CnnState, x: np.ndarray, labels: np.nda
     dy3 = vector("conv3 relu grad", VectorFunc.RELU_GRAD, dh3, h3)
     grads["conv3"] = conv_wu("conv3", dy3, h2, 2)
     dh2 = bp("conv3", w["conv3"], dy3, size, 2, pattern)
-    ds2 = vector("conv2 block relu grad", VectorFunc.RELU_GRAD, dh2, s2)
-    dy2 = _bits(_bn_backward(_f32(ds2), xhat2, rstd2))
+    ds2 = vector("block relu grad", VectorFunc.RELU_GRAD, dh2, h2)
+    dy2 = batch_norm_grad("bn2", ds2, y2, bn2)
     grads["conv2"] = conv_wu("conv2", dy2, h1, 1)
     dh1_conv = bp("conv2", w["conv2"], dy2, size, 1, pattern)
     dh1 = vector("fork grad add", VectorFunc.ADD, dh1_conv, ds2)
     dr1 = vector("conv1 relu grad", VectorFunc.RELU_GRAD, dh1, h1)
-    dy1 = _bits(_bn_backward(_f32(dr1), xhat1, rstd1))
+    dy1 = batch_norm_grad("bn1", dr1, y1, bn1)
     grads["conv1"] = conv_wu("conv1", dy1, x_bits, 1)
     if trace is not None:
         trace.update({k: _f32(v) if v.dtype == np.uint16 else v for k, v in dict(
-            y1=y1, h1=h1, y2=y2, s2=s2, h2=h2, h3=h3, logits=logits, dh3=dh3, dy3=dy3, dh2=dh2, ds2=ds2, dy2=dy2,
+            y1=y1, h1=h1, y2=y2, h2=h2, h3=h3, logits=logits, dh3=dh3, dy3=dy3, dh2=dh2, ds2=ds2, dy2=dy2,
             dh1=dh1, dy1=dy1).items()})
     # ---- updates (and the next forms) on the accelerator
     new_w, new_v = {}, {}

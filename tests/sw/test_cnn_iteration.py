@@ -57,7 +57,8 @@ def test_one_iteration_on_the_simulator_is_the_torch_step():
     # what ran where: every convolution direction, GEMM, vector op and update is a program
     names = [job.name for job, _, _ in jobs]
     assert {"conv1 FF", "conv2 FF", "conv3 FF", "conv3 BP", "conv2 BP", "conv1 WU", "fc FF", "fc BP", "fc WU",
-            "residual add", "fork grad add", "conv1 relu grad", "conv3 update"} <= set(names)
+            "bn1 stats", "bn1 apply", "bn2 apply", "bn2 grad stats", "bn1 grad apply", "fork grad add",
+            "conv1 relu grad", "conv3 update"} <= set(names)
     assert "conv1 BP" not in names  # the input needs no gradient
 
 
