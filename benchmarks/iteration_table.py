@@ -5,13 +5,15 @@
 
 Per model (``nmsat.dataflow.models``; CIFAR shapes for ResNet-18 and VGG-16,
 ImageNet 224 × 224 for ResNet-50 and ViT-S/16), ``nmsat.sw.iteration`` charges
-the GEMMs (simulated), the vector unit's passes (stream rule) and the
-pre-generation (update + sparsify, simulated).  The table gives cycles per
+the GEMMs (simulated), the batch norms (their walks, simulated), the vector
+unit's passes (stream rule) and the pre-generation (update + sparsify,
+simulated).  The table gives cycles per
 iteration dense and per pattern, the speedup, the speedup of the GEMMs alone,
 the ideal bound from MAC counts (FF and BP of the pruned layers × n/m), the
 vector passes' share, and the 2:8 speedup with pre-generation, on-chip im2col,
 offline scheduling or interleave mapping switched off (one at a time: dense and
-BDWP both without it).
+BDWP both without it), and with the batch norms charged by the stream rule of
+the planned unit instead of their walks.
 Writes benchmarks/results/iteration_table_<preset>_b<batch>.md.
 """
 
@@ -47,9 +49,10 @@ def main():
     head = " | ".join(f"{n}:{m} cycles | speedup (GEMMs only) | bound" for n, m in patterns)
     lines = [f"# One training iteration, dense against BDWP, batch {args.batch}, preset `{cfg.name}` "
              f"({cfg.rows}x{cfg.cols}, {cfg.bus_bytes}-byte port, {cfg.clock_mhz:.0f} MHz)", "",
-             f"| model | dense cycles | vector share (dense) | {head} | 2:8 without pre-generation | "
-             f"2:8 without on-chip im2col | 2:8 without offline scheduling | 2:8 without interleave mapping |",
-             "|---|---|---|" + "---|---|---|" * len(patterns) + "---|---|---|---|"]
+             f"| model | dense cycles | vector share (dense) | norm walks' share (dense) | {head} | "
+             f"2:8 without pre-generation | 2:8 without on-chip im2col | 2:8 without offline scheduling | "
+             f"2:8 without interleave mapping | 2:8 with the norms by the stream rule |",
+             "|---|---|---|---|" + "---|---|---|" * len(patterns) + "---|---|---|---|---|"]
     summary = {p: [] for p in patterns}
     for name in args.models:
         layers = build_model(name, args.batch)
@@ -70,20 +73,28 @@ def main():
         no_il = time_iteration(cfg, layers, (2, 8), interleave=False, core=core)
         dense_no_il = time_iteration(cfg, layers, None, interleave=False, core=core)
         with_il = time_iteration(cfg, layers, (2, 8), core=core)
-        lines.append(f"| {name} | {dense.total:,} | {dense.vector / dense.total:.0%} | " + " | ".join(cells)
+        stream = time_iteration(cfg, layers, (2, 8), norms="stream", core=core)
+        dense_stream = time_iteration(cfg, layers, None, norms="stream", core=core)
+        lines.append(f"| {name} | {dense.total:,} | {dense.vector / dense.total:.0%} | {dense.norm / dense.total:.0%} | "
+                     + " | ".join(cells)
                      + f" | {dense_off.total / off.total:.3f}× (pre-generation {off.pregen:,} cycles serial) | "
                      f"{dense_no_walk.total / no_walk.total:.3f}× ({no_walk.total:,} cycles; dense "
                      f"{dense_no_walk.total:,}) | {dense_no_sched.total / no_sched.total:.3f}× (backward vector "
                      f"passes serial, a stage's GEMMs apart: +{no_sched.total - with_il.total:,} cycles) | "
                      f"{dense_no_il.total / no_il.total:.3f}× (BP and WU apart: +{no_il.total - with_il.total:,} "
-                     f"cycles; {sum(x.interleave_saved > 0 for x in with_il.layers)} layers interleaved) |")
+                     f"cycles; {sum(x.interleave_saved > 0 for x in with_il.layers)} layers interleaved) | "
+                     f"{dense_stream.total / stream.total:.3f}× ({stream.total:,} cycles; dense {dense_stream.total:,}) |")
     lines += ["", "| pattern | suite average speedup |", "|---|---|"]
     for p in patterns:
         lines.append(f"| {p[0]}:{p[1]} | {sum(summary[p]) / len(summary[p]):.3f}× |")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines += ["", "Vector passes (norms, ReLU gradients, residual adds, pooling, softmax, GELU, loss) by the stream "
-              "rule; the ones a VECTOR function runs today: ReLU gradients and residual adds (the norms, pooling, softmax, "
-              "GELU and the loss are host work charged as the vector passes they would be). Forward passes serial; "
+    lines += ["", "Batch norms as built (nmsat.dataflow.norm): per norm its channel-sums and apply walks on the array, "
+              "forward and backward, timed on the simulator and charged serially (benchmarks/norm_walks.py); the last "
+              "column charges them instead by the stream rule of the planned channel-wise unit (statistics folded into "
+              "the conv's STORE, scale/shift into the next LOAD: not built).",
+              "Vector passes (layer norms, ReLU gradients, residual adds, pooling, softmax, GELU, loss) by the stream "
+              "rule; the ones a VECTOR function runs today: ReLU gradients and residual adds (the layer norms, pooling, "
+              "softmax, GELU and the loss are host work charged as the vector passes they would be). Forward passes serial; "
               "with offline scheduling the backward passes run on the vector unit under the WU of the layer above "
               "them (benchmarks/vector_under_wu.py), up to 90% of its cycles (nmsat.sw.iteration.HIDE_SHARE), and "
               "the independent GEMMs of a stage (attention's heads) run as one program (Timer.gemm_batch). "

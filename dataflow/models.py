@@ -17,6 +17,7 @@ tiling, or the programs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -69,6 +70,7 @@ class LayerWork:
     weights: tuple[int, int, int] | None = None
     sparse: bool = False  # BDWP prunes its FF and BP
     conv: ConvGeometry | None = None
+    shape: tuple[int, int, int, int] | None = None  # a batch norm's activation [N, C, H, W] (that of the conv before it)
 
     @property
     def macs(self) -> int:
@@ -96,11 +98,19 @@ class WorkBuilder:
 
     def norm(self, name, elements, kind="batchnorm"):
         """Batch (or layer) norm: statistics then scale and shift forward; two reductions then the input
-        gradient backward (ReLU after it fused into its apply pass, and its gradient into the backward)."""
+        gradient backward (ReLU after it fused into its apply pass, and its gradient into the backward).  A
+        batch norm of the output of the convolution before it records that output's shape."""
+        shape = None
+        convs = [x.conv for x in self.layers if x.conv is not None]
+        if kind == "batchnorm" and convs:
+            g = convs[-1]
+            out = conv_output_size(g.size, g.kernel, g.stride, g.padding, 1)
+            if self.batch * g.cout * out * out == elements:
+                shape = (self.batch, g.cout, out, out)
         self.layers.append(LayerWork(name, kind, passes=(
             VectorPass(f"{kind} statistics", "FF", elements, 1, 0), VectorPass(f"{kind} apply", "FF", elements, 1, 1),
             VectorPass(f"{kind} grad reductions", "BP", elements, 2, 0),
-            VectorPass(f"{kind} input grad", "BP", elements, 2, 1))))
+            VectorPass(f"{kind} input grad", "BP", elements, 2, 1)), shape=shape))
 
     def relu_grad(self, name, elements):
         """A ReLU not fused into a norm: forward fused into the STORE, backward one RELU_GRAD."""
@@ -137,8 +147,8 @@ class WorkBuilder:
     def done(self) -> list[LayerWork]:
         convs = [i for i, x in enumerate(self.layers) if x.weights is not None]
         first, last = convs[0], convs[-1]
-        return [LayerWork(x.name, x.kind, x.gemms, x.passes, x.weights, sparse=x.weights is not None and
-                          i not in (first, last), conv=x.conv) for i, x in enumerate(self.layers)]
+        return [dataclasses.replace(x, sparse=x.weights is not None and i not in (first, last))
+                for i, x in enumerate(self.layers)]
 
 
 def resnet18_cifar(batch: int = 32) -> list[LayerWork]:

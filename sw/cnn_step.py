@@ -198,21 +198,21 @@ def cnn_iteration(cfg: SATConfig, state: CnnState, x: np.ndarray, labels: np.nda
     def batch_norm(name, y_bits, residual=None):
         """relu(bn(y) [+ residual]): the batch statistics, then the normalisation, ReLU in its STOREs."""
         sums = norm.compile_channel_sums(cfg, y_bits, y_bits)
-        memory = run(Job(f"{name} stats", sums.program.memory, list(sums.program.runs)))
+        memory = run(Job(f"{name} stats", sums.memory, list(sums.runs)))
         coef = norm.bn_coefficients(*sums.read(memory), batch * y_bits.shape[2] * y_bits.shape[3])
         terms = [(y_bits, coef.rstd)] + ([(residual, None)] if residual is not None else [])
         prog = norm.compile_channel_affine(cfg, terms, coef.shift, relu=True)
         memory = run(Job(f"{name} apply", prog.memory, list(prog.runs)))
-        return prog.read_output(memory), coef
+        return prog.read(memory), coef
 
     def batch_norm_grad(name, dout_bits, y_bits, coef):
         """The input gradient of bn (``y`` its input): the gradient's sums, then ``a·dout + b·y + c``."""
         sums = norm.compile_channel_sums(cfg, dout_bits, y_bits)
-        memory = run(Job(f"{name} grad stats", sums.program.memory, list(sums.program.runs)))
+        memory = run(Job(f"{name} grad stats", sums.memory, list(sums.runs)))
         a, b, c = norm.bn_grad_coefficients(coef, *sums.read(memory))
         prog = norm.compile_channel_affine(cfg, [(dout_bits, a), (y_bits, b)], c)
         memory = run(Job(f"{name} grad apply", prog.memory, list(prog.runs)))
-        return prog.read_output(memory)
+        return prog.read(memory)
 
     def conv_wu(name, dy_bits, x_bits, stride):
         """dW from transposed tiles of dY and X (a WU walk), fp32 ``[Cout, K]`` in BDWP's K order."""

@@ -21,12 +21,18 @@ charges, per layer:
   the planners estimate faster (as a compiler would), and only that one is
   simulated.  Without, every convolution is
   GEMMs on im2col operands (the B operand read ``k²`` times).
+* **Batch norms** (``norms="walks"``, the default): as built
+  (``nmsat.dataflow.norm``): per norm the channel-sums and apply walks on
+  the array, forward and backward, timed on the simulator and charged
+  serially (``LayerCycles.norm``; array work: nothing hides them).
+  With ``norms="stream"`` (and for layer norms) they are vector passes.
 * **Vector passes** (norms, ReLU's gradient, residual adds, pooling, the
   loss): each by the stream rule of the vector unit
   (``nmsat.hw.timing.stream_cycles``: the arrays read and written, beat by
   beat, on its port).  Those a VECTOR function does today are marked
-  ``built``; the others (norm statistics and scale/shift, pooling windows,
-  softmax, GELU) are charged by the same rule as the passes they would be.
+  ``built``; the others (layer norms, batch norms with ``norms="stream"``,
+  pooling windows, softmax, GELU) are charged by the same rule as the
+  passes they would be.
   Forward they are charged serially (the next GEMM waits for them).  With
   ``offline`` scheduling (the default) the backward passes between a
   weighted layer's BP and the BP of the one before it (its gradient's fork
@@ -68,6 +74,7 @@ from ..dataflow.gemm import gemm_blocks, layout_gemm, plan_gemm
 from ..dataflow.groupconv import pack_factor
 from ..dataflow.interleave import STREAMS, interleave
 from ..dataflow.models import LayerWork, VectorPass
+from ..dataflow.norm import norm_programs
 from ..dataflow.sparsify import layout_sparsify, update_instructions
 from ..hw.config import SATConfig
 from ..hw.isa import ErrorCode, Opcode, encode
@@ -101,6 +108,7 @@ class LayerCycles:
     macs: int = 0
     vector_hidden: int = 0  # backward vector cycles under a WU (offline scheduling)
     interleave_saved: int = 0  # BP and WU interleaved in one stream took this many cycles fewer than bp + wu
+    norm: int = 0  # a batch norm's walks on the array, forward and backward (``norms="walks"``)
 
     @property
     def gemm(self) -> int:
@@ -122,6 +130,7 @@ class IterationReport:
     im2col: bool = True  # convolutions' FF, BP and WU as kernel walks (on-chip im2col)
     offline: bool = True  # backward vector passes under the WUs (offline scheduling)
     interleave: bool = True  # a layer's BP and WU interleaved where that is faster (interleave mapping)
+    norms: str = "walks"  # batch norms as the walks built ("walks") or by the stream rule of the planned unit
 
     @property
     def gemm(self) -> int:
@@ -140,6 +149,10 @@ class IterationReport:
         return sum(x.vector_hidden for x in self.layers)
 
     @property
+    def norm(self) -> int:
+        return sum(x.norm for x in self.layers)
+
+    @property
     def interleave_saved(self) -> int:
         return sum(x.interleave_saved for x in self.layers)
 
@@ -153,7 +166,7 @@ class IterationReport:
 
     @property
     def total(self) -> int:
-        return self.gemm + self.vector - self.vector_hidden + self.pregen_charged
+        return self.gemm + self.norm + self.vector - self.vector_hidden + self.pregen_charged
 
 
 def pass_cycles(cfg: SATConfig, p: VectorPass) -> int:
@@ -342,6 +355,16 @@ class Timer:
         together = self.interleaved(layer, g, wu[0], pattern, im2col)
         return 0 if together is None else max(0, apart - together)
 
+    def norm(self, shape) -> tuple[int, int]:
+        """(forward, backward) cycles of a batch norm of ``shape`` ``[N, C, H, W]`` as built: the channel sums and
+        apply walks of ``nmsat.dataflow.norm``, timed on the simulator."""
+        key = ("norm", shape)
+        if key not in self.memo:
+            programs = norm_programs(self.cfg, *shape)
+            self.memo[key] = tuple(self._cycles(("norm", shape, stage), lambda: programs[stage], f"batch norm {shape}")
+                                   for stage in ("forward", "backward"))
+        return self.memo[key]
+
     def pregen(self, weights, pattern) -> int:
         cout, k_g, groups = weights
         key = ("pregen", weights, pattern)
@@ -363,16 +386,21 @@ class Timer:
 
 def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, int] | None = None, *,
                    pregeneration: bool = True, im2col: bool = True, offline: bool = True, interleave: bool = True,
-                   core: CoreModel | None = None, progress=None) -> IterationReport:
+                   norms: str = "walks", core: CoreModel | None = None, progress=None) -> IterationReport:
     """Cycles of one iteration of ``layers`` (``nmsat.dataflow.models``) with BDWP at ``pattern`` (None: dense);
     ``pregeneration`` / ``im2col`` / ``offline`` / ``interleave`` switch those optimisations (see the module
-    docstring).  ``progress(layer)`` is called after each layer is timed."""
+    docstring); ``norms``: batch norms as the walks built (``"walks"``) or by the stream rule (``"stream"``).
+    ``progress(layer)`` is called after each layer is timed."""
+    if norms not in ("walks", "stream"):
+        raise ValueError(f"norms must be 'walks' or 'stream', got {norms!r}")
     if pattern is not None:
         n, m = pattern
         if m not in cfg.sparse_m or not 1 <= n <= m:
             raise ValueError(f"pattern {n}:{m}: the {cfg.name} core runs n:m with m in {cfg.sparse_m} and 1 <= n <= m")
     timer = Timer(cfg, core or CoreModel(cfg))
-    report = IterationReport(cfg.name, pattern, pregeneration, im2col=im2col, offline=offline, interleave=interleave)
+    report = IterationReport(cfg.name, pattern, pregeneration, im2col=im2col, offline=offline, interleave=interleave,
+                             norms=norms)
+    norm_walks = norms == "walks" and cfg.rows == cfg.cols
     for layer in layers:
         sparse = pattern is not None and layer.sparse
         stages = {"FF": 0, "BP": 0, "WU": 0}
@@ -393,12 +421,16 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
             stages[g.stage] += cycles
         saved = (timer.interleave_saving(layer, pattern if sparse else None, im2col, stages["BP"] + stages["WU"])
                  if interleave else 0)
-        vec = {"FF": 0, "BP": 0}
-        for vp in layer.passes:
-            vec[vp.stage] += pass_cycles(cfg, vp)
+        vec, norm_cycles = {"FF": 0, "BP": 0}, 0
+        if norm_walks and layer.kind == "batchnorm" and layer.shape is not None:  # on the array, serial
+            norm_cycles = sum(timer.norm(layer.shape))
+        else:
+            for vp in layer.passes:
+                vec[vp.stage] += pass_cycles(cfg, vp)
         pregen = timer.pregen(layer.weights, pattern if sparse else None) if layer.weights else 0
         report.layers.append(LayerCycles(layer.name, layer.kind, sparse, stages["FF"], stages["BP"], stages["WU"],
-                                         vec["FF"], vec["BP"], pregen, layer.macs, interleave_saved=saved))
+                                         vec["FF"], vec["BP"], pregen, layer.macs, interleave_saved=saved,
+                                         norm=norm_cycles))
         if progress is not None:
             progress(layer)
     if offline:  # backward order: a weighted layer's WU hides the passes before it in forward order

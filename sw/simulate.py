@@ -39,8 +39,8 @@ JSON_FIELDS = {
     "dense_cycles": "cycles of the same iteration dense (null with --dense)",
     "speedup_over_dense": "dense_cycles / cycles (1.0 with --dense)",
     "ideal_speedup": "the bound from MAC counts: dense MACs / MACs with BDWP's FF and BP at N/M",
-    "totals": "cycle totals: gemm_ff, gemm_bp, gemm_wu, vector_forward, vector_backward, vector_hidden, "
-              "pregeneration, pregeneration_charged, interleave_saved",
+    "totals": "cycle totals: gemm_ff, gemm_bp, gemm_wu, norm_walks, vector_forward, vector_backward, "
+              "vector_hidden, pregeneration, pregeneration_charged, interleave_saved",
     "optimisations": "pregeneration, im2col, offline, interleave: on or off",
     "not_built_passes": "vector passes charged by the stream rule that no VECTOR function runs yet (their ops)",
     "layers": "per layer: the fields of LAYER_FIELDS",
@@ -53,11 +53,12 @@ LAYER_FIELDS = {
     "ff": "FF GEMM cycles", "bp": "BP GEMM cycles", "wu": "WU GEMM cycles",
     "vector_ff": "forward vector-pass cycles", "vector_bp": "backward vector-pass cycles",
     "vector_hidden": "backward vector cycles run under a WU (offline scheduling)",
+    "norm": "a batch norm's walks on the array, forward and backward (nmsat.dataflow.norm)",
     "pregen": "weight update + sparsify cycles (hidden under the GEMMs up to a share, see totals)",
     "interleave_saved": "cycles BP and WU interleaved saved", "macs": "MACs the array does (BDWP's N/M in FF/BP)",
-    "cycles": "cycles the iteration waits for this layer: GEMMs + vector − hidden",
+    "cycles": "cycles the iteration waits for this layer: GEMMs + norm walks + vector − hidden",
     "utilisation": "macs / (GEMM cycles · PEs), null without GEMMs",
-    "bound": "where its time went: the largest of FF, BP, WU, vector",
+    "bound": "where its time went: the largest of FF, BP, WU, norm, vector",
     "dense_cycles": "the same layer's cycles dense (null with --dense)",
 }
 
@@ -84,6 +85,7 @@ class LayerReport:
     vector_ff: int
     vector_bp: int
     vector_hidden: int
+    norm: int
     pregen: int
     interleave_saved: int
     macs: int
@@ -133,18 +135,18 @@ class SimulationReport:
     def format_table(self) -> str:
         """The per-layer table, the totals and the speedup, as text."""
         compare = self.dense_cycles is not None
-        head = ["layer", "kind", "N:M" if self.pattern != "dense" else "", "FF", "BP", "WU", "vector", "hidden",
-                "cycles", "util", "bound"] + (["dense", "speedup"] if compare else [])
+        head = ["layer", "kind", "N:M" if self.pattern != "dense" else "", "FF", "BP", "WU", "norm", "vector",
+                "hidden", "cycles", "util", "bound"] + (["dense", "speedup"] if compare else [])
         rows = []
         for x in self.layers:
-            row = [x.name, x.kind, "sparse" if x.sparse else "", _num(x.ff), _num(x.bp), _num(x.wu),
+            row = [x.name, x.kind, "sparse" if x.sparse else "", _num(x.ff), _num(x.bp), _num(x.wu), _num(x.norm),
                    _num(x.vector_ff + x.vector_bp), _num(x.vector_hidden), _num(x.cycles),
                    "" if x.utilisation is None else f"{100 * x.utilisation:.0f}%", x.bound]
             if compare:
                 row += [_num(x.dense_cycles), f"{x.dense_cycles / x.cycles:.2f}x" if x.cycles else ""]
             rows.append(row)
         widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
-        left = {0, 1, 2, 10}
+        left = {0, 1, 2, 11}
 
         def line(cells):
             return "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w) for i, (c, w) in
@@ -155,6 +157,8 @@ class SimulationReport:
                line(["-" * w for w in widths])] + [line(r) for r in rows] + [""]
         out.append(f"GEMMs: FF {_num(t['gemm_ff'])}, BP {_num(t['gemm_bp'])}, WU {_num(t['gemm_wu'])} cycles"
                    + (f" ({_num(t['interleave_saved'])} saved by interleaving BP and WU)" if t["interleave_saved"] else ""))
+        if t["norm_walks"]:
+            out.append(f"batch norms (walks on the array): {_num(t['norm_walks'])} cycles")
         out.append(f"vector unit: forward {_num(t['vector_forward'])}, backward {_num(t['vector_backward'])} "
                    f"({_num(t['vector_hidden'])} of them under the WUs)")
         out.append(f"pre-generation (update + sparsify): {_num(t['pregeneration'])}, of which the iteration waits "
@@ -215,11 +219,11 @@ def _num(value) -> str:
 
 
 def _layer_cycles(x: LayerCycles) -> int:
-    return x.gemm + x.vector - x.vector_hidden
+    return x.gemm + x.norm + x.vector - x.vector_hidden
 
 
 def _bound(x: LayerCycles) -> str:
-    parts = {"FF": x.ff, "BP": x.bp, "WU": x.wu, "vector": x.vector - x.vector_hidden}
+    parts = {"FF": x.ff, "BP": x.bp, "WU": x.wu, "norm": x.norm, "vector": x.vector - x.vector_hidden}
     name, value = max(parts.items(), key=lambda kv: kv[1])
     return name if value else ""
 
@@ -233,9 +237,10 @@ def _useful_macs(layer: LayerWork, pattern) -> int:
 def simulate(model: str | list[LayerWork], pattern: tuple[int, int] | None = (2, 8), *,
              cfg: SATConfig | None = None, batch: int = 32, compare_dense: bool = True, name: str | None = None,
              pregeneration: bool = True, im2col: bool = True, offline: bool = True, interleave: bool = True,
-             progress=None) -> SimulationReport:
+             norms: str = "walks", progress=None) -> SimulationReport:
     """One training iteration of ``model`` (a built-in name, or its layers' work) at ``pattern`` (None: dense),
-    timed on the simulator at ``cfg`` (default vcu1525), and dense too for the speedup (``compare_dense``).
+    timed on the simulator at ``cfg`` (default vcu1525), and dense too for the speedup (``compare_dense``);
+    ``norms``: batch norms as their walks or by the stream rule (``nmsat.sw.iteration.time_iteration``).
     ``progress(layer)`` is called per timed layer."""
     cfg = cfg or SATConfig.vcu1525()
     if isinstance(model, str):
@@ -248,25 +253,26 @@ def simulate(model: str | list[LayerWork], pattern: tuple[int, int] | None = (2,
     t0 = time.perf_counter()
     core = CoreModel(cfg)
     options = dict(pregeneration=pregeneration, im2col=im2col, offline=offline, interleave=interleave)
-    sparse = time_iteration(cfg, layers, pattern, core=core, progress=progress, **options)
-    dense = time_iteration(cfg, layers, None, core=core, progress=progress, **options) \
+    sparse = time_iteration(cfg, layers, pattern, core=core, progress=progress, norms=norms, **options)
+    dense = time_iteration(cfg, layers, None, core=core, progress=progress, norms=norms, **options) \
         if compare_dense and pattern is not None else None
     pes = cfg.rows * cfg.cols
     rows = []
     for index, (work, x) in enumerate(zip(layers, sparse.layers)):
         macs = _useful_macs(work, pattern)
         rows.append(LayerReport(x.name, x.kind, x.sparse, x.ff, x.bp, x.wu, x.vector_ff, x.vector_bp, x.vector_hidden,
-                                x.pregen, x.interleave_saved, macs, _layer_cycles(x),
+                                x.norm, x.pregen, x.interleave_saved, macs, _layer_cycles(x),
                                 macs / (x.gemm * pes) if x.gemm else None, _bound(x),
                                 _layer_cycles(dense.layers[index]) if dense else None))  # same order: by position
     dense_macs = sum(x.macs for x in layers)
     ideal = dense_macs / sum(_useful_macs(x, pattern) for x in layers) if pattern else 1.0
     totals = {"gemm_ff": sum(x.ff for x in sparse.layers), "gemm_bp": sum(x.bp for x in sparse.layers),
-              "gemm_wu": sum(x.wu for x in sparse.layers), "vector_forward": sum(x.vector_ff for x in sparse.layers),
+              "gemm_wu": sum(x.wu for x in sparse.layers), "norm_walks": sparse.norm,
+              "vector_forward": sum(x.vector_ff for x in sparse.layers),
               "vector_backward": sum(x.vector_bp for x in sparse.layers), "vector_hidden": sparse.vector_hidden,
               "pregeneration": sparse.pregen, "pregeneration_charged": sparse.pregen_charged,
               "interleave_saved": sparse.interleave_saved}
-    not_built = sorted({p.op for x in layers for p in x.passes if not p.built})
+    not_built = sorted({p.op for x, c in zip(layers, sparse.layers) if not c.norm for p in x.passes if not p.built})
     return SimulationReport(name, cfg.name, (cfg.rows, cfg.cols), cfg.clock_mhz, batch,
                             f"{pattern[0]}:{pattern[1]}" if pattern else "dense", sparse.total,
                             dense.total if dense else None, ideal, totals,

@@ -27,21 +27,50 @@ def bits(rng, shape, scale=1.0, offset=0.0):
     return f32_to_bf16_bits((rng.standard_normal(shape) * scale + offset).astype(np.float32))
 
 
-def affine_reference(program, stacked_bits, weights, relu):
-    """A 1×1 walk by the rule: per pixel and channel block of ``cb`` inputs, the products in channel order
-    (``mac_sequence``), the blocks added in order, stored bf16 (ReLU first if asked)."""
-    plan = program.plans[0]
-    n, k, h, w = stacked_bits.shape
-    cb = plan.src.cb
-    a = f32_to_bf16_bits(weights[:, :, 0, 0].T)  # [K, C]
-    b = stacked_bits.transpose(2, 3, 1, 0).reshape(h * w, k, n)  # [P, K, N]
-    acc = None
-    for k0 in range(0, k, cb):
-        part = numerics.mac_sequence(np.broadcast_to(a[k0:k0 + cb], (h * w,) + a[k0:k0 + cb].shape), b[:, k0:k0 + cb])
-        acc = part if acc is None else numerics.add_f32(acc, part)
-    if relu:
-        acc = np.where(acc > 0, acc, np.float32(0)).astype(np.float32)
-    return f32_to_bf16_bits(acc).reshape(h, w, -1, n).transpose(3, 2, 0, 1)
+def hi_lo(v):
+    hi = bf16_bits_to_f32(f32_to_bf16_bits(np.asarray(v, np.float32)))
+    return [hi, bf16_bits_to_f32(f32_to_bf16_bits(v - hi))]
+
+
+def affine_reference(program, terms, bias, relu):
+    """The affine program by the rule, tile by tile of ``rows`` channels: the 1×1 walk over the tile's inputs
+    stacked (a scaled term twice, weighted by its coefficient's hi and lo; the identity once), then two ones
+    channels weighted by the bias's hi and lo; per pixel and channel block of ``cb`` inputs the products in
+    channel order (``mac_sequence``), the blocks added in order, stored bf16 (ReLU first if asked)."""
+    R = TINY.rows
+    n, c, h, w = terms[0][0].shape
+    out = []
+    for i, plan in enumerate(program.plans):
+        chans = slice(i * R, (i + 1) * R)
+        pad = lambda a: np.concatenate([a, np.zeros(a.shape[:1] + (R - a.shape[1],) + a.shape[2:], a.dtype)], 1)
+        stacked, columns = [], []
+        for bits, s in terms:
+            if s is None:
+                stacked.append(pad(bits[:, chans]))
+                columns.append(np.diag((np.arange(R) + i * R < c).astype(np.float32)))
+            else:
+                sv = np.zeros(R, np.float32)
+                sv[:len(s[chans])] = s[chans]
+                for part in hi_lo(sv):
+                    stacked.append(pad(bits[:, chans]))
+                    columns.append(np.diag(part))
+        bv = np.zeros(R, np.float32)
+        bv[:len(bias[chans])] = bias[chans]
+        stacked.append(np.full((n, 2, h, w), 0x3F80, np.uint16))
+        columns += [part[:, None] for part in hi_lo(bv)]
+        x = np.concatenate(stacked, axis=1)
+        a = f32_to_bf16_bits(np.concatenate(columns, axis=1).T)  # [K, R]
+        k, cb = x.shape[1], plan.src.cb
+        b = x.transpose(2, 3, 1, 0).reshape(h * w, k, n)  # [P, K, N]
+        acc = None
+        for k0 in range(0, k, cb):
+            part = numerics.mac_sequence(np.broadcast_to(a[k0:k0 + cb], (h * w,) + a[k0:k0 + cb].shape),
+                                         b[:, k0:k0 + cb])
+            acc = part if acc is None else numerics.add_f32(acc, part)
+        if relu:
+            acc = np.where(acc > 0, acc, np.float32(0)).astype(np.float32)
+        out.append(f32_to_bf16_bits(acc).reshape(h, w, R, n).transpose(3, 2, 0, 1))
+    return np.concatenate(out, axis=1)[:, :c]
 
 
 SHAPES = [(5, 8, 6, 5), (4, 4, 3, 3), (2, 12, 4, 4), (9, 3, 2, 7)]
@@ -52,7 +81,7 @@ def test_channel_sums_are_the_sums(shape):
     rng = np.random.default_rng(sum(shape))
     d, y = bits(rng, shape), bits(rng, shape, 2.0, 0.5)
     sums = norm.compile_channel_sums(TINY, d, y)
-    s_dy, s_d = sums.read(run(sums.program))
+    s_dy, s_d = sums.read(run(sums))
     df, yf = bf16_bits_to_f32(d).astype(np.float64), bf16_bits_to_f32(y).astype(np.float64)
     exact_dy, exact_d = (df * yf).sum(axis=(0, 2, 3)), df.sum(axis=(0, 2, 3))
     m = shape[0] * shape[2] * shape[3]
@@ -62,23 +91,18 @@ def test_channel_sums_are_the_sums(shape):
     assert s_dy.dtype == np.float32 and s_d.shape == (shape[1],)
 
 
-@pytest.mark.parametrize("relu,residual", [(False, False), (True, False), (True, True)])
-def test_the_affine_walk_is_the_rule_bit_for_bit(relu, residual):
-    rng = np.random.default_rng(3)
-    shape = (5, 8, 4, 3)
+@pytest.mark.parametrize("relu,residual,channels", [(False, False, 8), (True, False, 6), (True, True, 8),
+                                                    (False, True, 3)])
+def test_the_affine_walk_is_the_rule_bit_for_bit(relu, residual, channels):
+    rng = np.random.default_rng(3 + channels)
+    shape = (5, channels, 4, 3)
     y, r = bits(rng, shape), bits(rng, shape)
-    scale, bias = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    scale, bias = (rng.standard_normal(channels).astype(np.float32) for _ in range(2))
     terms = [(y, scale)] + ([(r, None)] if residual else [])
     prog = norm.compile_channel_affine(TINY, terms, bias, relu=relu)
-    out = prog.read_output(run(prog))
-    stacked = np.concatenate([y, y] + ([r] if residual else []) + [np.full((5, 2, 4, 3), 0x3F80, np.uint16)], axis=1)
-    def hi_lo(v):
-        hi = bf16_bits_to_f32(f32_to_bf16_bits(v))
-        return [hi, bf16_bits_to_f32(f32_to_bf16_bits(v - hi))]
-    columns = [np.diag(part) for part in hi_lo(scale)] + ([np.eye(8, dtype=np.float32)] if residual else [])
-    columns += [part[:, None] for part in hi_lo(bias)]  # the two ones channels
-    weights = np.concatenate(columns, axis=1)[:, :, None, None]
-    assert np.array_equal(out, affine_reference(prog, stacked, weights, relu))
+    out = prog.read(run(prog))
+    assert out.shape == shape
+    assert np.array_equal(out, affine_reference(prog, terms, bias, relu))
 
 
 def test_split_bf16_is_two_bf16_values_summing_to_the_fp32():
@@ -91,17 +115,17 @@ def test_split_bf16_is_two_bf16_values_summing_to_the_fp32():
 
 def bn_on_core(y, relu=False, residual=None):
     sums = norm.compile_channel_sums(TINY, y, y)
-    coef = norm.bn_coefficients(*sums.read(run(sums.program)), y.shape[0] * y.shape[2] * y.shape[3])
+    coef = norm.bn_coefficients(*sums.read(run(sums)), y.shape[0] * y.shape[2] * y.shape[3])
     prog = norm.compile_channel_affine(TINY, [(y, coef.rstd)] + ([(residual, None)] if residual is not None else []),
                                        coef.shift, relu=relu)
-    return prog.read_output(run(prog)), coef
+    return prog.read(run(prog)), coef
 
 
 def bn_grad_on_core(dout, y, coef):
     sums = norm.compile_channel_sums(TINY, dout, y)
-    a, b, c = norm.bn_grad_coefficients(coef, *sums.read(run(sums.program)))
+    a, b, c = norm.bn_grad_coefficients(coef, *sums.read(run(sums)))
     prog = norm.compile_channel_affine(TINY, [(dout, a), (y, b)], c)
-    return prog.read_output(run(prog))
+    return prog.read(run(prog))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -161,3 +185,26 @@ def test_bad_input_is_a_clear_error():
         norm.compile_channel_affine(TINY, [(y, np.ones(3, np.float32))], np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="differ in shape"):
         norm.compile_channel_affine(TINY, [(y, None), (y[:1], None)], 0.0)
+
+
+@pytest.mark.parametrize("shape,residual", [((5, 8, 6, 5), False), ((4, 6, 3, 3), True)])
+def test_the_programs_timed_without_data_take_the_compiled_programs_cycles(shape, residual):
+    """``norm_programs`` (what ``nmsat.sw.iteration`` times) is the norm as compiled, cycle for cycle."""
+    rng = np.random.default_rng(6)
+    y, r, dout = bits(rng, shape), bits(rng, shape), bits(rng, shape)
+    coef = np.ones(shape[1], np.float32)
+
+    def cycles(programs):
+        total = 0
+        for prog in programs:
+            result = CoreModel(TINY).run_sequence(prog.memory.copy(), list(prog.runs))
+            assert result.ok
+            total += result.cycles
+        return total
+    forward = [norm.compile_channel_sums(TINY, y, y),
+               norm.compile_channel_affine(TINY, [(y, coef)] + ([(r, None)] if residual else []), coef, relu=True)]
+    backward = [norm.compile_channel_sums(TINY, dout, y), norm.compile_channel_affine(TINY, [(dout, coef), (y, coef)], coef)]
+    timed = norm.norm_programs(TINY, *shape, residual=residual)
+    core = CoreModel(TINY)
+    assert core.time_programs(timed["forward"]).cycles == cycles(forward)
+    assert core.time_programs(timed["backward"]).cycles == cycles(backward)

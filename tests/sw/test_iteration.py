@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from nmsat.dataflow.models import VGG16, VectorPass, build_model
+from nmsat.dataflow.norm import norm_programs
 from nmsat.dataflow.vector import array_bytes, vector_instructions
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Opcode, VectorFunc, encode
@@ -135,6 +136,27 @@ def test_bad_patterns_and_models_are_clear_errors():
     with pytest.raises(ValueError, match="batch"):
         build_model("vgg16", 0)
     assert np.isfinite(pass_cycles(cfg, VectorPass("x", "FF", 1, 1, 1)))
+    with pytest.raises(ValueError, match="norms must be"):
+        time_iteration(cfg, build_model("resnet18", 1), None, norms="host")
+
+
+def test_batch_norms_are_charged_the_cycles_of_the_walks_built():
+    """Each batch norm (the shape of the conv before it) costs the cycles its four programs take on the
+    simulator (``nmsat.dataflow.norm``), serially; with ``norms="stream"`` its four stream passes instead."""
+    cfg = SATConfig.vcu1525()
+    layers = build_model("resnet18", 4)
+    core = CoreModel(cfg)
+    walks = time_iteration(cfg, layers, (2, 8), core=core)
+    stream = time_iteration(cfg, layers, (2, 8), core=core, norms="stream")
+    norms = [i for i, x in enumerate(layers) if x.kind == "batchnorm"]
+    assert len(norms) == 20 and layers[norms[-1]].shape == (4, 512, 4, 4)
+    for i in norms:
+        programs = norm_programs(cfg, *layers[i].shape)
+        assert walks.layers[i].norm == sum(core.time_programs(p).cycles for p in programs.values()) > 0
+        assert walks.layers[i].vector == 0 and stream.layers[i].norm == 0
+        assert stream.layers[i].vector == sum(pass_cycles(cfg, p) for p in layers[i].passes)
+    assert walks.gemm == stream.gemm
+    assert walks.total == (walks.gemm + walks.norm + walks.vector - walks.vector_hidden + walks.pregen_charged)
 
 
 def test_on_chip_im2col_makes_sparse_convolutions_compute_bound():
