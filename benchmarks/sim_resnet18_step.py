@@ -98,7 +98,8 @@ def iteration(cfg, args):
     load = os.getloadavg()[0]
     text = (f"# Simulator on one whole ResNet-18/CIFAR BDWP iteration (batch {args.batch}, {args.iteration}), "
             f"preset `{cfg.name}`, timing only\n\n"
-            f"{report.total:,} simulated cycles (GEMMs {report.gemm:,}, vector passes {report.vector:,}, "
+            f"{report.total:,} simulated cycles (GEMMs {report.gemm:,}, batch norms {report.norm:,}, "
+            f"vector passes {report.vector:,}, "
             f"pre-generation {report.pregen:,} of which charged {report.pregen_charged:,}).\n\n"
             f"Loading the compiled worklist: {warm:.2f} s, once per process.  "
             f"Wall per run, fresh simulator and compiler caches each (s): {', '.join(f'{w:.2f}' for w in walls)}; median "
@@ -111,8 +112,9 @@ def iteration(cfg, args):
 
 def iteration_bit_exact(cfg, args, layers, pattern):
     """Every program of the iteration on random data with the numerics: each layer's GEMMs (FF and BP sparse
-    on the pruned layers, outputs bf16, WU fp32), the vector passes a VECTOR function runs (the others have
-    no instruction yet: not counted), and each weight layer's pre-generation (WEIGHT_UPDATE + SPARSIFY)."""
+    on the pruned layers, outputs bf16, WU fp32), the batch norms' walks (sums and apply, forward and
+    backward), the vector passes a VECTOR function runs (the others have no instruction yet: not counted), and
+    each weight layer's pre-generation (WEIGHT_UPDATE + SPARSIFY)."""
     import os
 
     from nmsat.hw.isa import Opcode, encode
@@ -141,7 +143,7 @@ def _bit_exact_run(cfg, layers, pattern):
     from nmsat.dataflow.vector import compile_vector
     from nmsat.hw.isa import VectorFunc
 
-    from nmsat.dataflow import conv
+    from nmsat.dataflow import conv, norm
     from nmsat.hw.numerics import f32_to_bf16_bits
     from nmsat.sw.iteration import Timer
 
@@ -184,7 +186,13 @@ def _bit_exact_run(cfg, layers, pattern):
                     jobs.append(lambda a=a, b=b: compile_sparse_gemm(cfg, a, b, *pattern, out_bf16=True))
                 else:
                     jobs.append(lambda a=a, b=b, g=g: compile_gemm(cfg, a, b, out_bf16=g.stage != "WU"))
-        for p in layer.passes:
+        if layer.kind == "batchnorm" and layer.shape is not None:  # its four programs, as the iteration times them
+            y, d, coef = random_bf16(*layer.shape), random_bf16(*layer.shape), np.ones(layer.shape[1], np.float32)
+            jobs += [lambda y=y: norm.compile_channel_sums(cfg, y, y),
+                     lambda y=y, coef=coef: norm.compile_channel_affine(cfg, [(y, coef)], coef, relu=True),
+                     lambda y=y, d=d: norm.compile_channel_sums(cfg, d, y),
+                     lambda y=y, d=d, coef=coef: norm.compile_channel_affine(cfg, [(d, coef), (y, coef)], coef)]
+        for p in layer.passes if not (layer.kind == "batchnorm" and layer.shape is not None) else ():
             if p.built:
                 func = VectorFunc.ADD if "add" in p.op else VectorFunc.RELU_GRAD
                 bits = rng.integers(0, 1 << 16, p.elements, dtype=np.uint16) & np.uint16(0xBFFF)
