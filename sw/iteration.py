@@ -183,12 +183,21 @@ class WalkTooLong(RuntimeError):
 class Timer:
     """Times the pieces of an iteration on one simulator, memoised by shape (programs without data)."""
 
-    def __init__(self, cfg: SATConfig, core: CoreModel):
+    def __init__(self, cfg: SATConfig, core: CoreModel, *, record: bool = False):
         self.cfg, self.core, self.memo = cfg, core, {}
+        #: with ``record``: the key of every piece timed, in order (memo hits too), and each key's programs
+        self.calls: list | None = [] if record else None
+        self.programs: dict = {}
 
     def _cycles(self, key, programs, what: str) -> int:
         """Cycles of the programs ``programs()`` makes, run one after another (memoised under ``key``)."""
+        if self.calls is not None:
+            self.calls.append(key)
         if key not in self.memo:
+            if self.calls is not None:
+                made = [list(words) for words in programs()]
+                self.programs[key] = made
+                programs = lambda: made  # noqa: E731
             result = self.core.time_programs(programs())
             if result.error is ErrorCode.PROGRAM_TOO_LONG:
                 raise WalkTooLong(f"{what}: one of its programs does not fit the instruction memory")
@@ -386,18 +395,20 @@ class Timer:
 
 def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, int] | None = None, *,
                    pregeneration: bool = True, im2col: bool = True, offline: bool = True, interleave: bool = True,
-                   norms: str = "walks", core: CoreModel | None = None, progress=None) -> IterationReport:
+                   norms: str = "walks", core: CoreModel | None = None, progress=None,
+                   timer: Timer | None = None) -> IterationReport:
     """Cycles of one iteration of ``layers`` (``nmsat.dataflow.models``) with BDWP at ``pattern`` (None: dense);
     ``pregeneration`` / ``im2col`` / ``offline`` / ``interleave`` switch those optimisations (see the module
     docstring); ``norms``: batch norms as the walks built (``"walks"``) or by the stream rule (``"stream"``).
-    ``progress(layer)`` is called after each layer is timed."""
+    ``progress(layer)`` is called after each layer is timed; ``timer``: time on this one (to read what it
+    recorded) instead of a fresh one."""
     if norms not in ("walks", "stream"):
         raise ValueError(f"norms must be 'walks' or 'stream', got {norms!r}")
     if pattern is not None:
         n, m = pattern
         if m not in cfg.sparse_m or not 1 <= n <= m:
             raise ValueError(f"pattern {n}:{m}: the {cfg.name} core runs n:m with m in {cfg.sparse_m} and 1 <= n <= m")
-    timer = Timer(cfg, core or CoreModel(cfg))
+    timer = timer or Timer(cfg, core or CoreModel(cfg))
     report = IterationReport(cfg.name, pattern, pregeneration, im2col=im2col, offline=offline, interleave=interleave,
                              norms=norms)
     norm_walks = norms == "walks" and cfg.rows == cfg.cols
