@@ -22,6 +22,8 @@ diagonal tile):
    apply with ``r`` a term of coefficient 1.  Backward (torch's formula rearranged so it reads ``y``, not
    ``x̂``): ``dx = a·dout + b·y + c``.
 
+A walk's lanes are the batch; below ``cols`` samples the norms fold rows of pixels into it
+(:func:`lane_fold`: a norm is per channel over batch and pixels, so where a value sits does not change it).
 :func:`norm_programs` gives the same programs without data, for timing (``nmsat.sw.iteration``).  Host work
 left here, named: the stacking of each tile's inputs with the ones channels (a copy per program, like every
 move between programs; with one batch group a tile of the conv's output is already contiguous) and the O(C)
@@ -40,7 +42,7 @@ from ..hw.numerics import bf16_bits_to_f32, f32_to_bf16_bits, flush_f32
 from ..hw.isa import to_bytes
 from . import conv
 
-__all__ = ["EPS", "split_bf16", "NormProgram", "compile_channel_sums", "norm_programs", "BnCoefficients", "bn_coefficients",
+__all__ = ["EPS", "split_bf16", "NormProgram", "compile_channel_sums", "norm_programs", "lane_fold", "BnCoefficients", "bn_coefficients",
            "bn_grad_coefficients", "affine_weights", "compile_channel_affine"]
 
 #: torch's default ``BatchNorm2d`` eps
@@ -61,6 +63,27 @@ def _check_act(name: str, bits: np.ndarray) -> None:
     if not isinstance(bits, np.ndarray) or bits.dtype != np.uint16 or bits.ndim != 4:
         raise ValueError(f"batch norm: {name} must be bf16 bits (uint16) [N, C, H, W], got "
                          f"{getattr(bits, 'dtype', type(bits).__name__)} {getattr(bits, 'shape', '')}")
+
+
+def lane_fold(cfg: SATConfig, n: int, h: int) -> int:
+    """Rows of pixels folded into the batch (the lanes) so a norm's walks fill ``cols`` lanes: the smallest
+    ``f`` dividing ``h`` with ``n·f ≥ cols`` (``h`` if none).  A norm is per channel over batch and pixels, so
+    where a value sits does not change it."""
+    for f in range(1, h + 1):
+        if h % f == 0 and n * f >= cfg.cols:
+            return f
+    return h
+
+
+def _to_lanes(bits: np.ndarray, f: int) -> np.ndarray:
+    """``[N, C, H, W]`` → ``[N·f, C, H/f, W]``: row block ``i`` of sample ``s`` becomes sample ``s·f + i``."""
+    n, c, h, w = bits.shape
+    return np.ascontiguousarray(bits.reshape(n, c, f, h // f, w).transpose(0, 2, 1, 3, 4).reshape(n * f, c, h // f, w))
+
+
+def _from_lanes(bits: np.ndarray, f: int) -> np.ndarray:
+    nf, c, hf, w = bits.shape
+    return np.ascontiguousarray(bits.reshape(nf // f, f, c, hf, w).transpose(0, 2, 1, 3, 4).reshape(nf // f, c, hf * f, w))
 
 
 def _tile(cfg: SATConfig, bits: np.ndarray, i: int) -> np.ndarray:
@@ -153,6 +176,8 @@ def norm_programs(cfg: SATConfig, n: int, c: int, h: int, w: int, *, residual: b
     """The programs of one batch norm of ``[n, c, h, w]`` without data (operands at page-aligned addresses, for
     timing): ``"forward"`` the sums and the apply (with a residual term if ``residual``), ``"backward"`` the
     gradient's sums and its apply; each a list of programs (instruction words)."""
+    f = lane_fold(cfg, n, h)
+    n, h = n * f, h // f
     plan, tiles, row_bytes = _sums_plan(cfg, n, c, h, w)
     base = 1 << (cfg.addr_bits - 2)
     step = conv._align_up(max(plan.dy.nbytes(cfg), plan.x.nbytes(cfg)))
@@ -175,6 +200,8 @@ def compile_channel_sums(cfg: SATConfig, d_bits: np.ndarray, y_bits: np.ndarray)
     _check_act("y", y_bits)
     if d_bits.shape != y_bits.shape:
         raise ValueError(f"batch norm: the two inputs differ in shape ({d_bits.shape} vs {y_bits.shape})")
+    f = lane_fold(cfg, d_bits.shape[0], d_bits.shape[2])
+    d_bits, y_bits = _to_lanes(d_bits, f), _to_lanes(y_bits, f)
     n, c, h, w = d_bits.shape
     plan, tiles, row_bytes = _sums_plan(cfg, n, c, h, w)
     ones = _ones(n, cfg.rows, h, w, [0])
@@ -278,7 +305,9 @@ def compile_channel_affine(cfg: SATConfig, terms: list[tuple[np.ndarray, np.ndar
     shape = terms[0][0].shape
     if any(bits.shape != shape for bits, _ in terms):
         raise ValueError(f"batch norm: the terms differ in shape ({[b.shape for b, _ in terms]})")
-    n, c, h, w = shape
+    f = lane_fold(cfg, shape[0], shape[2])
+    terms = [(_to_lanes(bits, f), s) for bits, s in terms]
+    n, c, h, w = terms[0][0].shape
     for s in [s for _, s in terms if s is not None] + [bias]:
         if np.shape(s) not in ((), (c,)):
             raise ValueError(f"batch norm: a coefficient must be a scalar or [{c}], got shape {np.shape(s)}")
@@ -304,5 +333,5 @@ def compile_channel_affine(cfg: SATConfig, terms: list[tuple[np.ndarray, np.ndar
         size = dst.nbytes(cfg)
         parts = [conv.unpack_act(cfg, dst, m[out_addr + i * size:out_addr + (i + 1) * size].view(np.uint16))
                  for i in range(tiles)]
-        return np.concatenate(parts, axis=1)[:, :c]
+        return _from_lanes(np.concatenate(parts, axis=1)[:, :c], f)
     return NormProgram(memory, runs, run_words, read, plans)

@@ -73,7 +73,7 @@ def affine_reference(program, terms, bias, relu):
     return np.concatenate(out, axis=1)[:, :c]
 
 
-SHAPES = [(5, 8, 6, 5), (4, 4, 3, 3), (2, 12, 4, 4), (9, 3, 2, 7)]
+SHAPES = [(5, 8, 6, 5), (4, 4, 3, 3), (2, 12, 4, 4), (9, 3, 2, 7), (1, 8, 8, 6)]  # the last two fold rows into lanes
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -103,6 +103,17 @@ def test_the_affine_walk_is_the_rule_bit_for_bit(relu, residual, channels):
     out = prog.read(run(prog))
     assert out.shape == shape
     assert np.array_equal(out, affine_reference(prog, terms, bias, relu))
+
+
+def test_rows_fold_into_the_lanes_when_the_batch_leaves_them_idle():
+    assert [norm.lane_fold(TINY, n, h) for n, h in ((4, 6), (2, 4), (1, 8), (1, 6), (3, 5))] == [1, 2, 4, 6, 5]
+    big = SATConfig.vcu1525()
+    assert norm.lane_fold(big, 32, 32) == 1 and norm.lane_fold(big, 8, 112) == 4 and norm.lane_fold(big, 8, 7) == 7
+    # a batch of 8 at vcu1525 runs its norms on full lanes: fewer cycles than four times a batch of 32's quarter
+    core = CoreModel(big)
+    cycles = {n: sum(core.time_programs(p).cycles for p in norm.norm_programs(big, n, 32, 16, 16).values())
+              for n in (8, 32)}
+    assert cycles[8] < 0.4 * cycles[32]
 
 
 def test_split_bf16_is_two_bf16_values_summing_to_the_fp32():
