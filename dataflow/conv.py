@@ -36,8 +36,8 @@ in the lanes: transposing LOADs (``nmsat.hw.isa.MemArgs.tile_transpose``)
 turn R-word tiles of dY and X into words of one (pixel, sample), and a walk
 per (tap, Cout tile, Cin tile) runs over rows of output pixels.
 
-Not here: grouped convolutions (issue 12), kernels past 7 taps a side
-(GEMMs on im2col operands, :mod:`nmsat.dataflow.layers`).
+Not here: grouped convolutions (:mod:`nmsat.dataflow.groupwalk`: a tile of channels a walk), kernels
+past 7 taps a side (GEMMs on im2col operands, :mod:`nmsat.dataflow.layers`).
 """
 
 from __future__ import annotations

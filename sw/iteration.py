@@ -12,11 +12,13 @@ charges, per layer:
   phases of the flipped kernel) and its WU a walk over transposed tiles
   (transposing LOADs give dY and X with channels in the lanes; Cin in
   whole tiles, so not the 3-channel stem); kernels past 7 taps a side
-  (ViT's patch embedding, stride = kernel: im2col is a reshape there) and
-  grouped convolutions stay GEMMs; a grouped convolution's dense stages
-  pack its small groups several per pass (``nmsat.dataflow.groupconv``)
-  where the planners estimate that faster, its BDWP-sparse ones (FF, BP)
-  run group by group.  A walk's lanes are the batch, so below
+  (ViT's patch embedding, stride = kernel: im2col is a reshape there) stay
+  GEMMs; a grouped convolution's dense FF and BP run as group walks
+  (``nmsat.dataflow.groupwalk``: a tile of channels a walk, its groups on
+  the sparse mode's row select) where the planners estimate that faster,
+  else (and its WU) as GEMMs with its small groups packed several per pass
+  (``nmsat.dataflow.groupconv``) where that is faster; its BDWP-sparse
+  stages (FF, BP) run group by group.  A walk's lanes are the batch, so below
   ``cols`` samples it leaves lanes idle: each direction takes the mapping
   the planners estimate faster (as a compiler would), and only that one is
   simulated.  Without, every convolution is
@@ -72,6 +74,7 @@ from dataclasses import dataclass, field
 from ..dataflow import conv
 from ..dataflow.gemm import gemm_blocks, layout_gemm, plan_gemm
 from ..dataflow.groupconv import pack_factor
+from ..dataflow.groupwalk import group_walk_blocks, group_walkable, plan_group_walks
 from ..dataflow.interleave import STREAMS, interleave
 from ..dataflow.models import LayerWork, VectorPass
 from ..dataflow.norm import norm_programs
@@ -255,6 +258,34 @@ class Timer:
             return self.gemm_batch(*shape, (1, m), out_bf16, packs)
         return packs * self.gemm(*shape, (1, m), out_bf16)
 
+    def group_walk(self, geometry, direction: str, g) -> int | None:
+        """Cycles of a grouped convolution's FF or BP as group walks (``nmsat.dataflow.groupwalk``: a tile of
+        channels a walk, its groups packed by the sparse mode's row select), or None where it cannot run so or
+        the planners estimate its GEMMs (packed or apart) faster."""
+        geo = geometry
+        size = geo.cin // geo.groups
+        if geo.cin != geo.cout or not group_walkable(self.cfg, geo.cin, size, geo.kernel):
+            return None
+        key = ("group walk plans", geo, direction)
+        if key not in self.memo:
+            self.memo[key] = plan_group_walks(self.cfg, geo.batch, geo.cin, size, geo.size, geo.kernel, geo.stride,
+                                              geo.padding, direction)
+        plans, src, dst = self.memo[key]
+        estimate = src.groups(self.cfg) * sum(p.estimated_cycles for row in plans for p in row)
+        per_pack, m = pack_factor(self.cfg, g.m)
+        gemms = g.count * plan_gemm(self.cfg, g.m, g.n, g.k).estimated_cycles
+        if per_pack >= 2:
+            gemms = min(gemms, -(-g.count // per_pack) * plan_gemm(self.cfg, per_pack * g.m, g.n, g.k * m,
+                                                                   pattern=(1, m)).estimated_cycles)
+        if estimate >= gemms:
+            return None
+        base = 1 << (self.cfg.addr_bits - self._BASE_SHIFT)
+        a_addrs = [[base + (t * len(row) + i) * 2 * 4096 for i in range(len(row))] for t, row in enumerate(plans)]
+        idx_addrs = [[a + 4096 for a in row] for row in a_addrs]
+        return self._cycles(("group walk", geo, direction), lambda: conv._runs_of(self.cfg, group_walk_blocks(
+            self.cfg, plans, src, dst, a_addrs=a_addrs, idx_addrs=idx_addrs, src_addr=0, dst_addr=base // 2), -1),
+            f"group walk {geo} {direction}")
+
     def walk_plans(self, geometry, direction, pattern):
         key = ("walk plans", geometry, direction, pattern)
         if key not in self.memo:
@@ -423,6 +454,9 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
                     cycles = timer.walk(layer.conv, g.stage, p) if g.stage != "WU" else timer.wu_walk(layer.conv)
                 except WalkTooLong:  # a small instruction memory (the tiny preset) and a deep reduction: GEMMs
                     cycles = None
+            if cycles is None and p is None and im2col and layer.conv is not None and layer.conv.groups > 1 \
+                    and g.stage != "WU":
+                cycles = timer.group_walk(layer.conv, g.stage, g)
             if cycles is None and p is None and layer.conv is not None and layer.conv.groups > 1:
                 cycles = timer.packed_groups(g, g.stage != "WU", offline)
             if cycles is None and offline:  # the independent GEMMs of a stage (heads, groups) in one program

@@ -22,6 +22,7 @@ from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify, c
 from nmsat.dataflow import conv
 from nmsat.dataflow.chain import compile_relu_mlp
 from nmsat.dataflow.groupconv import compile_packed_groups
+from nmsat.dataflow.groupwalk import compile_group_walks
 from nmsat.dataflow.step import compile_linear_step
 from nmsat.dataflow.vector import compile_vector
 from nmsat.hw import timing
@@ -422,6 +423,27 @@ def test_amaranth_core_matches_simulator_on_packed_group_gemms(cg, groups, kg, n
         assert_same(expected, memory, run_core_amaranth(TINY, prog.memory, *prog.runs[0]))
 
 
+#: grouped convolutions as group walks: (batch, channels, G, size, stride, direction), a short batch group, a
+#: partial last tile, BP by phases
+GROUP_WALKS = [(6, 8, 1, 5, 1, "FF"), (3, 6, 2, 6, 2, "BP"), (2, 8, 4, 4, 2, "FF")]
+
+
+def group_walk_program(cfg, n, c, g, size, stride, direction, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((c, g, 3, 3)).astype(np.float32)
+    side = size if direction == "FF" else (size + 2 - 3) // stride + 1
+    x = f32_to_bf16_bits(rng.standard_normal((n, c, side, side)).astype(np.float32))
+    return compile_group_walks(cfg, w, x, stride=stride, padding=1, direction=direction, size=size)
+
+
+def test_amaranth_core_matches_simulator_on_a_group_walk():
+    prog = group_walk_program(TINY, *GROUP_WALKS[1], seed=3)
+    memory = prog.memory.copy()
+    expected = CoreModel(TINY).run_sequence(memory, prog.runs)
+    assert expected.ok and expected.race_free and len(prog.runs) == 1
+    assert_same(expected, memory, run_core_amaranth(TINY, prog.memory, *prog.runs[0]))
+
+
 def test_amaranth_core_matches_simulator_on_an_interleaved_bp_and_wu():
     prog = interleaved_backward_program(TINY, INTERLEAVED[1], seed=5)
     assert len(prog.runs) == 1
@@ -765,6 +787,10 @@ def verilator_results():
         for serial in (False, True):
             jobs.append(RtlJob(prog.memory, *prog.runs[0], serial, more_runs=tuple(prog.runs[1:])))
             names.append(f"interleaved bp+wu {shape}{' serial' if serial else ''}")
+    for i, (n_, c, g, size, s_, direction) in enumerate(GROUP_WALKS):  # grouped convs a tile at a time, packed
+        prog = group_walk_program(TINY, n_, c, g, size, s_, direction, seed=990 + i)
+        jobs.append(RtlJob(prog.memory, *prog.runs[0], i % 2 == 1, more_runs=tuple(prog.runs[1:])))
+        names.append(f"group walk {direction} G={g} C={c} N={n_} stride {s_}{' serial' if i % 2 else ''}")
     for serial in (False, True):  # transposing LOADs, and plain ones waiting behind their last block
         image, length = transposing_program(TINY, seed=11)
         jobs.append(RtlJob(image, 0, length, serial))

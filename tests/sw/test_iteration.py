@@ -252,5 +252,26 @@ def test_dense_grouped_convolutions_pack_their_small_groups():
         else:
             assert packed is not None and packed < apart, (g.stage, packed, apart)
         cycles[g.stage] = apart if packed is None else packed
-    dense = time_iteration(cfg, b.done(), None).layers[1]
+    dense = time_iteration(cfg, b.done(), None, im2col=False).layers[1]  # group walks are on-chip im2col's
     assert (dense.ff, dense.bp, dense.wu) == (cycles["FF"], cycles["BP"], cycles["WU"])
+
+
+def test_dense_depthwise_convolutions_run_as_group_walks_where_faster():
+    """With on-chip im2col a grouped conv's dense FF and BP run as group walks (nmsat.dataflow.groupwalk) when
+    the planners estimate them faster than its GEMMs: a depthwise 3×3 at batch 32 by several times; its WU
+    and its BDWP-sparse stages keep their GEMMs."""
+    from nmsat.dataflow.models import WorkBuilder
+
+    cfg = SATConfig.vcu1525()
+    b = WorkBuilder(32)
+    b.conv("stem", 3, 64, 28, 3, padding=1, first=True)
+    b.conv("depthwise", 64, 64, 28, 3, padding=1, groups=64)
+    b.linear("fc", 32, 64, 10)
+    layers = b.done()
+    core = CoreModel(cfg)
+    walks = time_iteration(cfg, layers, None, core=core, pregeneration=False).layers[1]
+    gemms = time_iteration(cfg, layers, None, core=core, pregeneration=False, im2col=False).layers[1]
+    timer = Timer(cfg, core)
+    ff, bp, wu = sorted(layers[1].gemms, key=lambda g: ("FF", "BP", "WU").index(g.stage))
+    assert walks.ff == timer.group_walk(layers[1].conv, "FF", ff) and walks.bp == timer.group_walk(layers[1].conv, "BP", bp)
+    assert 3 * walks.ff < gemms.ff and 3 * walks.bp < gemms.bp and walks.wu == gemms.wu
