@@ -12,9 +12,11 @@ channels' B words).  Nothing is pruned: the kept slots are the group's weights (
 m holds none of a row's).  The activations cross the port once per tile, as every walk's do; a row's useful
 share of the slots is ``m / rows`` (``vcu1525``: 8 of 32; ``tiny``: all).
 
-Both directions: FF (:func:`ff_walk` of the tile weights) and BP (:func:`bp_walks`: the transposed, flipped
-tile — block-diagonal too).  Not here: WU (dW of a group conv: the diagonal tiles' WU walks), BDWP's own N:M
-inside a group (the pattern is taken by the packing), groups wider than m.
+FF (:func:`ff_walk` of the tile weights) and BP (:func:`bp_walks`: the transposed, flipped tile —
+block-diagonal too); WU (:func:`compile_group_wu`) is the WU walk of each diagonal tile alone (dY's tile
+against X's tile, over transposed tiles, ``nmsat.dataflow.conv.plan_wu``), of whose ``rows × rows`` block per
+tap the group's G columns a row are dW: the off-diagonal tiles, zeros, are never computed.  Not here: BDWP's
+own N:M inside a group (the pattern is taken by the packing), groups wider than m.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..hw.isa import to_bytes
 from . import conv
 
 __all__ = ["group_walk_pattern", "group_walkable", "tile_weight", "plan_group_walks", "group_walk_blocks",
-           "compile_group_walks"]
+           "compile_group_walks", "plan_group_wu", "group_wu_blocks", "GroupWuProgram", "compile_group_wu"]
 
 
 def group_walk_pattern(cfg: SATConfig, group_size: int) -> tuple[int, int] | None:
@@ -172,3 +174,87 @@ def compile_group_walks(cfg: SATConfig, weight: np.ndarray, x_bits: np.ndarray, 
     for (at, _), blob in zip(runs, blobs):
         memory[at:at + len(blob)] = blob
     return conv.ConvProgram(cfg, [p for row in plans for p in row], run_words, memory, runs, src, dst, dst_addr)
+
+
+def plan_group_wu(cfg: SATConfig, batch: int, channels: int, group_size: int, size: int, kernel: int,
+                  stride: int = 1, padding: int = 0):
+    """The WU plan of one diagonal tile (``rows`` output by ``rows`` input channels, the full layouts' batch
+    groups), the layouts of dY and X (channel blocks of ``rows``), and the bytes of a row of a tile's dW."""
+    if not group_walkable(cfg, channels, group_size, kernel) or cfg.rows != cfg.cols:
+        raise ValueError(f"config {cfg.name}: no group WU walk for G = {group_size} over {channels} channels "
+                         f"(square array, G dividing an m of {cfg.sparse_m} that divides rows)")
+    R = cfg.rows
+    ho = (size + 2 * padding - kernel) // stride + 1
+    dy = conv.ActLayout(batch, channels, ho, ho, 0, R)
+    x = conv.ActLayout(batch, channels, size, size, padding, R)
+    plan = conv.plan_wu(cfg, R, R, kernel, stride, 1, dy, x)
+    return plan, dy, x, conv._align_up(plan.taps * R * 4, cfg.bus_bytes)
+
+
+def group_wu_blocks(cfg: SATConfig, plan, dy: conv.ActLayout, x: conv.ActLayout, row_bytes: int, *, dy_addr: int,
+                    x_addr: int, g_addr: int) -> list:
+    """Every diagonal tile's WU walk as one stream of blocks: tile ``t`` reads channel block ``t`` of dY and X
+    (the full layouts: an offset of one block keeps every batch group's address) and writes its
+    ``[rows, taps·rows]`` fp32 block from ``g_addr + t·rows·row_bytes``."""
+    ab, R = cfg.b_word_bytes, cfg.rows
+    blocks = []
+    for t in range(dy.blocks):
+        blocks += conv.wu_blocks(cfg, plan, dy_addr=dy_addr + dy.word(0, t, 0, 0) * ab,
+                                 x_addr=x_addr + x.word(0, t, 0, 0) * ab, g_addr=g_addr + t * R * row_bytes,
+                                 g_row_bytes=row_bytes, first_step=sum(len(b[0]) for b in blocks),
+                                 first_block=len(blocks))
+    return blocks
+
+
+@dataclasses.dataclass
+class GroupWuProgram:
+    """A grouped convolution's WU as group walks with its memory image; :meth:`read_grad` gives dW."""
+
+    cfg: SATConfig
+    run_words: list[list[int]]
+    memory: np.ndarray
+    runs: list[tuple[int, int]]
+    channels: int
+    group_size: int
+    kernel: int
+    g_addr: int
+    row_bytes: int
+
+    def read_grad(self, memory: np.ndarray | None = None) -> np.ndarray:
+        """dW ``[C, G, k, k]`` fp32 (torch's grouped layout)."""
+        mem = self.memory if memory is None else memory
+        R, c, g, k = self.cfg.rows, self.channels, self.group_size, self.kernel
+        tiles = -(-c // R)
+        blk = mem[self.g_addr:self.g_addr + tiles * R * self.row_bytes].view(np.float32).reshape(tiles * R, -1)
+        blk = blk[:, :k * k * R].reshape(tiles * R, k, k, R)  # [Cout, kh, kw, Cin within the tile]
+        co = np.arange(c)
+        ci = (co // g * g)[:, None] + np.arange(g)[None, :] - (co // R * R)[:, None]  # [C, G]
+        return np.ascontiguousarray(blk[co[:, None], :, :, ci])  # the advanced indices first: [C, G, kh, kw]
+
+
+def compile_group_wu(cfg: SATConfig, dy_bits: np.ndarray, x_bits: np.ndarray, group_size: int, kernel: int, *,
+                     stride: int = 1, padding: int = 0) -> GroupWuProgram:
+    """WU of a grouped convolution from bf16 ``dY [N, C, Ho, Wo]`` and ``X [N, C, H, W]`` (square)."""
+    n, c, size, _ = x_bits.shape
+    plan, dy, x, row_bytes = plan_group_wu(cfg, n, c, group_size, size, kernel, stride, padding)
+    if dy_bits.shape != (n, c, dy.h, dy.w):
+        raise ValueError(f"group WU: dY {dy_bits.shape} is not [N, {c}, {dy.h}, {dy.w}]")
+    R = cfg.rows
+    dy_addr = 0
+    x_addr = conv._align_up(dy.nbytes(cfg))
+    g_addr = conv._align_up(x_addr + x.nbytes(cfg))
+    addr = conv._align_up(g_addr + dy.blocks * R * row_bytes)
+    run_words = conv._runs_of(cfg, group_wu_blocks(cfg, plan, dy, x, row_bytes, dy_addr=dy_addr, x_addr=x_addr,
+                                                   g_addr=g_addr), -1)
+    blobs = [np.frombuffer(to_bytes(words), dtype=np.uint8) for words in run_words]
+    runs = []
+    for words, blob in zip(run_words, blobs):
+        runs.append((addr, len(words)))
+        addr = conv._align_up(addr + len(blob))
+    memory = np.zeros(addr, np.uint8)
+    for at, layout, bits in ((dy_addr, dy, dy_bits), (x_addr, x, x_bits)):
+        packed = conv.pack_act(cfg, layout, bits).reshape(-1).view(np.uint8)
+        memory[at:at + packed.size] = packed
+    for (at, _), blob in zip(runs, blobs):
+        memory[at:at + len(blob)] = blob
+    return GroupWuProgram(cfg, run_words, memory, runs, c, group_size, kernel, g_addr, row_bytes)

@@ -15,8 +15,9 @@ charges, per layer:
   (ViT's patch embedding, stride = kernel: im2col is a reshape there) stay
   GEMMs; a grouped convolution's dense FF and BP run as group walks
   (``nmsat.dataflow.groupwalk``: a tile of channels a walk, its groups on
-  the sparse mode's row select) where the planners estimate that faster,
-  else (and its WU) as GEMMs with its small groups packed several per pass
+  the sparse mode's row select) and its WU as the diagonal tiles' WU walks
+  where the planners estimate that faster, else as GEMMs with its small
+  groups packed several per pass
   (``nmsat.dataflow.groupconv``) where that is faster; its BDWP-sparse
   stages (FF, BP) run group by group.  A walk's lanes are the batch, so below
   ``cols`` samples it leaves lanes idle: each direction takes the mapping
@@ -74,7 +75,7 @@ from dataclasses import dataclass, field
 from ..dataflow import conv
 from ..dataflow.gemm import gemm_blocks, layout_gemm, plan_gemm
 from ..dataflow.groupconv import pack_factor
-from ..dataflow.groupwalk import group_walk_blocks, group_walkable, plan_group_walks
+from ..dataflow.groupwalk import group_walk_blocks, group_walkable, group_wu_blocks, plan_group_walks, plan_group_wu
 from ..dataflow.interleave import STREAMS, interleave
 from ..dataflow.models import LayerWork, VectorPass
 from ..dataflow.norm import norm_programs
@@ -271,13 +272,7 @@ class Timer:
             self.memo[key] = plan_group_walks(self.cfg, geo.batch, geo.cin, size, geo.size, geo.kernel, geo.stride,
                                               geo.padding, direction)
         plans, src, dst = self.memo[key]
-        estimate = src.groups(self.cfg) * sum(p.estimated_cycles for row in plans for p in row)
-        per_pack, m = pack_factor(self.cfg, g.m)
-        gemms = g.count * plan_gemm(self.cfg, g.m, g.n, g.k).estimated_cycles
-        if per_pack >= 2:
-            gemms = min(gemms, -(-g.count // per_pack) * plan_gemm(self.cfg, per_pack * g.m, g.n, g.k * m,
-                                                                   pattern=(1, m)).estimated_cycles)
-        if estimate >= gemms:
+        if src.groups(self.cfg) * sum(p.estimated_cycles for row in plans for p in row) >= self._group_gemms(g):
             return None
         base = 1 << (self.cfg.addr_bits - self._BASE_SHIFT)
         a_addrs = [[base + (t * len(row) + i) * 2 * 4096 for i in range(len(row))] for t, row in enumerate(plans)]
@@ -285,6 +280,32 @@ class Timer:
         return self._cycles(("group walk", geo, direction), lambda: conv._runs_of(self.cfg, group_walk_blocks(
             self.cfg, plans, src, dst, a_addrs=a_addrs, idx_addrs=idx_addrs, src_addr=0, dst_addr=base // 2), -1),
             f"group walk {geo} {direction}")
+
+    def _group_gemms(self, g) -> int:
+        """The planners' estimate of a grouped stage as GEMMs: its groups apart or packed, the faster."""
+        per_pack, m = pack_factor(self.cfg, g.m)
+        gemms = g.count * plan_gemm(self.cfg, g.m, g.n, g.k).estimated_cycles
+        if per_pack >= 2:
+            gemms = min(gemms, -(-g.count // per_pack) * plan_gemm(self.cfg, per_pack * g.m, g.n, g.k * m,
+                                                                   pattern=(1, m)).estimated_cycles)
+        return gemms
+
+    def group_wu(self, geometry, g) -> int | None:
+        """Cycles of a grouped convolution's WU as the WU walks of its diagonal tiles
+        (``nmsat.dataflow.groupwalk.compile_group_wu``), or None where it cannot or its GEMMs are estimated
+        faster."""
+        geo = geometry
+        size = geo.cin // geo.groups
+        if geo.cin != geo.cout or self.cfg.rows != self.cfg.cols or not group_walkable(self.cfg, geo.cin, size,
+                                                                                      geo.kernel):
+            return None
+        plan, dy, x, row_bytes = plan_group_wu(self.cfg, geo.batch, geo.cin, size, geo.size, geo.kernel, geo.stride,
+                                               geo.padding)
+        if dy.blocks * plan.estimated_cycles >= self._group_gemms(g):
+            return None
+        base = 1 << (self.cfg.addr_bits - self._BASE_SHIFT)
+        return self._cycles(("group wu", geo), lambda: conv._runs_of(self.cfg, group_wu_blocks(
+            self.cfg, plan, dy, x, row_bytes, dy_addr=0, x_addr=base // 2, g_addr=base), -1), f"group WU {geo}")
 
     def walk_plans(self, geometry, direction, pattern):
         key = ("walk plans", geometry, direction, pattern)
@@ -454,9 +475,8 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
                     cycles = timer.walk(layer.conv, g.stage, p) if g.stage != "WU" else timer.wu_walk(layer.conv)
                 except WalkTooLong:  # a small instruction memory (the tiny preset) and a deep reduction: GEMMs
                     cycles = None
-            if cycles is None and p is None and im2col and layer.conv is not None and layer.conv.groups > 1 \
-                    and g.stage != "WU":
-                cycles = timer.group_walk(layer.conv, g.stage, g)
+            if cycles is None and p is None and im2col and layer.conv is not None and layer.conv.groups > 1:
+                cycles = timer.group_walk(layer.conv, g.stage, g) if g.stage != "WU" else timer.group_wu(layer.conv, g)
             if cycles is None and p is None and layer.conv is not None and layer.conv.groups > 1:
                 cycles = timer.packed_groups(g, g.stage != "WU", offline)
             if cycles is None and offline:  # the independent GEMMs of a stage (heads, groups) in one program

@@ -126,3 +126,28 @@ def test_bad_group_walks_are_clear_errors():
         groupwalk.compile_group_walks(TINY, w, x, direction="BP")
     assert not groupwalk.group_walkable(TINY, 8, 8, 3) and groupwalk.group_walkable(TINY, 8, 4, 3)
     assert groupwalk.group_walk_pattern(SATConfig.vcu1525(), 4) == (4, 8)
+
+
+@pytest.mark.parametrize("cfg,shape", [(TINY, (3, 8, 1, 5, 1)), (TINY, (6, 6, 2, 4, 2)), (TINY, (5, 8, 4, 6, 1)),
+                                       (SATConfig.vcu1525(), (40, 64, 4, 8, 2))])
+def test_group_wu_walks_are_torchs_weight_gradient(cfg, shape):
+    """dW from the diagonal tiles' WU walks: bf16 products are exact and summed in fp32, so within fp32
+    rounding of torch's (a short batch group, a partial last tile and stride 2 among them)."""
+    torch = pytest.importorskip("torch")
+    n, c, g, size, stride = shape
+    x, w, rng = data(shape, 11 + sum(shape))
+    wt = torch.tensor(w, requires_grad=True)
+    yt = torch.nn.functional.conv2d(torch.tensor(bf16_bits_to_f32(x)), wt, stride=stride, padding=1, groups=c // g)
+    dy = f32_to_bf16_bits(rng.standard_normal(yt.shape).astype(np.float32))
+    yt.backward(torch.tensor(bf16_bits_to_f32(dy)))
+    prog = groupwalk.compile_group_wu(cfg, dy, x, g, 3, stride=stride, padding=1)
+    memory = prog.memory.copy()
+    result = CoreModel(cfg).run_sequence(memory, list(prog.runs))
+    assert result.ok and result.race_free
+    grad = prog.read_grad(memory)
+    ref = wt.grad.numpy()
+    assert grad.shape == (c, g, 3, 3) and np.abs(grad - ref).max() <= 1e-5 * np.abs(ref).max()
+    timed = CoreModel(cfg).time_programs(prog.run_words).cycles
+    assert timed == result.cycles
+    with pytest.raises(ValueError, match="is not"):
+        groupwalk.compile_group_wu(cfg, dy[:, :, :1], x, g, 3, stride=stride, padding=1)

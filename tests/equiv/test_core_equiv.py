@@ -22,7 +22,7 @@ from nmsat.dataflow.sparsify import compile_sparsified_gemm, compile_sparsify, c
 from nmsat.dataflow import conv
 from nmsat.dataflow.chain import compile_relu_mlp
 from nmsat.dataflow.groupconv import compile_packed_groups
-from nmsat.dataflow.groupwalk import compile_group_walks
+from nmsat.dataflow.groupwalk import compile_group_walks, compile_group_wu
 from nmsat.dataflow.step import compile_linear_step
 from nmsat.dataflow.vector import compile_vector
 from nmsat.hw import timing
@@ -791,6 +791,12 @@ def verilator_results():
         prog = group_walk_program(TINY, n_, c, g, size, s_, direction, seed=990 + i)
         jobs.append(RtlJob(prog.memory, *prog.runs[0], i % 2 == 1, more_runs=tuple(prog.runs[1:])))
         names.append(f"group walk {direction} G={g} C={c} N={n_} stride {s_}{' serial' if i % 2 else ''}")
+    rng_g = np.random.default_rng(995)  # a grouped conv's WU: the diagonal tiles' WU walks
+    x_g = f32_to_bf16_bits(rng_g.standard_normal((6, 6, 4, 4)).astype(np.float32))
+    dy_g = f32_to_bf16_bits(rng_g.standard_normal((6, 6, 2, 2)).astype(np.float32))
+    prog = compile_group_wu(TINY, dy_g, x_g, 2, 3, stride=2, padding=1)
+    jobs.append(RtlJob(prog.memory, *prog.runs[0], more_runs=tuple(prog.runs[1:])))
+    names.append("group wu G=2 C=6 N=6 stride 2")
     for serial in (False, True):  # transposing LOADs, and plain ones waiting behind their last block
         image, length = transposing_program(TINY, seed=11)
         jobs.append(RtlJob(image, 0, length, serial))
