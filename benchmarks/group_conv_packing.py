@@ -1,10 +1,12 @@
 """One grouped 3×3 convolution at several group sizes G: its groups one by one against packed several per
-array pass (``nmsat.dataflow.groupconv``), dense, on the simulator (timing only).
+array pass (``nmsat.dataflow.groupconv``) and against group walks (``nmsat.dataflow.groupwalk``: a tile of
+channels a walk), dense, on the simulator (timing only).
 
     python benchmarks/group_conv_packing.py [--preset vcu1525] [--channels 256] [--size 28] [--batch 32]
 
 For each G: the FF, BP and WU cycles of the layer, apart and packed (the timer's choice, ``Timer.packed_groups``:
-packed where the planners estimate it faster), and the array's utilisation (MACs / (cycles · PEs)).  Writes
+packed where the planners estimate it faster), walked (``Timer.group_walk`` / ``Timer.group_wu``, forced),
+and the array's utilisation (MACs / (cycles · PEs)).  Writes
 benchmarks/results/group_conv_packing_<preset>_c<channels>_s<size>_b<batch>.md with the machine's load.
 """
 
@@ -31,8 +33,9 @@ def main():
     pes = cfg.rows * cfg.cols
     lines = [f"# A grouped 3x3 convolution, {args.channels} channels at {args.size}x{args.size}, batch {args.batch}, "
              f"preset `{cfg.name}` ({cfg.rows}x{cfg.cols}), dense", "",
-             "| G | groups | MACs (FF) | FF apart | FF packed | BP apart | BP packed | WU apart | WU packed | "
-             "utilisation apart | utilisation packed |", "|" + "---|" * 11]
+             "| G | groups | MACs (FF) | FF apart | FF packed | FF walked | BP apart | BP packed | BP walked | "
+             "WU apart | WU packed | WU walked | utilisation apart | utilisation packed | utilisation walked |",
+             "|" + "---|" * 15]
     load0 = os.getloadavg()[0]
     start = time.time()
     for group_size in (int(x) for x in args.sizes.split(",")):
@@ -43,23 +46,28 @@ def main():
         b.linear("fc", args.batch, args.channels, 10)
         layer = b.done()[1]
         timer = Timer(cfg, CoreModel(cfg))
-        row, apart_total, packed_total, macs = {}, 0, 0, 0
+        row, apart_total, packed_total, walked_total, macs = {}, 0, 0, 0, 0
         for g in layer.gemms:
             apart = timer.gemm_batch(g.m, g.n, g.k, None, g.stage != "WU", g.count)
             packed = timer.packed_groups(g, g.stage != "WU", True)
-            row[g.stage] = (apart, packed)
+            walked = (timer.group_wu(layer.conv, g, force=True) if g.stage == "WU" else
+                      timer.group_walk(layer.conv, g.stage, g, force=True))
+            row[g.stage] = (apart, packed, walked)
             apart_total += apart
             packed_total += apart if packed is None else packed
+            walked_total += (apart if packed is None else packed) if walked is None else walked
             macs += g.macs
         ff_macs = sum(g.macs for g in layer.gemms if g.stage == "FF")
         cells = []
         for stage in ("FF", "BP", "WU"):
-            apart, packed = row[stage]
-            cells += [f"{apart:,}", "—" if packed is None else f"{packed:,}"]
+            apart, packed, walked = row[stage]
+            cells += [f"{apart:,}", "—" if packed is None else f"{packed:,}", "—" if walked is None else f"{walked:,}"]
         lines.append(f"| {group_size} | {args.channels // group_size} | {ff_macs:,} | " + " | ".join(cells) +
-                     f" | {macs / (apart_total * pes):.1%} | {macs / (packed_total * pes):.1%} |")
+                     f" | {macs / (apart_total * pes):.1%} | {macs / (packed_total * pes):.1%} | "
+                     f"{macs / (walked_total * pes):.1%} |")
         print(lines[-1], flush=True)
-    lines += ["", f"— means the timer keeps the groups apart there (no packing, or not estimated faster). "
+    lines += ["", f"— means the timer keeps the groups apart there (no packing, or not estimated faster), or (walked) "
+              f"no group walk exists for that G (it must divide an m of the config dividing rows). "
               f"Wall time {time.time() - start:.0f} s, load average {load0:.2f} at the start and "
               f"{os.getloadavg()[0]:.2f} at the end, {os.cpu_count()} CPUs."]
     out = Path(__file__).parent / "results" / (f"group_conv_packing_{cfg.name}_c{args.channels}_s{args.size}"

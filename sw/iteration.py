@@ -16,8 +16,9 @@ charges, per layer:
   GEMMs; a grouped convolution's dense FF and BP run as group walks
   (``nmsat.dataflow.groupwalk``: a tile of channels a walk, its groups on
   the sparse mode's row select) and its WU as the diagonal tiles' WU walks
-  where the planners estimate that faster, else as GEMMs with its small
-  groups packed several per pass
+  where they are faster — both mappings simulated, the faster kept: the
+  sparse walk's planner estimate missed by 2× at G = 4, batch 8 — else as
+  GEMMs with its small groups packed several per pass
   (``nmsat.dataflow.groupconv``) where that is faster; its BDWP-sparse
   stages (FF, BP) run group by group.  A walk's lanes are the batch, so below
   ``cols`` samples it leaves lanes idle: each direction takes the mapping
@@ -259,10 +260,10 @@ class Timer:
             return self.gemm_batch(*shape, (1, m), out_bf16, packs)
         return packs * self.gemm(*shape, (1, m), out_bf16)
 
-    def group_walk(self, geometry, direction: str, g) -> int | None:
+    def group_walk(self, geometry, direction: str, g, force: bool = False) -> int | None:
         """Cycles of a grouped convolution's FF or BP as group walks (``nmsat.dataflow.groupwalk``: a tile of
         channels a walk, its groups packed by the sparse mode's row select), or None where it cannot run so or
-        the planners estimate its GEMMs (packed or apart) faster."""
+        (unless ``force``) the planners estimate its GEMMs (packed or apart) faster."""
         geo = geometry
         size = geo.cin // geo.groups
         if geo.cin != geo.cout or not group_walkable(self.cfg, geo.cin, size, geo.kernel):
@@ -272,7 +273,8 @@ class Timer:
             self.memo[key] = plan_group_walks(self.cfg, geo.batch, geo.cin, size, geo.size, geo.kernel, geo.stride,
                                               geo.padding, direction)
         plans, src, dst = self.memo[key]
-        if src.groups(self.cfg) * sum(p.estimated_cycles for row in plans for p in row) >= self._group_gemms(g):
+        if not force and src.groups(self.cfg) * sum(p.estimated_cycles for row in plans for p in row) \
+                >= self._group_gemms(g):
             return None
         base = 1 << (self.cfg.addr_bits - self._BASE_SHIFT)
         a_addrs = [[base + (t * len(row) + i) * 2 * 4096 for i in range(len(row))] for t, row in enumerate(plans)]
@@ -290,10 +292,10 @@ class Timer:
                                                                    pattern=(1, m)).estimated_cycles)
         return gemms
 
-    def group_wu(self, geometry, g) -> int | None:
+    def group_wu(self, geometry, g, force: bool = False) -> int | None:
         """Cycles of a grouped convolution's WU as the WU walks of its diagonal tiles
-        (``nmsat.dataflow.groupwalk.compile_group_wu``), or None where it cannot or its GEMMs are estimated
-        faster."""
+        (``nmsat.dataflow.groupwalk.compile_group_wu``), or None where it cannot or (unless ``force``) its
+        GEMMs are estimated faster."""
         geo = geometry
         size = geo.cin // geo.groups
         if geo.cin != geo.cout or self.cfg.rows != self.cfg.cols or not group_walkable(self.cfg, geo.cin, size,
@@ -301,7 +303,7 @@ class Timer:
             return None
         plan, dy, x, row_bytes = plan_group_wu(self.cfg, geo.batch, geo.cin, size, geo.size, geo.kernel, geo.stride,
                                                geo.padding)
-        if dy.blocks * plan.estimated_cycles >= self._group_gemms(g):
+        if not force and dy.blocks * plan.estimated_cycles >= self._group_gemms(g):
             return None
         base = 1 << (self.cfg.addr_bits - self._BASE_SHIFT)
         return self._cycles(("group wu", geo), lambda: conv._runs_of(self.cfg, group_wu_blocks(
@@ -475,14 +477,24 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
                     cycles = timer.walk(layer.conv, g.stage, p) if g.stage != "WU" else timer.wu_walk(layer.conv)
                 except WalkTooLong:  # a small instruction memory (the tiny preset) and a deep reduction: GEMMs
                     cycles = None
-            if cycles is None and p is None and im2col and layer.conv is not None and layer.conv.groups > 1:
-                cycles = timer.group_walk(layer.conv, g.stage, g) if g.stage != "WU" else timer.group_wu(layer.conv, g)
-            if cycles is None and p is None and layer.conv is not None and layer.conv.groups > 1:
+            grouped = cycles is None and p is None and layer.conv is not None and layer.conv.groups > 1
+            start = len(timer.calls) if timer.calls is not None else 0
+            if grouped:
                 cycles = timer.packed_groups(g, g.stage != "WU", offline)
             if cycles is None and offline:  # the independent GEMMs of a stage (heads, groups) in one program
                 cycles = timer.gemm_batch(g.m, g.n, g.k, p, g.stage != "WU", g.count)
             elif cycles is None:
                 cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
+            if grouped and im2col:  # group walks against those GEMMs, both simulated, the faster kept
+                middle = len(timer.calls) if timer.calls is not None else 0
+                walk = (timer.group_walk(layer.conv, g.stage, g, force=True) if g.stage != "WU" else
+                        timer.group_wu(layer.conv, g, force=True))
+                if walk is not None and walk < cycles:
+                    cycles = walk
+                    if timer.calls is not None:  # what ran: the walks, not the GEMMs
+                        timer.calls[start:middle] = []
+                elif timer.calls is not None:
+                    del timer.calls[middle:]
             stages[g.stage] += cycles
         saved = (timer.interleave_saving(layer, pattern if sparse else None, im2col, stages["BP"] + stages["WU"])
                  if interleave else 0)

@@ -76,7 +76,7 @@ def test_the_recording_timer_keeps_the_programs_it_timed():
     b.conv("g", 64, 64, 8, 3, 1, 1, groups=16)
     timer = Timer(cfg, core, record=True)
     report = time_iteration(cfg, b.layers, None, pregeneration=False, interleave=False, core=core, timer=timer)
-    assert timer.calls and set(timer.calls) == set(timer.programs)
+    assert timer.calls and set(timer.calls) <= set(timer.programs)  # a mapping that lost is timed, not called
     cycles = sum(core.time_programs(timer.programs[key]).cycles for key in timer.calls)
     assert cycles == report.layers[0].gemm
 
