@@ -23,7 +23,7 @@ from nmsat.dataflow.models import build_model, fggc_twin
 from nmsat.hw.config import SATConfig
 from nmsat.sim.core import CoreModel
 from nmsat.sw.energy import ENERGY_PJ, Counts, count_programs, energy_pj
-from nmsat.sw.iteration import Timer, time_iteration
+from nmsat.sw.iteration import Timer, charged_passes, time_iteration
 
 
 def measure(cfg, core, layers, pattern):
@@ -35,7 +35,7 @@ def measure(cfg, core, layers, pattern):
         if key[0] != "interleaved":
             counts += count_programs(cfg, timer.programs[key])
     stream_bytes = sum(p.elements * (p.reads + p.writes) * (2 if p.bf16 else 4)
-                       for x, c in zip(layers, report.layers) if not c.norm for p in x.passes)
+                       for x, c in zip(layers, report.layers) for p in charged_passes(x, c.norm > 0))
     energy = energy_pj(cfg, counts)
     energy["dram"] += stream_bytes / 8 * ENERGY_PJ["dram_64b"]
     n, m = pattern or (1, 1)

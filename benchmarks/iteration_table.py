@@ -89,7 +89,8 @@ def main():
         lines.append(f"| {p[0]}:{p[1]} | {sum(summary[p]) / len(summary[p]):.3f}× |")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines += ["", "Batch norms as built (nmsat.dataflow.norm): per norm its channel-sums and apply walks on the array, "
-              "forward and backward, timed on the simulator and charged serially (benchmarks/norm_walks.py); the last "
+              "forward and backward, timed on the simulator and charged serially, and the RELU_GRAD of a ReLU after "
+              "one a vector pass (benchmarks/norm_walks.py); the last "
               "column charges them instead by the stream rule of the planned channel-wise unit (statistics folded into "
               "the conv's STORE, scale/shift into the next LOAD: not built).",
               "Vector passes (layer norms, ReLU gradients, residual adds, pooling, softmax, GELU, loss) by the stream "
@@ -100,9 +101,9 @@ def main():
               "the independent GEMMs of a stage (attention's heads) run as one program (Timer.gemm_batch). "
               "Pre-generation hidden under the GEMMs up to 90% of their cycles, less what those passes took.",
               "On-chip im2col: convolutions' FF, BP and WU run as kernel walks (activations read once per tile; BP by "
-              "phases of the flipped kernel; WU over transposed tiles); the 3-channel stems' WU, ViT's 16×16 patch "
-              "embedding and grouped convolutions stay GEMMs on im2col operands. Without it every convolution is "
-              "GEMMs on im2col'd B (read k² times).",
+              "phases of the flipped kernel; WU over transposed tiles); the 3-channel stems' WU and ViT's 16×16 patch "
+              "embedding stay GEMMs on im2col operands (grouped convolutions, none in these models, run as group walks "
+              "where faster). Without it every convolution is GEMMs on im2col'd B (read k² times).",
               "Interleave mapping (nmsat.dataflow.interleave): a layer's BP and WU as one stream, their steps "
               "alternating, each in half of every buffer, tried where BP's planned cycles exceed 2× its MAC "
               "bound (nmsat.sw.iteration.INTERLEAVE_BOUND) and kept where the simulator times it faster. Not built: "

@@ -20,7 +20,7 @@ from pathlib import Path
 from nmsat.dataflow.models import build_model
 from nmsat.hw.config import SATConfig
 from nmsat.sim.core import CoreModel
-from nmsat.sw.iteration import Timer, pass_cycles, time_iteration
+from nmsat.sw.iteration import Timer, charged_passes, pass_cycles, time_iteration
 
 
 def main():
@@ -39,7 +39,7 @@ def main():
         if layer.kind != "batchnorm" or layer.shape is None:
             continue
         ff, bp = timer.norm(layer.shape)
-        stream = sum(pass_cycles(cfg, p) for p in layer.passes)
+        stream = sum(pass_cycles(cfg, p) for p in charged_passes(layer, False))
         walks_total, stream_total = walks_total + ff + bp, stream_total + stream
         _, c, h, w = layer.shape
         rows.append(f"| {layer.name} | {c} × {h}×{w} | {ff:,} | {bp:,} | {stream:,} | {(ff + bp) / stream:.1f}× |")

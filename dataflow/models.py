@@ -96,10 +96,11 @@ class WorkBuilder:
         gemms = [g for g in linear_gemms(name, tokens, fin, fout) if not (first and g.stage == "BP")]
         self.layers.append(LayerWork(name, "linear", tuple(gemms), weights=(fout, fin, 1)))
 
-    def norm(self, name, elements, kind="batchnorm"):
+    def norm(self, name, elements, kind="batchnorm", relu=True):
         """Batch (or layer) norm: statistics then scale and shift forward; two reductions then the input
-        gradient backward (ReLU after it fused into its apply pass, and its gradient into the backward).  A
-        batch norm of the output of the convolution before it records that output's shape."""
+        gradient backward.  A batch norm of the output of the convolution before it records that output's
+        shape; ``relu``: a ReLU follows it, fused into its apply (forward) and, backward, into its input
+        gradient's pass — or, where the norm runs as walks, its own RELU_GRAD (the built pass listed last)."""
         shape = None
         convs = [x.conv for x in self.layers if x.conv is not None]
         if kind == "batchnorm" and convs:
@@ -107,10 +108,12 @@ class WorkBuilder:
             out = conv_output_size(g.size, g.kernel, g.stride, g.padding, 1)
             if self.batch * g.cout * out * out == elements:
                 shape = (self.batch, g.cout, out, out)
-        self.layers.append(LayerWork(name, kind, passes=(
-            VectorPass(f"{kind} statistics", "FF", elements, 1, 0), VectorPass(f"{kind} apply", "FF", elements, 1, 1),
-            VectorPass(f"{kind} grad reductions", "BP", elements, 2, 0),
-            VectorPass(f"{kind} input grad", "BP", elements, 2, 1)), shape=shape))
+        passes = (VectorPass(f"{kind} statistics", "FF", elements, 1, 0), VectorPass(f"{kind} apply", "FF", elements, 1, 1),
+                  VectorPass(f"{kind} grad reductions", "BP", elements, 2, 0),
+                  VectorPass(f"{kind} input grad", "BP", elements, 2, 1))
+        if relu and kind == "batchnorm":
+            passes += (VectorPass("relu grad", "BP", elements, 2, 1, built=True),)
+        self.layers.append(LayerWork(name, kind, passes=passes, shape=shape))
 
     def relu_grad(self, name, elements):
         """A ReLU not fused into a norm: forward fused into the STORE, backward one RELU_GRAD."""
@@ -165,10 +168,10 @@ def resnet18_cifar(batch: int = 32) -> list[LayerWork]:
             e = batch * cout * out * out
             b.norm(f"{name}.bn1", e)
             b.conv(f"{name}.conv2", cout, cout, out, 3, 1, 1)
-            b.norm(f"{name}.bn2", e)
+            b.norm(f"{name}.bn2", e, relu=False)  # the ReLU comes after the residual add
             if stride != 1 or cin != cout:
                 b.conv(f"{name}.downsample", cin, cout, size, 1, stride)
-                b.norm(f"{name}.downsample.bn", e)
+                b.norm(f"{name}.downsample.bn", e, relu=False)
             b.add(f"{name}.add", e)
             b.relu_grad(f"{name}.relu", e)
             cin, size = cout, out
@@ -220,10 +223,10 @@ def _bottleneck_net(batch: int, widths, expansion: int, groups_of) -> list[Layer
             b.norm(f"{name}.bn2", batch * width * out * out)
             b.conv(f"{name}.conv3", width, cout, out, 1)
             e = batch * cout * out * out
-            b.norm(f"{name}.bn3", e)
+            b.norm(f"{name}.bn3", e, relu=False)  # the ReLU comes after the residual add
             if block == 0:
                 b.conv(f"{name}.downsample", cin, cout, size, 1, stride)
-                b.norm(f"{name}.downsample.bn", e)
+                b.norm(f"{name}.downsample.bn", e, relu=False)
             b.add(f"{name}.add", e)
             b.relu_grad(f"{name}.relu", e)
             cin, size = cout, out

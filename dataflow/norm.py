@@ -51,11 +51,12 @@ EPS = 1e-5
 
 def split_bf16(v) -> tuple[np.ndarray, np.ndarray]:
     """fp32 ``v`` as ``hi + lo``, both bf16 values (as fp32): ``hi = bf16(v)``, ``lo = bf16(v − hi)`` (flushed
-    as the core flushes a subnormal operand)."""
+    as the core flushes a subnormal operand); ``lo = 0`` where ``hi`` is not finite (NaN, ±inf, or a ``v``
+    past bf16's largest value, which rounds to ±inf)."""
     v = np.asarray(v, np.float32)
     hi = bf16_bits_to_f32(f32_to_bf16_bits(v))
-    with np.errstate(invalid="ignore"):
-        rest = np.where(np.isfinite(v), v - hi, np.float32(0)).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        rest = np.where(np.isfinite(v) & np.isfinite(hi), v - hi, np.float32(0)).astype(np.float32)
     return hi, flush_f32(bf16_bits_to_f32(f32_to_bf16_bits(rest)))
 
 
@@ -241,7 +242,8 @@ def _count(count: int) -> np.float32:
 def bn_coefficients(sum_sq: np.ndarray, sums: np.ndarray, count: int, eps: float = EPS) -> BnCoefficients:
     """The forward rule, fp32 one operation at a time: ``inv = fp32(1/M)``, ``mean = Σy·inv``,
     ``var = max(Σy²·inv − mean·mean, 0)``, ``rstd = 1 / sqrt(var + eps)``, ``shift = −(mean·rstd)``.
-    NaN or ±inf sums give NaN or ±inf coefficients (IEEE), which the walks carry into the outputs."""
+    A channel whose sums are not both finite (a NaN or ±inf among its values, or an fp32 overflow) gets NaN
+    coefficients, which the walks carry into every value of it."""
     f = np.float32
     inv = _count(count)
     s2, s1 = np.asarray(sum_sq, f), np.asarray(sums, f)
@@ -250,7 +252,9 @@ def bn_coefficients(sum_sq: np.ndarray, sums: np.ndarray, count: int, eps: float
         var = np.maximum(f(f(s2 * inv) - f(mean * mean)), f(0))
         rstd = f(f(1) / np.sqrt(f(var + f(eps))))
         shift = f(-f(mean * rstd))
-    return BnCoefficients(count, mean.astype(f), rstd.astype(f), shift.astype(f))
+    bad = ~(np.isfinite(s1) & np.isfinite(s2))
+    mean, rstd, shift = (np.where(bad, f(np.nan), x).astype(f) for x in (mean, rstd, shift))
+    return BnCoefficients(count, mean, rstd, shift)
 
 
 def bn_grad_coefficients(fwd: BnCoefficients, sum_dy: np.ndarray, sum_d: np.ndarray):

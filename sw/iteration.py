@@ -86,7 +86,7 @@ from ..hw.isa import ErrorCode, Opcode, encode
 from ..hw.timing import UPDATE_STREAMS, stream_cycles
 from ..sim.core import CoreModel
 
-__all__ = ["HIDE_SHARE", "LayerCycles", "IterationReport", "Timer", "time_iteration", "pass_cycles"]
+__all__ = ["HIDE_SHARE", "LayerCycles", "IterationReport", "Timer", "time_iteration", "pass_cycles", "charged_passes"]
 
 #: share of the GEMMs' cycles pre-generation may fill on the vector unit's port (the placement of
 #: benchmarks/sparsify_resnet18.py fills each host GEMM up to 90%)
@@ -174,6 +174,15 @@ class IterationReport:
         return self.gemm + self.norm + self.vector - self.vector_hidden + self.pregen_charged
 
 
+def charged_passes(layer: LayerWork, norm_walked: bool) -> list[VectorPass]:
+    """The vector passes a layer is charged: all but, for a batch norm, the gradient of the ReLU after it when
+    the norm is stream passes (that rule folds it into the input gradient's pass), or only that gradient (a
+    RELU_GRAD) when the norm runs as walks (``norm_walked``)."""
+    if layer.kind != "batchnorm":
+        return list(layer.passes)
+    return [p for p in layer.passes if p.built == norm_walked]
+
+
 def pass_cycles(cfg: SATConfig, p: VectorPass) -> int:
     """Busy cycles of one vector pass by the stream rule (bf16 or fp32 elements, whole beats)."""
     beats = -(-p.elements * (2 if p.bf16 else 4) // cfg.bus_bytes)
@@ -194,27 +203,28 @@ class Timer:
         self.calls: list | None = [] if record else None
         self.programs: dict = {}
 
-    def _cycles(self, key, programs, what: str) -> int:
-        """Cycles of the programs ``programs()`` makes, run one after another (memoised under ``key``)."""
-        if self.calls is not None:
-            self.calls.append(key)
+    def _cycles(self, key, programs, what: str, times: int = 1) -> int:
+        """Cycles of the programs ``programs()`` makes, run one after another (memoised under ``key``); recorded
+        (``record``) ``times`` times once they ran."""
         if key not in self.memo:
-            if self.calls is not None:
-                made = [list(words) for words in programs()]
-                self.programs[key] = made
-                programs = lambda: made  # noqa: E731
-            result = self.core.time_programs(programs())
+            made = [list(words) for words in programs()] if self.calls is not None else programs()
+            result = self.core.time_programs(made)
             if result.error is ErrorCode.PROGRAM_TOO_LONG:
                 raise WalkTooLong(f"{what}: one of its programs does not fit the instruction memory")
             if not result.ok:
                 raise RuntimeError(f"{what}: {result.error.name}")
             self.memo[key] = result.cycles
+            if self.calls is not None:
+                self.programs[key] = made
+        if self.calls is not None:
+            self.calls.extend([key] * times)
         return self.memo[key]
 
-    def gemm(self, m, n, k, pattern, out_bf16) -> int:
+    def gemm(self, m, n, k, pattern, out_bf16, times: int = 1) -> int:
+        """Cycles of one GEMM (``times``: how many the caller charges, for the recording)."""
         return self._cycles(("gemm", m, n, k, pattern, out_bf16), lambda: (
             words for _, words in layout_gemm(self.cfg, m, n, k, pattern=pattern, out_bf16=out_bf16).programs),
-            f"GEMM {m}x{n}x{k} {pattern}")
+            f"GEMM {m}x{n}x{k} {pattern}", times)
 
     def gemm_batch(self, m, n, k, pattern, out_bf16, count: int) -> int:
         """Cycles of ``count`` independent GEMMs of one shape (attention's heads, a grouped conv's groups) as one
@@ -258,7 +268,7 @@ class Timer:
             return None
         if offline:
             return self.gemm_batch(*shape, (1, m), out_bf16, packs)
-        return packs * self.gemm(*shape, (1, m), out_bf16)
+        return packs * self.gemm(*shape, (1, m), out_bf16, times=packs)
 
     def group_walk(self, geometry, direction: str, g, force: bool = False) -> int | None:
         """Cycles of a grouped convolution's FF or BP as group walks (``nmsat.dataflow.groupwalk``: a tile of
@@ -421,12 +431,12 @@ class Timer:
     def norm(self, shape) -> tuple[int, int]:
         """(forward, backward) cycles of a batch norm of ``shape`` ``[N, C, H, W]`` as built: the channel sums and
         apply walks of ``nmsat.dataflow.norm``, timed on the simulator."""
-        key = ("norm", shape)
+        key = ("norm programs", shape)
         if key not in self.memo:
-            programs = norm_programs(self.cfg, *shape)
-            self.memo[key] = tuple(self._cycles(("norm", shape, stage), lambda: programs[stage], f"batch norm {shape}")
-                                   for stage in ("forward", "backward"))
-        return self.memo[key]
+            self.memo[key] = norm_programs(self.cfg, *shape)
+        programs = self.memo[key]
+        return tuple(self._cycles(("norm", shape, stage), lambda stage=stage: programs[stage], f"batch norm {shape}")
+                     for stage in ("forward", "backward"))
 
     def pregen(self, weights, pattern) -> int:
         cout, k_g, groups = weights
@@ -484,11 +494,14 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
             if cycles is None and offline:  # the independent GEMMs of a stage (heads, groups) in one program
                 cycles = timer.gemm_batch(g.m, g.n, g.k, p, g.stage != "WU", g.count)
             elif cycles is None:
-                cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU")
+                cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU", times=g.count)
             if grouped and im2col:  # group walks against those GEMMs, both simulated, the faster kept
                 middle = len(timer.calls) if timer.calls is not None else 0
-                walk = (timer.group_walk(layer.conv, g.stage, g, force=True) if g.stage != "WU" else
-                        timer.group_wu(layer.conv, g, force=True))
+                try:
+                    walk = (timer.group_walk(layer.conv, g.stage, g, force=True) if g.stage != "WU" else
+                            timer.group_wu(layer.conv, g, force=True))
+                except WalkTooLong:  # a small instruction memory: the GEMMs
+                    walk = None
                 if walk is not None and walk < cycles:
                     cycles = walk
                     if timer.calls is not None:  # what ran: the walks, not the GEMMs
@@ -499,11 +512,11 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
         saved = (timer.interleave_saving(layer, pattern if sparse else None, im2col, stages["BP"] + stages["WU"])
                  if interleave else 0)
         vec, norm_cycles = {"FF": 0, "BP": 0}, 0
-        if norm_walks and layer.kind == "batchnorm" and layer.shape is not None:  # on the array, serial
+        walked = norm_walks and layer.kind == "batchnorm" and layer.shape is not None
+        if walked:  # on the array, serial
             norm_cycles = sum(timer.norm(layer.shape))
-        else:
-            for vp in layer.passes:
-                vec[vp.stage] += pass_cycles(cfg, vp)
+        for vp in charged_passes(layer, walked):
+            vec[vp.stage] += pass_cycles(cfg, vp)
         pregen = timer.pregen(layer.weights, pattern if sparse else None) if layer.weights else 0
         report.layers.append(LayerCycles(layer.name, layer.kind, sparse, stages["FF"], stages["BP"], stages["WU"],
                                          vec["FF"], vec["BP"], pregen, layer.macs, interleave_saved=saved,

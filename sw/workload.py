@@ -140,6 +140,17 @@ def _after_norm(src) -> bool:
     return type(src.graph.owning_module.get_submodule(src.target)) in _NORMS
 
 
+def _followed_by_relu(node) -> bool:
+    """Whether a norm's only user is a ReLU (module, function or method): the one :func:`_after_norm` fuses."""
+    if len(node.users) != 1:
+        return False
+    user, = node.users
+    if user.op == "call_module":
+        return isinstance(user.graph.owning_module.get_submodule(user.target), nn.ReLU)
+    return ((user.op == "call_function" and user.target in _RELU_FUNCTIONS)
+            or (user.op == "call_method" and user.target in ("relu", "relu_")))
+
+
 def _tensor_args(node) -> int:
     return sum(isinstance(a, fx.Node) and _shape(a) is not None for a in node.args)
 
@@ -166,7 +177,7 @@ def _module_node(b: WorkBuilder, node, sub: nn.Module, name: str, inputs, unsupp
             raise ValueError("Linear without a tensor input")
         b.linear(name, math.prod(in_shape[:-1]), sub.in_features, sub.out_features, first=first)
     elif type(sub) in _NORMS:
-        b.norm(name, _elements(node), _NORMS[type(sub)])
+        b.norm(name, _elements(node), _NORMS[type(sub)], relu=_followed_by_relu(node))
     elif isinstance(sub, nn.ReLU):
         if not _after_norm(src):
             b.relu_grad(name, _elements(node))

@@ -73,7 +73,7 @@ def affine_reference(program, terms, bias, relu):
     return np.concatenate(out, axis=1)[:, :c]
 
 
-SHAPES = [(5, 8, 6, 5), (4, 4, 3, 3), (2, 12, 4, 4), (9, 3, 2, 7), (1, 8, 8, 6)]  # the last two fold rows into lanes
+SHAPES = [(5, 8, 6, 5), (4, 4, 3, 3), (2, 12, 4, 4), (9, 3, 2, 7), (1, 8, 8, 6)]  # (2, …) and (1, …) fold rows into lanes
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -91,11 +91,11 @@ def test_channel_sums_are_the_sums(shape):
     assert s_dy.dtype == np.float32 and s_d.shape == (shape[1],)
 
 
-@pytest.mark.parametrize("relu,residual,channels", [(False, False, 8), (True, False, 6), (True, True, 8),
-                                                    (False, True, 3)])
-def test_the_affine_walk_is_the_rule_bit_for_bit(relu, residual, channels):
+@pytest.mark.parametrize("relu,residual,channels,batch", [(False, False, 8, 5), (True, False, 6, 5), (True, True, 8, 5),
+                                                          (False, True, 3, 5), (True, True, 6, 1)])  # 1: folded
+def test_the_affine_walk_is_the_rule_bit_for_bit(relu, residual, channels, batch):
     rng = np.random.default_rng(3 + channels)
-    shape = (5, channels, 4, 3)
+    shape = (batch, channels, 4, 3)
     y, r = bits(rng, shape), bits(rng, shape)
     scale, bias = (rng.standard_normal(channels).astype(np.float32) for _ in range(2))
     terms = [(y, scale)] + ([(r, None)] if residual else [])
@@ -180,6 +180,14 @@ def test_a_nan_input_poisons_its_channel_and_its_pixel_as_written():
     assert np.array_equal(np.isnan(out), expected)
 
 
+def test_an_infinite_input_or_an_overflowing_sum_makes_its_channel_nan():
+    s2, s1 = np.array([4.0, np.inf, 1.0], np.float32), np.array([2.0, 1.0, np.nan], np.float32)
+    coef = norm.bn_coefficients(s2, s1, 4)
+    assert np.isfinite(coef.rstd[0]) and np.isnan(coef.rstd[1:]).all() and np.isnan(coef.shift[1:]).all()
+    hi, lo = norm.split_bf16(np.array([3.4e38, -3.4e38, np.inf, 1.0], np.float32))
+    assert np.isinf(hi[:3]).all() and (lo[:3] == 0).all() and hi[3] == 1.0
+
+
 def test_bad_input_is_a_clear_error():
     y = np.zeros((2, 4, 3, 3), np.uint16)
     with pytest.raises(ValueError, match="bf16 bits"):
@@ -198,7 +206,7 @@ def test_bad_input_is_a_clear_error():
         norm.compile_channel_affine(TINY, [(y, None), (y[:1], None)], 0.0)
 
 
-@pytest.mark.parametrize("shape,residual", [((5, 8, 6, 5), False), ((4, 6, 3, 3), True)])
+@pytest.mark.parametrize("shape,residual", [((5, 8, 6, 5), False), ((4, 6, 3, 3), True), ((1, 6, 8, 3), False)])
 def test_the_programs_timed_without_data_take_the_compiled_programs_cycles(shape, residual):
     """``norm_programs`` (what ``nmsat.sw.iteration`` times) is the norm as compiled, cycle for cycle."""
     rng = np.random.default_rng(6)
