@@ -161,9 +161,12 @@ def verilog(preset, output, force) -> None:
               "many channels a group (E2GC's constant group size; mobilenet_v1's default is 1, depthwise)")
 @click.option("--fggc", "groups", type=int, help="mobilenet_v1, resnext50: grouped 3x3 convolutions of this many "
               "groups (a fixed number of groups; resnext50's default is 32)")
+@click.option("--norms", type=click.Choice(["walks", "stream"]), default="walks", show_default=True,
+              help="batch norms as the walks built (nmsat.dataflow.norm) or by the stream rule of the planned "
+              "channel-wise unit")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def simulate_cmd(model, nm, dense, preset, batch, as_json, plot, force, no_pregeneration, no_im2col, no_offline,
-                 no_interleave, group_size, groups, quiet) -> None:
+                 no_interleave, group_size, groups, norms, quiet) -> None:
     """Simulate one training iteration of a built-in MODEL on the accelerator: per-layer cycles, the totals
     and the speedup over dense."""
     from ..hw.config import SATConfig
@@ -202,7 +205,7 @@ def simulate_cmd(model, nm, dense, preset, batch, as_json, plot, force, no_prege
     try:
         report = simulate(layers, pattern, cfg=cfg, batch=batch, name=model, pregeneration=not no_pregeneration,
                           im2col=not no_im2col, offline=not no_offline, interleave=not no_interleave,
-                          progress=(lambda layer: bar.update()) if bar else None)
+                          norms=norms, progress=(lambda layer: bar.update()) if bar else None)
     finally:
         if bar is not None:
             bar.close()

@@ -111,6 +111,17 @@ def test_cli_json_has_the_documented_fields(capsys):
         assert f"`{name}`" in doc, f"docs/cli.md does not describe {name}"
 
 
+def test_cli_norms_walks_or_stream(capsys):
+    totals = {}
+    for norms in ("walks", "stream"):
+        assert main(["simulate", "resnet18", "--batch", "4", "--json", "--quiet", "--norms", norms]) == 0
+        out = json.loads(capsys.readouterr().out)
+        totals[norms] = out["totals"]["norm_walks"], out["cycles"]
+    assert totals["walks"][0] > 0 and totals["stream"][0] == 0 and totals["walks"][1] != totals["stream"][1]
+    assert main(["simulate", "resnet18", "--norms", "host"]) == 2
+    assert "'host' is not one of" in capsys.readouterr().err
+
+
 def test_cli_dense_and_plot(tmp_path, capsys):
     plot = tmp_path / "bars.png"
     assert main(["simulate", "vgg16", "--dense", "--json", "--quiet", "--plot", str(plot)]) == 0
