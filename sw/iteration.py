@@ -20,7 +20,9 @@ charges, per layer:
   sparse walk's planner estimate missed by 2× at G = 4, batch 8 — else as
   GEMMs with its small groups packed several per pass
   (``nmsat.dataflow.groupconv``) where that is faster; its BDWP-sparse
-  stages (FF, BP) run group by group.  A walk's lanes are the batch, so below
+  stages (FF, BP) run group by group as SPARSE_GEMMs or as the same group
+  walks on the pruned weights (zeros and all: the pattern is not
+  exploited there), whichever is faster.  A walk's lanes are the batch, so below
   ``cols`` samples it leaves lanes idle: each direction takes the mapping
   the planners estimate faster (as a compiler would), and only that one is
   simulated.  Without, every convolution is
@@ -487,15 +489,17 @@ def time_iteration(cfg: SATConfig, layers: list[LayerWork], pattern: tuple[int, 
                     cycles = timer.walk(layer.conv, g.stage, p) if g.stage != "WU" else timer.wu_walk(layer.conv)
                 except WalkTooLong:  # a small instruction memory (the tiny preset) and a deep reduction: GEMMs
                     cycles = None
-            grouped = cycles is None and p is None and layer.conv is not None and layer.conv.groups > 1
+            grouped = cycles is None and layer.conv is not None and layer.conv.groups > 1
             start = len(timer.calls) if timer.calls is not None else 0
-            if grouped:
+            if grouped and p is None:
                 cycles = timer.packed_groups(g, g.stage != "WU", offline)
             if cycles is None and offline:  # the independent GEMMs of a stage (heads, groups) in one program
                 cycles = timer.gemm_batch(g.m, g.n, g.k, p, g.stage != "WU", g.count)
             elif cycles is None:
                 cycles = g.count * timer.gemm(g.m, g.n, g.k, p, g.stage != "WU", times=g.count)
-            if grouped and im2col:  # group walks against those GEMMs, both simulated, the faster kept
+            # group walks against those GEMMs, both simulated, the faster kept; a BDWP-sparse stage's walks take
+            # its pruned weights as they are (the zeros multiplied, the pattern's speed not used)
+            if grouped and im2col:
                 middle = len(timer.calls) if timer.calls is not None else 0
                 try:
                     walk = (timer.group_walk(layer.conv, g.stage, g, force=True) if g.stage != "WU" else

@@ -277,3 +277,9 @@ def test_dense_depthwise_convolutions_run_as_group_walks_where_faster():
     assert walks.ff == timer.group_walk(layers[1].conv, "FF", ff) and walks.bp == timer.group_walk(layers[1].conv, "BP", bp)
     assert walks.wu == timer.group_wu(layers[1].conv, wu)
     assert 3 * walks.ff < gemms.ff and 3 * walks.bp < gemms.bp and 2 * walks.wu < gemms.wu, (walks, gemms)
+    # BDWP's sparse FF and BP of the layer: group by group as SPARSE_GEMMs, or the same walks on the pruned
+    # weights, the faster
+    sparse = time_iteration(cfg, layers, (2, 8), core=core, pregeneration=False)
+    sparse_gemms = time_iteration(cfg, layers, (2, 8), core=core, pregeneration=False, im2col=False)
+    assert sparse.layers[1].sparse and (sparse.layers[1].ff, sparse.layers[1].bp) == (walks.ff, walks.bp)
+    assert sparse.layers[1].ff < sparse_gemms.layers[1].ff and sparse.layers[1].bp < sparse_gemms.layers[1].bp
