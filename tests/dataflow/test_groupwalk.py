@@ -6,7 +6,7 @@ data-less programs ≡ the compiled ones, bad input."""
 import numpy as np
 import pytest
 
-from nmsat.dataflow import conv, groupwalk
+from nmsat.dataflow import groupwalk
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Buffer, Opcode, decode_program, to_bytes
 from nmsat.hw.numerics import bf16_bits_to_f32, f32_to_bf16_bits
