@@ -55,7 +55,7 @@ from .gemm import gemm_args, pack_indices, place_tokens, software_pipelined
 
 __all__ = ["ActLayout", "Axis", "WalkConv", "ff_walk", "bp_walks", "ConvPlan", "plan_walk", "walk_blocks", "walk_programs",
            "pack_act", "unpack_act", "pack_walk_weights", "MAX_TAPS", "bp_pad", "ConvProgram", "walkable", "plan_conv", "WuPlan", "plan_wu", "wu_blocks",
-           "wu_programs", "WuProgram", "compile_wu", "wu_walkable", "plan_conv_wu",
+           "wu_programs", "WuProgram", "compile_wu", "wu_walkable", "plan_conv_wu", "memory_image",
            "compile_sparsified_walk", "compile_sparsified_bp_walk",
            "compile_walks"]
 
@@ -496,6 +496,23 @@ def _align_up(x: int, a: int = 4096) -> int:
     return -(-x // a) * a
 
 
+def memory_image(parts: list[tuple[int, np.ndarray]], top: int, run_words: list[list[int]]):
+    """A program's memory image: each ``(address, array)`` of ``parts`` (its bytes), then the programs of
+    ``run_words`` from ``top``, each page aligned; returns (memory, runs ``(program_addr, length)``)."""
+    blobs = [np.frombuffer(to_bytes(words), dtype=np.uint8) for words in run_words]
+    runs = []
+    for words, blob in zip(run_words, blobs):
+        runs.append((top, len(words)))
+        top = _align_up(top + len(blob))
+    memory = np.zeros(top, dtype=np.uint8)
+    for at, arr in parts:
+        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        memory[at:at + flat.size] = flat
+    for (at, _), blob in zip(runs, blobs):
+        memory[at:at + len(blob)] = blob
+    return memory, runs
+
+
 def compile_walks(cfg: SATConfig, walks: list[WalkConv], src: ActLayout, src_bits: np.ndarray, dst: ActLayout,
                   pattern: tuple[int, int] | None = None, *, relu: bool = False) -> ConvProgram:
     """Compile the walks of one convolution direction (:func:`ff_walk`, or :func:`bp_walks`) on an input tensor
@@ -520,19 +537,7 @@ def compile_walks(cfg: SATConfig, walks: list[WalkConv], src: ActLayout, src_bit
             addr = _align_up(addr + packed["idx"].nbytes)
     run_words = walk_programs(cfg, plans, a_addrs=a_addrs, src_addr=src_addr, dst_addr=dst_addr, idx_addrs=idx_addrs,
                               relu=relu)
-    blobs = [np.frombuffer(to_bytes(words), dtype=np.uint8) for words in run_words]
-    runs = []
-    for words, blob in zip(run_words, blobs):
-        runs.append((addr, len(words)))
-        addr = _align_up(addr + len(blob))
-    memory = np.zeros(addr, dtype=np.uint8)
-    packed_src = pack_act(cfg, src, src_bits)
-    memory[src_addr:src_addr + packed_src.nbytes] = packed_src.reshape(-1).view(np.uint8)
-    for at, arr in parts:
-        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-        memory[at:at + flat.nbytes] = flat
-    for (at, _), blob in zip(runs, blobs):
-        memory[at:at + len(blob)] = blob
+    memory, runs = memory_image([(src_addr, pack_act(cfg, src, src_bits))] + parts, addr, run_words)
     return ConvProgram(cfg, plans, run_words, memory, runs, src, dst, dst_addr)
 
 
@@ -788,17 +793,8 @@ def compile_wu(cfg: SATConfig, dy_bits: np.ndarray, x_bits: np.ndarray, kernel: 
     rows = -(-cout // cfg.rows) * cfg.rows
     addr = _align_up(g_addr + rows * g_row_bytes)
     run_words = wu_programs(cfg, plan, dy_addr=dy_addr, x_addr=x_addr, g_addr=g_addr, g_row_bytes=g_row_bytes)
-    runs, blobs = [], []
-    for words in run_words:
-        blobs.append(np.frombuffer(to_bytes(words), dtype=np.uint8))
-        runs.append((addr, len(words)))
-        addr = _align_up(addr + len(blobs[-1]))
-    memory = np.zeros(addr, dtype=np.uint8)
-    for at, layout, bits in ((dy_addr, dy, dy_bits), (x_addr, x, x_bits)):
-        packed = pack_act(cfg, layout, bits).reshape(-1).view(np.uint8)
-        memory[at:at + packed.size] = packed
-    for (at, _), blob in zip(runs, blobs):
-        memory[at:at + len(blob)] = blob
+    memory, runs = memory_image([(dy_addr, pack_act(cfg, dy, dy_bits)), (x_addr, pack_act(cfg, x, x_bits))], addr,
+                                run_words)
     return WuProgram(cfg, plan, run_words, memory, runs, g_addr, g_row_bytes)
 
 
@@ -855,20 +851,10 @@ def _after_sparsify(cfg: SATConfig, lay, weight: np.ndarray, sparsify: list[int]
     first_load = next(i for i, word in enumerate(run_words[0]) if word & 0xF == Opcode.LOAD.value)
     run_words[0][first_load] = with_flags(run_words[0][first_load], pop_prev=1)  # wait for the sparsifier
     run_words[0] = sparsify[:-1] + [with_flags(sparsify[-1], push_next=1)] + run_words[0]
-    runs, blobs, addr = [], [], program_addr
-    for words in run_words:
-        blobs.append(np.frombuffer(to_bytes(words), dtype=np.uint8))
-        runs.append((addr, len(words)))
-        addr = _align_up(addr + len(blobs[-1]))
-    memory = np.zeros(addr, dtype=np.uint8)
     cout = weight.shape[0]
     master = pack_master(lay, np.ascontiguousarray(np.asarray(weight, np.float32).transpose(0, 2, 3, 1)
-                                                   .reshape(cout, -1))).view(np.uint8).ravel()
-    memory[lay.base:lay.base + master.size] = master
-    packed = pack_act(cfg, src, bits).reshape(-1).view(np.uint8)
-    memory[src_addr:src_addr + packed.size] = packed
-    for (at, _), blob in zip(runs, blobs):
-        memory[at:at + len(blob)] = blob
+                                                   .reshape(cout, -1)))
+    memory, runs = memory_image([(lay.base, master), (src_addr, pack_act(cfg, src, bits))], program_addr, run_words)
     return run_words, runs, memory
 
 

@@ -26,7 +26,6 @@ import dataclasses
 import numpy as np
 
 from ..hw.config import SATConfig
-from ..hw.isa import to_bytes
 from . import conv
 
 __all__ = ["group_walk_pattern", "group_walkable", "tile_weight", "plan_group_walks", "group_walk_blocks",
@@ -160,19 +159,7 @@ def compile_group_walks(cfg: SATConfig, weight: np.ndarray, x_bits: np.ndarray, 
     blocks = group_walk_blocks(cfg, plans, src, dst, a_addrs=a_addrs, idx_addrs=idx_addrs, src_addr=src_addr,
                                dst_addr=dst_addr, relu=relu)
     run_words = conv._runs_of(cfg, blocks, -1)
-    blobs = [np.frombuffer(to_bytes(words), dtype=np.uint8) for words in run_words]
-    runs = []
-    for words, blob in zip(run_words, blobs):
-        runs.append((addr, len(words)))
-        addr = conv._align_up(addr + len(blob))
-    memory = np.zeros(addr, np.uint8)
-    packed_src = conv.pack_act(cfg, src, x_bits)
-    memory[src_addr:src_addr + packed_src.nbytes] = packed_src.reshape(-1).view(np.uint8)
-    for at, arr in parts:
-        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-        memory[at:at + flat.nbytes] = flat
-    for (at, _), blob in zip(runs, blobs):
-        memory[at:at + len(blob)] = blob
+    memory, runs = conv.memory_image([(src_addr, conv.pack_act(cfg, src, x_bits))] + parts, addr, run_words)
     return conv.ConvProgram(cfg, [p for row in plans for p in row], run_words, memory, runs, src, dst, dst_addr)
 
 
@@ -246,15 +233,6 @@ def compile_group_wu(cfg: SATConfig, dy_bits: np.ndarray, x_bits: np.ndarray, gr
     addr = conv._align_up(g_addr + dy.blocks * R * row_bytes)
     run_words = conv._runs_of(cfg, group_wu_blocks(cfg, plan, dy, x, row_bytes, dy_addr=dy_addr, x_addr=x_addr,
                                                    g_addr=g_addr), -1)
-    blobs = [np.frombuffer(to_bytes(words), dtype=np.uint8) for words in run_words]
-    runs = []
-    for words, blob in zip(run_words, blobs):
-        runs.append((addr, len(words)))
-        addr = conv._align_up(addr + len(blob))
-    memory = np.zeros(addr, np.uint8)
-    for at, layout, bits in ((dy_addr, dy, dy_bits), (x_addr, x, x_bits)):
-        packed = conv.pack_act(cfg, layout, bits).reshape(-1).view(np.uint8)
-        memory[at:at + packed.size] = packed
-    for (at, _), blob in zip(runs, blobs):
-        memory[at:at + len(blob)] = blob
+    memory, runs = conv.memory_image([(dy_addr, conv.pack_act(cfg, dy, dy_bits)), (x_addr, conv.pack_act(cfg, x, x_bits))],
+                                     addr, run_words)
     return GroupWuProgram(cfg, run_words, memory, runs, c, group_size, kernel, g_addr, row_bytes)

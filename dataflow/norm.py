@@ -39,7 +39,6 @@ import numpy as np
 
 from ..hw.config import SATConfig
 from ..hw.numerics import bf16_bits_to_f32, f32_to_bf16_bits, flush_f32
-from ..hw.isa import to_bytes
 from . import conv
 
 __all__ = ["EPS", "split_bf16", "NormProgram", "compile_channel_sums", "norm_programs", "lane_fold", "BnCoefficients", "bn_coefficients",
@@ -126,22 +125,6 @@ def _layout(arrays: list[np.ndarray], out_bytes: int) -> tuple[list[int], int, i
     return addrs, out_addr, addr
 
 
-def _assemble(arrays: list[np.ndarray], addrs: list[int], top: int, run_words: list[list[int]]):
-    """The memory image: ``arrays`` at ``addrs``, the programs from ``top`` (page aligned); and their runs."""
-    blobs = [np.frombuffer(to_bytes(words), dtype=np.uint8) for words in run_words]
-    runs = []
-    for words, blob in zip(run_words, blobs):
-        runs.append((top, len(words)))
-        top = conv._align_up(top + len(blob))
-    memory = np.zeros(top, np.uint8)
-    for at, arr in zip(addrs, arrays):
-        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-        memory[at:at + flat.size] = flat
-    for (at, _), blob in zip(runs, blobs):
-        memory[at:at + len(blob)] = blob
-    return memory, runs
-
-
 def _sums_plan(cfg: SATConfig, n: int, c: int, h: int, w: int) -> tuple[conv.WuPlan, int, int]:
     """The WU plan of one tile's channel sums (dY a tile of ``rows`` channels, X that tile and a ones tile),
     the tiles, and the bytes of a row of the sums' output (``[tiles·rows, 2·rows]`` fp32)."""
@@ -213,7 +196,7 @@ def compile_channel_sums(cfg: SATConfig, d_bits: np.ndarray, y_bits: np.ndarray)
     R = cfg.rows
     addrs, g_addr, top = _layout(arrays, tiles * R * row_bytes)
     run_words = conv._runs_of(cfg, _sums_blocks(cfg, plan, tiles, row_bytes, addrs, g_addr), -1)
-    memory, runs = _assemble(arrays, addrs, top, run_words)
+    memory, runs = conv.memory_image(list(zip(addrs, arrays)), top, run_words)
 
     def read(mem=None):
         m = memory if mem is None else mem
@@ -330,7 +313,7 @@ def compile_channel_affine(cfg: SATConfig, terms: list[tuple[np.ndarray, np.ndar
     dst = plans[0].dst
     addrs, out_addr, top = _layout(arrays, tiles * dst.nbytes(cfg))
     run_words = conv._runs_of(cfg, _affine_blocks(cfg, plans, addrs, out_addr, relu), -1)
-    memory, runs = _assemble(arrays, addrs, top, run_words)
+    memory, runs = conv.memory_image(list(zip(addrs, arrays)), top, run_words)
 
     def read(mem=None):
         m = memory if mem is None else mem
