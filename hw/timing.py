@@ -21,12 +21,16 @@ import numpy as np
 
 from .config import IDX_SLOTS_PER_WORD as IDX_SLOTS, SATConfig
 
-__all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "transpose_tail", "gemm_mac_cycles", "GEMM_TAIL", "drain_cycles", "drain_gap", "CHAIN_GAP", "LOADS_IN_FLIGHT",
+__all__ = ["bursts", "burst_count", "burst_counts", "transfer_beats", "transpose_tail", "gemm_mac_cycles", "GEMM_TAIL", "drain_cycles", "drain_gap", "CHECK_LATENCY", "dispatch_start", "CHAIN_GAP", "LOADS_IN_FLIGHT",
            "STORES_IN_FLIGHT", "SRAM_READ_LATENCY", "DRAIN_PIPELINE", "DRAIN_ROWS", "PAGE_BYTES", "SparsifyShape",
            "sparsify_shape", "sparsify_chunk_groups", "sparsify_emit_cycles", "sparsify_read_beats", "SparsifyTimes", "sparsify_cycles",
            "sparsify_events", "STREAM_LANE_LATENCY", "UPDATE_FIRST_CHUNK", "UPDATE_STREAMS", "VECTOR_STREAMS", "stream_chunks",
            "StreamChunk", "stream_schedule", "stream_cycles", "stream_events", "update_beats", "update_chunks", "update_cycles", "update_events"]
 
+#: Cycles from a program's beat arriving to its instructions in the instruction memory: each goes through the
+#: static checks on its way in (``nmsat.hw.core.check``: an input register and four stages), so dispatch starts
+#: this many cycles after the fetch's last beat, later than without them (:func:`dispatch_start`).
+CHECK_LATENCY = 5
 #: Cycles between a FINISH that names a next program retiring and that program's cycle 0, beyond the one
 #: after it: the reset of the units is registered (it reaches every register of the core), so a chained
 #: run takes its programs' cycles plus this many per program after the first.
@@ -50,6 +54,14 @@ GEMM_TAIL = 13
 
 #: AXI: a burst never crosses a boundary of this many bytes
 PAGE_BYTES = 4096
+
+
+def dispatch_start(cfg: SATConfig, program_len: int) -> int:
+    """The cycle a program of ``program_len`` instructions dispatches its first instruction (D₀): its beats
+    arrive from ``mem_read_latency`` on, one a cycle, and the last is in the instruction memory
+    ``CHECK_LATENCY`` cycles after it arrives."""
+    beats = -(-program_len * cfg.instruction_bytes // cfg.bus_bytes)
+    return cfg.mem_read_latency + beats + CHECK_LATENCY
 
 
 def _runs(dram_addr: int, rows: int, word_bytes: int, stride: int):

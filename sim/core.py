@@ -373,7 +373,7 @@ class CoreModel:
         if bad is not None:  # fetch beat j arrives in cycle Lr + j and carries DECERR
             return RunResult(Status.ERROR, ErrorCode.AXI_ERROR, cycles=cfg.mem_read_latency + bad[0] + 1), None
         fields = decode_program(memory[program_addr:program_addr + nbytes].tobytes())
-        result, sched = self._schedule(fields, cfg.mem_read_latency + fetch_beats, serial, self._limit(memory),
+        result, sched = self._schedule(fields, timing.dispatch_start(cfg, program_len), serial, self._limit(memory),
                                        program_addr)
         if check_hazards:
             result.hazards = find_hazards(cfg, fields, sched)
@@ -400,9 +400,7 @@ class CoreModel:
         key = (hashlib.blake2b(blob, digest_size=16).digest(), serial)
         cached = self._timing_cache.get(key)
         if cached is None:
-            nbytes = len(words) * INSTRUCTION_BYTES
-            cached, _ = self._schedule(decode_program(blob), cfg.mem_read_latency + -(-nbytes // cfg.bus_bytes),
-                                       serial, None)
+            cached, _ = self._schedule(decode_program(blob), timing.dispatch_start(cfg, len(words)), serial, None)
             if len(self._timing_cache) >= 256:
                 self._timing_cache.pop(next(iter(self._timing_cache)))
             self._timing_cache[key] = cached

@@ -1,11 +1,14 @@
 """The fetch unit: reads the whole program into the instruction memory before anything is dispatched.
 
 Timing (``docs/architecture.md`` §6): burst j's address in cycle j of the
-run, beats from cycle ``mem_read_latency``; dispatch starts in the cycle
-after the last beat.  A bad program length or address stops the run in
-cycle 0; a read error (DECERR/SLVERR) on a beat is an AXI error at PC 0.
+run, beats from cycle ``mem_read_latency``; each instruction goes through
+the static checks (:mod:`.check`) on its way in, and is written into the
+instruction memory with its error code ``CHECK_LATENCY`` cycles after its
+last beat; dispatch starts in the cycle after the last write.  A bad
+program length or address stops the run in cycle 0; a read error
+(DECERR/SLVERR) on a beat is an AXI error at PC 0.
 
-Not here: the instruction memory itself (the top level owns it) or decoding.
+Not here: the instruction memory itself (the top level owns it), the checks' rule or decoding.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal
@@ -14,7 +17,9 @@ from amaranth.lib.wiring import In, Out
 
 from ..axi import next_burst
 from ..config import SATConfig
-from ..isa import INSTRUCTION_BITS
+from ..isa import INSTRUCTION_BITS, ErrorCode
+from ..timing import CHECK_LATENCY
+from .check import InstructionCheck
 from .common import clog2
 
 __all__ = ["Fetch", "imem_geometry"]
@@ -30,7 +35,7 @@ def imem_geometry(cfg: SATConfig) -> tuple[int, int, int]:
 class Fetch(wiring.Component):
     def __init__(self, cfg: SATConfig):
         self.cfg = cfg
-        _, width, words = imem_geometry(cfg)
+        per_word, width, words = imem_geometry(cfg)
         super().__init__({
             "fetching": In(1),  # the run is BUSY and this unit is `active`
             "program_addr": In(64), "program_len": In(32),
@@ -38,6 +43,7 @@ class Fetch(wiring.Component):
             "ar_valid": Out(1), "ar_addr": Out(cfg.addr_bits), "ar_len": Out(8), "ar_ready": In(1),
             "r_valid": In(1), "r_data": In(cfg.bus_bytes * 8), "r_resp": In(2),
             "imem_addr": Out(range(words)), "imem_data": Out(width), "imem_en": Out(1),
+            "imem_codes": Out(ErrorCode.as_shape().width * per_word),  # the static codes of imem_data's instructions
             "bad_length": Out(1), "bad_address": Out(1), "bus_error": Out(1),
         })
 
@@ -46,7 +52,7 @@ class Fetch(wiring.Component):
         cfg = self.cfg
         bus = cfg.bus_bytes
         bus_bits = bus * 8
-        _, imem_width, _ = imem_geometry(cfg)
+        per_word, imem_width, _ = imem_geometry(cfg)
         beats_per_word = imem_width // bus_bits
         prog_bytes = Signal(40)
         total_beats = Signal(40)
@@ -75,16 +81,30 @@ class Fetch(wiring.Component):
             m.d.sync += [addr.eq(cur_addr + beats * bus), run_left.eq(cur_left - beats), more.eq(cur_left != beats)]
         with m.Elif(self.ar_valid):
             m.d.sync += [addr.eq(cur_addr), run_left.eq(cur_left), more.eq(1)]
-        # beats into the instruction memory
+        # beats into the instruction memory, through the checks: a word and its codes CHECK_LATENCY cycles on
         next_word = Signal(imem_width)
         m.d.comb += next_word.eq(Cat(assembled[bus_bits:], self.r_data) if beats_per_word > 1 else self.r_data)
         got_beat = self.fetching & ~first & self.r_valid
+        word_addr, word_en, word_last = Signal.like(self.imem_addr), Signal(), Signal()
         with m.If(got_beat):
             m.d.sync += [assembled.eq(next_word), beat.eq(beat + 1)]
-            m.d.comb += [self.imem_addr.eq(beat >> clog2(beats_per_word) if beats_per_word > 1 else beat),
-                         self.imem_data.eq(next_word),
-                         self.imem_en.eq((beat % beats_per_word == beats_per_word - 1) | (beat == total_beats - 1))]
-            with m.If(beat == total_beats - 1):
-                m.d.sync += self.active.eq(0)
+            m.d.comb += [word_addr.eq(beat >> clog2(beats_per_word) if beats_per_word > 1 else beat),
+                         word_en.eq((beat % beats_per_word == beats_per_word - 1) | (beat == total_beats - 1)),
+                         word_last.eq(beat == total_beats - 1)]
+        checks = []
+        for j in range(per_word):
+            m.submodules[f"check{j}"] = check = InstructionCheck(cfg)
+            m.d.comb += [check.inst.eq(next_word.word_select(j, INSTRUCTION_BITS)),
+                         check.program_addr.eq(self.program_addr)]
+            checks.append(check)
+        for _ in range(CHECK_LATENCY):
+            delayed = Signal.like(word_addr), Signal(), Signal()
+            m.d.sync += [delayed[0].eq(word_addr), delayed[1].eq(word_en), delayed[2].eq(word_last)]
+            word_addr, word_en, word_last = delayed
+        m.d.comb += [self.imem_addr.eq(word_addr), self.imem_en.eq(word_en),
+                     self.imem_data.eq(Cat(*(check.inst_out for check in checks))),
+                     self.imem_codes.eq(Cat(*(check.code.as_value() for check in checks)))]
+        with m.If(word_last):
+            m.d.sync += self.active.eq(0)
         m.d.comb += self.bus_error.eq(got_beat & (self.r_resp != 0))
         return m

@@ -137,6 +137,9 @@ class Core(wiring.Component):
         # buffers: synchronous RAMs; B in banks; ACC twice (the drain's copy and the STORE's copy, written together)
         _, imem_width, imem_words = imem_geometry(cfg)
         m.submodules.imem = imem = Memory(shape=unsigned(imem_width), depth=imem_words, init=[])
+        # the instructions' static codes, beside them (written by the fetch, read by the dispatcher with them)
+        code_width = ErrorCode.as_shape().width * imem_geometry(cfg)[0]
+        m.submodules.imem_codes = imem_codes = Memory(shape=unsigned(code_width), depth=imem_words, init=[])
         m.submodules.buf_a = buf_a = Memory(shape=unsigned(16 * R), depth=cfg.a_depth, init=[])
         banks = cfg.b_banks  # B word w lives in bank w % banks, row w // banks
         bank_bits = (banks - 1).bit_length()
@@ -152,6 +155,8 @@ class Core(wiring.Component):
             m.submodules[f"acc_drain{parity}"], m.submodules[f"acc_store{parity}"] = acc_d[parity], acc_s[parity]
         imem_w = imem.write_port(domain="core")
         imem_r = imem.read_port(domain="core", transparent_for=(imem_w,))
+        codes_w = imem_codes.write_port(domain="core")
+        codes_r = imem_codes.read_port(domain="core", transparent_for=(codes_w,))
         a_w, a_r = buf_a.write_port(domain="core"), buf_a.read_port(domain="core")
         b_ws = [bank.write_port(domain="core") for bank in b_banks]
         b_rs = [bank.read_port(domain="core") for bank in b_banks]
@@ -169,9 +174,11 @@ class Core(wiring.Component):
                      fetch.ar_ready.eq(mem.arready), fetch.r_valid.eq(mem.rvalid), fetch.r_data.eq(mem.rdata),
                      fetch.r_resp.eq(mem.rresp),
                      imem_w.addr.eq(fetch.imem_addr), imem_w.data.eq(fetch.imem_data), imem_w.en.eq(fetch.imem_en),
+                     codes_w.addr.eq(fetch.imem_addr), codes_w.data.eq(fetch.imem_codes), codes_w.en.eq(fetch.imem_en),
                      dispatch.running.eq(running), dispatch.fetching.eq(ctl.fetching), dispatch.serial.eq(regs.serial),
-                     dispatch.program_len.eq(ctl.program_len), dispatch.program_addr.eq(ctl.program_addr),
-                     imem_r.addr.eq(dispatch.imem_addr), dispatch.imem_data.eq(imem_r.data)]
+                     dispatch.program_len.eq(ctl.program_len),
+                     imem_r.addr.eq(dispatch.imem_addr), dispatch.imem_data.eq(imem_r.data),
+                     codes_r.addr.eq(dispatch.imem_addr), dispatch.imem_codes.eq(codes_r.data)]
         for name, q in queues.items():
             m.d.comb += [q.w_data.eq(dispatch.entry.as_value()), q.w_en.eq(getattr(dispatch, f"to_{name}")),
                          getattr(dispatch, f"{name}_ready").eq(q.w_rdy)]

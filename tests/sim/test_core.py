@@ -9,6 +9,7 @@ import torch
 from nmsat.dataflow.gemm import compile_gemm, read_c
 from nmsat.hw.config import SATConfig
 from nmsat.hw.isa import Buffer, ErrorCode, Opcode, Status, encode, to_bytes
+from nmsat.hw.timing import CHECK_LATENCY
 from nmsat.sim import numerics as nx
 from nmsat.sim.core import CoreModel
 
@@ -40,15 +41,17 @@ def small_program():
 def test_hand_computed_cycle_count():
     """The latency rules of docs/architecture.md, worked by hand for the tiny preset (Lr=4, Lw=2, 8-byte bus).
 
-    fetch: 5 instructions = 10 beats, first at cycle 4 → dispatch from cycle 14 (d = 14, 15, 16, 17; FINISH 18).
-    LOAD A starts 15, data 19..22.  LOAD B starts 16 (one AR after A), data 23..26, pushes at 26.
-    GEMM starts 27: reads 27..30, last MAC data 31, the PEs' tail 32..44 (the partial sums added, the
-    result latched in 44), transfer 45, drain of 4 rows two a cycle (reads 46, 47; through the four adder
-    stages; writes 51, 52) ends 52.  STORE starts 53, 4 words × 2 beats, last response 53 + 8 + 2 = 63.
-    FINISH retires in 64 → 65 cycles.
+    fetch: 5 instructions = 10 beats at cycles 4..13, each instruction in the instruction memory with its
+    check code CHECK_LATENCY = 5 cycles after its last beat (18) → dispatch from cycle 19 (d = 19, 20, 21, 22;
+    FINISH 23).  LOAD A starts 20, data 24..27.  LOAD B starts 21 (one AR after A), data 28..31, pushes at 31.
+    GEMM starts 32: reads 32..35, last MAC data 36, the PEs' tail 37..49 (the partial sums added, the
+    result latched in 49), transfer 50, drain of 4 rows two a cycle (reads 51, 52; through the four adder
+    stages; writes 56, 57) ends 57.  STORE starts 58, 4 words × 2 beats, last response 58 + 8 + 2 = 68.
+    FINISH retires in 69 → 70 cycles.
     """
+    assert CHECK_LATENCY == 5
     result, _ = run_words(small_program())
-    assert result.status is Status.DONE and result.cycles == 65
+    assert result.status is Status.DONE and result.cycles == 70
     assert result.token_stall == {"load": 0, "compute": 10, "store": 35, "sparsify": 0}
     assert result.busy["compute"] == 26
 
@@ -109,8 +112,8 @@ def error_case(words, **kw):
 
 def test_bad_opcode_stops_at_dispatch():
     r = error_case([encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=0x1000, dram_stride=8), 0xF, encode(Opcode.FINISH)])
-    # 3 instructions = 6 beats, dispatch from 10: LOAD at 10, the bad word is current at 11
-    assert (r.error, r.error_pc, r.cycles) == (ErrorCode.BAD_OPCODE, 1, 12)
+    # 3 instructions = 6 beats at 4..9, checked by 14, dispatch from 15: LOAD at 15, the bad word is current at 16
+    assert (r.error, r.error_pc, r.cycles) == (ErrorCode.BAD_OPCODE, 1, 17)
     assert error_case([0]).error is ErrorCode.BAD_OPCODE  # zeroed memory is not a program
 
 
@@ -134,20 +137,21 @@ def test_bad_opcode_stops_at_dispatch():
 ])
 def test_static_errors(word, code):
     r = error_case([word, encode(Opcode.FINISH)])
-    assert (r.error, r.error_pc, r.cycles) == (code, 0, TINY.mem_read_latency + 4 + 1)
+    # 4 beats, the first instruction current (and its code raised) in dispatch_start = Lr + 4 + CHECK_LATENCY
+    assert (r.error, r.error_pc, r.cycles) == (code, 0, TINY.mem_read_latency + 4 + CHECK_LATENCY + 1)
 
 
 def test_deadlock_is_reported_not_hung():
     r = error_case([encode(Opcode.GEMM, pop_prev=1, k=4), encode(Opcode.FINISH)])
-    # dispatch at 8, the GEMM waits from 9 on a token no one will push; quiet from cycle 9
-    assert (r.error, r.error_pc, r.cycles) == (ErrorCode.DEADLOCK, 0, 10)
+    # dispatch at 13, the GEMM waits from 14 on a token no one will push; quiet from cycle 14
+    assert (r.error, r.error_pc, r.cycles) == (ErrorCode.DEADLOCK, 0, 15)
 
 
 def test_static_error_behind_a_blocked_unit_is_raised_when_current():
     words = [encode(Opcode.GEMM, pop_prev=1, k=4), 0xF, encode(Opcode.FINISH)]
     r = error_case(words)
-    # GEMM dispatched at 10, the bad word current at 11: the error wins over the later deadlock
-    assert (r.error, r.error_pc, r.cycles) == (ErrorCode.BAD_OPCODE, 1, 12)
+    # GEMM dispatched at 15, the bad word current at 16: the error wins over the later deadlock
+    assert (r.error, r.error_pc, r.cycles) == (ErrorCode.BAD_OPCODE, 1, 17)
 
 
 def test_token_overflow():
@@ -174,13 +178,13 @@ def test_latency_changes_timing_as_the_rules_say():
 
 def test_queue_depth_changes_timing_as_the_rules_say():
     """A STORE waiting for its token holds the only store-queue entry, so the dispatcher stops in front of
-    the next STORE and the LOAD behind it waits.  5 instructions = 10 beats: dispatch from 14.
+    the next STORE and the LOAD behind it waits.  5 instructions = 10 beats: dispatch from 19 (the checks).
 
-    depth 4: d = 14, 15, 16, 17; GEMM starts 15, transfer 37 (8 reads, the SRAM latency, the PEs' tail of
-    13), drain ends 44 (push: 2 reads, the four adder stages); STORE0 45..49, STORE1 47..51; LOAD starts 18,
-    data 22; FINISH retires 52: 53 cycles.
-    depth 1: STORE1 is dispatched when STORE0 has started (45) in 46, the LOAD in 47; it starts 48,
-    its data arrives in 52; FINISH retires 53: 54 cycles.
+    depth 4: d = 19, 20, 21, 22; GEMM starts 20, transfer 42 (8 reads, the SRAM latency, the PEs' tail of
+    13), drain ends 49 (push: 2 reads, the four adder stages); STORE0 50..54, STORE1 52..56; LOAD starts 23,
+    data 27; FINISH retires 57: 58 cycles.
+    depth 1: STORE1 is dispatched when STORE0 has started (50) in 51, the LOAD in 52; it starts 53,
+    its data arrives in 57; FINISH retires 58: 59 cycles.
     """
     words = [encode(Opcode.GEMM, push_next=1, k=8),
              encode(Opcode.STORE, pop_prev=1, buffer=Buffer.ACC, rows=1, dram_addr=0x3000, dram_stride=16),
@@ -189,7 +193,7 @@ def test_queue_depth_changes_timing_as_the_rules_say():
              encode(Opcode.FINISH)]
     deep, _ = run_words(words)
     shallow, _ = run_words(words, cfg=dataclasses.replace(TINY, queue_depth=1))
-    assert (deep.cycles, shallow.cycles) == (53, 54)
+    assert (deep.cycles, shallow.cycles) == (58, 59)
 
 
 def test_time_program_matches_run_and_is_memoised_safely():
@@ -256,17 +260,18 @@ def test_a_load_of_bytes_a_store_is_still_writing_is_a_hazard():
 
 
 def test_beats_past_the_memory_get_decerr_in_the_cycle_the_rules_say():
-    """LOAD: 2 instructions = 4 beats, dispatch at 8, the LOAD starts 9, its beat arrives (DECERR) in 13.
+    """LOAD: 2 instructions = 4 beats, dispatch at 13 (the checks), the LOAD starts 14, its beat arrives (DECERR)
+    in 18.
     STORE: C rows 32 bytes apart, 2 beats each, one burst each; the 2nd row is past the 0x2010-byte memory:
     its burst's last beat goes out 2 cycles after the first burst's and its response Lw = 2 later.
     Fetch: a 24-byte memory holds 3 of the program's 4 beats: beat 3 arrives (DECERR) in cycle Lr + 3 = 7."""
     load = [encode(Opcode.LOAD, buffer=Buffer.A, rows=1, dram_addr=4096, dram_stride=8), encode(Opcode.FINISH)]
     r, _ = run_words(load, memory_bytes=4096)
-    assert (r.status, r.error, r.error_pc, r.cycles, r.executed) == (Status.ERROR, ErrorCode.AXI_ERROR, 0, 14, 1)
+    assert (r.status, r.error, r.error_pc, r.cycles, r.executed) == (Status.ERROR, ErrorCode.AXI_ERROR, 0, 19, 1)
     store = [encode(Opcode.STORE, buffer=Buffer.ACC, rows=2, dram_addr=0x1FF0, dram_stride=32), encode(Opcode.FINISH)]
     r, mem = run_words(store, memory_bytes=0x2010)
-    # dispatch at 8, STORE starts 9, beats 10..13 (bursts end at 11 and 13), responses at 13 and 15
-    assert (r.error, r.error_pc, r.cycles) == (ErrorCode.AXI_ERROR, 0, 16)
+    # dispatch at 13, STORE starts 14, beats 15..18 (bursts end at 16 and 18), responses at 18 and 20
+    assert (r.error, r.error_pc, r.cycles) == (ErrorCode.AXI_ERROR, 0, 21)
     fetch = np.zeros(24, dtype=np.uint8)
     fetch[:] = np.frombuffer(to_bytes(load), dtype=np.uint8)[:24]
     r = CoreModel(TINY).run(fetch, 0, 2)
@@ -349,9 +354,9 @@ def test_transposing_load_writes_each_blocks_columns_and_ends_cols_cycles_late()
     core.run(mem, 0, 2)
     expected = blocks[:, :4, :].transpose(0, 2, 1).reshape(8, 4)  # [block, lane j, word r]
     assert np.array_equal(core.a[8:16], expected)
-    # fetch: 2 instructions = 4 beats at 4..7, dispatch 8; LOAD starts 9 (two bursts: the blocks are not one
-    # run), data 13..20 (8 beats), words written 21..24 → FINISH retires 25 → 26 cycles
-    assert result.cycles == 26
+    # fetch: 2 instructions = 4 beats at 4..7, checked by 12, dispatch 13; LOAD starts 14 (two bursts: the
+    # blocks are not one run), data 18..25 (8 beats), words written 26..29 → FINISH retires 30 → 31 cycles
+    assert result.cycles == 31
     plain, _ = run_words([encode(Opcode.LOAD, buffer=Buffer.A, sram_addr=8, rows=8, dram_addr=0x1000, dram_stride=8),
                           encode(Opcode.FINISH)])
     assert plain.cycles == result.cycles - TINY.cols
