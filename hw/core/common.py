@@ -48,8 +48,13 @@ class TokenCounter(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         nxt = Signal(range(self.limit + 3))
+        # overflow is nxt > limit, written without the sum: at the limit a push alone passes it; past it (only
+        # after an overflow) anything but a pop alone from limit + 1 stays past it
+        at_limit, past_limit = self.count == self.limit, self.count > self.limit
+        only_pop = self.pop & ~self.push
         m.d.comb += [nxt.eq(self.count + self.push - self.pop), self.available.eq(self.count != 0),
-                     self.overflow.eq(nxt > self.limit)]
+                     self.overflow.eq((at_limit & self.push & ~self.pop) |
+                                      (past_limit & ~((self.count == self.limit + 1) & only_pop)))]
         m.d.sync += self.count.eq(nxt)
         return m
 

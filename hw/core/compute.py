@@ -119,7 +119,14 @@ class ComputeUnit(wiring.Component):
             m.d.sync += since.eq(1)
         with m.Elif(since != gap):
             m.d.sync += since.eq(since + 1)
-        drain_clear = mac_steps + (SRAM_READ_LATENCY + GEMM_TAIL) + Mux(transfer, 0, since) >= gap
+        # (mac_steps saturated at gap: the same decision without the full product on the start's path)
+        sat = Signal(range(gap + 1))
+        sat_groups = Mux(sparse_args.groups >= gap, gap, sparse_args.groups)
+        sat_sparse = sat_groups * sparse_args.n
+        sat_tap = Mux(head_sparse, Mux(sat_sparse >= gap, gap, sat_sparse), Mux(args.k >= gap, gap, args.k))
+        sat_all = head_taps * sat_tap
+        m.d.comb += sat.eq(Mux(sat_all >= gap, gap, sat_all))
+        drain_clear = sat + (SRAM_READ_LATENCY + GEMM_TAIL) + Mux(transfer, 0, since) >= gap
         start = self.start
         m.d.comb += [start.eq(self.running & self.queue.valid & free & tokens_ok & drain_clear),
                      self.queue.ready.eq(start), self.l2c_pop.eq(start & head.inst.deps.pop_prev),

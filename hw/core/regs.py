@@ -119,6 +119,10 @@ class RunControl(wiring.Component):
         busy_state = self.status == Status.BUSY
         chained = Signal()  # the program is a chained one, not the host's
         seg_addr, seg_len, base = Signal(40), Signal(21), Signal(32)
+        # the error's PC in its program, latched; ERROR_PC adds the programs before (base) on the read side, off
+        # the error's path (base stays put once stopping: a chain needs a FINISH that retires without an error)
+        error_at = Signal(PC_BITS)
+        m.d.comb += self.error_pc.eq(Mux(stopping, base + error_at, 0))
         # a FINISH with a next program retires in cycle c: the next program is latched then, and the reset
         # of the units comes from a register in c + 1 (``chain``; nothing is dispatched meanwhile), so the
         # next program's cycle 0 is c + 2 (``nmsat.hw.timing.CHAIN_GAP``)
@@ -136,9 +140,9 @@ class RunControl(wiring.Component):
             m.d.sync += self.cycles.eq(self.cycles + 1)
         with m.If(self.start):
             m.d.sync += [self.status.eq(Status.BUSY), self.cycles.eq(0), self.error.eq(ErrorCode.NONE),
-                         self.error_pc.eq(0), stopping.eq(0), chained.eq(0), base.eq(0)]
+                         error_at.eq(0), stopping.eq(0), chained.eq(0), base.eq(0)]
         with m.If(busy_state & ~stopping & self.error_raised):
-            m.d.sync += [stopping.eq(1), self.error.eq(self.error_code), self.error_pc.eq(base + self.error_at)]
+            m.d.sync += [stopping.eq(1), self.error.eq(self.error_code), error_at.eq(self.error_at)]
         with m.Elif(busy_state & self.finish & (self.next_len == 0)):
             m.d.sync += self.status.eq(Status.DONE)
         # after an error, STATUS turns ERROR once every transfer already on the bus has finished
