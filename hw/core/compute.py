@@ -119,14 +119,19 @@ class ComputeUnit(wiring.Component):
             m.d.sync += since.eq(1)
         with m.Elif(since != gap):
             m.d.sync += since.eq(since + 1)
-        # (mac_steps saturated at gap: the same decision without the full product on the start's path)
-        sat = Signal(range(gap + 1))
-        sat_groups = Mux(sparse_args.groups >= gap, gap, sparse_args.groups)
-        sat_sparse = sat_groups * sparse_args.n
-        sat_tap = Mux(head_sparse, Mux(sat_sparse >= gap, gap, sat_sparse), Mux(args.k >= gap, gap, args.k))
-        sat_all = head_taps * sat_tap
-        m.d.comb += sat.eq(Mux(sat_all >= gap, gap, sat_all))
-        drain_clear = sat + (SRAM_READ_LATENCY + GEMM_TAIL) + Mux(transfer, 0, since) >= gap
+        # the same decision as mac_steps + tail + since >= gap on numbers saturated at gap − tail (0 at most
+        # presets, 4 at vcu1525): no product or wide sum before START
+        need = max(gap - (SRAM_READ_LATENCY + GEMM_TAIL), 0)
+        if need == 0:
+            drain_clear = Const(1, 1)
+        else:
+            def saturated(value):
+                return Mux(value >= need, need, value)
+            sat_tap = Mux(head_sparse, saturated(saturated(sparse_args.groups) * saturated(sparse_args.n)),
+                          saturated(args.k))
+            sat_steps = Signal(range(need + 1))
+            m.d.comb += sat_steps.eq(saturated(saturated(head_taps) * sat_tap))
+            drain_clear = sat_steps + Mux(transfer, 0, since) >= need
         start = self.start
         m.d.comb += [start.eq(self.running & self.queue.valid & free & tokens_ok & drain_clear),
                      self.queue.ready.eq(start), self.l2c_pop.eq(start & head.inst.deps.pop_prev),

@@ -22,7 +22,28 @@ from ..timing import CHECK_LATENCY
 from .check import InstructionCheck
 from .common import clog2
 
-__all__ = ["Fetch", "imem_geometry"]
+__all__ = ["Fetch", "imem_geometry", "program_checks"]
+
+
+def program_checks(m: Module, cfg: SATConfig, program_addr, program_len) -> tuple[Signal, Signal]:
+    """(length bad, address bad) of the program at ``program_addr`` / ``program_len``, registered in the
+    ``sync`` domain (not reset by START): the caller passes the program the next cycle runs (in START's cycle
+    the host's registers, written at least a cycle before; a chained program's, latched two cycles before its
+    first), so the fetch reads the checks of its own program.  The end is summed over the address bits
+    only and compared bit by bit, so the path is one carry chain."""
+    top_bits = cfg.addr_bits
+    prog_bytes = Signal(40)
+    m.d.comb += prog_bytes.eq(program_len * (INSTRUCTION_BITS // 8))
+    end = Signal(top_bits + 2)  # program_addr + bytes, when both are below 2^(addr_bits + 1)
+    m.d.comb += end.eq(program_addr[:top_bits + 1] + prog_bytes[:top_bits + 1])
+    # end > 2^addr_bits: a bit past addr_bits, or bit addr_bits and any below
+    past = end[top_bits + 1] | (end[top_bits] & (end[:top_bits] != 0))
+    len_bad, addr_bad = Signal(name="program_len_bad"), Signal(name="program_addr_bad")
+    m.d.sync += [len_bad.eq((program_len == 0) | (program_len[(cfg.imem_depth).bit_length():] != 0) |
+                            (program_len[:(cfg.imem_depth).bit_length()] > cfg.imem_depth)),
+                 addr_bad.eq((program_addr[:clog2(cfg.bus_bytes)] != 0) | (program_addr[top_bits + 1:] != 0) |
+                             (prog_bytes[top_bits + 1:] != 0) | past)]
+    return len_bad, addr_bad
 
 
 def imem_geometry(cfg: SATConfig) -> tuple[int, int, int]:
@@ -39,6 +60,9 @@ class Fetch(wiring.Component):
         super().__init__({
             "fetching": In(1),  # the run is BUSY and this unit is `active`
             "program_addr": In(64), "program_len": In(32),
+            # the program's length is 0 or past imem_depth; its address is not bus aligned or the program ends
+            # past the address space (checked a cycle ahead by the top level: ``program_checks``)
+            "program_len_bad": In(1), "program_addr_bad": In(1),
             "active": Out(1, init=1),  # the fetch phase of a run (from reset by START)
             "ar_valid": Out(1), "ar_addr": Out(cfg.addr_bits), "ar_len": Out(8), "ar_ready": In(1),
             "r_valid": In(1), "r_data": In(cfg.bus_bytes * 8), "r_resp": In(2),
@@ -60,8 +84,7 @@ class Fetch(wiring.Component):
         assembled = Signal(imem_width)
         m.d.comb += [prog_bytes.eq(self.program_len * (INSTRUCTION_BITS // 8)),
                      total_beats.eq((prog_bytes + bus - 1) >> clog2(bus) if bus > 1 else prog_bytes)]
-        len_bad = (self.program_len == 0) | (self.program_len > cfg.imem_depth)
-        addr_bad = (self.program_addr[:clog2(bus)] != 0) | (self.program_addr + prog_bytes > (1 << cfg.addr_bits))
+        len_bad, addr_bad = self.program_len_bad, self.program_addr_bad
         first = Signal(init=1)
         m.d.sync += first.eq(0)
         with m.If(self.fetching & first & (len_bad | addr_bad)):

@@ -26,7 +26,7 @@ from ..isa import ErrorCode, Status
 from .common import PC_BITS, Entry, TokenCounter, clog2
 from .compute import ComputeUnit
 from .dispatch import Dispatcher
-from .fetch import Fetch, imem_geometry
+from .fetch import Fetch, imem_geometry, program_checks
 from .load import LoadUnit
 from .regs import Registers, RunControl
 from .sparsify import SparsifyUnit
@@ -46,28 +46,33 @@ def _any_waiting(queues) -> object:
 
 def first_error(m: Module, candidates) -> tuple[Signal, Signal, Signal]:
     """(raised, code, pc) of ``candidates`` ``(code, condition, pc)``: the lowest code wins, then the earlier
-    candidate (the simulator breaks ties the same way).  Chosen pairwise in a tree (depth log2 of the
-    candidates, not their number): of two raised, the left one unless the right one's code is lower."""
-    level = []
+    candidate (the simulator breaks ties the same way).  A candidate whose code is a signal stands for one
+    candidate per code it may have; then every code is a constant, the order is fixed, and the winner is the
+    first raised in that order: a one-hot choice two levels of wide ORs deep, not a chain of compares."""
+    flat = []  # (code value, position, condition, pc), the expanded candidates
     for i, (code, cond, where) in enumerate(candidates):
-        value = Const(code.value, 4) if isinstance(code, ErrorCode) else code.as_value()
-        level.append((Value.cast(cond), value, Value.cast(where)))
-    depth = 0
-    while len(level) > 1:
-        merged = []
-        for j in range(0, len(level) - 1, 2):
-            (any_l, code_l, pc_l), (any_r, code_r, pc_r) = level[j], level[j + 1]
-            right = Signal(name=f"err_right_{depth}_{j // 2}")
-            m.d.comb += right.eq(any_r & (~any_l | (code_r < code_l)))
-            new_any, new_code = Signal(name=f"err_any_{depth}_{j // 2}"), Signal(4, name=f"err_code_{depth}_{j // 2}")
-            new_pc = Signal(PC_BITS, name=f"err_pc_{depth}_{j // 2}")
-            m.d.comb += [new_any.eq(any_l | any_r), new_code.eq(Mux(right, code_r, code_l)),
-                         new_pc.eq(Mux(right, pc_r, pc_l))]
-            merged.append((new_any, new_code, new_pc))
-        if len(level) % 2:
-            merged.append(level[-1])
-        level, depth = merged, depth + 1
-    return level[0]
+        cond, where = Value.cast(cond), Value.cast(where)
+        if isinstance(code, ErrorCode):
+            flat.append((code.value, i, cond, where))
+        else:
+            flat += [(c.value, i, cond & (code.as_value() == c.value), where) for c in ErrorCode if c is not ErrorCode.NONE]
+    flat.sort(key=lambda item: item[:2])
+    raised, code, pc = Signal(name="err_any"), Signal(4, name="err_code"), Signal(PC_BITS, name="err_pc")
+    chosen_code, chosen_pc, before = Const(0, 4), Const(0, PC_BITS), []
+    for j, (value, _, cond, where) in enumerate(flat):
+        sel = Signal(name=f"err_sel_{j}")
+        earlier = Const(0, 1)
+        for other in before:
+            earlier = earlier | other
+        m.d.comb += sel.eq(cond & ~earlier)
+        chosen_code = chosen_code | Mux(sel, value, 0)
+        chosen_pc = chosen_pc | Mux(sel, where, 0)
+        before.append(cond)
+    any_raised = Const(0, 1)
+    for cond in before:
+        any_raised = any_raised | cond
+    m.d.comb += [raised.eq(any_raised), code.eq(chosen_code), pc.eq(chosen_pc)]
+    return raised, code, pc
 
 
 class Core(wiring.Component):
@@ -167,10 +172,14 @@ class Core(wiring.Component):
         accs_r = [bank.read_port(domain="core") for bank in acc_s]
 
         # fetch and dispatch
+        # (in START's cycle the run control still shows the previous run's program: a chained one, maybe)
+        program_bad = program_checks(m, cfg, Mux(regs.start, regs.program_addr, ctl.program_addr),
+                                     Mux(regs.start, regs.program_len, ctl.program_len))
         m.d.comb += [ctl.host_addr.eq(regs.program_addr), ctl.host_len.eq(regs.program_len),
                      ctl.next_addr.eq(dispatch.next_addr), ctl.next_len.eq(dispatch.next_len),
                      fetch.fetching.eq(ctl.fetching), fetch.program_addr.eq(ctl.program_addr),
                      fetch.program_len.eq(ctl.program_len), ctl.fetch_active.eq(fetch.active),
+                     fetch.program_len_bad.eq(program_bad[0]), fetch.program_addr_bad.eq(program_bad[1]),
                      fetch.ar_ready.eq(mem.arready), fetch.r_valid.eq(mem.rvalid), fetch.r_data.eq(mem.rdata),
                      fetch.r_resp.eq(mem.rresp),
                      imem_w.addr.eq(fetch.imem_addr), imem_w.data.eq(fetch.imem_data), imem_w.en.eq(fetch.imem_en),

@@ -955,6 +955,37 @@ def test_amaranth_core_matches_simulator_when_short_gemms_wait_for_the_drain():
     assert_same(expected, expected_memory, run_core_amaranth(cfg, memory, 0x3000, len(program)))
 
 
+def test_amaranth_core_matches_simulator_when_short_sparse_gemms_wait_for_the_drain():
+    """The same wait for SPARSE_GEMMs of 1 .. 4 slots (groups × n below the drain's gap: the saturated
+    step count the compute unit decides on)."""
+    cfg = SATConfig(name="tall", rows=32, cols=4, a_depth=64, b_depth=128, acc_depth=256, bus_bytes=8,
+                    max_burst_beats=16, queue_depth=8, imem_depth=64, mem_read_latency=2, mem_write_latency=1)
+    shapes = [(1, 1), (2, 1), (1, 2), (2, 2), (1, 1), (3, 1)]  # (groups, n) of m = 4
+    rng = np.random.default_rng(6)
+    memory = np.zeros(0x4000, np.uint8)
+    for addr, shape in ((0, (4, cfg.rows)), (0x1000, (4 * 3 * len(shapes), cfg.cols))):
+        bits = f32_to_bf16_bits(rng.standard_normal(shape).astype(np.float32)).astype("<u2").view(np.uint8).ravel()
+        memory[addr:addr + bits.size] = bits
+    idx = rng.integers(0, 4, (2, cfg.rows, 4))  # two IDX words: slot j of lane r in nibble j
+    memory[0x800:0x800 + 2 * cfg.a_word_bytes] = (idx[..., 0] | idx[..., 1] << 4 | idx[..., 2] << 8 |
+                                                  idx[..., 3] << 12).astype("<u2").view(np.uint8).ravel()
+    program = [encode(Opcode.LOAD, buffer=Buffer.A, sram_addr=0, rows=4, dram_addr=0, dram_stride=cfg.a_word_bytes),
+               encode(Opcode.LOAD, buffer=Buffer.IDX, sram_addr=0, rows=2, dram_addr=0x800, dram_stride=cfg.a_word_bytes),
+               encode(Opcode.LOAD, buffer=Buffer.B, sram_addr=0, rows=12 * len(shapes), dram_addr=0x1000,
+                      dram_stride=cfg.b_word_bytes, push_next=1)]
+    program += [encode(Opcode.SPARSE_GEMM, a_addr=0, b_addr=12 * g, acc_addr=g * cfg.rows, groups=groups, n=n, m_log2=2,
+                       idx_addr=0, pop_prev=int(g == 0), push_next=int(g == len(shapes) - 1))
+                for g, (groups, n) in enumerate(shapes)]
+    program += [encode(Opcode.STORE, buffer=Buffer.ACC, sram_addr=0, rows=len(shapes) * cfg.rows, dram_addr=0x2000,
+                       dram_stride=cfg.acc_word_bytes, pop_prev=1), encode(Opcode.FINISH)]
+    blob = np.frombuffer(to_bytes(program), np.uint8)
+    memory[0x3800:0x3800 + blob.size] = blob
+    expected_memory = memory.copy()
+    expected = CoreModel(cfg).run(expected_memory, 0x3800, len(program))
+    assert expected.ok and expected.race_free
+    assert_same(expected, expected_memory, run_core_amaranth(cfg, memory, 0x3800, len(program)))
+
+
 @pytest.mark.slow
 def test_amaranth_core_with_several_instructions_per_bus_beat():
     """A 256-bit bus carries two instructions per beat (the vcu1525 path: four); 16x16 array. About a minute."""

@@ -166,3 +166,34 @@ def test_pipelined_checks_give_the_rules_code_at_every_boundary(cfg):
     for op in (Opcode.LOAD, Opcode.STORE, Opcode.GEMM, Opcode.SPARSE_GEMM):
         assert (op.value, ErrorCode.SRAM_RANGE) in seen
     assert sum(e is ErrorCode.BAD_OPCODE for e in want) >= 7
+
+
+@pytest.mark.parametrize("cfg", [SATConfig.tiny(), SATConfig.vcu1525()], ids=lambda c: c.name)
+def test_program_checks_are_the_fetch_rule_at_its_boundaries(cfg):
+    """``program_checks`` (a cycle ahead of the fetch) against the simulator's START rule: length 0 or past
+    imem_depth; not bus aligned, or ending past 2^addr_bits — at the boundaries and past the address bits."""
+    from amaranth.hdl import Module, Signal as Sig
+    from nmsat.hw.core.fetch import program_checks
+    top, size = 1 << cfg.addr_bits, cfg.instruction_bytes
+    cases = [(0, 0), (0, 1), (0, cfg.imem_depth), (0, cfg.imem_depth + 1), (0, 1 << 31), (cfg.bus_bytes // 2, 1),
+             (top - size, 1), (top - size + cfg.bus_bytes, 1), (top, 1), (top - 2 * size, 2), (1 << 63, 1),
+             (top * 2 - size, 1), (top - cfg.imem_depth * size, cfg.imem_depth), (top + cfg.bus_bytes, 1),
+             ((1 << 64) - cfg.bus_bytes, 1), (top - size, (1 << 32) - 1)]
+    m = Module()
+    addr, length = Sig(64), Sig(32)
+    len_bad, addr_bad = program_checks(m, cfg, addr, length)
+    got = []
+
+    async def bench(ctx):
+        for a, n in cases:
+            ctx.set(addr, a)
+            ctx.set(length, n)
+            await ctx.tick()
+            got.append((ctx.get(len_bad), ctx.get(addr_bad)))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    want = [(int(not 1 <= n <= cfg.imem_depth), int(a % cfg.bus_bytes != 0 or a + n * size > top)) for a, n in cases]
+    assert got == want

@@ -11,7 +11,7 @@ from nmsat.hw.isa import ErrorCode
 
 def test_first_error_takes_the_lowest_code_then_the_earliest_candidate():
     """Random sets of raised candidates (fixed and signal-valued codes, as the core has them): the pairwise
-    tree picks what the simulator's rule picks, the lowest code and among equal codes the earliest."""
+    choice picks what the simulator's rule picks, the lowest code and among equal codes the earliest."""
     rng = np.random.default_rng(4)
     fixed = [ErrorCode.AXI_ERROR, ErrorCode.DEADLOCK, ErrorCode.TOKEN_OVERFLOW, ErrorCode.AXI_ERROR, None,
              ErrorCode.DRAM_RANGE, ErrorCode.TOKEN_OVERFLOW, None, ErrorCode.AXI_ERROR, ErrorCode.PROGRAM_TOO_LONG,
