@@ -23,7 +23,7 @@ Ends with the last write response.  Not here: the fp units (:mod:`nmsat.hw.fp`),
 the static checks (the dispatcher).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In
@@ -85,35 +85,40 @@ class UpdateEngine(wiring.Component):
         m.d.comb += half.eq(is_vec & vec.bf16)
         last_stream = Mux(is_vec, 1, 2)  # the array whose beats compute: g, or y
 
-        total = Signal(32)  # beats of each array
-        m.d.comb += total.eq(Mux(is_vec, vec.beats, args.words * (4 * cfg.rows // bus)))
+        # beats of each array, from the head at the start (the counters below count down from it)
+        head_total = Mux(head.inst.opcode == Opcode.VECTOR, head.inst.args.vector.beats,
+                         head.inst.args.update.words * (4 * cfg.rows // bus))
         burst = B * bus
         y_addr, z_addr = Signal(cfg.addr_bits + 1), Signal(cfg.addr_bits + 1)
         m.d.comb += [y_addr.eq(vec.x_addr + vec.y_offset * burst), z_addr.eq(vec.x_addr + vec.z_offset * burst)]
         base = [args.w_addr, Mux(is_vec, y_addr, args.w_addr + args.v_offset), args.w_addr + args.g_offset]
         running = phase == RUN
 
-        def chunk_beats(name, done):
-            """Beats of the chunk that starts ``done`` beats in: a whole burst or what is left."""
+        def chunk_beats(name, left):
+            """Beats of the chunk that starts with ``left`` beats to go: a whole burst or what is left."""
             nb = Signal(range(B + 1), name=name)
-            left = total - done
             m.d.comb += nb.eq(Mux(left < B, left, B))
             return nb
 
         # two chunks in the buffers (halves): the read side addresses chunk c once chunk c-2 is written
-        ar_done, rx_done, wr_done = Signal(32), Signal(32), Signal(32)  # beats addressed / received / written
-        ar_chunks, rx_chunks, wr_chunks = Signal(32), Signal(32), Signal(32)  # whole chunks of each
-        nb_ar, nb_rx, nb_wr = chunk_beats("nb_ar", ar_done), chunk_beats("nb_rx", rx_done), chunk_beats("nb_wr", wr_done)
+        ar_done, wr_done = Signal(32), Signal(32)  # beats addressed / written (their addresses)
+        # the beats left to address, receive and write (counted down, so that no sum precedes the chunk sizes
+        # and the end)
+        ar_left, rx_left, wr_left = Signal(32), Signal(32), Signal(32)
+        rx_chunks, wr_chunks = Signal(32), Signal(32)  # whole chunks received and written (their halves)
+        # chunks addressed and chunks computed, less those written (kept as differences: small, no wide compare)
+        ahead, lead = Signal(signed(8)), Signal(signed(8))
+        nb_ar, nb_rx, nb_wr = chunk_beats("nb_ar", ar_left), chunk_beats("nb_rx", rx_left), chunk_beats("nb_wr", wr_left)
 
         # --- read addresses: a burst of each array per chunk, one a cycle, chunk after chunk
         ar_step = Signal(range(4))
-        m.d.comb += [axi.arvalid.eq(self.alive & running & (ar_done < total) &
-                                    ((ar_step != 0) | (ar_chunks - wr_chunks < 2))),
+        m.d.comb += [axi.arvalid.eq(self.alive & running & (ar_left != 0) &
+                                    ((ar_step != 0) | (ahead < 2))),
                      axi.araddr.eq(Mux(ar_step == 0, base[0], Mux(ar_step == 1, base[1], base[2])) + ar_done * bus),
                      axi.arlen.eq(nb_ar - 1)]
         with m.If(axi.arvalid & axi.arready):
             with m.If(ar_step == last_stream):
-                m.d.sync += [ar_step.eq(0), ar_done.eq(ar_done + nb_ar), ar_chunks.eq(ar_chunks + 1)]
+                m.d.sync += [ar_step.eq(0), ar_done.eq(ar_done + nb_ar), ar_left.eq(ar_left - nb_ar)]
             with m.Else():
                 m.d.sync += ar_step.eq(ar_step + 1)
 
@@ -239,11 +244,8 @@ class UpdateEngine(wiring.Component):
                      rw_wr.en.eq(out_valid), rv_wr.en.eq(out_valid & ~is_vec)]
         # a chunk is computed when the results of its last beat are in the result buffers
         computed = delayed("computed", received, LANE_LATENCY, reset=True)
-        done_chunks = Signal(32)
-        with m.If(computed):
-            m.d.sync += done_chunks.eq(done_chunks + 1)
         with m.If(received):
-            m.d.sync += [rx_stream.eq(0), rx_done.eq(rx_done + nb_rx), rx_chunks.eq(rx_chunks + 1)]
+            m.d.sync += [rx_stream.eq(0), rx_left.eq(rx_left - nb_rx), rx_chunks.eq(rx_chunks + 1)]
 
         # --- writes: chunk by chunk once read, the w burst then the v burst (VECTOR: the z burst)
         WIDLE, PREWRITE, WRITE = range(3)
@@ -269,8 +271,8 @@ class UpdateEngine(wiring.Component):
         with m.If(axi.awvalid & axi.awready):
             m.d.sync += aw_count.eq(aw_count + 1)
         # chunk `wr_chunks` (or the one after it) is computed, counting the chunk whose last results go in now
-        ready_now = (done_chunks > wr_chunks) | (computed & (done_chunks == wr_chunks))
-        ready_next = (done_chunks > wr_chunks + 1) | (computed & (done_chunks == wr_chunks + 1))
+        ready_now = (lead > 0) | (computed & (lead == 0))
+        ready_next = (lead > 1) | (computed & (lead == 1))
         with m.If(running & (wphase == WIDLE) & ready_now):
             m.d.sync += wphase.eq(PREWRITE)
         with m.If(wphase == PREWRITE):
@@ -282,13 +284,16 @@ class UpdateEngine(wiring.Component):
         with m.If(advance):
             m.d.sync += wb.eq(wb + 1)
         with m.If(last_beat):
-            m.d.sync += [wr_done.eq(wr_done + nb_wr), wr_chunks.eq(wr_chunks + 1),
+            m.d.sync += [wr_done.eq(wr_done + nb_wr), wr_left.eq(wr_left - nb_wr), wr_chunks.eq(wr_chunks + 1),
                          wphase.eq(Mux(ready_next, PREWRITE, WIDLE))]
-            with m.If(wr_done + nb_wr == total):
+            with m.If(wr_left <= B):  # wr_done + nb_wr == total
                 m.d.sync += [phase.eq(DRAIN), wphase.eq(WIDLE)]
+        ar_chunk_done = axi.arvalid & axi.arready & (ar_step == last_stream)
+        m.d.sync += [ahead.eq(ahead + ar_chunk_done - last_beat), lead.eq(lead + computed - last_beat)]
         with m.If(start):
-            m.d.sync += [ar_done.eq(0), rx_done.eq(0), wr_done.eq(0), ar_chunks.eq(0), rx_chunks.eq(0),
-                         wr_chunks.eq(0), done_chunks.eq(0), ar_step.eq(0), rx_beat.eq(0), rx_stream.eq(0), g_count.eq(0),
+            m.d.sync += [ar_done.eq(0), wr_done.eq(0), rx_chunks.eq(0), ahead.eq(0), lead.eq(0),
+                         ar_left.eq(head_total), rx_left.eq(head_total), wr_left.eq(head_total),
+                         wr_chunks.eq(0), ar_step.eq(0), rx_beat.eq(0), rx_stream.eq(0), g_count.eq(0),
                          wphase.eq(WIDLE)]
 
         # --- responses, the end
