@@ -14,7 +14,7 @@ Not here: where the codes are kept (the fetch unit writes them into the
 instruction memory, the dispatcher reads them) or the run's errors.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -37,6 +37,8 @@ class InstructionCheck(wiring.Component):
                           "inst_out": Out(INSTRUCTION_BITS), "code": Out(ErrorCode)})
 
     def elaborate(self, platform):
+        assert CHECK_LATENCY == 5, "the stages below are written for five registers"
+        assert IDX_SLOTS_PER_WORD == 4, "ceil(slots / 4) below is a shift by 2"
         m = Module()
         cfg = self.cfg
         top = 1 << cfg.addr_bits  # one past the last byte of the address space
@@ -210,5 +212,4 @@ class InstructionCheck(wiring.Component):
             m.d.comb += self.code.eq(ErrorCode.SRAM_RANGE)
         with m.Elif(dram_bad):
             m.d.comb += self.code.eq(ErrorCode.DRAM_RANGE)
-        assert CHECK_LATENCY == 5, "the stages above are written for five registers"
         return m

@@ -15,7 +15,7 @@ from amaranth.sim import Simulator
 
 from nmsat.hw.config import SATConfig
 from nmsat.hw.core.check import InstructionCheck
-from nmsat.hw.isa import (INSTRUCTION_BITS, SIGNED_FIELDS, ErrorCode, FinishArgs, GemmArgs, MemArgs, Opcode,
+from nmsat.hw.isa import (SIGNED_FIELDS, ErrorCode, FinishArgs, GemmArgs, MemArgs, Opcode,
                           SparseGemmArgs, SparsifyArgs, VectorArgs, WeightUpdateArgs, decode_program, encode, to_bytes)
 from nmsat.hw.timing import CHECK_LATENCY
 from nmsat.sim.core import check_program
