@@ -17,7 +17,7 @@ a page.  The instruction ends when its last write response is in.  Pops
 ``s2p``/``l2p`` when it starts, pushes ``p2s``/``p2l`` when it ends.
 
 Not here: the selection rule in numpy (:mod:`nmsat.hw.sparsity`, the
-reference), the instruction's static checks (the dispatcher).
+reference), the instruction's static checks (:mod:`.check`).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal

@@ -20,7 +20,7 @@ then the result bursts go out.
   (its first multiplier and adder the even element, its second pair the odd).
 
 Ends with the last write response.  Not here: the fp units (:mod:`nmsat.hw.fp`),
-the static checks (the dispatcher).
+the static checks (:mod:`.check`).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
@@ -105,7 +105,7 @@ class UpdateEngine(wiring.Component):
         # the beats left to address, receive and write (counted down, so that no sum precedes the chunk sizes
         # and the end)
         ar_left, rx_left, wr_left = Signal(32), Signal(32), Signal(32)
-        rx_chunks, wr_chunks = Signal(32), Signal(32)  # whole chunks received and written (their halves)
+        rx_chunks, wr_chunks = Signal(), Signal()  # whole chunks received and written, mod 2: the halves they use
         # chunks addressed and chunks computed, less those written (kept as differences: small, no wide compare)
         ahead, lead = Signal(signed(8)), Signal(signed(8))
         nb_ar, nb_rx, nb_wr = chunk_beats("nb_ar", ar_left), chunk_beats("nb_rx", rx_left), chunk_beats("nb_wr", wr_left)
@@ -270,7 +270,7 @@ class UpdateEngine(wiring.Component):
         m.d.comb += [w_out.addr.eq(at(out_idx, wr_half)), v_out.addr.eq(at(out_idx, wr_half))]
         with m.If(axi.awvalid & axi.awready):
             m.d.sync += aw_count.eq(aw_count + 1)
-        # chunk `wr_chunks` (or the one after it) is computed, counting the chunk whose last results go in now
+        # the chunk being written (or the one after it) is computed, counting the chunk whose last results go in now
         ready_now = (lead > 0) | (computed & (lead == 0))
         ready_next = (lead > 1) | (computed & (lead == 1))
         with m.If(running & (wphase == WIDLE) & ready_now):

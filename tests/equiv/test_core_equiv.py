@@ -10,6 +10,7 @@ end), and hand-made runs that do work before an error.  Every run compares
 status, error code, error PC, cycles and all of memory, errors included.
 """
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -927,19 +928,39 @@ def test_amaranth_core_matches_simulator_on_other_configs(cfg):
     assert_same(expected, memory, run_core_amaranth(cfg, prog.memory, prog.program_addr, prog.length))
 
 
+def _tall(**changes) -> SATConfig:
+    """32 rows: the drain (17 cycles) outlasts a GEMM of a few steps."""
+    return dataclasses.replace(SATConfig(name="tall", rows=32, cols=4, a_depth=64, b_depth=64, acc_depth=128,
+                                         bus_bytes=8, max_burst_beats=16, queue_depth=8, imem_depth=64,
+                                         mem_read_latency=2, mem_write_latency=1), **changes)
+
+
+def _random_bf16(memory, rng, regions) -> None:
+    """Random bf16 values into ``memory`` at each ``(address, shape)``."""
+    for addr, shape in regions:
+        bits = f32_to_bf16_bits(rng.standard_normal(shape).astype(np.float32)).astype("<u2").view(np.uint8).ravel()
+        memory[addr:addr + bits.size] = bits
+
+
+def _run_both_race_free(cfg, memory, program, at) -> None:
+    """``program`` at ``at`` in ``memory``: a race-free run in the simulator, and the same in the RTL."""
+    blob = np.frombuffer(to_bytes(program), np.uint8)
+    memory[at:at + blob.size] = blob
+    expected_memory = memory.copy()
+    expected = CoreModel(cfg).run(expected_memory, at, len(program))
+    assert expected.ok and expected.race_free
+    assert_same(expected, expected_memory, run_core_amaranth(cfg, memory, at, len(program)))
+
+
 def test_amaranth_core_matches_simulator_when_short_gemms_wait_for_the_drain():
     """32 rows drain in 17 cycles, longer than a GEMM of two steps takes to its latch: back-to-back GEMMs wait
     for the drain reading the accumulator registers (the simulator's rule, which costs cycles here), else a
     result would overwrite rows still being written."""
-    cfg = SATConfig(name="tall", rows=32, cols=4, a_depth=64, b_depth=64, acc_depth=128, bus_bytes=8,
-                    max_burst_beats=16, queue_depth=8, imem_depth=64, mem_read_latency=2, mem_write_latency=1)
+    cfg = _tall()
     k, gemms = 2, 4
     assert timing.drain_cycles(cfg) + 1 > timing.gemm_mac_cycles(k)  # the case this test is for
-    rng = np.random.default_rng(5)
     memory = np.zeros(0x4000, np.uint8)
-    for addr, shape in ((0, (k, cfg.rows)), (0x1000, (gemms * k, cfg.cols))):
-        bits = f32_to_bf16_bits(rng.standard_normal(shape).astype(np.float32)).astype("<u2").view(np.uint8).ravel()
-        memory[addr:addr + bits.size] = bits
+    _random_bf16(memory, np.random.default_rng(5), ((0, (k, cfg.rows)), (0x1000, (gemms * k, cfg.cols))))
     program = [encode(Opcode.LOAD, buffer=Buffer.A, sram_addr=0, rows=k, dram_addr=0, dram_stride=cfg.a_word_bytes),
                encode(Opcode.LOAD, buffer=Buffer.B, sram_addr=0, rows=gemms * k, dram_addr=0x1000,
                       dram_stride=cfg.b_word_bytes, push_next=1)]
@@ -947,25 +968,17 @@ def test_amaranth_core_matches_simulator_when_short_gemms_wait_for_the_drain():
                        push_next=int(g == gemms - 1)) for g in range(gemms)]
     program += [encode(Opcode.STORE, buffer=Buffer.ACC, sram_addr=0, rows=gemms * cfg.rows, dram_addr=0x2000,
                        dram_stride=cfg.acc_word_bytes, pop_prev=1), encode(Opcode.FINISH)]
-    blob = np.frombuffer(to_bytes(program), np.uint8)
-    memory[0x3000:0x3000 + blob.size] = blob
-    expected_memory = memory.copy()
-    expected = CoreModel(cfg).run(expected_memory, 0x3000, len(program))
-    assert expected.ok and expected.race_free
-    assert_same(expected, expected_memory, run_core_amaranth(cfg, memory, 0x3000, len(program)))
+    _run_both_race_free(cfg, memory, program, 0x3000)
 
 
 def test_amaranth_core_matches_simulator_when_short_sparse_gemms_wait_for_the_drain():
     """The same wait for SPARSE_GEMMs of 1 .. 4 slots (groups × n below the drain's gap: the saturated
     step count the compute unit decides on)."""
-    cfg = SATConfig(name="tall", rows=32, cols=4, a_depth=64, b_depth=128, acc_depth=256, bus_bytes=8,
-                    max_burst_beats=16, queue_depth=8, imem_depth=64, mem_read_latency=2, mem_write_latency=1)
+    cfg = _tall(b_depth=128, acc_depth=256)
     shapes = [(1, 1), (2, 1), (1, 2), (2, 2), (1, 1), (3, 1)]  # (groups, n) of m = 4
     rng = np.random.default_rng(6)
     memory = np.zeros(0x4000, np.uint8)
-    for addr, shape in ((0, (4, cfg.rows)), (0x1000, (4 * 3 * len(shapes), cfg.cols))):
-        bits = f32_to_bf16_bits(rng.standard_normal(shape).astype(np.float32)).astype("<u2").view(np.uint8).ravel()
-        memory[addr:addr + bits.size] = bits
+    _random_bf16(memory, rng, ((0, (4, cfg.rows)), (0x1000, (4 * 3 * len(shapes), cfg.cols))))
     idx = rng.integers(0, 4, (2, cfg.rows, 4))  # two IDX words: slot j of lane r in nibble j
     memory[0x800:0x800 + 2 * cfg.a_word_bytes] = (idx[..., 0] | idx[..., 1] << 4 | idx[..., 2] << 8 |
                                                   idx[..., 3] << 12).astype("<u2").view(np.uint8).ravel()
@@ -978,12 +991,7 @@ def test_amaranth_core_matches_simulator_when_short_sparse_gemms_wait_for_the_dr
                 for g, (groups, n) in enumerate(shapes)]
     program += [encode(Opcode.STORE, buffer=Buffer.ACC, sram_addr=0, rows=len(shapes) * cfg.rows, dram_addr=0x2000,
                        dram_stride=cfg.acc_word_bytes, pop_prev=1), encode(Opcode.FINISH)]
-    blob = np.frombuffer(to_bytes(program), np.uint8)
-    memory[0x3800:0x3800 + blob.size] = blob
-    expected_memory = memory.copy()
-    expected = CoreModel(cfg).run(expected_memory, 0x3800, len(program))
-    assert expected.ok and expected.race_free
-    assert_same(expected, expected_memory, run_core_amaranth(cfg, memory, 0x3800, len(program)))
+    _run_both_race_free(cfg, memory, program, 0x3800)
 
 
 @pytest.mark.slow
